@@ -1,0 +1,11 @@
+//! sandboxer-host: routes code-sandbox requests between WebAssembly backend extensions
+//! and bills for them.
+//!
+//! Data flows one way: surfaces (`cli`, `api`) → `manager` → `routing` / `payments` /
+//! `runtime` → extensions.
+
+pub mod cli;
+pub mod config;
+pub mod money;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,140 @@
+//! Exact money: the strict decimal-string format of the extension contract, and
+//! amounts tagged with their currency. Never floats.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Why a decimal string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("empty string is not a decimal")]
+    Empty,
+    #[error("{0:?} is negative; amounts and quantities must be zero or more")]
+    Negative(String),
+    #[error("{0:?} uses an exponent; write the digits out (e.g. 0.00001, not 1e-5)")]
+    Exponent(String),
+    #[error("{0:?} is not a plain decimal (digits with at most one '.')")]
+    Malformed(String),
+    #[error("{0:?} has more than 28 significant digits")]
+    TooLarge(String),
+}
+
+/// Parses the contract's decimal format: ASCII digits with at most one `.`, no sign, no
+/// exponent, no separators, at most 28 significant digits. `"0.000014"` → 0.000014.
+pub fn parse_decimal(s: &str) -> Result<Decimal, DecimalError> {
+    if s.is_empty() {
+        return Err(DecimalError::Empty);
+    }
+    if s.starts_with('-') {
+        return Err(DecimalError::Negative(s.to_owned()));
+    }
+    if s.contains(['e', 'E']) && s.chars().all(|c| c.is_ascii_digit() || "eE.+-".contains(c)) {
+        return Err(DecimalError::Exponent(s.to_owned()));
+    }
+    let mut dots = 0;
+    for c in s.chars() {
+        match c {
+            '0'..='9' => {}
+            '.' => dots += 1,
+            _ => return Err(DecimalError::Malformed(s.to_owned())),
+        }
+    }
+    if dots > 1 || s == "." || s.starts_with('.') || s.ends_with('.') {
+        return Err(DecimalError::Malformed(s.to_owned()));
+    }
+    let significant = s.trim_start_matches(['0', '.']).chars().filter(char::is_ascii_digit).count();
+    if significant > 28 {
+        return Err(DecimalError::TooLarge(s.to_owned()));
+    }
+    Decimal::from_str_exact(s).map_err(|_| DecimalError::TooLarge(s.to_owned()))
+}
+
+/// A currency code such as `USD`: 3 to 8 ASCII uppercase letters or digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency(String);
+
+/// Why a currency code was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a currency code (3 to 8 uppercase letters or digits, e.g. USD)")]
+pub struct CurrencyError(pub String);
+
+impl Currency {
+    /// Validates and wraps a currency code.
+    pub fn new(code: &str) -> Result<Self, CurrencyError> {
+        let ok = (3..=8).contains(&code.len())
+            && code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if ok { Ok(Self(code.to_owned())) } else { Err(CurrencyError(code.to_owned())) }
+    }
+
+    /// The code, e.g. `"USD"`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = CurrencyError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> Self {
+        c.0
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An exact amount in a currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// Exact amount, serialized as a decimal string.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: Currency,
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.amount.normalize(), self.currency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_decimals() {
+        assert_eq!(parse_decimal("0.000014").unwrap().to_string(), "0.000014");
+        assert_eq!(parse_decimal("12").unwrap().to_string(), "12");
+        assert_eq!(parse_decimal("3.50").unwrap().to_string(), "3.50");
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in ["", "abc", "-1", "1e-5", "1E3", "+1", "1.2.3", ".5", "5.", " 1", "1,000", "NaN"] {
+            assert!(parse_decimal(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(matches!(parse_decimal("1e-5"), Err(DecimalError::Exponent(_))));
+        assert!(matches!(parse_decimal("-1"), Err(DecimalError::Negative(_))));
+        let forty = "1".repeat(40);
+        assert!(matches!(parse_decimal(&forty), Err(DecimalError::TooLarge(_))));
+    }
+
+    #[test]
+    fn currency_codes() {
+        assert!(Currency::new("USD").is_ok());
+        assert!(Currency::new("usd").is_err());
+        assert!(Currency::new("").is_err());
+    }
+}
