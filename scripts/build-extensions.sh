@@ -5,6 +5,9 @@
 #   test guests        -> tests/guests/NAME.wasm
 # Idempotent and quick when nothing changed (cargo's incremental build; files are only
 # rewritten when their content changed). Run from anywhere: `bash scripts/build-extensions.sh`.
+#
+#   scripts/build-extensions.sh              build every guest, print what was built
+#   scripts/build-extensions.sh --packages   print `-p NAME` for each Rust guest (for clippy)
 set -euo pipefail
 
 # ---- the guests: add yours here (cargo package names, built with one cargo invocation) ----
@@ -17,6 +20,15 @@ EXTRA_SCRIPTS=()
 
 TARGET=wasm32-wasip2
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=()
+for name in "${EXTENSIONS[@]}" "${TEST_GUESTS[@]}"; do
+    packages+=(-p "$name")
+done
+if [ "${1:-}" = --packages ]; then
+    echo "${packages[*]}"
+    exit 0
+fi
 
 if ! command -v cargo >/dev/null; then
     echo "build-extensions: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
@@ -31,10 +43,6 @@ if ! rustc --print target-libdir --target "$TARGET" >/dev/null 2>&1 \
     rustup target add "$TARGET"
 fi
 
-packages=()
-for name in "${EXTENSIONS[@]}" "${TEST_GUESTS[@]}"; do
-    packages+=(-p "$name")
-done
 cargo build --release --target "$TARGET" "${packages[@]}"
 
 out="${CARGO_TARGET_DIR:-target}/$TARGET/release"
