@@ -15,7 +15,7 @@ EXTENSIONS=(saas-stub)
 TEST_GUESTS=(misbehave wrong-world)
 # Guests built by their own scripts (componentize-py, componentize-js, ...): each is run
 # after the Rust guests, from the repository root.
-EXTRA_SCRIPTS=()
+EXTRA_SCRIPTS=(scripts/build-polyglot.sh)
 # --------------------------------------------------------------------------------------------
 
 TARGET=wasm32-wasip2
