@@ -13,7 +13,7 @@ const MAX_MANTISSA: u128 = 10u128.pow(28) - 1;
 /// represented exactly within 28 significant digits and a scale of at most 28.
 fn from_parts(mut m: u128, mut scale: u32) -> Option<Decimal> {
     while scale > 28 || m > MAX_MANTISSA {
-        if scale == 0 || m % 10 != 0 {
+        if scale == 0 || !m.is_multiple_of(10) {
             return None;
         }
         m /= 10;
