@@ -124,6 +124,7 @@ struct Inner {
     delay: Duration,
     requests: Vec<RecordedRequest>,
     created: u64,
+    echo_key: bool,
 }
 
 struct Shared {
@@ -198,6 +199,12 @@ impl FakeE2b {
     /// Delays every answer by `delay` (zero turns it off).
     pub fn set_delay(&self, delay: Duration) {
         self.shared.inner.lock().delay = delay;
+    }
+
+    /// Makes a 401 answer quote the key it was sent, as some APIs do: a test of the host's
+    /// redaction of secrets from error messages.
+    pub fn echo_key_in_errors(&self, on: bool) {
+        self.shared.inner.lock().echo_key = on;
     }
 
     /// Makes a sandbox disappear as if E2B had reaped it: later calls answer 404.
@@ -282,10 +289,15 @@ async fn gate(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let authorized = headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(shared.api_key.as_str());
+    let sent = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let authorized = sent == Some(shared.api_key.as_str());
     let mut inner = shared.inner.lock();
     let answer = if !authorized {
-        Some(error(StatusCode::UNAUTHORIZED, "Invalid API key, it must start with 'e2b_' prefix", None))
+        let message = match (inner.echo_key, sent) {
+            (true, Some(key)) => format!("Invalid API key {key}"),
+            _ => "Invalid API key, it must start with 'e2b_' prefix".to_owned(),
+        };
+        Some(error(StatusCode::UNAUTHORIZED, &message, None))
     } else if let Some(pos) = inner.faults.iter().position(|(r, _)| *r == route || *r == Route::Any) {
         let (_, fault) = inner.faults.remove(pos).unwrap_or((route, Fault::status(500)));
         let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
