@@ -23,6 +23,13 @@ mkdir -p "$tools/stamps" target/templates
 
 say() { printf 'build-polyglot: %s\n' "$*" >&2; }
 
+for tool in python3 node npm; do
+  if ! command -v "$tool" >/dev/null; then
+    say "needs $tool on PATH (Python >= 3.10 with venv, Node.js >= 20 with npm): install it, then rerun"
+    exit 1
+  fi
+done
+
 install_py() {
   local have=""
   [[ -x "$tools/py/bin/componentize-py" ]] && have="$("$tools/py/bin/componentize-py" --version 2>/dev/null | awk '{print $2}')"
