@@ -462,3 +462,15 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Extension>();
+        shareable::<super::super::Runtime>();
+    }
+}
