@@ -295,17 +295,42 @@ pub fn load_profile_file(file: &Path) -> Result<Profile, ProfileError> {
 /// Parses and validates profile text; `file` names it in errors (and defaults the id).
 pub fn parse_profile(text: &str, file: &Path) -> Result<Profile, ProfileError> {
     let raw: RawProfile = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let start = e.span().map(|s| s.start.min(text.len()));
+        let line = start.map(|s| text[..s].matches('\n').count() + 1);
         ProfileError {
             file: file.to_path_buf(),
-            key: None,
+            key: start.and_then(|s| key_at(text, s)),
             line,
             message: e.message().trim().to_owned(),
         }
     })?;
     raw.validate(file)
+}
+
+/// The dotted key whose line holds byte `offset` (`table.key` for `key = value` under a
+/// `[table]` header), so parse errors name the key as well as the line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    if !text.is_char_boundary(offset) {
+        return None;
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[line_start..line_end];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(['[', ']']).trim().to_owned());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 // ---- the file format -------------------------------------------------------------
