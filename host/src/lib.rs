@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod config;
 pub mod money;
+pub mod payments;
 pub mod runtime;
 pub mod telemetry;
