@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod money;
 pub mod payments;
+pub mod routing;
 pub mod runtime;
 pub mod telemetry;
