@@ -38,7 +38,10 @@ pub use store::StoreError;
 
 use crate::events::EventSink;
 use crate::payments::CreditsStore;
-use crate::routing::{HealthTracker, Profile, ProfileSet};
+use crate::routing::{
+    HealthTracker, Profile, ProfileSet, RequestOverrides, RouteDecision, RouteError, resolve_extension,
+};
+use crate::runtime::types::SandboxRequest;
 use owner::OwnerLock;
 use store::StatusStore;
 
@@ -188,6 +191,22 @@ impl SandboxManager {
     /// `create` routes with, and what `route explain` shows.
     pub fn route_view(&self) -> Result<RouteView, ManagerError> {
         Ok(self.extensions.view(self.store.live_counts()?))
+    }
+
+    /// How `profile_id` would be routed for `tenant` right now: the request built from
+    /// the profile and `overrides`, and the router's decision (or why nothing can serve).
+    /// The very code `create` routes with; nothing is created or held.
+    pub fn explain(
+        &self,
+        tenant: &str,
+        profile_id: &str,
+        overrides: &RequestOverrides,
+    ) -> Result<(SandboxRequest, Result<RouteDecision, RouteError>), ManagerError> {
+        let profile = self.profile(profile_id)?;
+        let request = profile.request(tenant, "explain", overrides)?;
+        let view = self.route_view()?;
+        let decision = resolve_extension(&profile, &request, &view, &self.health);
+        Ok((request, decision))
     }
 
     fn profile(&self, id: &str) -> Result<Profile, ManagerError> {
