@@ -457,6 +457,26 @@ impl SqliteCreditsStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).at(path)?;
         conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+        // Refuse a file that is not a ledger before anything (such as the switch to WAL)
+        // writes to it. Reading the header also catches files that are not SQLite at all.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .at(path)?;
+        if version == 0 {
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )
+                .at(path)?;
+            if tables > 0 {
+                return Err(corrupt(
+                    path,
+                    "an SQLite database, but not a sandboxer ledger",
+                ));
+            }
+        }
         // WAL: readers never block the writer and a commit is one sequential append;
         // synchronous=FULL: the WAL is fsynced at every commit, so an acknowledged
         // operation survives power loss (NORMAL would only survive a process crash).
