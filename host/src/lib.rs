@@ -4,10 +4,12 @@
 //! Data flows one way: surfaces (`cli`, `api`) → `manager` → `routing` / `payments` /
 //! `runtime` → extensions.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod money;
 pub mod payments;
 pub mod routing;
 pub mod runtime;
+pub mod service;
 pub mod telemetry;

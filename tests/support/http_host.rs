@@ -30,23 +30,24 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Copies the shipped extensions (`*.wasm`, sidecars) and profiles into a temp folder.
+    /// Copies the saas-stub component and the `local-pool` sidecar (the two extensions
+    /// the shipped profiles route to) and the shipped profiles into a temp folder.
     pub fn new() -> Self {
+        Self::with_extensions(&["saas-stub.wasm", "local-pool.toml"])
+    }
+
+    /// Like [`Setup::new`] with the named files from `extensions/`.
+    pub fn with_extensions(files: &[&str]) -> Self {
         let root = tempfile::tempdir().unwrap();
         let s = Self { root };
         std::fs::create_dir_all(s.extensions()).unwrap();
         std::fs::create_dir_all(s.profiles()).unwrap();
         let src = repo().join("extensions");
-        let mut wasm = 0;
-        for e in std::fs::read_dir(&src).unwrap() {
-            let p = e.unwrap().path();
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if (ext == "wasm" || ext == "toml") && p.is_file() {
-                std::fs::copy(&p, s.extensions().join(p.file_name().unwrap())).unwrap();
-                wasm += usize::from(ext == "wasm");
-            }
+        for f in files {
+            let from = src.join(f);
+            assert!(from.is_file(), "{} is missing: run `make extensions` (scripts/build-extensions.sh) first", from.display());
+            std::fs::copy(&from, s.extensions().join(f)).unwrap();
         }
-        assert!(wasm > 0, "no built extensions in {}: run `make extensions` (scripts/build-extensions.sh) first", src.display());
         for e in std::fs::read_dir(repo().join("profiles")).unwrap() {
             let p = e.unwrap().path();
             if p.extension().and_then(|e| e.to_str()) == Some("toml") {

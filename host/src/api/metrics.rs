@@ -24,8 +24,10 @@ pub const SETTLED_AMOUNT: &str = "sandboxer_settled_amount";
 pub const OUTBOX_PENDING: &str = "sandboxer_outbox_pending_events";
 /// Age of the oldest undelivered outbox event.
 pub const OUTBOX_LAG_SECONDS: &str = "sandboxer_outbox_lag_seconds";
-/// Event delivery rounds, by `outcome`.
+/// Event delivery rounds, by `sink` (`jsonl`, `http`) and `outcome`.
 pub const EVENT_DELIVERIES: &str = "sandboxer_event_deliveries_total";
+/// Events in the JSONL log not yet accepted by an HTTP hub, by `sink`.
+pub const SINK_PENDING: &str = "sandboxer_event_sink_pending_events";
 /// Leases renewed or refused, by `outcome`.
 pub const LEASE_RENEWALS: &str = "sandboxer_lease_renewals_total";
 /// Sandboxes ended by the host, by `reason` (`max_duration`, `lease_unpaid`).
@@ -61,7 +63,8 @@ fn describe() {
     describe_gauge!(SETTLED_AMOUNT, "Amount charged by settlements since the host started, by currency");
     describe_gauge!(OUTBOX_PENDING, "Meter events stored but not yet delivered to every sink");
     describe_gauge!(OUTBOX_LAG_SECONDS, Unit::Seconds, "Age of the oldest undelivered meter event");
-    describe_counter!(EVENT_DELIVERIES, "Event delivery rounds, by outcome");
+    describe_counter!(EVENT_DELIVERIES, "Event delivery rounds, by sink and outcome");
+    describe_gauge!(SINK_PENDING, "Events in the JSONL log not yet accepted by an HTTP event hub");
     describe_counter!(LEASE_RENEWALS, "Credit lease renewals, by outcome");
     describe_counter!(REAPED, "Sandboxes ended by the host, by reason");
     describe_counter!(RELOADS, "Hot reloads of extensions and profiles, by kind and outcome");
@@ -109,8 +112,13 @@ pub fn sandboxes(counts: &[(String, String, u64)], previous: &mut Vec<(String, S
 }
 
 /// Counts one event delivery round.
-pub fn event_delivery(outcome: &'static str) {
-    counter!(EVENT_DELIVERIES, "outcome" => outcome).increment(1);
+pub fn event_delivery(sink: &'static str, outcome: &'static str) {
+    counter!(EVENT_DELIVERIES, "sink" => sink, "outcome" => outcome).increment(1);
+}
+
+/// Sets how many events an HTTP hub has yet to accept.
+pub fn sink_pending(sink: &str, pending: u64) {
+    gauge!(SINK_PENDING, "sink" => sink.to_owned()).set(pending as f64);
 }
 
 /// Counts a lease renewal attempt.

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 pub mod error;
 pub mod extract;
+pub mod host_backend;
 pub mod metrics;
 
 pub use error::ApiError;

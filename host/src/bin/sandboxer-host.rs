@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(service::run(opts, |_, _| Err(service::ServiceError::Open("not wired".into())))) {
+    match rt.block_on(service::run(opts, sandboxer_host::api::host_backend::open)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandboxer-host: {e}");

@@ -2,10 +2,10 @@
 //! (`application/cloudevents-batch+json`, an array of events).
 //!
 //! Delivery is at-least-once: a batch is retried with exponential back-off inside one
-//! `deliver` call (a bounded number of attempts), and the outbox hands it again in a later
-//! round if every attempt failed. Receivers deduplicate by event `id`. The sink is only
-//! ever called by the outbox delivery loop, never on a settlement's path, so a dead
-//! endpoint delays events but never blocks or loses a settlement.
+//! `deliver` call (a bounded number of attempts), and handed again in a later round if
+//! every attempt failed. Receivers deduplicate by event `id`. The service feeds it from
+//! the JSONL log through a [`super::LogRelay`] in the background, never on a
+//! settlement's path, so a dead endpoint delays events but never blocks or loses one.
 
 use std::time::Duration;
 
@@ -123,39 +123,6 @@ impl EventSink for HttpSink {
             }
         }
         Ok(())
-    }
-}
-
-/// Delivers to several sinks; succeeds only when every sink accepted the events, so the
-/// outbox marks them delivered only then (sinks deduplicate the re-deliveries).
-pub struct FanOutSink {
-    sinks: Vec<Box<dyn EventSink>>,
-}
-
-impl FanOutSink {
-    /// All of `sinks`, in order.
-    pub fn new(sinks: Vec<Box<dyn EventSink>>) -> Self {
-        Self { sinks }
-    }
-}
-
-impl EventSink for FanOutSink {
-    fn name(&self) -> String {
-        self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(",")
-    }
-
-    fn deliver(&self, events: &[EventRecord]) -> Result<(), EventError> {
-        // Try every sink even if one fails, so a dead hub does not hold back the file.
-        let mut first_err = None;
-        for s in &self.sinks {
-            if let Err(e) = s.deliver(events) {
-                first_err.get_or_insert(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 }
 

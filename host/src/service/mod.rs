@@ -18,16 +18,16 @@ pub mod tokens;
 
 use crate::api::{self, AppState, Backend};
 use crate::config::Settings;
-use crate::events::EventSink;
+use crate::events::{HttpSink, HttpSinkOptions, LogRelay};
 use config::{ConfigError, DEFAULT_LISTEN, ServiceConfig};
 use tokens::{TokenError, TokenSet};
 
 /// What the background tasks need from the application, besides answering requests.
 /// Every method may block; the service calls them on the blocking pool.
 pub trait Maintenance: Send + Sync + 'static {
-    /// Hands up to `limit` undelivered outbox events to `sink` and marks them delivered
-    /// once it accepted them. Returns how many were delivered.
-    fn deliver_events(&self, sink: &dyn EventSink, limit: usize) -> Result<usize, String>;
+    /// Delivers undelivered outbox events to the JSONL event log (and marks them
+    /// delivered). Returns how many were delivered.
+    fn deliver_events(&self) -> Result<usize, String>;
     /// One pass of the reaper and the lease keeper: destroys and settles sandboxes past
     /// their maximum duration or past the grace period of an unpaid lease, and renews
     /// leases about to run out.
@@ -135,7 +135,7 @@ where
         .await
         .map_err(|e| ServiceError::Open(e.to_string()))??;
 
-    let sink = build_sink(&settings, &cfg)?;
+    let relays = build_relays(&settings, &cfg)?;
     let handle = api::metrics::install();
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -153,8 +153,8 @@ where
     tracing::info!(listen = %bound, extensions = %settings.extensions_dir.display(), profiles = %settings.profiles_dir.display(), state = %settings.state_dir.display(), "serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let delivery = tokio::spawn(delivery_loop(app.clone(), relays, cfg.clone(), stop_rx.clone()));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(delivery_loop(app.clone(), sink.clone(), cfg.clone(), stop_rx.clone()));
     tasks.spawn(tick_loop(app.clone(), cfg.reaper_interval, stop_rx.clone()));
     if let Some(h) = handle {
         tasks.spawn(upkeep_loop(h, stop_rx.clone()));
@@ -184,10 +184,11 @@ where
     // In-flight requests are done; stop the background work, then flush the outbox.
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    let mut relays = delivery.await.unwrap_or_default();
     let app2 = app.clone();
     let flushed = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio::task::spawn_blocking(move || drain_outbox(app2.as_ref(), sink.as_ref())),
+        tokio::task::spawn_blocking(move || drain_outbox(app2.as_ref(), &mut relays)),
     )
     .await;
     match flushed {
@@ -197,9 +198,9 @@ where
     Ok(())
 }
 
-fn build_sink(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn EventSink>, ServiceError> {
-    use crate::events::{FanOutSink, HttpSink, HttpSinkOptions, JsonlSink};
-    let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(JsonlSink::new(settings.events_path()))];
+/// One relay from the JSONL event log to each configured HTTP hub.
+fn build_relays(settings: &Settings, cfg: &ServiceConfig) -> Result<Vec<LogRelay>, ServiceError> {
+    let mut relays = Vec::new();
     for h in &cfg.events.http {
         let has_auth = h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
         let file = cfg.file.clone().unwrap_or_default();
@@ -208,64 +209,96 @@ fn build_sink(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn EventS
         o.batch_size = h.batch_size;
         o.timeout = Duration::from_millis(h.timeout_ms);
         o.bearer = bearer;
-        sinks.push(Box::new(HttpSink::new(o).map_err(|e| ServiceError::Events(e.to_string()))?));
+        let sink = HttpSink::new(o).map_err(|e| ServiceError::Events(e.to_string()))?;
+        let cursor = crate::events::cursor_path(&settings.state_dir, &h.url);
+        relays.push(LogRelay::new(settings.events_path(), cursor, Box::new(sink)));
     }
-    Ok(Arc::new(FanOutSink::new(sinks)))
+    Ok(relays)
 }
 
-/// Delivers everything pending (at shutdown).
-fn drain_outbox(app: &dyn App, sink: &dyn EventSink) -> usize {
-    let mut total = 0;
-    loop {
-        match app.deliver_events(sink, 500) {
-            Ok(0) => return total,
-            Ok(n) => total += n,
-            Err(e) => {
-                tracing::warn!(error = %e, "final event delivery failed");
-                return total;
-            }
+/// Delivers everything pending (at shutdown): the outbox to the log, the log to the hubs.
+fn drain_outbox(app: &dyn App, relays: &mut [LogRelay]) -> usize {
+    let mut total = match app.deliver_events() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "final event delivery failed");
+            0
         }
-    }
-}
-
-/// Drains the outbox every `deliver_interval`; while a sink fails, waits with exponential
-/// back-off up to `max_backoff`. Runs on the blocking pool so a slow sink never stalls
-/// request handling, and never on a settlement's path.
-async fn delivery_loop(app: Arc<dyn App>, sink: Arc<dyn EventSink>, cfg: ServiceConfig, mut stop: watch::Receiver<bool>) {
-    let base = cfg.events.deliver_interval;
-    let mut wait = base;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-        let (a, s) = (app.clone(), sink.clone());
-        let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut total = 0usize;
-            loop {
-                match a.deliver_events(s.as_ref(), 500) {
-                    Ok(0) => return Ok(total),
-                    Ok(n) => total += n,
-                    Err(e) => return Err(e),
+    };
+    for r in relays {
+        loop {
+            match r.pump(500) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::warn!(sink = %r.name(), error = %e, "final relay to the event hub failed; it resumes on the next start");
+                    break;
                 }
             }
+        }
+    }
+    total
+}
+
+/// Every `deliver_interval`: drains the outbox into the JSONL log (normally already done
+/// by each destroy), then relays the log to each HTTP hub. A failing hub is retried with
+/// exponential back-off up to `max_backoff`, on its own: it never delays the outbox or
+/// another hub. Runs on the blocking pool, never on a request's path.
+async fn delivery_loop(app: Arc<dyn App>, relays: Vec<LogRelay>, cfg: ServiceConfig, mut stop: watch::Receiver<bool>) -> Vec<LogRelay> {
+    let base = cfg.events.deliver_interval;
+    let mut relays: Vec<(LogRelay, Duration, Instant)> = relays.into_iter().map(|r| (r, base, Instant::now())).collect();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(base) => {}
+            _ = stop.changed() => return relays.into_iter().map(|(r, _, _)| r).collect(),
+        }
+        let a = app.clone();
+        let max_backoff = cfg.events.max_backoff;
+        let moved = std::mem::take(&mut relays);
+        let r = tokio::task::spawn_blocking(move || {
+            let mut relays = moved;
+            match a.deliver_events() {
+                Ok(n) if n > 0 => tracing::debug!(events = n, "outbox delivered to the event log"),
+                Ok(_) => {}
+                Err(e) => {
+                    api::metrics::event_delivery("jsonl", "failed");
+                    tracing::warn!(error = %e, "outbox delivery failed; will retry");
+                }
+            }
+            for (relay, wait, next) in relays.iter_mut() {
+                if Instant::now() < *next {
+                    continue;
+                }
+                loop {
+                    match relay.pump(500) {
+                        Ok(0) => {
+                            *wait = base;
+                            break;
+                        }
+                        Ok(n) => {
+                            api::metrics::event_delivery("http", "delivered");
+                            tracing::debug!(sink = %relay.name(), events = n, "events relayed");
+                        }
+                        Err(e) => {
+                            api::metrics::event_delivery("http", "failed");
+                            *wait = (*wait * 2).min(max_backoff).max(base);
+                            *next = Instant::now() + *wait;
+                            tracing::warn!(sink = %relay.name(), error = %e, retry_in_ms = wait.as_millis() as u64, "event hub delivery failed; will retry");
+                            break;
+                        }
+                    }
+                }
+                api::metrics::sink_pending(&relay.name(), relay.pending());
+            }
+            relays
         })
         .await;
         match r {
-            Ok(Ok(n)) => {
-                if n > 0 {
-                    api::metrics::event_delivery("delivered");
-                    tracing::debug!(events = n, took_ms = started.elapsed().as_millis() as u64, "events delivered");
-                }
-                wait = base;
+            Ok(back) => relays = back,
+            Err(e) => {
+                tracing::error!(error = %e, "event delivery task failed");
+                return Vec::new();
             }
-            Ok(Err(e)) => {
-                api::metrics::event_delivery("failed");
-                wait = (wait * 2).min(cfg.events.max_backoff).max(base);
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "event delivery failed; will retry");
-            }
-            Err(e) => tracing::error!(error = %e, "event delivery task failed"),
         }
     }
 }
