@@ -314,6 +314,7 @@ impl Maintenance for HostBackend {
         let reg = self.manager().extensions();
         let mut installed = self.installed.lock();
         let mut seen = BTreeSet::new();
+        let first_pass = installed.is_empty();
         for ext in report.loaded {
             let id = ext.id().to_owned();
             seen.insert(id.clone());
@@ -324,7 +325,7 @@ impl Maintenance for HostBackend {
             }
             let verb = if installed.contains_key(&id) { "replaced" } else { "added" };
             // The first pass at start re-registers what Host loaded, instrumented.
-            let first = installed.is_empty() && reg.get(&id).is_some_and(|b| b.version_hash() == now.version);
+            let first = first_pass && reg.get(&id).is_some_and(|b| b.version_hash() == now.version);
             reg.upsert(Arc::new(Instrumented { inner: ext }));
             if !first {
                 metrics::reload("extension", verb);

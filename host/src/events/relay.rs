@@ -69,6 +69,7 @@ impl LogRelay {
         }
         file.seek(SeekFrom::Start(offset)).map_err(|e| self.err(e))?;
         let (batch, end, remaining) = read_lines(BufReader::new(file), offset, max).map_err(|e| self.err(e))?;
+        self.pending = batch.len() as u64 + remaining;
         if !batch.is_empty() {
             self.sink.deliver(&batch)?;
         }

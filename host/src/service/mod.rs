@@ -129,13 +129,20 @@ where
         t
     };
 
+    // Bind first: a taken port fails fast, before extensions are compiled.
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServiceError::Bind { addr: listen, source })?;
+    let bound = listener.local_addr().map_err(ServiceError::Serve)?;
+
     let s2 = settings.clone();
     let c2 = cfg.clone();
-    let app = tokio::task::spawn_blocking(move || open(&s2, &c2))
-        .await
-        .map_err(|e| ServiceError::Open(e.to_string()))??;
-
-    let relays = build_relays(&settings, &cfg)?;
+    // Off the async runtime: opening loads and compiles extensions, and the HTTP sinks'
+    // blocking clients must be built (and dropped) outside async contexts.
+    let (app, relays) = tokio::task::spawn_blocking(move || -> Result<_, ServiceError> {
+        let relays = build_relays(&s2, &c2)?;
+        Ok((open(&s2, &c2)?, relays))
+    })
+    .await
+    .map_err(|e| ServiceError::Open(e.to_string()))??;
     let handle = api::metrics::install();
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -146,8 +153,6 @@ where
     };
     let router = api::router(state, cfg.max_body_bytes);
 
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServiceError::Bind { addr: listen, source })?;
-    let bound = listener.local_addr().map_err(ServiceError::Serve)?;
     // One stable line that scripts and tests can wait for.
     eprintln!("sandboxer-host: listening on http://{bound}");
     tracing::info!(listen = %bound, extensions = %settings.extensions_dir.display(), profiles = %settings.profiles_dir.display(), state = %settings.state_dir.display(), "serving");
