@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod money;
 pub mod payments;
 pub mod routing;
