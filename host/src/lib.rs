@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod host;
+pub mod manager;
 pub mod money;
 pub mod payments;
 pub mod routing;
