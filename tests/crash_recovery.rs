@@ -72,6 +72,18 @@ fn child_process_entry_point() {
     let dir = Path::new(&dir);
     let host = open(dir);
     let mgr = host.manager();
+    let r = host.reconciled();
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("reconciled")).unwrap();
+    writeln!(
+        log,
+        "{} {} {} {} {}",
+        r.recovered.len(),
+        r.rolled_back.len(),
+        r.settled.len(),
+        r.voided_holds.len(),
+        r.left.len()
+    )
+    .unwrap();
     if std::env::var(CHILD_MODE).as_deref() == Ok("finish") {
         for st in mgr.list(None, Some(SandboxState::Running)).unwrap() {
             mgr.destroy(None, &st.id).unwrap();
@@ -134,6 +146,17 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
     let status = spawn_child(dir, "finish").wait().unwrap();
     assert!(status.success(), "the finishing run failed");
     eprintln!("{kills} kills, {} lifecycles acknowledged, {:?}", progress(dir), started.elapsed());
+    // What the restarts found: [recovered creates, rolled-back creates, finished
+    // destroys, released holds, left for later]. The kills must have hit mid-operation.
+    let mut found = [0usize; 5];
+    for line in std::fs::read_to_string(dir.join("reconciled")).unwrap().lines() {
+        for (i, n) in line.split(' ').enumerate() {
+            found[i] += n.parse::<usize>().unwrap();
+        }
+    }
+    eprintln!("reconciliation over all restarts: {found:?}");
+    assert!(found[..4].iter().sum::<usize>() > 0, "no kill landed mid-operation");
+    assert_eq!(found[4], 0, "something could not be reconciled");
 
     let host = open(dir);
     let mgr = host.manager();
