@@ -8,6 +8,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod host;
+pub mod manager;
 pub mod money;
 pub mod payments;
 pub mod routing;

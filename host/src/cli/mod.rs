@@ -11,6 +11,7 @@ use crate::config::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_
 pub mod credits;
 pub mod extensions;
 pub mod output;
+pub mod sandbox;
 
 /// Folders shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -62,6 +63,9 @@ pub enum Command {
     /// Show, add and verify tenants' prepaid credits.
     #[command(subcommand)]
     Credits(credits::CreditsCommand),
+    /// Create, inspect, list and destroy sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
 }
 
 /// Runs a parsed command line; errors are printed by the binary.
@@ -70,5 +74,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Extensions(cmd) => extensions::run(cmd, &settings, cli.json),
         Command::Credits(cmd) => credits::run(cmd, &settings, cli.json),
+        Command::Sandbox(cmd) => sandbox::run(cmd, &settings, cli.json),
     }
 }

@@ -151,3 +151,34 @@ fn not_loaded(id: &str, function: crate::runtime::types::Function) -> ExtensionE
         fault: Fault::Backend(BackendError::Unavailable("not loaded".into())),
     }
 }
+
+/// The runtime's extensions, called directly.
+impl Backend for crate::runtime::Extension {
+    fn id(&self) -> &str {
+        crate::runtime::Extension::id(self)
+    }
+    fn version_hash(&self) -> &str {
+        crate::runtime::Extension::version_hash(self)
+    }
+    fn info(&self) -> &ExtensionInfo {
+        crate::runtime::Extension::info(self)
+    }
+    fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
+        crate::runtime::Extension::estimate_cost(self, req)
+    }
+    fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError> {
+        crate::runtime::Extension::create(self, req)
+    }
+    fn status(&self, ctx: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
+        crate::runtime::Extension::status(self, ctx)
+    }
+    fn destroy(&self, ctx: &SandboxContext) -> Result<Usage, ExtensionError> {
+        crate::runtime::Extension::destroy(self, ctx)
+    }
+    fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
+        crate::runtime::Extension::meter_actual(self, req, usage)
+    }
+    fn capacity(&self) -> Result<Capacity, ExtensionError> {
+        crate::runtime::Extension::capacity(self)
+    }
+}

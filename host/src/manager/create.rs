@@ -47,7 +47,7 @@ impl SandboxManager {
             return replay(existing, &fp, &fingerprint, tenant, k);
         }
 
-        let id = format!("sb-{}", uuid::Uuid::now_v7().simple());
+        let id = new_sandbox_id();
         let request = profile.request(tenant, &id, overrides)?;
         let _busy = self.mark_busy(&id);
 
@@ -269,4 +269,12 @@ fn release_trial(health: &HealthTracker, ext_id: &str) {
         fault: Fault::Backend(BackendError::Unsupported("not called: the hold was refused".into())),
     };
     health.record_failure(ext_id, &not_called);
+}
+
+/// `sb-` + 12 hex digits of Unix milliseconds + 8 random hex digits: short enough to
+/// type, sorted by creation time, unique in practice (the store's primary key enforces it).
+fn new_sandbox_id() -> String {
+    let random = uuid::Uuid::new_v4();
+    let r = random.as_bytes();
+    format!("sb-{:012x}{:02x}{:02x}{:02x}{:02x}", now_ms() & 0xffff_ffff_ffff, r[0], r[1], r[2], r[3])
 }

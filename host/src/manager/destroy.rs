@@ -49,22 +49,37 @@ impl SandboxManager {
                 st.state = SandboxState::Destroying;
                 st.destroy_at_ms = Some(now_ms());
                 st.updated_at = Utc::now();
-                // Not fsynced: the settlement's fsync covers it; if lost, nothing was
-                // charged and the sandbox is simply still running.
-                self.store.update(&st, Some(self.owner.id()), false)?;
+                // Compare-and-set: of two processes destroying at once, one fixes the
+                // usage window and settles; the other is told it is busy. Not fsynced:
+                // the settlement's fsync covers it; if lost, nothing was charged and
+                // the sandbox is simply still running.
+                if !self.store.transition(&st, SandboxState::Running, row.owner.as_deref(), Some(self.owner.id()))? {
+                    return Err(self.busy_error(id));
+                }
                 self.finish_destroy(st)
             }
             SandboxState::Destroying => {
+                let me = self.owner.id();
                 if let Some(owner) = row.owner.as_deref()
-                    && owner != self.owner.id()
+                    && owner != me
                     && self.owner.is_alive(owner)
                 {
                     return Err(ManagerError::Busy { id: st.id, owner: owner.to_owned() });
                 }
                 let _busy = self.mark_busy(id);
+                if row.owner.as_deref() != Some(me)
+                    && !self.store.transition(&st, SandboxState::Destroying, row.owner.as_deref(), Some(me))?
+                {
+                    return Err(self.busy_error(id));
+                }
                 self.finish_destroy(st)
             }
         }
+    }
+
+    fn busy_error(&self, id: &str) -> ManagerError {
+        let owner = self.store.get(id).ok().flatten().and_then(|r| r.owner).unwrap_or_else(|| "unknown".into());
+        ManagerError::Busy { id: id.to_owned(), owner }
     }
 
     /// The extension that serves an existing sandbox.

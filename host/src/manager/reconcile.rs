@@ -55,7 +55,19 @@ impl SandboxManager {
             let _stripe = self.stripe(&format!("sandbox\n{id}"));
             // Re-read under the lock: a destroy in this process may have finished it.
             let Some(row) = self.store.get(&id)? else { continue };
+            if !matches!(row.status.state, SandboxState::Creating | SandboxState::Destroying) {
+                continue;
+            }
             let _busy = self.mark_busy(&id);
+            // Claim it (compare-and-set on the owner): another process reconciling at the
+            // same moment gets nothing to do.
+            let me = self.owner.id();
+            if row.owner.as_deref() != Some(me)
+                && !self.store.transition(&row.status, row.status.state, row.owner.as_deref(), Some(me))?
+            {
+                report.busy += 1;
+                continue;
+            }
             let outcome = match row.status.state {
                 SandboxState::Creating => self.recover_create(row.status),
                 SandboxState::Destroying => self.finish_destroy(row.status),

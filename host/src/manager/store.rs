@@ -231,6 +231,40 @@ impl StatusStore {
         res
     }
 
+    /// Writes `st` only if the row is still in state `from` with owner `from_owner`
+    /// (compare-and-set): how an instance claims a sandbox for an operation, so two
+    /// processes never work on one sandbox at once. Returns whether it was written.
+    pub fn transition(
+        &self,
+        st: &SandboxStatus,
+        from: SandboxState,
+        from_owner: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let doc = self.doc(st)?;
+        let path = &self.path;
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(path)?;
+        let n = tx
+            .execute(
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
+                 WHERE id = ?1 AND state = ?7 AND owner IS ?8",
+                params![
+                    st.id,
+                    st.state.as_str(),
+                    st.extension_id,
+                    owner,
+                    millis(st.updated_at),
+                    doc,
+                    from.as_str(),
+                    from_owner
+                ],
+            )
+            .at(path)?;
+        tx.commit().at(path)?;
+        Ok(n == 1)
+    }
+
     /// Forgets a sandbox that never reached an extension (its create was refused before
     /// any backend call, e.g. for insufficient credits).
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
