@@ -156,7 +156,7 @@ fn the_reaper_ends_a_sandbox_past_its_maximum_duration() {
     let (_, e) = h.get("/v1/credits/entries", TOKEN_A);
     let charges = e["entries"].as_array().unwrap().iter().filter(|x| x["kind"] == "charge" && x["sandbox_id"] == id.as_str()).count();
     assert_eq!(charges, 1, "{e}");
-    assert!(h.metrics().contains("sandboxer_reaped_total{reason=\"max_duration\"} 1"));
+    h.wait_for(Duration::from_secs(5), || h.metrics().contains("sandboxer_reaped_total{reason=\"max_duration\"} 1").then_some(()));
     // Destroying it again returns the same settlement.
     let (s, again) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
     assert_eq!(s, 200);
