@@ -237,3 +237,37 @@ fn metrics_health_and_graceful_shutdown() {
     assert_eq!(events.lines().filter(|l| l.contains(id)).count(), 1, "{events}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn the_readme_curl_walkthrough_works() {
+    let readme = std::fs::read_to_string(http_host::repo().join("README.md")).unwrap();
+    let begin = readme.find("<!-- http-walkthrough:begin -->").expect("README walkthrough markers");
+    let end = readme.find("<!-- http-walkthrough:end -->").unwrap();
+    let block = &readme[begin..end];
+    let script = block.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+
+    // No config: the host generates the tokens into <state>/tokens and says where.
+    let setup = Setup::new();
+    let h = Host::start_with(&setup, &[]);
+    assert!(h.log.lock().unwrap().contains("tokens/local.token"), "{}", h.log.lock().unwrap());
+    // The README runs from the folder holding `.sandboxer/`.
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(setup.state(), cwd.path().join(".sandboxer")).unwrap();
+    let script = script.replace("http://127.0.0.1:7733", &h.base);
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "walkthrough failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.iter().any(|v| v["extension_id"] == "local-pool" && v["state"] == "running"), "{stdout}");
+    assert!(lines.iter().any(|v| v["state"] == "destroyed" && v["total"]["currency"] == "USD"), "{stdout}");
+    let kinds: Vec<&str> = lines.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert_eq!(kinds, ["grant", "hold", "charge"], "{stdout}");
+    // The token files are owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(setup.state().join("tokens/local.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "token file readable by others: {mode:o}");
+}
