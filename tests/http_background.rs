@@ -232,3 +232,72 @@ fn extensions_are_hot_reloaded_while_serving() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "destroyed");
 }
+
+fn entry_kinds(h: &Host, id: &str) -> Vec<String> {
+    let (_, e) = h.get("/v1/credits/entries", TOKEN_A);
+    e["entries"].as_array().unwrap().iter().filter(|x| x["sandbox_id"] == id).map(|x| x["kind"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn leases_are_renewed_while_credits_last() {
+    let setup = Setup::new();
+    setup.write_config("[leases]\nchunk_secs = 1\nrenew_before_secs = 0\ngrace_secs = 1\n");
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub","max_duration_secs":600}"#);
+    assert_eq!(s, 201, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    // Only the first 1 s lease is held, not the 600 s maximum (0.0111 USD).
+    assert_eq!(sb["held"]["amount"], "0.0000185", "{sb}");
+    let renewed = h.wait_for(Duration::from_secs(10), || {
+        let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+        (v["hold_id"] != sb["hold_id"] && v["state"] == "running").then_some(v)
+    });
+    let held: f64 = renewed["held"]["amount"].as_str().unwrap().parse().unwrap();
+    assert!(held > 0.0000185, "{renewed}");
+    // The old hold was released, not left open: exactly one open hold.
+    let (_, c) = h.get("/v1/credits", TOKEN_A);
+    assert_eq!(c["balances"][0]["held"], renewed["held"]["amount"], "{c}");
+    let (s, done) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert_eq!(s, 200, "{done}");
+    let kinds = entry_kinds(&h, &id);
+    assert_eq!(kinds.iter().filter(|k| *k == "charge").count(), 1, "{kinds:?}");
+    assert!(kinds.iter().filter(|k| *k == "hold").count() >= 2, "{kinds:?}");
+    assert!(h.metrics().contains("sandboxer_lease_renewals_total{outcome=\"renewed\"}"));
+    let (ok, out, err) = setup.cli(&["credits", "verify"]);
+    assert!(ok, "{out}{err}");
+}
+
+#[test]
+fn a_lease_that_cannot_be_renewed_ends_the_sandbox_and_settles_it() {
+    let setup = Setup::new();
+    setup.write_config("[leases]\nchunk_secs = 1\nrenew_before_secs = 0\ngrace_secs = 1\n");
+    let h = Host::start(&setup);
+    // Enough for the first second (0.0000185 USD), not for renewing to two.
+    h.grant("a", "0.00005");
+    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub","max_duration_secs":600}"#);
+    assert_eq!(s, 201, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    // The status says why it will end, while it still runs.
+    let warned = h.wait_for(Duration::from_secs(10), || {
+        let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+        v["error"].as_str().is_some_and(|e| e.contains("lease renewal refused")).then_some(v)
+    });
+    assert!(warned["error"].as_str().unwrap().contains("insufficient credits"), "{warned}");
+    // Then it is destroyed and settled by the host, once.
+    let done = h.wait_for(Duration::from_secs(10), || {
+        let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+        (v["state"] == "destroyed").then_some(v)
+    });
+    assert!(done["meter"]["total"]["amount"].is_string(), "{done}");
+    let kinds = entry_kinds(&h, &id);
+    assert_eq!(kinds.iter().filter(|k| *k == "charge").count(), 1, "{kinds:?}");
+    // The tenant never owes more than it had (write-off policy): available is not negative.
+    let (_, c) = h.get("/v1/credits", TOKEN_A);
+    let available: f64 = c["balances"][0]["available"].as_str().unwrap().parse().unwrap();
+    assert!(available >= 0.0, "{c}");
+    assert_eq!(c["balances"][0]["held"], "0", "{c}");
+    h.wait_for(Duration::from_secs(5), || h.metrics().contains("sandboxer_reaped_total{reason=\"lease_unpaid\"} 1").then_some(()));
+    let (ok, out, err) = setup.cli(&["credits", "verify"]);
+    assert!(ok, "{out}{err}");
+}

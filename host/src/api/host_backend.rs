@@ -36,6 +36,11 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     if let Some(src) = &cfg.events.source {
         options.manager.event_source = src.clone();
     }
+    options.manager.lease = Some(manager::LeasePolicy {
+        chunk: cfg.leases.chunk,
+        renew_before: cfg.leases.renew_before,
+        grace: cfg.leases.grace,
+    });
     let host = Host::open_with(settings, options).map_err(|e| ServiceError::Open(e.to_string()))?;
     let rec = host.reconciled();
     if !rec.is_empty() {
@@ -44,7 +49,7 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     for s in host.skipped_extensions() {
         tracing::warn!(file = %s.file.display(), reason = %s.reason, "extension not loaded");
     }
-    let backend = HostBackend::new(host, cfg.clone());
+    let backend = HostBackend::new(host);
     Ok(Arc::new(backend))
 }
 
@@ -59,7 +64,6 @@ struct Installed {
 /// `Host` as the HTTP API and the service's background tasks see it.
 pub struct HostBackend {
     host: Host,
-    cfg: ServiceConfig,
     installed: Mutex<BTreeMap<String, Installed>>,
     gauge_series: Mutex<Vec<(String, String)>>,
     reload_lock: Mutex<()>,
@@ -67,10 +71,9 @@ pub struct HostBackend {
 
 impl HostBackend {
     /// Wraps `host`; re-registers its extensions instrumented for metrics.
-    pub fn new(host: Host, cfg: ServiceConfig) -> Self {
+    pub fn new(host: Host) -> Self {
         let b = Self {
             host,
-            cfg,
             installed: Mutex::new(BTreeMap::new()),
             gauge_series: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
@@ -297,6 +300,24 @@ impl Maintenance for HostBackend {
     }
 
     fn tick(&self) {
+        let leases = self.manager().keep_leases();
+        for _ in &leases.renewed {
+            metrics::lease_renewal("renewed");
+        }
+        for _ in &leases.refused {
+            metrics::lease_renewal("refused");
+        }
+        for id in &leases.ended {
+            metrics::reaped("lease_unpaid");
+            if let Ok(st) = self.manager().status(None, id)
+                && let Some(m) = &st.meter
+            {
+                metrics::settlement(m.total.currency.as_str(), m.total.amount.to_f64().unwrap_or(0.0));
+            }
+        }
+        for (id, e) in &leases.errors {
+            tracing::warn!(sandbox_id = %id, error = %e, "lease keeper could not handle a sandbox; will retry");
+        }
         self.reap();
     }
 

@@ -111,7 +111,9 @@ impl SandboxManager {
                 ));
                 continue;
             }
-            let hold = match self.ledger.hold(tenant, &attempt.estimate.total, &id, ext_id, &format!("{id}/hold/{n}")) {
+            // With leases on, only the first lease is held (see lease.rs).
+            let amount = self.first_hold(backend.as_ref(), &st.request, &attempt.estimate.total);
+            let hold = match self.ledger.hold(tenant, &amount, &id, ext_id, &format!("{id}/hold/{n}")) {
                 Ok(h) => h,
                 Err(e) => {
                     release_trial(&self.health, ext_id);

@@ -16,6 +16,7 @@ mod backend;
 mod create;
 mod destroy;
 mod error;
+mod lease;
 mod outbox;
 mod owner;
 mod reconcile;
@@ -32,6 +33,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub use backend::{Backend, Extensions, RouteView};
 pub use error::ManagerError;
+pub use lease::{LEASE_REFUSED, LeasePolicy, LeaseReport};
 pub use reconcile::ReconcileReport;
 pub use status::{AttemptRecord, Meter, Reading, SandboxState, SandboxStatus, UnknownState};
 pub use store::StoreError;
@@ -53,11 +55,14 @@ pub struct ManagerConfig {
     /// A hold with no sandbox record is voided by reconciliation only once it is this
     /// old (another process may be between taking it and recording it).
     pub orphan_hold_grace: Duration,
+    /// Hold credits in leases renewed while a sandbox runs (`None`: hold the whole
+    /// maximum duration at create). See [`SandboxManager::keep_leases`].
+    pub lease: Option<LeasePolicy>,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { event_source: default_event_source(), orphan_hold_grace: Duration::from_secs(60) }
+        Self { event_source: default_event_source(), orphan_hold_grace: Duration::from_secs(60), lease: None }
     }
 }
 
