@@ -97,7 +97,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     )
     .unwrap();
     let h = Host::start(&setup);
-    h.grant("a", "0.05");
+    h.grant("a", "0.01");
     let before = entries(&h, TOKEN_A).len();
 
     let bad: &[(&str, &str, Option<&str>)] = &[
@@ -132,8 +132,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     let (s, v) = h.post("/v1/tenants/Not%20A%20Tenant/credits", ADMIN, r#"{"amount":"1"}"#);
     assert_eq!((s, v["error"]["field"].as_str()), (400, Some("tenant")), "{v}");
 
-    // 0.05 USD does not cover an hour of saas-stub (0.0666): 402 with need and
-    // available, and nothing created or held.
+    // 0.01 USD does not cover the first 15-minute lease of saas-stub (0.01665): 402 with
+    // need and available, and nothing created or held.
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub"}"#);
     assert_eq!((s, error_code(&v)), (402, "insufficient_credits"), "{v}");
     assert!(v["error"]["need"].is_object() && v["error"]["available"].is_object(), "{v}");
