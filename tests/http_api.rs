@@ -11,7 +11,9 @@ use http_host::{ADMIN, Host, Setup, TOKEN_A, TOKEN_B};
 use serde_json::Value;
 
 fn error_code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {v}"))
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
 }
 
 fn entries(h: &Host, token: &str) -> Vec<Value> {
@@ -28,10 +30,21 @@ fn tokens_decide_who_sees_what() {
     // No token, a wrong one, a malformed header: 401 with the error shape.
     let (s, v) = h.call("GET", "/v1/sandboxes", None, None, &[]);
     assert_eq!((s, error_code(&v)), (401, "unauthorized"));
-    assert!(v["error"]["message"].as_str().unwrap().contains("Authorization: Bearer"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
     let (s, v) = h.get("/v1/sandboxes", "not-a-token-at-all-xxxx");
     assert_eq!((s, error_code(&v)), (401, "unauthorized"));
-    let (s, _) = h.call("GET", "/v1/credits", None, None, &[("authorization", "Basic YTpi")]);
+    let (s, _) = h.call(
+        "GET",
+        "/v1/credits",
+        None,
+        None,
+        &[("authorization", "Basic YTpi")],
+    );
     assert_eq!(s, 401);
     // The token never reaches the log.
     assert!(!h.log.lock().unwrap().contains("not-a-token-at-all"));
@@ -78,13 +91,27 @@ fn tokens_decide_who_sees_what() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "destroyed");
     assert!(v["meter"]["total"].is_object(), "{v}");
-    let kinds: Vec<String> = entries(&h, TOKEN_A).iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
-    assert!(kinds.contains(&"hold".to_owned()) && kinds.contains(&"charge".to_owned()), "{kinds:?}");
+    let kinds: Vec<String> = entries(&h, TOKEN_A)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.contains(&"hold".to_owned()) && kinds.contains(&"charge".to_owned()),
+        "{kinds:?}"
+    );
     // Extensions are visible to any authenticated caller.
     let (s, v) = h.get("/v1/extensions", TOKEN_B);
     assert_eq!(s, 200);
-    let ids: Vec<&str> = v["extensions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"saas-stub") && ids.contains(&"local-pool"), "{ids:?}");
+    let ids: Vec<&str> = v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"saas-stub") && ids.contains(&"local-pool"),
+        "{ids:?}"
+    );
 }
 
 #[test]
@@ -103,9 +130,21 @@ fn bad_input_is_refused_and_changes_nothing() {
     let bad: &[(&str, &str, Option<&str>)] = &[
         (r#"{"profile":"saas-stub""#, "invalid JSON", None),
         (r#"{"profile":"saas-stub","colour":"red"}"#, "colour", None),
-        (r#"{"profile":"saas-stub","vcpus":"two"}"#, "vcpus", Some("vcpus")),
-        (r#"{"profile":"no-such-profile"}"#, "no-such-profile", Some("profile")),
-        (r#"{"profile":"saas-stub","vcpus":100000}"#, "vcpus", Some("vcpus")),
+        (
+            r#"{"profile":"saas-stub","vcpus":"two"}"#,
+            "vcpus",
+            Some("vcpus"),
+        ),
+        (
+            r#"{"profile":"no-such-profile"}"#,
+            "no-such-profile",
+            Some("profile"),
+        ),
+        (
+            r#"{"profile":"saas-stub","vcpus":100000}"#,
+            "vcpus",
+            Some("vcpus"),
+        ),
         (r#"{"vcpus":1}"#, "profile", None),
         ("", "empty", None),
     ];
@@ -114,30 +153,58 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(s, 400, "{body} → {v}");
         assert_eq!(error_code(&v), "bad_request", "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(needle), "{body}: message {msg:?} should name {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "{body}: message {msg:?} should name {needle:?}"
+        );
         if let Some(f) = field {
             assert_eq!(v["error"]["field"], *f, "{v}");
         }
     }
     // Oversized body: refused before it is parsed, naming the limit.
-    let big = format!(r#"{{"profile":"saas-stub","metadata":{{"x":"{}"}}}}"#, "y".repeat(200_000));
+    let big = format!(
+        r#"{{"profile":"saas-stub","metadata":{{"x":"{}"}}}}"#,
+        "y".repeat(200_000)
+    );
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, &big);
     assert_eq!((s, error_code(&v)), (400, "body_too_large"), "{v}");
     // Money as a JSON number or a malformed decimal is refused.
-    for body in [r#"{"amount":5}"#, r#"{"amount":"abc"}"#, r#"{"amount":"-5"}"#, r#"{"amount":"1e3"}"#] {
+    for body in [
+        r#"{"amount":5}"#,
+        r#"{"amount":"abc"}"#,
+        r#"{"amount":"-5"}"#,
+        r#"{"amount":"1e3"}"#,
+    ] {
         let (s, v) = h.post("/v1/tenants/a/credits", ADMIN, body);
         assert_eq!(s, 400, "{body} → {v}");
         assert_eq!(v["error"]["field"], "amount", "{v}");
     }
-    let (s, v) = h.post("/v1/tenants/Not%20A%20Tenant/credits", ADMIN, r#"{"amount":"1"}"#);
-    assert_eq!((s, v["error"]["field"].as_str()), (400, Some("tenant")), "{v}");
+    let (s, v) = h.post(
+        "/v1/tenants/Not%20A%20Tenant/credits",
+        ADMIN,
+        r#"{"amount":"1"}"#,
+    );
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("tenant")),
+        "{v}"
+    );
 
     // 0.01 USD does not cover the first 15-minute lease of saas-stub (0.01665): 402 with
     // need and available, and nothing created or held.
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub"}"#);
     assert_eq!((s, error_code(&v)), (402, "insufficient_credits"), "{v}");
-    assert!(v["error"]["need"].is_object() && v["error"]["available"].is_object(), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("insufficient credits: need"), "{v}");
+    assert!(
+        v["error"]["need"].is_object() && v["error"]["available"].is_object(),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient credits: need"),
+        "{v}"
+    );
 
     // A request that routes nowhere: 503 with every candidate's reason.
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"nowhere"}"#);
@@ -147,8 +214,19 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     let (s, v) = h.get("/v1/sandboxes", TOKEN_A);
     assert_eq!(s, 200);
-    assert!(v["sandboxes"].as_array().unwrap().iter().all(|s| s["state"] != "running"), "{v}");
-    assert_eq!(entries(&h, TOKEN_A).len(), before, "refused requests left ledger lines");
+    assert!(
+        v["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] != "running"),
+        "{v}"
+    );
+    assert_eq!(
+        entries(&h, TOKEN_A).len(),
+        before,
+        "refused requests left ledger lines"
+    );
     let (_, c) = h.get("/v1/credits", TOKEN_A);
     assert_eq!(c["balances"][0]["held"], "0", "{c}");
 
@@ -191,10 +269,19 @@ fn the_same_create_five_times_makes_one_sandbox() {
     assert!(all.iter().all(|i| *i == all[0]), "{all:?}");
     let (_, v) = h.get("/v1/sandboxes", TOKEN_A);
     assert_eq!(v["sandboxes"].as_array().unwrap().len(), 1, "{v}");
-    let holds = entries(&h, TOKEN_A).iter().filter(|e| e["kind"] == "hold").count();
+    let holds = entries(&h, TOKEN_A)
+        .iter()
+        .filter(|e| e["kind"] == "hold")
+        .count();
     assert_eq!(holds, 1);
     // The same key for a different request is a conflict, and creates nothing.
-    let (st, v) = h.call("POST", "/v1/sandboxes", Some(TOKEN_A), Some(r#"{"profile":"saas-stub","vcpus":2}"#), &key);
+    let (st, v) = h.call(
+        "POST",
+        "/v1/sandboxes",
+        Some(TOKEN_A),
+        Some(r#"{"profile":"saas-stub","vcpus":2}"#),
+        &key,
+    );
     assert_eq!((st, error_code(&v)), (409, "idempotency_conflict"), "{v}");
     // Another tenant's identical key is its own.
     h.grant("b", "5.00");
@@ -202,8 +289,18 @@ fn the_same_create_five_times_makes_one_sandbox() {
     assert_eq!(st, 201, "{v}");
     assert_ne!(v["id"], all[0].as_str());
     // A bad key is refused by name.
-    let (st, v) = h.call("POST", "/v1/sandboxes", Some(TOKEN_A), Some(body), &[("idempotency-key", "")]);
-    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("Idempotency-Key")), "{v}");
+    let (st, v) = h.call(
+        "POST",
+        "/v1/sandboxes",
+        Some(TOKEN_A),
+        Some(body),
+        &[("idempotency-key", "")],
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("Idempotency-Key")),
+        "{v}"
+    );
 }
 
 #[test]
@@ -229,27 +326,47 @@ fn metrics_health_and_graceful_shutdown() {
         assert!(m.contains(family), "{family} missing from /metrics:\n{m}");
     }
     assert!(m.contains("strategy=\"prefer-self-hosted\""), "{m}");
-    assert!(m.contains("state=\"destroyed\",extension=\"local-pool\"") || m.contains("extension=\"local-pool\",state=\"destroyed\""), "{m}");
+    assert!(
+        m.contains("state=\"destroyed\",extension=\"local-pool\"")
+            || m.contains("extension=\"local-pool\",state=\"destroyed\""),
+        "{m}"
+    );
 
     // SIGTERM: clean exit, the meter event is in the log.
     assert!(h.terminate(), "host did not exit cleanly on SIGTERM");
     let events = std::fs::read_to_string(setup.state().join("events.jsonl")).unwrap();
-    assert_eq!(events.lines().filter(|l| l.contains(id)).count(), 1, "{events}");
+    assert_eq!(
+        events.lines().filter(|l| l.contains(id)).count(),
+        1,
+        "{events}"
+    );
     std::thread::sleep(Duration::from_millis(10));
 }
 
 #[test]
 fn the_readme_curl_walkthrough_works() {
     let readme = std::fs::read_to_string(http_host::repo().join("README.md")).unwrap();
-    let begin = readme.find("<!-- http-walkthrough:begin -->").expect("README walkthrough markers");
+    let begin = readme
+        .find("<!-- http-walkthrough:begin -->")
+        .expect("README walkthrough markers");
     let end = readme.find("<!-- http-walkthrough:end -->").unwrap();
     let block = &readme[begin..end];
-    let script = block.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let script = block
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
 
     // No config: the host generates the tokens into <state>/tokens and says where.
     let setup = Setup::new();
     let h = Host::start_with(&setup, &[]);
-    assert!(h.log.lock().unwrap().contains("tokens/local.token"), "{}", h.log.lock().unwrap());
+    assert!(
+        h.log.lock().unwrap().contains("tokens/local.token"),
+        "{}",
+        h.log.lock().unwrap()
+    );
     // The README runs from the folder holding `.sandboxer/`.
     let cwd = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(setup.state(), cwd.path().join(".sandboxer")).unwrap();
@@ -260,14 +377,34 @@ fn the_readme_curl_walkthrough_works() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "walkthrough failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(lines.iter().any(|v| v["extension_id"] == "local-pool" && v["state"] == "running"), "{stdout}");
-    assert!(lines.iter().any(|v| v["state"] == "destroyed" && v["total"]["currency"] == "USD"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["extension_id"] == "local-pool" && v["state"] == "running"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["state"] == "destroyed" && v["total"]["currency"] == "USD"),
+        "{stdout}"
+    );
     let kinds: Vec<&str> = lines.iter().filter_map(|v| v["kind"].as_str()).collect();
     assert_eq!(kinds, ["grant", "hold", "charge"], "{stdout}");
     // The token files are owner-only.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(setup.state().join("tokens/local.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(setup.state().join("tokens/local.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "token file readable by others: {mode:o}");
 }

@@ -35,7 +35,9 @@ fn hub(fail_first: usize) -> Hub {
             let mut buf = Vec::new();
             let mut chunk = [0u8; 8192];
             let body = loop {
-                let Ok(k) = s.read(&mut chunk) else { break None };
+                let Ok(k) = s.read(&mut chunk) else {
+                    break None;
+                };
                 if k == 0 {
                     break None;
                 }
@@ -44,10 +46,18 @@ fn hub(fail_first: usize) -> Hub {
                 if let Some(pos) = text.find("\r\n\r\n") {
                     let len: usize = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if buf.len() >= pos + 4 + len {
-                        assert!(text.to_ascii_lowercase().contains("content-type: application/cloudevents-batch+json"), "{text}");
+                        assert!(
+                            text.to_ascii_lowercase()
+                                .contains("content-type: application/cloudevents-batch+json"),
+                            "{text}"
+                        );
                         break Some(text[pos + 4..pos + 4 + len].to_owned());
                     }
                 }
@@ -58,21 +68,39 @@ fn hub(fail_first: usize) -> Hub {
                 *r += 1;
                 *r
             };
-            let status = if n <= fail_first { "503 Service Unavailable" } else { "200 OK" };
+            let status = if n <= fail_first {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
             if n > fail_first {
                 let events: Vec<Value> = serde_json::from_str(&body).unwrap();
                 acc.lock().unwrap().extend(events);
             }
-            let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
         }
     });
-    Hub { url, accepted, requests }
+    Hub {
+        url,
+        accepted,
+        requests,
+    }
 }
 
 fn lifecycle(h: &Host, profile: &str) -> Value {
-    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, &format!(r#"{{"profile":"{profile}"}}"#));
+    let (s, sb) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        &format!(r#"{{"profile":"{profile}"}}"#),
+    );
     assert_eq!(s, 201, "{sb}");
-    let (s, done) = h.delete(&format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()), TOKEN_A);
+    let (s, done) = h.delete(
+        &format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
     assert_eq!(s, 200, "{done}");
     done
 }
@@ -87,28 +115,55 @@ fn the_event_hub_gets_every_event_once_although_it_fails_at_first() {
     ));
     let h = Host::start(&setup);
     h.grant("a", "5.00");
-    let mut want: Vec<String> = (0..5).map(|_| lifecycle(&h, "saas-stub")["meter"]["event_id"].as_str().unwrap().to_owned()).collect();
+    let mut want: Vec<String> = (0..5)
+        .map(|_| {
+            lifecycle(&h, "saas-stub")["meter"]["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     want.sort();
     let got: Vec<String> = h.wait_for(Duration::from_secs(20), || {
         let acc = hub.accepted.lock().unwrap();
-        let ids: Vec<String> = acc.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        let ids: Vec<String> = acc
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
         (ids.len() >= want.len()).then_some(ids)
     });
     let mut sorted = got.clone();
     sorted.sort();
-    assert_eq!(sorted, want, "accepted batches must carry each settlement's event exactly once");
-    assert!(*hub.requests.lock().unwrap() >= 4, "the hub's failures were not retried");
+    assert_eq!(
+        sorted, want,
+        "accepted batches must carry each settlement's event exactly once"
+    );
+    assert!(
+        *hub.requests.lock().unwrap() >= 4,
+        "the hub's failures were not retried"
+    );
     for e in hub.accepted.lock().unwrap().iter() {
         assert_eq!(e["type"], "sandboxer.sandbox.metered");
         assert_eq!(e["subject"], "a");
     }
     // The JSONL log has the same events, once each.
     let text = std::fs::read_to_string(setup.state().join("events.jsonl")).unwrap();
-    let mut log: Vec<String> = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned()).collect();
+    let mut log: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     log.sort();
     assert_eq!(log, want);
     let m = h.metrics();
-    assert!(m.contains("sandboxer_event_deliveries_total{sink=\"http\",outcome=\"failed\"}"), "{m}");
+    assert!(
+        m.contains("sandboxer_event_deliveries_total{sink=\"http\",outcome=\"failed\"}"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -128,13 +183,19 @@ fn a_dead_hub_never_slows_a_destroy_and_its_backlog_shows() {
     for _ in 0..5 {
         lifecycle(&h, "saas-stub");
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "5 lifecycles took {:?} with a dead hub", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "5 lifecycles took {:?} with a dead hub",
+        start.elapsed()
+    );
     // The events are in the log and counted as pending for the hub.
     let text = std::fs::read_to_string(setup.state().join("events.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 5);
     h.wait_for(Duration::from_secs(10), || {
         let m = h.metrics();
-        m.lines().any(|l| l.starts_with("sandboxer_event_sink_pending_events{") && l.ends_with(" 5")).then_some(())
+        m.lines()
+            .any(|l| l.starts_with("sandboxer_event_sink_pending_events{") && l.ends_with(" 5"))
+            .then_some(())
     });
 }
 
@@ -143,7 +204,11 @@ fn the_reaper_ends_a_sandbox_past_its_maximum_duration() {
     let setup = Setup::new();
     let h = Host::start(&setup);
     h.grant("a", "5.00");
-    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub","max_duration_secs":1}"#);
+    let (s, sb) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","max_duration_secs":1}"#,
+    );
     assert_eq!(s, 201, "{sb}");
     let id = sb["id"].as_str().unwrap().to_owned();
     let done = h.wait_for(Duration::from_secs(10), || {
@@ -154,9 +219,18 @@ fn the_reaper_ends_a_sandbox_past_its_maximum_duration() {
     assert!(meter["total"]["amount"].is_string(), "{done}");
     // Settled once: one charge line for it, one event.
     let (_, e) = h.get("/v1/credits/entries", TOKEN_A);
-    let charges = e["entries"].as_array().unwrap().iter().filter(|x| x["kind"] == "charge" && x["sandbox_id"] == id.as_str()).count();
+    let charges = e["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "charge" && x["sandbox_id"] == id.as_str())
+        .count();
     assert_eq!(charges, 1, "{e}");
-    h.wait_for(Duration::from_secs(5), || h.metrics().contains("sandboxer_reaped_total{reason=\"max_duration\"} 1").then_some(()));
+    h.wait_for(Duration::from_secs(5), || {
+        h.metrics()
+            .contains("sandboxer_reaped_total{reason=\"max_duration\"} 1")
+            .then_some(())
+    });
     // Destroying it again returns the same settlement.
     let (s, again) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
     assert_eq!(s, 200);
@@ -170,7 +244,12 @@ fn extension_ids(h: &Host) -> HashMap<String, String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["version_hash"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["version_hash"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -178,7 +257,10 @@ fn extension_ids(h: &Host) -> HashMap<String, String> {
 fn extensions_are_hot_reloaded_while_serving() {
     let setup = Setup::new();
     let misbehave = http_host::repo().join("tests/guests/misbehave.wasm");
-    assert!(misbehave.is_file(), "build the test guests first (scripts/build-extensions.sh)");
+    assert!(
+        misbehave.is_file(),
+        "build the test guests first (scripts/build-extensions.sh)"
+    );
     std::fs::write(
         setup.profiles().join("fresh.toml"),
         "id = \"fresh\"\ntemplate = \"base\"\nmax_duration_secs = 600\n[resources]\nvcpus = 1\nmemory_mib = 512\n\
@@ -193,7 +275,9 @@ fn extensions_are_hot_reloaded_while_serving() {
     // Added while serving: the next request routes to it.
     let file = setup.extensions().join("fresh-ext.wasm");
     std::fs::copy(setup.extensions().join("saas-stub.wasm"), &file).unwrap();
-    let v1 = h.wait_for(Duration::from_secs(20), || extension_ids(&h).get("fresh-ext").cloned());
+    let v1 = h.wait_for(Duration::from_secs(20), || {
+        extension_ids(&h).get("fresh-ext").cloned()
+    });
     let (s, old) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"fresh"}"#);
     assert_eq!(s, 201, "{old}");
     assert_eq!(old["extension_id"], "fresh-ext");
@@ -202,40 +286,73 @@ fn extensions_are_hot_reloaded_while_serving() {
 
     // Replaced by a broken file: reported, and the previous version keeps serving.
     std::fs::write(&file, b"\0asm\x01\0\0\0 not a component").unwrap();
-    h.wait_for(Duration::from_secs(20), || h.metrics().contains("sandboxer_reloads_total{kind=\"extension\",outcome=\"rejected\"}").then_some(()));
+    h.wait_for(Duration::from_secs(20), || {
+        h.metrics()
+            .contains("sandboxer_reloads_total{kind=\"extension\",outcome=\"rejected\"}")
+            .then_some(())
+    });
     assert_eq!(extension_ids(&h).get("fresh-ext"), Some(&v1));
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"fresh"}"#);
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["extension_version"], v1.as_str());
-    let (s, _) = h.delete(&format!("/v1/sandboxes/{}", v["id"].as_str().unwrap()), TOKEN_A);
+    let (s, _) = h.delete(
+        &format!("/v1/sandboxes/{}", v["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
     assert_eq!(s, 200);
 
     // Replaced by another valid component: new sandboxes get it, the old sandbox is still
     // destroyed and metered by the version that created it.
     std::fs::copy(&misbehave, &file).unwrap();
-    let v2 = h.wait_for(Duration::from_secs(20), || extension_ids(&h).get("fresh-ext").filter(|v| **v != v1).cloned());
+    let v2 = h.wait_for(Duration::from_secs(20), || {
+        extension_ids(&h)
+            .get("fresh-ext")
+            .filter(|v| **v != v1)
+            .cloned()
+    });
     let (s, new) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"fresh"}"#);
     assert_eq!(s, 201, "{new}");
     assert_eq!(new["extension_version"], v2.as_str());
     let (s, old_done) = h.delete(&format!("/v1/sandboxes/{old_id}"), TOKEN_A);
     assert_eq!(s, 200, "{old_done}");
     let stub_lines = lifecycle(&h, "saas-stub")["meter"]["line_items"].clone();
-    let desc = |v: &Value| v.as_array().unwrap().iter().map(|l| l["description"].clone()).collect::<Vec<_>>();
-    assert_eq!(desc(&old_done["meter"]["line_items"]), desc(&stub_lines), "the old sandbox was not metered by the saas-stub version");
+    let desc = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["description"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        desc(&old_done["meter"]["line_items"]),
+        desc(&stub_lines),
+        "the old sandbox was not metered by the saas-stub version"
+    );
 
     // Removed: it leaves /v1/extensions and routing; its sandbox can still be destroyed.
     std::fs::remove_file(&file).unwrap();
-    h.wait_for(Duration::from_secs(20), || (!extension_ids(&h).contains_key("fresh-ext")).then_some(()));
+    h.wait_for(Duration::from_secs(20), || {
+        (!extension_ids(&h).contains_key("fresh-ext")).then_some(())
+    });
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"fresh"}"#);
     assert_eq!(s, 503, "{v}");
-    let (s, v) = h.delete(&format!("/v1/sandboxes/{}", new["id"].as_str().unwrap()), TOKEN_A);
+    let (s, v) = h.delete(
+        &format!("/v1/sandboxes/{}", new["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["state"], "destroyed");
 }
 
 fn entry_kinds(h: &Host, id: &str) -> Vec<String> {
     let (_, e) = h.get("/v1/credits/entries", TOKEN_A);
-    e["entries"].as_array().unwrap().iter().filter(|x| x["sandbox_id"] == id).map(|x| x["kind"].as_str().unwrap().to_owned()).collect()
+    e["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["sandbox_id"] == id)
+        .map(|x| x["kind"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -244,7 +361,11 @@ fn leases_are_renewed_while_credits_last() {
     setup.write_config("[leases]\nchunk_secs = 1\nrenew_before_secs = 0\ngrace_secs = 1\n");
     let h = Host::start(&setup);
     h.grant("a", "5.00");
-    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub","max_duration_secs":600}"#);
+    let (s, sb) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","max_duration_secs":600}"#,
+    );
     assert_eq!(s, 201, "{sb}");
     let id = sb["id"].as_str().unwrap().to_owned();
     // Only the first 1 s lease is held, not the 600 s maximum (0.0111 USD).
@@ -261,9 +382,19 @@ fn leases_are_renewed_while_credits_last() {
     let (s, done) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
     assert_eq!(s, 200, "{done}");
     let kinds = entry_kinds(&h, &id);
-    assert_eq!(kinds.iter().filter(|k| *k == "charge").count(), 1, "{kinds:?}");
-    assert!(kinds.iter().filter(|k| *k == "hold").count() >= 2, "{kinds:?}");
-    assert!(h.metrics().contains("sandboxer_lease_renewals_total{outcome=\"renewed\"}"));
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "charge").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "hold").count() >= 2,
+        "{kinds:?}"
+    );
+    assert!(
+        h.metrics()
+            .contains("sandboxer_lease_renewals_total{outcome=\"renewed\"}")
+    );
     let (ok, out, err) = setup.cli(&["credits", "verify"]);
     assert!(ok, "{out}{err}");
 }
@@ -275,15 +406,28 @@ fn a_lease_that_cannot_be_renewed_ends_the_sandbox_and_settles_it() {
     let h = Host::start(&setup);
     // Enough for the first second (0.0000185 USD), not for renewing to two.
     h.grant("a", "0.00005");
-    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub","max_duration_secs":600}"#);
+    let (s, sb) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","max_duration_secs":600}"#,
+    );
     assert_eq!(s, 201, "{sb}");
     let id = sb["id"].as_str().unwrap().to_owned();
     // The status says why it will end, while it still runs.
     let warned = h.wait_for(Duration::from_secs(10), || {
         let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
-        v["error"].as_str().is_some_and(|e| e.contains("lease renewal refused")).then_some(v)
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lease renewal refused"))
+            .then_some(v)
     });
-    assert!(warned["error"].as_str().unwrap().contains("insufficient credits"), "{warned}");
+    assert!(
+        warned["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient credits"),
+        "{warned}"
+    );
     // Then it is destroyed and settled by the host, once.
     let done = h.wait_for(Duration::from_secs(10), || {
         let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
@@ -291,13 +435,25 @@ fn a_lease_that_cannot_be_renewed_ends_the_sandbox_and_settles_it() {
     });
     assert!(done["meter"]["total"]["amount"].is_string(), "{done}");
     let kinds = entry_kinds(&h, &id);
-    assert_eq!(kinds.iter().filter(|k| *k == "charge").count(), 1, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "charge").count(),
+        1,
+        "{kinds:?}"
+    );
     // The tenant never owes more than it had (write-off policy): available is not negative.
     let (_, c) = h.get("/v1/credits", TOKEN_A);
-    let available: f64 = c["balances"][0]["available"].as_str().unwrap().parse().unwrap();
+    let available: f64 = c["balances"][0]["available"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(available >= 0.0, "{c}");
     assert_eq!(c["balances"][0]["held"], "0", "{c}");
-    h.wait_for(Duration::from_secs(5), || h.metrics().contains("sandboxer_reaped_total{reason=\"lease_unpaid\"} 1").then_some(()));
+    h.wait_for(Duration::from_secs(5), || {
+        h.metrics()
+            .contains("sandboxer_reaped_total{reason=\"lease_unpaid\"} 1")
+            .then_some(())
+    });
     let (ok, out, err) = setup.cli(&["credits", "verify"]);
     assert!(ok, "{out}{err}");
 }

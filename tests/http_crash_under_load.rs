@@ -19,14 +19,25 @@ const CLIENTS: usize = 4;
 
 /// One blocking call against whatever host currently runs; `None` when the connection
 /// failed (host killed mid-request).
-fn call(client: &reqwest::blocking::Client, base: &RwLock<String>, method: &str, path: &str, body: Option<&str>, key: Option<&str>) -> Option<(u16, Value)> {
+fn call(
+    client: &reqwest::blocking::Client,
+    base: &RwLock<String>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
     let url = format!("{}{path}", base.read().unwrap());
-    let mut req = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url).bearer_auth(TOKEN_A);
+    let mut req = client
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
+        .bearer_auth(TOKEN_A);
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }
     if let Some(b) = body {
-        req = req.header("content-type", "application/json").body(b.to_owned());
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
     }
     let resp = req.send().ok()?;
     let status = resp.status().as_u16();
@@ -46,21 +57,40 @@ fn lifecycles_survive_repeated_sigkill() {
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            let (base, stop, created, destroyed) = (base.clone(), stop.clone(), created.clone(), destroyed.clone());
+            let (base, stop, created, destroyed) = (
+                base.clone(),
+                stop.clone(),
+                created.clone(),
+                destroyed.clone(),
+            );
             std::thread::spawn(move || {
-                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     // Retried with the same key across crashes: at most one sandbox per key.
                     let key = format!("client{c}-{n}");
-                    let profile = if n % 3 == 0 { "burst-sandbox" } else { "saas-stub" };
+                    let profile = if n % 3 == 0 {
+                        "burst-sandbox"
+                    } else {
+                        "saas-stub"
+                    };
                     let body = format!(r#"{{"profile":"{profile}"}}"#);
                     let id = loop {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        match call(&client, &base, "POST", "/v1/sandboxes", Some(&body), Some(&key)) {
+                        match call(
+                            &client,
+                            &base,
+                            "POST",
+                            "/v1/sandboxes",
+                            Some(&body),
+                            Some(&key),
+                        ) {
                             Some((201, v)) => break v["id"].as_str().unwrap().to_owned(),
                             // The pool or a busy claim: try the next key.
                             Some((s, v)) if s == 503 || s == 409 => {
@@ -77,7 +107,14 @@ fn lifecycles_survive_repeated_sigkill() {
                     created.fetch_add(1, Ordering::Relaxed);
                     let deadline = Instant::now() + Duration::from_secs(30);
                     loop {
-                        match call(&client, &base, "DELETE", &format!("/v1/sandboxes/{id}"), None, None) {
+                        match call(
+                            &client,
+                            &base,
+                            "DELETE",
+                            &format!("/v1/sandboxes/{id}"),
+                            None,
+                            None,
+                        ) {
                             Some((200, v)) => {
                                 assert_eq!(v["state"], "destroyed", "{v}");
                                 destroyed.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +137,9 @@ fn lifecycles_survive_repeated_sigkill() {
     // Kill at pseudo-random moments (a fixed LCG: reproducible, no dependency).
     let mut seed: u64 = 0x5eed_1234;
     for _ in 0..KILLS {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let wait = 150 + (seed >> 33) % 450;
         std::thread::sleep(Duration::from_millis(wait));
         host.kill();
@@ -112,7 +151,11 @@ fn lifecycles_survive_repeated_sigkill() {
     for c in clients {
         c.join().unwrap();
     }
-    assert!(created.load(Ordering::Relaxed) >= 20, "too little load: {} creates", created.load(Ordering::Relaxed));
+    assert!(
+        created.load(Ordering::Relaxed) >= 20,
+        "too little load: {} creates",
+        created.load(Ordering::Relaxed)
+    );
 
     // A last clean run: destroy what is left running, then stop gracefully.
     host.kill();
@@ -121,7 +164,10 @@ fn lifecycles_survive_repeated_sigkill() {
     assert_eq!(s, 200);
     for sb in v["sandboxes"].as_array().unwrap() {
         if sb["state"] == "running" {
-            let (s, v) = host.delete(&format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()), TOKEN_A);
+            let (s, v) = host.delete(
+                &format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()),
+                TOKEN_A,
+            );
             assert_eq!(s, 200, "{v}");
         }
     }
@@ -133,9 +179,15 @@ fn lifecycles_survive_repeated_sigkill() {
     let mut settled: HashMap<String, String> = HashMap::new();
     for sb in &all {
         let state = sb["state"].as_str().unwrap();
-        assert!(state == "destroyed" || state == "failed", "sandbox left {state}: {sb}");
+        assert!(
+            state == "destroyed" || state == "failed",
+            "sandbox left {state}: {sb}"
+        );
         if state == "destroyed" {
-            settled.insert(sb["id"].as_str().unwrap().to_owned(), sb["meter"]["event_id"].as_str().unwrap().to_owned());
+            settled.insert(
+                sb["id"].as_str().unwrap().to_owned(),
+                sb["meter"]["event_id"].as_str().unwrap().to_owned(),
+            );
         }
     }
     assert!(settled.len() >= created.load(Ordering::Relaxed).min(20));

@@ -17,7 +17,10 @@ const TOKEN: &str = "bench-tenant-token-0123456789";
 const ADMIN: &str = "bench-admin-token-0123456789";
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 struct HostProc {
@@ -27,7 +30,9 @@ struct HostProc {
 
 impl Drop for HostProc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -37,7 +42,13 @@ fn start(dir: &Path, extensions: &Path) -> HostProc {
         .args(["--extensions-dir", extensions.to_str().unwrap()])
         .args(["--profiles-dir", repo().join("profiles").to_str().unwrap()])
         .args(["--state-dir", dir.join("state").to_str().unwrap()])
-        .args(["run", "--listen", "127.0.0.1:0", "--config", dir.join("sandboxer.toml").to_str().unwrap()])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            dir.join("sandboxer.toml").to_str().unwrap(),
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -58,12 +69,17 @@ fn start(dir: &Path, extensions: &Path) -> HostProc {
             }
         }
     });
-    let base = rx.recv_timeout(Duration::from_secs(600)).expect("host did not start");
+    let base = rx
+        .recv_timeout(Duration::from_secs(600))
+        .expect("host did not start");
     HostProc { child, base }
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// One create + destroy; returns the create's round trip.
@@ -76,15 +92,29 @@ fn lifecycle(c: &reqwest::blocking::Client, base: &str, profile: &str) -> Durati
         .send()
         .unwrap();
     let took = t0.elapsed();
-    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().unwrap_or_default());
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.text().unwrap_or_default()
+    );
     let v: serde_json::Value = resp.json().unwrap();
     let id = v["id"].as_str().unwrap();
-    let resp = c.delete(format!("{base}/v1/sandboxes/{id}")).bearer_auth(TOKEN).send().unwrap();
+    let resp = c
+        .delete(format!("{base}/v1/sandboxes/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     took
 }
 
-fn run_clients(base: &str, clients: usize, duration: Duration, profile: &'static str) -> (usize, Vec<Duration>) {
+fn run_clients(
+    base: &str,
+    clients: usize,
+    duration: Duration,
+    profile: &'static str,
+) -> (usize, Vec<Duration>) {
     let base = Arc::new(base.to_owned());
     let handles: Vec<_> = (0..clients)
         .map(|_| {
@@ -122,10 +152,16 @@ fn extension_seconds(metrics: &str, functions: &[&str]) -> (f64, f64) {
         for f in functions {
             let tag = format!("function=\"{f}\"");
             if line.contains(&tag) {
-                let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                let value: f64 = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.0);
                 if line.starts_with("sandboxer_extension_call_seconds_sum") {
                     sum += value;
-                } else if line.starts_with("sandboxer_extension_call_seconds_count") && *f == "create" {
+                } else if line.starts_with("sandboxer_extension_call_seconds_count")
+                    && *f == "create"
+                {
                     count += value;
                 }
             }
@@ -145,14 +181,18 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
-    let ext_dir = std::env::var_os("SANDBOXER_BENCH_EXTENSIONS").map_or_else(|| repo().join("extensions"), PathBuf::from);
+    let ext_dir = std::env::var_os("SANDBOXER_BENCH_EXTENSIONS")
+        .map_or_else(|| repo().join("extensions"), PathBuf::from);
     let shipped: Vec<String> = std::fs::read_dir(&ext_dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".wasm"))
         .collect();
-    assert!(shipped.iter().any(|n| n == "saas-stub.wasm"), "build the extensions first: make extensions");
+    assert!(
+        shipped.iter().any(|n| n == "saas-stub.wasm"),
+        "build the extensions first: make extensions"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     // Keep compiled artifacts between runs: a fresh compile of every shipped component is
@@ -183,15 +223,30 @@ fn main() {
     }
     let rss_loaded = peak_rss_kib(host.child.id());
 
-    let before = c.get(format!("{}/metrics", host.base)).send().unwrap().text().unwrap();
+    let before = c
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let secs = Duration::from_secs(5);
     let (n1, mut lat1) = run_clients(&host.base, 1, secs, "saas-stub");
-    let after = c.get(format!("{}/metrics", host.base)).send().unwrap().text().unwrap();
+    let after = c
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let (n16, mut lat16) = run_clients(&host.base, 16, secs, "saas-stub");
     let rss_peak = peak_rss_kib(host.child.id());
 
     // The HTTP layer alone (auth, routing, JSON, the status read; no durable write): a GET.
-    let resp = c.post(format!("{}/v1/sandboxes", host.base)).bearer_auth(TOKEN).body(r#"{"profile":"saas-stub"}"#).send().unwrap();
+    let resp = c
+        .post(format!("{}/v1/sandboxes", host.base))
+        .bearer_auth(TOKEN)
+        .body(r#"{"profile":"saas-stub"}"#)
+        .send()
+        .unwrap();
     let sb: serde_json::Value = resp.json().unwrap();
     let get_url = format!("{}/v1/sandboxes/{}", host.base, sb["id"].as_str().unwrap());
     let mut gets: Vec<Duration> = (0..2000)
@@ -217,13 +272,43 @@ fn main() {
     let rate1 = n1 as f64 / secs.as_secs_f64();
     let rate16 = n16 as f64 / secs.as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("sandboxer-host over HTTP (loopback), saas-stub, SQLite ledger with fsync; {} components loaded: {}", shipped.len(), shipped.join(", "));
-    println!("startup (cached artifacts)             {:>10.0} ms", ms(startup));
-    println!("{:<38} {:>10} {:>12} {:>12}", "", "1 client", "16 clients", "ratio");
-    println!("{:<38} {:>10.0} {:>12.0} {:>11.2}x", "lifecycles/s (create+destroy+settle)", rate1, rate16, rate16 / rate1);
-    println!("{:<38} {:>10.3} {:>12.3}", "create round trip p50 (ms)", ms(pct(&lat1, 0.5)), ms(pct(&lat16, 0.5)));
-    println!("{:<38} {:>10.3} {:>12.3}", "create round trip p99 (ms)", ms(pct(&lat1, 0.99)), ms(pct(&lat16, 0.99)));
-    println!("{:<38} {:>10.3}", "extension's own time per create (ms)", ms(ext_per_create));
+    println!(
+        "sandboxer-host over HTTP (loopback), saas-stub, SQLite ledger with fsync; {} components loaded: {}",
+        shipped.len(),
+        shipped.join(", ")
+    );
+    println!(
+        "startup (cached artifacts)             {:>10.0} ms",
+        ms(startup)
+    );
+    println!(
+        "{:<38} {:>10} {:>12} {:>12}",
+        "", "1 client", "16 clients", "ratio"
+    );
+    println!(
+        "{:<38} {:>10.0} {:>12.0} {:>11.2}x",
+        "lifecycles/s (create+destroy+settle)",
+        rate1,
+        rate16,
+        rate16 / rate1
+    );
+    println!(
+        "{:<38} {:>10.3} {:>12.3}",
+        "create round trip p50 (ms)",
+        ms(pct(&lat1, 0.5)),
+        ms(pct(&lat16, 0.5))
+    );
+    println!(
+        "{:<38} {:>10.3} {:>12.3}",
+        "create round trip p99 (ms)",
+        ms(pct(&lat1, 0.99)),
+        ms(pct(&lat16, 0.99))
+    );
+    println!(
+        "{:<38} {:>10.3}",
+        "extension's own time per create (ms)",
+        ms(ext_per_create)
+    );
     println!(
         "{:<38} {:>10.3} {:>12.3}",
         "host's added latency p50 (ms)",
@@ -236,8 +321,18 @@ fn main() {
         ms(pct(&lat1, 0.99).saturating_sub(ext_per_create)),
         ms(pct(&lat16, 0.99).saturating_sub(ext_per_create))
     );
-    println!("{:<38} {:>10.3} {:>12.3}", "GET /v1/sandboxes/{id} p50 / p99 (ms)", ms(pct(&gets, 0.5)), ms(pct(&gets, 0.99)));
-    println!("{:<38} {:>10.1} MiB after warm-up, {:.1} MiB peak", "host RSS, all components", rss_loaded as f64 / 1024.0, rss_peak as f64 / 1024.0);
+    println!(
+        "{:<38} {:>10.3} {:>12.3}",
+        "GET /v1/sandboxes/{id} p50 / p99 (ms)",
+        ms(pct(&gets, 0.5)),
+        ms(pct(&gets, 0.99))
+    );
+    println!(
+        "{:<38} {:>10.1} MiB after warm-up, {:.1} MiB peak",
+        "host RSS, all components",
+        rss_loaded as f64 / 1024.0,
+        rss_peak as f64 / 1024.0
+    );
     drop(host);
 
     // The same host with only the saas-stub component (as saas-stub and local-pool): how
@@ -251,6 +346,10 @@ fn main() {
         lifecycle(&c, &host.base, "burst-sandbox");
     }
     let _ = run_clients(&host.base, 16, Duration::from_secs(2), "saas-stub");
-    println!("{:<38} {:>10.1} MiB peak", "host RSS, saas-stub only", peak_rss_kib(host.child.id()) as f64 / 1024.0);
+    println!(
+        "{:<38} {:>10.1} MiB peak",
+        "host RSS, saas-stub only",
+        peak_rss_kib(host.child.id()) as f64 / 1024.0
+    );
     drop(host);
 }

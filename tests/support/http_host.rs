@@ -21,7 +21,10 @@ pub const ADMIN: &str = "admin-token-0123456789abc";
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A folder with `extensions/`, `profiles/`, `state/` and a config.
@@ -45,7 +48,11 @@ impl Setup {
         let src = repo().join("extensions");
         for f in files {
             let from = src.join(f);
-            assert!(from.is_file(), "{} is missing: run `make extensions` (scripts/build-extensions.sh) first", from.display());
+            assert!(
+                from.is_file(),
+                "{} is missing: run `make extensions` (scripts/build-extensions.sh) first",
+                from.display()
+            );
             std::fs::copy(&from, s.extensions().join(f)).unwrap();
         }
         for e in std::fs::read_dir(repo().join("profiles")).unwrap() {
@@ -93,7 +100,11 @@ impl Setup {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -154,8 +165,16 @@ impl Host {
                 panic!("host did not start; its log:\n{}", log.lock().unwrap());
             }
         };
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Self { child: Some(child), base, log, client }
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Self {
+            child: Some(child),
+            base,
+            log,
+            client,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -163,7 +182,14 @@ impl Host {
     }
 
     /// Sends a request; returns status and JSON body (`Value::Null` if not JSON).
-    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.client.request(m, self.url(path));
         if let Some(t) = token {
@@ -173,7 +199,9 @@ impl Host {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_owned());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
         }
         let resp = req.send().unwrap();
         let status = resp.status().as_u16();
@@ -193,13 +221,22 @@ impl Host {
 
     /// Grants credits to `tenant` through the admin endpoint.
     pub fn grant(&self, tenant: &str, amount: &str) {
-        let (s, v) = self.post(&format!("/v1/tenants/{tenant}/credits"), ADMIN, &format!("{{\"amount\":\"{amount}\"}}"));
+        let (s, v) = self.post(
+            &format!("/v1/tenants/{tenant}/credits"),
+            ADMIN,
+            &format!("{{\"amount\":\"{amount}\"}}"),
+        );
         assert_eq!(s, 201, "{v}");
     }
 
     /// Text of `/metrics`.
     pub fn metrics(&self) -> String {
-        self.client.get(self.url("/metrics")).send().unwrap().text().unwrap()
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
     }
 
     /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -209,7 +246,11 @@ impl Host {
             if let Some(v) = f() {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "condition not met within {timeout:?}; host log:\n{}", self.log.lock().unwrap());
+            assert!(
+                start.elapsed() < timeout,
+                "condition not met within {timeout:?}; host log:\n{}",
+                self.log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -228,8 +269,12 @@ impl Host {
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
-        let Some(mut c) = self.child.take() else { return false };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let start = Instant::now();
         loop {
             if let Some(st) = c.try_wait().unwrap() {

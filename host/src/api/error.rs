@@ -21,7 +21,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: Map::new() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
     }
 
     /// Adds a detail key.
@@ -51,14 +56,23 @@ impl ApiError {
 
     /// 404 (also for another tenant's sandbox: its existence is not revealed).
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {id:?} not found")).with("id", id)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id:?} not found"),
+        )
+        .with("id", id)
     }
 
     /// 402.
     pub fn insufficient_credits(message: impl Into<String>, need: Value, available: Value) -> Self {
-        Self::new(StatusCode::PAYMENT_REQUIRED, "insufficient_credits", message)
-            .with("need", need)
-            .with("available", available)
+        Self::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            message,
+        )
+        .with("need", need)
+        .with("available", available)
     }
 
     /// 409.
@@ -68,13 +82,22 @@ impl ApiError {
 
     /// 503 with the route explanation.
     pub fn no_backend(message: impl Into<String>, candidates: Value) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_backend_available", message).with("candidates", candidates)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_backend_available",
+            message,
+        )
+        .with("candidates", candidates)
     }
 
     /// 500: the message is logged in full and answered generically (it may carry paths).
     pub fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!(error = %message, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the host's log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the host's log",
+        )
     }
 
     /// The body as a JSON value.
@@ -91,7 +114,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 

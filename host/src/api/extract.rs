@@ -23,9 +23,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 // The issue asks for 400 on an oversized body, with the limit named.
-                ApiError::new(axum::http::StatusCode::BAD_REQUEST, "body_too_large", format!("request body too large: {}", e.body_text()))
+                ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "body_too_large",
+                    format!("request body too large: {}", e.body_text()),
+                )
             } else {
-                ApiError::bad_request(None, format!("cannot read the request body: {}", e.body_text()))
+                ApiError::bad_request(
+                    None,
+                    format!("cannot read the request body: {}", e.body_text()),
+                )
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -35,7 +42,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// Deserialises a JSON body, naming the field on a type error or an unknown field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(None, "expected a JSON object as the request body, got an empty body"));
+        return Err(ApiError::bad_request(
+            None,
+            "expected a JSON object as the request body, got an empty body",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -49,7 +59,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::bad_request(Some(&path), format!("invalid field {path}: {inner}"))
         }
     })?;
-    de.end().map_err(|e| ApiError::bad_request(None, format!("invalid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(None, format!("invalid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -62,7 +73,9 @@ impl Auth {
     pub fn tenant(&self) -> Result<&str, ApiError> {
         match &self.0 {
             Principal::Tenant(t) => Ok(t),
-            Principal::Admin => Err(ApiError::forbidden("this endpoint acts for a tenant: use a tenant's token, not the admin token")),
+            Principal::Admin => Err(ApiError::forbidden(
+                "this endpoint acts for a tenant: use a tenant's token, not the admin token",
+            )),
         }
     }
 
@@ -78,17 +91,27 @@ impl Auth {
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized("missing bearer token: send the header Authorization: Bearer <token>"));
+            return Err(ApiError::unauthorized(
+                "missing bearer token: send the header Authorization: Bearer <token>",
+            ));
         };
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("malformed Authorization header: expected Bearer <token>"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("malformed Authorization header: expected Bearer <token>")
+            })?;
         match state.tokens.authenticate(token) {
             Some(p) => Ok(Auth(p)),
             None => Err(ApiError::unauthorized("invalid token")),
@@ -98,8 +121,15 @@ impl FromRequestParts<AppState> for Auth {
 
 /// The `Idempotency-Key` header, if sent: 1 to 200 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let bad = || ApiError::bad_request(Some("Idempotency-Key"), "Idempotency-Key must be 1 to 200 visible ASCII characters");
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            Some("Idempotency-Key"),
+            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+        )
+    };
     let s = v.to_str().map_err(|_| bad())?;
     if s.is_empty() || s.len() > 200 || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad());

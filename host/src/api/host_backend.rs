@@ -24,8 +24,8 @@ use crate::payments::{CreditsStore, LedgerError};
 use crate::routing::{RequestOverrides, load_profiles};
 use crate::runtime::sidecar::ExtensionSpec;
 use crate::runtime::types::{
-    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function, SandboxContext, SandboxRequest,
-    Usage,
+    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function,
+    SandboxContext, SandboxRequest, Usage,
 };
 use crate::service::config::ServiceConfig;
 use crate::service::{App, Maintenance, ServiceError};
@@ -87,7 +87,10 @@ impl HostBackend {
     }
 
     fn strategy_of(&self, profile: &str) -> String {
-        self.host.profiles().get(profile).map_or_else(|| "unknown".to_owned(), |p| p.route.strategy.as_str().to_owned())
+        self.host.profiles().get(profile).map_or_else(
+            || "unknown".to_owned(),
+            |p| p.route.strategy.as_str().to_owned(),
+        )
     }
 }
 
@@ -97,8 +100,16 @@ fn overrides(req: &CreateSandbox) -> RequestOverrides {
         memory_mib: req.memory_mib,
         max_duration_secs: req.max_duration_secs,
         region: req.region.clone(),
-        env: req.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        metadata: req.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: req
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        metadata: req
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -114,7 +125,9 @@ fn money_json(m: &Money) -> Value {
 fn map_manager(e: ManagerError) -> ApiError {
     use axum::http::StatusCode as S;
     match e {
-        ManagerError::UnknownProfile { .. } => ApiError::bad_request(Some("profile"), e.to_string()),
+        ManagerError::UnknownProfile { .. } => {
+            ApiError::bad_request(Some("profile"), e.to_string())
+        }
         ManagerError::InvalidRequest(ref r) => ApiError::bad_request(Some(r.field), e.to_string()),
         ManagerError::NoRoute(ref r) => {
             let candidates = serde_json::to_value(r.candidates()).unwrap_or(Value::Null);
@@ -123,7 +136,8 @@ fn map_manager(e: ManagerError) -> ApiError {
         ManagerError::Ledger(l) => map_ledger(l),
         ManagerError::CreateFailed { ref status } => {
             let sb = serde_json::to_value(status.as_ref()).unwrap_or(Value::Null);
-            ApiError::new(S::SERVICE_UNAVAILABLE, "create_failed", e.to_string()).with("sandbox", sb)
+            ApiError::new(S::SERVICE_UNAVAILABLE, "create_failed", e.to_string())
+                .with("sandbox", sb)
         }
         ManagerError::NotFound { ref id } => ApiError::not_found("sandbox", id),
         ManagerError::WrongState { ref state, .. } => {
@@ -131,35 +145,60 @@ fn map_manager(e: ManagerError) -> ApiError {
             ApiError::conflict("wrong_state", e.to_string()).with("state", state)
         }
         ManagerError::Busy { .. } => ApiError::conflict("busy", e.to_string()),
-        ManagerError::ExtensionMissing { .. } => ApiError::new(S::SERVICE_UNAVAILABLE, "extension_missing", e.to_string()),
-        ManagerError::Extension { .. } => ApiError::new(S::BAD_GATEWAY, "extension_failed", e.to_string()),
+        ManagerError::ExtensionMissing { .. } => {
+            ApiError::new(S::SERVICE_UNAVAILABLE, "extension_missing", e.to_string())
+        }
+        ManagerError::Extension { .. } => {
+            ApiError::new(S::BAD_GATEWAY, "extension_failed", e.to_string())
+        }
         ManagerError::BadMeter { .. } => ApiError::new(S::BAD_GATEWAY, "bad_meter", e.to_string()),
-        ManagerError::IdempotencyConflict { .. } => ApiError::conflict("idempotency_conflict", e.to_string()),
-        ManagerError::InvalidKey(_) => ApiError::bad_request(Some("Idempotency-Key"), e.to_string()),
-        ManagerError::Store(_) | ManagerError::Event(_) | ManagerError::Setup(_) => ApiError::internal(e),
+        ManagerError::IdempotencyConflict { .. } => {
+            ApiError::conflict("idempotency_conflict", e.to_string())
+        }
+        ManagerError::InvalidKey(_) => {
+            ApiError::bad_request(Some("Idempotency-Key"), e.to_string())
+        }
+        ManagerError::Store(_) | ManagerError::Event(_) | ManagerError::Setup(_) => {
+            ApiError::internal(e)
+        }
     }
 }
 
 fn map_ledger(e: LedgerError) -> ApiError {
     match e {
-        LedgerError::InsufficientCredits { ref need, ref available } => {
-            ApiError::insufficient_credits(e.to_string(), money_json(need), money_json(available))
-        }
-        LedgerError::UnknownTenant(_) => {
-            ApiError::new(axum::http::StatusCode::PAYMENT_REQUIRED, "insufficient_credits", format!("{e}; ask the operator to add credits"))
-        }
+        LedgerError::InsufficientCredits {
+            ref need,
+            ref available,
+        } => ApiError::insufficient_credits(e.to_string(), money_json(need), money_json(available)),
+        LedgerError::UnknownTenant(_) => ApiError::new(
+            axum::http::StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            format!("{e}; ask the operator to add credits"),
+        ),
         LedgerError::InvalidTenant(_) => ApiError::bad_request(Some("tenant"), e.to_string()),
         LedgerError::InvalidInput { what, .. } => ApiError::bad_request(Some(what), e.to_string()),
-        LedgerError::IdempotencyConflict { .. } => ApiError::conflict("idempotency_conflict", e.to_string()),
-        LedgerError::HoldNotFound(_) | LedgerError::HoldAlreadyResolved { .. } => ApiError::conflict("conflict", e.to_string()),
+        LedgerError::IdempotencyConflict { .. } => {
+            ApiError::conflict("idempotency_conflict", e.to_string())
+        }
+        LedgerError::HoldNotFound(_) | LedgerError::HoldAlreadyResolved { .. } => {
+            ApiError::conflict("conflict", e.to_string())
+        }
         LedgerError::Corrupt { .. } | LedgerError::Storage { .. } => ApiError::internal(e),
     }
 }
 
 impl Backend for HostBackend {
-    fn create_sandbox(&self, tenant: &str, req: &CreateSandbox, key: Option<&str>) -> Result<Value, ApiError> {
+    fn create_sandbox(
+        &self,
+        tenant: &str,
+        req: &CreateSandbox,
+        key: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let strategy = self.strategy_of(&req.profile);
-        match self.manager().create(tenant, &req.profile, &overrides(req), key) {
+        match self
+            .manager()
+            .create(tenant, &req.profile, &overrides(req), key)
+        {
             Ok(st) => {
                 metrics::route_decision(&strategy, "routed");
                 tracing::info!(sandbox_id = %st.id, tenant, extension = st.extension_id.as_deref().unwrap_or(""), "sandbox created");
@@ -182,27 +221,49 @@ impl Backend for HostBackend {
     fn list_sandboxes(&self, tenant: &str, state: Option<&str>) -> Result<Value, ApiError> {
         let state = match state {
             None => None,
-            Some(s) => Some(s.parse::<SandboxState>().map_err(|e| ApiError::bad_request(Some("state"), e.to_string()))?),
+            Some(s) => Some(
+                s.parse::<SandboxState>()
+                    .map_err(|e| ApiError::bad_request(Some("state"), e.to_string()))?,
+            ),
         };
-        let list = self.manager().list(Some(tenant), state).map_err(map_manager)?;
+        let list = self
+            .manager()
+            .list(Some(tenant), state)
+            .map_err(map_manager)?;
         Ok(json!({ "sandboxes": to_json(&list)? }))
     }
 
     fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
-        to_json(&self.manager().status(Some(tenant), id).map_err(map_manager)?)
+        to_json(
+            &self
+                .manager()
+                .status(Some(tenant), id)
+                .map_err(map_manager)?,
+        )
     }
 
     fn destroy_sandbox(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
-        let before = self.manager().status(Some(tenant), id).map_err(map_manager)?;
-        let st = self.manager().destroy(Some(tenant), id).map_err(map_manager)?;
+        let before = self
+            .manager()
+            .status(Some(tenant), id)
+            .map_err(map_manager)?;
+        let st = self
+            .manager()
+            .destroy(Some(tenant), id)
+            .map_err(map_manager)?;
         record_settlement(&before, &st);
         to_json(&st)
     }
 
     fn explain_route(&self, tenant: &str, req: &CreateSandbox) -> Result<Value, ApiError> {
-        let (request, decision) = self.manager().explain(tenant, &req.profile, &overrides(req)).map_err(map_manager)?;
+        let (request, decision) = self
+            .manager()
+            .explain(tenant, &req.profile, &overrides(req))
+            .map_err(map_manager)?;
         Ok(match decision {
-            Ok(d) => json!({ "routable": true, "request": to_json(&request)?, "decision": to_json(&d)? }),
+            Ok(d) => {
+                json!({ "routable": true, "request": to_json(&request)?, "decision": to_json(&d)? })
+            }
             Err(e) => json!({
                 "routable": false,
                 "request": to_json(&request)?,
@@ -230,18 +291,37 @@ impl Backend for HostBackend {
         Ok(json!({ "tenant": tenant, "entries": to_json(&entries)? }))
     }
 
-    fn add_credits(&self, tenant: &str, req: &AddCredits, key: Option<&str>) -> Result<Value, ApiError> {
-        let amount = parse_amount(&req.amount).map_err(|e| ApiError::bad_request(Some("amount"), format!("invalid amount: {e}")))?;
-        let currency = Currency::new(&req.currency).map_err(|e| ApiError::bad_request(Some("currency"), e.to_string()))?;
+    fn add_credits(
+        &self,
+        tenant: &str,
+        req: &AddCredits,
+        key: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let amount = parse_amount(&req.amount)
+            .map_err(|e| ApiError::bad_request(Some("amount"), format!("invalid amount: {e}")))?;
+        let currency = Currency::new(&req.currency)
+            .map_err(|e| ApiError::bad_request(Some("currency"), e.to_string()))?;
         let key = match key {
             Some(k) => format!("api-grant\n{tenant}\n{k}"),
             None => format!("api-grant-{}", uuid::Uuid::now_v7()),
         };
-        let note = if req.note.is_empty() { "added over the HTTP API" } else { &req.note };
+        let note = if req.note.is_empty() {
+            "added over the HTTP API"
+        } else {
+            &req.note
+        };
         let grant = self
             .host
             .ledger()
-            .grant(tenant, &Money { amount: amount.exact, currency }, note, &key)
+            .grant(
+                tenant,
+                &Money {
+                    amount: amount.exact,
+                    currency,
+                },
+                note,
+                &key,
+            )
             .map_err(map_ledger)?;
         tracing::info!(tenant, amount = %grant.amount, "credits added");
         to_json(&grant)
@@ -264,7 +344,9 @@ impl Backend for HostBackend {
             .host
             .skipped_extensions()
             .iter()
-            .map(|s| json!({ "file": s.file.display().to_string(), "id": s.id, "reason": s.reason }))
+            .map(
+                |s| json!({ "file": s.file.display().to_string(), "id": s.id, "reason": s.reason }),
+            )
             .collect();
         Ok(json!({ "extensions": out, "skipped_at_start": skipped }))
     }
@@ -274,9 +356,12 @@ impl Backend for HostBackend {
             let mut counts: HashMap<(String, String), u64> = HashMap::new();
             for st in &all {
                 let ext = st.extension_id.clone().unwrap_or_else(|| "none".to_owned());
-                *counts.entry((st.state.as_str().to_owned(), ext)).or_default() += 1;
+                *counts
+                    .entry((st.state.as_str().to_owned(), ext))
+                    .or_default() += 1;
             }
-            let counts: Vec<(String, String, u64)> = counts.into_iter().map(|((s, e), n)| (s, e, n)).collect();
+            let counts: Vec<(String, String, u64)> =
+                counts.into_iter().map(|((s, e), n)| (s, e, n)).collect();
             metrics::sandboxes(&counts, &mut self.gauge_series.lock());
         }
         if let Ok((n, age)) = self.host.ledger().outbox_lag() {
@@ -290,7 +375,10 @@ fn record_settlement(before: &SandboxStatus, after: &SandboxStatus) {
         && after.state == SandboxState::Destroyed
         && let Some(m) = &after.meter
     {
-        metrics::settlement(m.total.currency.as_str(), m.total.amount.to_f64().unwrap_or(0.0));
+        metrics::settlement(
+            m.total.currency.as_str(),
+            m.total.amount.to_f64().unwrap_or(0.0),
+        );
     }
 }
 
@@ -312,7 +400,10 @@ impl Maintenance for HostBackend {
             if let Ok(st) = self.manager().status(None, id)
                 && let Some(m) = &st.meter
             {
-                metrics::settlement(m.total.currency.as_str(), m.total.amount.to_f64().unwrap_or(0.0));
+                metrics::settlement(
+                    m.total.currency.as_str(),
+                    m.total.amount.to_f64().unwrap_or(0.0),
+                );
             }
         }
         for (id, e) in &leases.errors {
@@ -339,14 +430,24 @@ impl Maintenance for HostBackend {
         for ext in report.loaded {
             let id = ext.id().to_owned();
             seen.insert(id.clone());
-            let now = Installed { version: ext.version_hash().to_owned(), spec: ext.spec().clone() };
+            let now = Installed {
+                version: ext.version_hash().to_owned(),
+                spec: ext.spec().clone(),
+            };
             let unchanged = installed.get(&id) == Some(&now);
             if unchanged {
                 continue;
             }
-            let verb = if installed.contains_key(&id) { "replaced" } else { "added" };
+            let verb = if installed.contains_key(&id) {
+                "replaced"
+            } else {
+                "added"
+            };
             // The first pass at start re-registers what Host loaded, instrumented.
-            let first = first_pass && reg.get(&id).is_some_and(|b| b.version_hash() == now.version);
+            let first = first_pass
+                && reg
+                    .get(&id)
+                    .is_some_and(|b| b.version_hash() == now.version);
             reg.upsert(Arc::new(Instrumented { inner: ext }));
             if !first {
                 metrics::reload("extension", verb);
@@ -365,7 +466,11 @@ impl Maintenance for HostBackend {
             }
             tracing::warn!(file = %s.file.display(), reason = %s.reason, "extension not loaded");
         }
-        let gone: Vec<String> = installed.keys().filter(|id| !seen.contains(*id)).cloned().collect();
+        let gone: Vec<String> = installed
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
         for id in gone {
             reg.remove(&id);
             installed.remove(&id);
@@ -414,7 +519,9 @@ impl HostBackend {
         };
         let now = manager_now_ms();
         for st in running {
-            let Some(start) = st.started_at_ms else { continue };
+            let Some(start) = st.started_at_ms else {
+                continue;
+            };
             let deadline = start.saturating_add(st.request.max_duration_secs.saturating_mul(1000));
             if now < deadline {
                 continue;
@@ -425,7 +532,9 @@ impl HostBackend {
                     metrics::reaped("max_duration");
                     tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""), "sandbox reached its maximum duration: destroyed and settled");
                 }
-                Err(e) => tracing::warn!(sandbox_id = %st.id, tenant = %st.tenant, error = %e, "reaper could not destroy a sandbox past its maximum duration; will retry"),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %st.id, tenant = %st.tenant, error = %e, "reaper could not destroy a sandbox past its maximum duration; will retry")
+                }
             }
         }
     }
@@ -441,7 +550,11 @@ struct Instrumented {
 }
 
 impl Instrumented {
-    fn timed<T>(&self, f: Function, call: impl FnOnce() -> Result<T, ExtensionError>) -> Result<T, ExtensionError> {
+    fn timed<T>(
+        &self,
+        f: Function,
+        call: impl FnOnce() -> Result<T, ExtensionError>,
+    ) -> Result<T, ExtensionError> {
         let start = Instant::now();
         let r = call();
         let failure = r.as_ref().err().map(|e| failure_kind(&e.fault));
@@ -491,7 +604,9 @@ impl manager::Backend for Instrumented {
         self.timed(Function::Destroy, || self.inner.destroy(ctx))
     }
     fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
-        self.timed(Function::MeterActual, || self.inner.meter_actual(req, usage))
+        self.timed(Function::MeterActual, || {
+            self.inner.meter_actual(req, usage)
+        })
     }
     fn capacity(&self) -> Result<Capacity, ExtensionError> {
         self.timed(Function::Capacity, || self.inner.capacity())

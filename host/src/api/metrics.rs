@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use ::metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Sandboxes the host tracks, by `state` and `extension` (refreshed per scrape).
@@ -39,7 +41,9 @@ pub const HTTP_REQUESTS: &str = "sandboxer_http_requests_total";
 /// HTTP request latency, by `route`.
 pub const HTTP_REQUEST_SECONDS: &str = "sandboxer_http_request_duration_seconds";
 
-const BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// Installs the process-wide Prometheus recorder and describes every metric. Returns
 /// `None` if a recorder is already installed (a second host in one process, tests).
@@ -55,21 +59,54 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    describe_gauge!(SANDBOXES, "Sandboxes tracked by the host, by state and extension");
+    describe_gauge!(
+        SANDBOXES,
+        "Sandboxes tracked by the host, by state and extension"
+    );
     describe_counter!(ROUTE_DECISIONS, "Route decisions, by strategy and outcome");
-    describe_histogram!(EXTENSION_CALL_SECONDS, Unit::Seconds, "Extension call latency, by extension and function");
-    describe_counter!(EXTENSION_CALL_FAILURES, "Failed extension calls, by extension, function and kind");
+    describe_histogram!(
+        EXTENSION_CALL_SECONDS,
+        Unit::Seconds,
+        "Extension call latency, by extension and function"
+    );
+    describe_counter!(
+        EXTENSION_CALL_FAILURES,
+        "Failed extension calls, by extension, function and kind"
+    );
     describe_counter!(SETTLEMENTS, "Settlements, by currency");
-    describe_gauge!(SETTLED_AMOUNT, "Amount charged by settlements since the host started, by currency");
-    describe_gauge!(OUTBOX_PENDING, "Meter events stored but not yet delivered to every sink");
-    describe_gauge!(OUTBOX_LAG_SECONDS, Unit::Seconds, "Age of the oldest undelivered meter event");
-    describe_counter!(EVENT_DELIVERIES, "Event delivery rounds, by sink and outcome");
-    describe_gauge!(SINK_PENDING, "Events in the JSONL log not yet accepted by an HTTP event hub");
+    describe_gauge!(
+        SETTLED_AMOUNT,
+        "Amount charged by settlements since the host started, by currency"
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Meter events stored but not yet delivered to every sink"
+    );
+    describe_gauge!(
+        OUTBOX_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest undelivered meter event"
+    );
+    describe_counter!(
+        EVENT_DELIVERIES,
+        "Event delivery rounds, by sink and outcome"
+    );
+    describe_gauge!(
+        SINK_PENDING,
+        "Events in the JSONL log not yet accepted by an HTTP event hub"
+    );
     describe_counter!(LEASE_RENEWALS, "Credit lease renewals, by outcome");
     describe_counter!(REAPED, "Sandboxes ended by the host, by reason");
-    describe_counter!(RELOADS, "Hot reloads of extensions and profiles, by kind and outcome");
+    describe_counter!(
+        RELOADS,
+        "Hot reloads of extensions and profiles, by kind and outcome"
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status");
-    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency, by route");
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency, by route"
+    );
 }
 
 /// Records one route decision.
@@ -78,8 +115,14 @@ pub fn route_decision(strategy: &str, outcome: &'static str) {
 }
 
 /// Records one extension call (latency, and the failure kind if it failed).
-pub fn extension_call(extension: &str, function: &'static str, took: Duration, failure: Option<&'static str>) {
-    histogram!(EXTENSION_CALL_SECONDS, "extension" => extension.to_owned(), "function" => function).record(took.as_secs_f64());
+pub fn extension_call(
+    extension: &str,
+    function: &'static str,
+    took: Duration,
+    failure: Option<&'static str>,
+) {
+    histogram!(EXTENSION_CALL_SECONDS, "extension" => extension.to_owned(), "function" => function)
+        .record(took.as_secs_f64());
     if let Some(kind) = failure {
         counter!(EXTENSION_CALL_FAILURES, "extension" => extension.to_owned(), "function" => function, "kind" => kind).increment(1);
     }

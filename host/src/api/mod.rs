@@ -84,7 +84,12 @@ pub struct ListQuery {
 /// are the JSON bodies; errors are already mapped to the API's statuses and codes.
 pub trait Backend: Send + Sync + 'static {
     /// Creates a sandbox for `tenant` (idempotent per key and tenant).
-    fn create_sandbox(&self, tenant: &str, req: &CreateSandbox, idempotency_key: Option<&str>) -> Result<Value, ApiError>;
+    fn create_sandbox(
+        &self,
+        tenant: &str,
+        req: &CreateSandbox,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ApiError>;
     /// The tenant's sandboxes, optionally in one state.
     fn list_sandboxes(&self, tenant: &str, state: Option<&str>) -> Result<Value, ApiError>;
     /// One sandbox of the tenant (404 for another tenant's).
@@ -98,7 +103,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The tenant's statement lines.
     fn credit_entries(&self, tenant: &str) -> Result<Value, ApiError>;
     /// Grants credits to a tenant (admin).
-    fn add_credits(&self, tenant: &str, req: &AddCredits, idempotency_key: Option<&str>) -> Result<Value, ApiError>;
+    fn add_credits(
+        &self,
+        tenant: &str,
+        req: &AddCredits,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ApiError>;
     /// Loaded extensions.
     fn extensions(&self) -> Result<Value, ApiError>;
     /// Refreshes gauges that mirror stored state, just before a scrape.
@@ -124,7 +134,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
-        .route("/v1/sandboxes/{id}", get(get_sandbox).delete(destroy_sandbox))
+        .route(
+            "/v1/sandboxes/{id}",
+            get(get_sandbox).delete(destroy_sandbox),
+        )
         .route("/v1/route/explain", post(explain_route))
         .route("/v1/credits", get(credits))
         .route("/v1/credits/entries", get(credit_entries))
@@ -150,7 +163,11 @@ where
 
 async fn healthz(State(s): State<AppState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
     } else {
         Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response()
     }
@@ -158,8 +175,12 @@ async fn healthz(State(s): State<AppState>) -> Response {
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let Some(handle) = s.metrics.clone() else {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "metrics_unavailable", "no metrics recorder in this process")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "no metrics recorder in this process",
+        )
+        .into_response();
     };
     let backend = s.backend.clone();
     let text = tokio::task::spawn_blocking(move || {
@@ -168,7 +189,14 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     })
     .await;
     match text {
-        Ok(t) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+        Ok(t) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            t,
+        )
+            .into_response(),
         Err(e) => ApiError::internal(e).into_response(),
     }
 }
@@ -182,7 +210,10 @@ async fn create_sandbox(
     let tenant = auth.tenant()?.to_owned();
     let key = idempotency_key(&headers)?;
     check_profile_field(&body)?;
-    let v = blocking(&s, move |b| b.create_sandbox(&tenant, &body, key.as_deref())).await?;
+    let v = blocking(&s, move |b| {
+        b.create_sandbox(&tenant, &body, key.as_deref())
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -192,18 +223,33 @@ async fn list_sandboxes(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    let Query(q) = q.map_err(|e| ApiError::bad_request(None, format!("invalid query: {}", e.body_text())))?;
-    blocking(&s, move |b| b.list_sandboxes(&tenant, q.state.as_deref())).await.map(Json)
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(None, format!("invalid query: {}", e.body_text())))?;
+    blocking(&s, move |b| b.list_sandboxes(&tenant, q.state.as_deref()))
+        .await
+        .map(Json)
 }
 
-async fn get_sandbox(State(s): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_sandbox(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    blocking(&s, move |b| b.get_sandbox(&tenant, &id)).await.map(Json)
+    blocking(&s, move |b| b.get_sandbox(&tenant, &id))
+        .await
+        .map(Json)
 }
 
-async fn destroy_sandbox(State(s): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn destroy_sandbox(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    blocking(&s, move |b| b.destroy_sandbox(&tenant, &id)).await.map(Json)
+    blocking(&s, move |b| b.destroy_sandbox(&tenant, &id))
+        .await
+        .map(Json)
 }
 
 async fn explain_route(
@@ -213,7 +259,9 @@ async fn explain_route(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
     check_profile_field(&body)?;
-    blocking(&s, move |b| b.explain_route(&tenant, &body)).await.map(Json)
+    blocking(&s, move |b| b.explain_route(&tenant, &body))
+        .await
+        .map(Json)
 }
 
 async fn credits(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
@@ -223,7 +271,9 @@ async fn credits(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, A
 
 async fn credit_entries(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    blocking(&s, move |b| b.credit_entries(&tenant)).await.map(Json)
+    blocking(&s, move |b| b.credit_entries(&tenant))
+        .await
+        .map(Json)
 }
 
 async fn add_credits(
@@ -238,7 +288,9 @@ async fn add_credits(
     if !crate::service::tokens::is_tenant_id(&tenant) {
         return Err(ApiError::bad_request(
             Some("tenant"),
-            format!("invalid tenant id {tenant:?}: use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"),
+            format!(
+                "invalid tenant id {tenant:?}: use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
+            ),
         ));
     }
     let v = blocking(&s, move |b| b.add_credits(&tenant, &body, key.as_deref())).await?;
@@ -251,16 +303,27 @@ async fn extensions(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see docs/api.md")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint; see docs/api.md")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint; see docs/api.md",
+    )
 }
 
 fn check_profile_field(body: &CreateSandbox) -> Result<(), ApiError> {
     if body.profile.trim().is_empty() {
-        return Err(ApiError::bad_request(Some("profile"), "profile must name a profile, e.g. \"burst-sandbox\""));
+        return Err(ApiError::bad_request(
+            Some("profile"),
+            "profile must name a profile, e.g. \"burst-sandbox\"",
+        ));
     }
     Ok(())
 }
@@ -270,7 +333,10 @@ fn check_profile_field(body: &CreateSandbox) -> Result<(), ApiError> {
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let resp = next.run(req).await;
     let took = start.elapsed();
     let status = resp.status().as_u16();

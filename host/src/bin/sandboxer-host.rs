@@ -29,7 +29,9 @@ enum Command {
     /// with a tenant "local" and an admin, whose tokens are generated into
     /// <state-dir>/tokens/ (owner-only) and whose paths are printed at start.
     /// See docs/api.md for the endpoints.
-    #[command(after_help = "Examples:\n  sandboxer-host run\n  sandboxer-host run --config /etc/sandboxer/sandboxer.toml --log-format json\n  SANDBOXER_LISTEN=0.0.0.0:7733 sandboxer-host run --config sandboxer.toml")]
+    #[command(
+        after_help = "Examples:\n  sandboxer-host run\n  sandboxer-host run --config /etc/sandboxer/sandboxer.toml --log-format json\n  SANDBOXER_LISTEN=0.0.0.0:7733 sandboxer-host run --config sandboxer.toml"
+    )]
     Run {
         /// Configuration file (tenants and tokens, admin token, leases, event sinks…).
         #[arg(long, value_name = "FILE")]
@@ -48,7 +50,12 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn explicit(m: &ArgMatches, id: &str) -> bool {
-    let given = |m: &ArgMatches| matches!(m.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+    let given = |m: &ArgMatches| {
+        matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
     given(m) || m.subcommand().is_some_and(|(_, sub)| given(sub))
 }
 
@@ -58,7 +65,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Command::Run { config, listen, log_format } = cli.command;
+    let Command::Run {
+        config,
+        listen,
+        log_format,
+    } = cli.command;
     logging::init(log_format);
     let opts = RunOptions {
         config,
@@ -70,7 +81,10 @@ fn main() -> ExitCode {
             explicit(&matches, "state_dir"),
         ],
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sandboxer-host: cannot start the async runtime: {e}");

@@ -71,12 +71,16 @@ impl HttpSink {
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout)
             .build()
-            .map_err(|e| EventError::Sink { sink: format!("http:{}", opts.url), reason: e.to_string() })?;
+            .map_err(|e| EventError::Sink {
+                sink: format!("http:{}", opts.url),
+                reason: e.to_string(),
+            })?;
         Ok(Self { opts, client })
     }
 
     fn post(&self, batch: &[EventRecord]) -> Result<(), String> {
-        let mut body = String::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
+        let mut body =
+            String::with_capacity(batch.iter().map(|e| e.payload.len() + 1).sum::<usize>() + 2);
         body.push('[');
         for (i, e) in batch.iter().enumerate() {
             if i > 0 {
@@ -85,13 +89,21 @@ impl HttpSink {
             body.push_str(&e.payload);
         }
         body.push(']');
-        let mut req = self.client.post(&self.opts.url).header(reqwest::header::CONTENT_TYPE, BATCH_CONTENT_TYPE).body(body);
+        let mut req = self
+            .client
+            .post(&self.opts.url)
+            .header(reqwest::header::CONTENT_TYPE, BATCH_CONTENT_TYPE)
+            .body(body);
         if let Some(t) = &self.opts.bearer {
             req = req.bearer_auth(t);
         }
         let resp = req.send().map_err(|e| e.to_string())?;
         let status = resp.status();
-        if status.is_success() { Ok(()) } else { Err(format!("receiver answered {status}")) }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("receiver answered {status}"))
+        }
     }
 }
 
@@ -152,7 +164,11 @@ mod tests {
                     if let Some(pos) = text.find("\r\n\r\n") {
                         let len: usize = text
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap_or(0);
                         if buf.len() >= pos + 4 + len {
                             break text[pos + 4..pos + 4 + len].to_owned();
@@ -160,18 +176,28 @@ mod tests {
                     }
                 };
                 n += 1;
-                let status = if n <= fail_first { "503 Service Unavailable" } else { "200 OK" };
+                let status = if n <= fail_first {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
                 if n > fail_first {
                     b2.lock().unwrap().push(body);
                 }
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+                let _ = s.write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
             }
         });
         (url, bodies)
     }
 
     fn rec(id: &str) -> EventRecord {
-        EventRecord { id: id.into(), payload: format!("{{\"id\":\"{id}\",\"specversion\":\"1.0\"}}") }
+        EventRecord {
+            id: id.into(),
+            payload: format!("{{\"id\":\"{id}\",\"specversion\":\"1.0\"}}"),
+        }
     }
 
     #[test]
@@ -195,7 +221,11 @@ mod tests {
         let mut o = HttpSinkOptions::new(url);
         o.attempts = 2;
         o.first_backoff = Duration::from_millis(1);
-        let e = HttpSink::new(o).unwrap().deliver(&[rec("a")]).unwrap_err().to_string();
+        let e = HttpSink::new(o)
+            .unwrap()
+            .deliver(&[rec("a")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("503") && e.contains("2 attempts"), "{e}");
     }
 }

@@ -22,8 +22,17 @@ pub struct LogRelay {
 
 impl LogRelay {
     /// A relay of `log` into `sink`, remembering its position in `cursor`.
-    pub fn new(log: impl Into<PathBuf>, cursor: impl Into<PathBuf>, sink: Box<dyn EventSink>) -> Self {
-        Self { log: log.into(), cursor: cursor.into(), sink, pending: 0 }
+    pub fn new(
+        log: impl Into<PathBuf>,
+        cursor: impl Into<PathBuf>,
+        sink: Box<dyn EventSink>,
+    ) -> Self {
+        Self {
+            log: log.into(),
+            cursor: cursor.into(),
+            sink,
+            pending: 0,
+        }
     }
 
     /// The sink's name.
@@ -37,17 +46,25 @@ impl LogRelay {
     }
 
     fn err(&self, reason: impl std::fmt::Display) -> EventError {
-        EventError::Sink { sink: self.sink.name(), reason: reason.to_string() }
+        EventError::Sink {
+            sink: self.sink.name(),
+            reason: reason.to_string(),
+        }
     }
 
     fn load_offset(&self) -> u64 {
-        std::fs::read_to_string(&self.cursor).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        std::fs::read_to_string(&self.cursor)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn save_offset(&self, offset: u64) -> Result<(), EventError> {
         let tmp = self.cursor.with_extension("tmp");
-        std::fs::write(&tmp, format!("{offset}\n")).map_err(|e| self.err(format!("{}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &self.cursor).map_err(|e| self.err(format!("{}: {e}", self.cursor.display())))
+        std::fs::write(&tmp, format!("{offset}\n"))
+            .map_err(|e| self.err(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &self.cursor)
+            .map_err(|e| self.err(format!("{}: {e}", self.cursor.display())))
     }
 
     /// Delivers up to `max` events past the offset. Returns how many were delivered; on
@@ -67,8 +84,10 @@ impl LogRelay {
             // The log was replaced or truncated: start over (receivers deduplicate).
             offset = 0;
         }
-        file.seek(SeekFrom::Start(offset)).map_err(|e| self.err(e))?;
-        let (batch, end, remaining) = read_lines(BufReader::new(file), offset, max).map_err(|e| self.err(e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.err(e))?;
+        let (batch, end, remaining) =
+            read_lines(BufReader::new(file), offset, max).map_err(|e| self.err(e))?;
         self.pending = batch.len() as u64 + remaining;
         if !batch.is_empty() {
             self.sink.deliver(&batch)?;
@@ -84,7 +103,11 @@ impl LogRelay {
 /// Reads complete lines from `offset`: up to `max` events, the offset after the last line
 /// taken, and how many complete event lines remain after those. Lines that are not an
 /// event (a torn write left by a crash) are passed over.
-fn read_lines(mut r: impl BufRead, offset: u64, max: usize) -> std::io::Result<(Vec<EventRecord>, u64, u64)> {
+fn read_lines(
+    mut r: impl BufRead,
+    offset: u64,
+    max: usize,
+) -> std::io::Result<(Vec<EventRecord>, u64, u64)> {
     let mut batch = Vec::new();
     let mut end = offset;
     let mut remaining = 0u64;
@@ -103,7 +126,10 @@ fn read_lines(mut r: impl BufRead, offset: u64, max: usize) -> std::io::Result<(
             continue;
         };
         if batch.len() < max {
-            batch.push(EventRecord { id, payload: line.trim_end().to_owned() });
+            batch.push(EventRecord {
+                id,
+                payload: line.trim_end().to_owned(),
+            });
             end += n as u64;
         } else {
             remaining += 1;
@@ -140,7 +166,10 @@ mod tests {
         }
         fn deliver(&self, events: &[EventRecord]) -> Result<(), EventError> {
             if *self.fail.lock() {
-                return Err(EventError::Sink { sink: "capture".into(), reason: "down".into() });
+                return Err(EventError::Sink {
+                    sink: "capture".into(),
+                    reason: "down".into(),
+                });
             }
             self.got.lock().extend(events.iter().map(|e| e.id.clone()));
             Ok(())
@@ -153,7 +182,16 @@ mod tests {
         let log = dir.path().join("events.jsonl");
         let got = Arc::new(Mutex::new(Vec::new()));
         let fail = Arc::new(Mutex::new(false));
-        let mk = || LogRelay::new(&log, dir.path().join("c.offset"), Box::new(Capture { got: got.clone(), fail: fail.clone() }));
+        let mk = || {
+            LogRelay::new(
+                &log,
+                dir.path().join("c.offset"),
+                Box::new(Capture {
+                    got: got.clone(),
+                    fail: fail.clone(),
+                }),
+            )
+        };
         let mut r = mk();
         assert_eq!(r.pump(10).unwrap(), 0);
         std::fs::write(&log, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"").unwrap();

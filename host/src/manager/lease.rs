@@ -66,8 +66,15 @@ struct LeaseRow {
 impl SandboxManager {
     /// What `create` holds for a new sandbox: the estimate for its first lease when
     /// leases are on and shorter than its maximum duration, else the whole estimate.
-    pub(super) fn first_hold(&self, backend: &dyn Backend, request: &SandboxRequest, full: &Money) -> Money {
-        let Some(policy) = self.config.lease else { return full.clone() };
+    pub(super) fn first_hold(
+        &self,
+        backend: &dyn Backend,
+        request: &SandboxRequest,
+        full: &Money,
+    ) -> Money {
+        let Some(policy) = self.config.lease else {
+            return full.clone();
+        };
         let chunk = policy.chunk.as_secs().max(1);
         if chunk >= request.max_duration_secs {
             return full.clone();
@@ -84,7 +91,9 @@ impl SandboxManager {
     /// One pass of the lease keeper over the running sandboxes (see the module docs).
     pub fn keep_leases(&self) -> LeaseReport {
         let mut report = LeaseReport::default();
-        let Some(policy) = self.config.lease else { return report };
+        let Some(policy) = self.config.lease else {
+            return report;
+        };
         let conn = match self.lease_db() {
             Ok(c) => c,
             Err(e) => {
@@ -112,8 +121,16 @@ impl SandboxManager {
         report
     }
 
-    fn keep_lease(&self, conn: &Connection, policy: &LeasePolicy, st: &SandboxStatus, report: &mut LeaseReport) -> Result<(), ManagerError> {
-        let Some(start) = st.started_at_ms else { return Ok(()) };
+    fn keep_lease(
+        &self,
+        conn: &Connection,
+        policy: &LeasePolicy,
+        st: &SandboxStatus,
+        report: &mut LeaseReport,
+    ) -> Result<(), ManagerError> {
+        let Some(start) = st.started_at_ms else {
+            return Ok(());
+        };
         let max = st.request.max_duration_secs;
         let chunk = policy.chunk.as_secs().max(1);
         if chunk >= max {
@@ -125,7 +142,9 @@ impl SandboxManager {
         let now = now_ms();
         let lease_end = start.saturating_add(covered * 1000);
         if let Some(since) = unpaid {
-            let deadline = lease_end.max(since).saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
+            let deadline = lease_end
+                .max(since)
+                .saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
             if now >= deadline {
                 // Paid time and grace are over: end it like a DELETE (settled once).
                 self.destroy(None, &st.id)?;
@@ -137,17 +156,22 @@ impl SandboxManager {
         if covered >= max {
             return Ok(());
         }
-        let renew_at = lease_end.saturating_sub(u64::try_from(policy.renew_before.as_millis()).unwrap_or(u64::MAX));
+        let renew_at = lease_end
+            .saturating_sub(u64::try_from(policy.renew_before.as_millis()).unwrap_or(u64::MAX));
         if now < renew_at {
             return Ok(());
         }
         // Cover the next chunk past "now + renew_before" (several after a downtime).
         let elapsed_secs = now.saturating_sub(start) / 1000 + policy.renew_before.as_secs();
-        let target = ((elapsed_secs / chunk + 1) * chunk).max(covered + chunk).min(max);
+        let target = ((elapsed_secs / chunk + 1) * chunk)
+            .max(covered + chunk)
+            .min(max);
 
         let _stripe = self.stripe(&format!("sandbox\n{}", st.id));
         // Re-read under the lock: a destroy may have started meanwhile.
-        let Some(current) = self.store.get(&st.id)?.map(|r| r.status) else { return Ok(()) };
+        let Some(current) = self.store.get(&st.id)?.map(|r| r.status) else {
+            return Ok(());
+        };
         if current.state != SandboxState::Running || current.hold_id.is_none() {
             return Ok(());
         }
@@ -157,24 +181,43 @@ impl SandboxManager {
         req.max_duration_secs = target;
         let estimate = backend
             .estimate_cost(&req)
-            .map_err(|e| ManagerError::Extension { id: current.id.clone(), error: e })?;
+            .map_err(|e| ManagerError::Extension {
+                id: current.id.clone(),
+                error: e,
+            })?;
         let ext = current.extension_id.clone().unwrap_or_default();
-        if current.held.as_ref().is_some_and(|h| h.currency == estimate.total.currency && h.amount >= estimate.total.amount) {
+        if current.held.as_ref().is_some_and(|h| {
+            h.currency == estimate.total.currency && h.amount >= estimate.total.amount
+        }) {
             // Already held (e.g. created without leases): nothing to grow.
             write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
             return Ok(());
         }
-        let key = format!("{}/lease/{target}/{}", current.id, uuid::Uuid::now_v7().simple());
-        match self.ledger.hold(&current.tenant, &estimate.total, &current.id, &ext, &key) {
+        let key = format!(
+            "{}/lease/{target}/{}",
+            current.id,
+            uuid::Uuid::now_v7().simple()
+        );
+        match self
+            .ledger
+            .hold(&current.tenant, &estimate.total, &current.id, &ext, &key)
+        {
             Ok(hold) => {
                 let mut next = current.clone();
                 next.hold_id = Some(hold.id.clone());
                 next.held = Some(hold.amount.clone());
-                if next.error.as_deref().is_some_and(|e| e.starts_with(LEASE_REFUSED)) {
+                if next
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(LEASE_REFUSED))
+                {
                     next.error = None;
                 }
                 next.updated_at = Utc::now();
-                if !self.store.transition(&next, SandboxState::Running, None, None)? {
+                if !self
+                    .store
+                    .transition(&next, SandboxState::Running, None, None)?
+                {
                     // Someone else took the sandbox (a destroy in another process).
                     self.ledger.void(&hold.id, &format!("{}/void", hold.id))?;
                     return Ok(());
@@ -189,7 +232,9 @@ impl SandboxManager {
             }
             Err(e @ (LedgerError::InsufficientCredits { .. } | LedgerError::UnknownTenant(_))) => {
                 let since = unpaid.unwrap_or(now);
-                let deadline = lease_end.max(since).saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
+                let deadline = lease_end
+                    .max(since)
+                    .saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
                 let mut next = current.clone();
                 next.error = Some(format!(
                     "{LEASE_REFUSED}: {e}; paid until {}, destroyed at {} unless credits are added",
@@ -198,7 +243,8 @@ impl SandboxManager {
                 ));
                 next.updated_at = Utc::now();
                 if unpaid.is_none() || current.error != next.error {
-                    self.store.transition(&next, SandboxState::Running, None, None)?;
+                    self.store
+                        .transition(&next, SandboxState::Running, None, None)?;
                 }
                 write_row(conn, &current.id, covered, Some(since)).map_err(|e| self.db_err(e))?;
                 if unpaid.is_none() {
@@ -213,7 +259,8 @@ impl SandboxManager {
 
     fn lease_db(&self) -> Result<Connection, ManagerError> {
         let conn = Connection::open(self.store.path()).map_err(|e| self.db_err(e))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.db_err(e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.db_err(e))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS manager_leases (\
                sandbox_id TEXT PRIMARY KEY, covered_secs INTEGER NOT NULL, unpaid_since_ms INTEGER)",
@@ -223,7 +270,10 @@ impl SandboxManager {
     }
 
     fn db_err(&self, e: rusqlite::Error) -> ManagerError {
-        ManagerError::Store(super::StoreError { path: self.store.path().to_path_buf(), message: format!("leases: {e}") })
+        ManagerError::Store(super::StoreError {
+            path: self.store.path().to_path_buf(),
+            message: format!("leases: {e}"),
+        })
     }
 }
 
@@ -231,16 +281,27 @@ impl SandboxManager {
 pub const LEASE_REFUSED: &str = "credits lease renewal refused";
 
 fn read_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<LeaseRow>> {
-    conn.query_row("SELECT covered_secs, unpaid_since_ms FROM manager_leases WHERE sandbox_id = ?1", params![id], |r| {
-        Ok(LeaseRow {
-            covered_secs: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-            unpaid_since_ms: r.get::<_, Option<i64>>(1)?.and_then(|v| u64::try_from(v).ok()),
-        })
-    })
+    conn.query_row(
+        "SELECT covered_secs, unpaid_since_ms FROM manager_leases WHERE sandbox_id = ?1",
+        params![id],
+        |r| {
+            Ok(LeaseRow {
+                covered_secs: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                unpaid_since_ms: r
+                    .get::<_, Option<i64>>(1)?
+                    .and_then(|v| u64::try_from(v).ok()),
+            })
+        },
+    )
     .optional()
 }
 
-fn write_row(conn: &Connection, id: &str, covered: u64, unpaid_since: Option<u64>) -> rusqlite::Result<()> {
+fn write_row(
+    conn: &Connection,
+    id: &str,
+    covered: u64,
+    unpaid_since: Option<u64>,
+) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO manager_leases (sandbox_id, covered_secs, unpaid_since_ms) VALUES (?1, ?2, ?3) \
          ON CONFLICT(sandbox_id) DO UPDATE SET covered_secs = ?2, unpaid_since_ms = ?3",

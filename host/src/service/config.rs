@@ -29,7 +29,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { file: file.display().to_string(), key: key.into(), message: message.into() }
+        Self {
+            file: file.display().to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -226,12 +230,19 @@ impl ServiceConfig {
             .map_err(|e| ConfigError::new(path, "(syntax)", toml_message(&e, text)))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(top level)".to_owned() } else { key };
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
             ConfigError::new(path, key, toml_message(e.inner(), text))
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
-        let mut cfg = ServiceConfig { file: Some(path.to_owned()), ..Default::default() };
+        let mut cfg = ServiceConfig {
+            file: Some(path.to_owned()),
+            ..Default::default()
+        };
         if let Some(l) = raw.listen {
             cfg.listen = Some(parse_listen(&l).map_err(|m| ConfigError::new(path, "listen", m))?);
         }
@@ -240,7 +251,11 @@ impl ServiceConfig {
         cfg.state_dir = raw.state_dir.map(rel);
         if let Some(n) = raw.max_body_bytes {
             if !(256..=16 * 1024 * 1024).contains(&n) {
-                return Err(ConfigError::new(path, "max_body_bytes", "expected 256 ..= 16777216 bytes"));
+                return Err(ConfigError::new(
+                    path,
+                    "max_body_bytes",
+                    "expected 256 ..= 16777216 bytes",
+                ));
             }
             cfg.max_body_bytes = n;
         }
@@ -264,22 +279,40 @@ impl ServiceConfig {
             tracing::info!(file = %path.display(), "no [admin] token configured: POST /v1/tenants/{{tenant}}/credits is disabled");
         }
         let l = raw.leases;
-        let secs = |v: Option<u64>, key: &str, min: u64, def: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(def),
-                Some(s) if s >= min => Ok(Duration::from_secs(s)),
-                Some(_) => Err(ConfigError::new(path, key, format!("expected a whole number of seconds ≥ {min}"))),
-            }
-        };
+        let secs =
+            |v: Option<u64>, key: &str, min: u64, def: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(def),
+                    Some(s) if s >= min => Ok(Duration::from_secs(s)),
+                    Some(_) => Err(ConfigError::new(
+                        path,
+                        key,
+                        format!("expected a whole number of seconds ≥ {min}"),
+                    )),
+                }
+            };
         cfg.leases.chunk = secs(l.chunk_secs, "leases.chunk_secs", 1, cfg.leases.chunk)?;
         cfg.leases.grace = secs(l.grace_secs, "leases.grace_secs", 0, cfg.leases.grace)?;
-        cfg.leases.renew_before = secs(l.renew_before_secs, "leases.renew_before_secs", 0, cfg.leases.renew_before)?;
+        cfg.leases.renew_before = secs(
+            l.renew_before_secs,
+            "leases.renew_before_secs",
+            0,
+            cfg.leases.renew_before,
+        )?;
         if cfg.leases.renew_before >= cfg.leases.chunk {
-            return Err(ConfigError::new(path, "leases.renew_before_secs", "expected less than leases.chunk_secs"));
+            return Err(ConfigError::new(
+                path,
+                "leases.renew_before_secs",
+                "expected less than leases.chunk_secs",
+            ));
         }
         if let Some(ms) = raw.reaper.interval_ms {
             if !(10..=3_600_000).contains(&ms) {
-                return Err(ConfigError::new(path, "reaper.interval_ms", "expected 10 ..= 3600000 milliseconds"));
+                return Err(ConfigError::new(
+                    path,
+                    "reaper.interval_ms",
+                    "expected 10 ..= 3600000 milliseconds",
+                ));
             }
             cfg.reaper_interval = Duration::from_millis(ms);
         }
@@ -288,20 +321,37 @@ impl ServiceConfig {
         if let Some(s) = &cfg.events.source
             && s.trim().is_empty()
         {
-            return Err(ConfigError::new(path, "events.source", "expected a non-empty URI reference"));
+            return Err(ConfigError::new(
+                path,
+                "events.source",
+                "expected a non-empty URI reference",
+            ));
         }
         for (i, h) in ev.http.into_iter().enumerate() {
             let key = format!("events.http[{i}]");
             if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                return Err(ConfigError::new(path, format!("{key}.url"), "expected an http:// or https:// URL"));
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.url"),
+                    "expected an http:// or https:// URL",
+                ));
             }
             if h.batch_size == 0 || h.batch_size > 10_000 {
-                return Err(ConfigError::new(path, format!("{key}.batch_size"), "expected 1 ..= 10000"));
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.batch_size"),
+                    "expected 1 ..= 10000",
+                ));
             }
             if h.timeout_ms == 0 {
-                return Err(ConfigError::new(path, format!("{key}.timeout_ms"), "expected a positive number of milliseconds"));
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.timeout_ms"),
+                    "expected a positive number of milliseconds",
+                ));
             }
-            let has_auth = h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
+            let has_auth =
+                h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
             if has_auth {
                 check_source(&h.auth, path, &key, base)?;
             }
@@ -310,13 +360,21 @@ impl ServiceConfig {
         }
         if let Some(ms) = ev.deliver_interval_ms {
             if ms == 0 {
-                return Err(ConfigError::new(path, "events.deliver_interval_ms", "expected a positive number of milliseconds"));
+                return Err(ConfigError::new(
+                    path,
+                    "events.deliver_interval_ms",
+                    "expected a positive number of milliseconds",
+                ));
             }
             cfg.events.deliver_interval = Duration::from_millis(ms);
         }
         if let Some(ms) = ev.max_backoff_ms {
             if ms == 0 {
-                return Err(ConfigError::new(path, "events.max_backoff_ms", "expected a positive number of milliseconds"));
+                return Err(ConfigError::new(
+                    path,
+                    "events.max_backoff_ms",
+                    "expected a positive number of milliseconds",
+                ));
             }
             cfg.events.max_backoff = Duration::from_millis(ms);
         }
@@ -332,25 +390,39 @@ impl ServiceConfig {
 
 /// Parses a listen address such as `127.0.0.1:7733` or `[::1]:8080`.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
-        .parse::<SocketAddr>()
-        .map_err(|_| format!("expected an address with a port such as 127.0.0.1:7733 or [::]:7733, got {s:?}"))
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("expected an address with a port such as 127.0.0.1:7733 or [::]:7733, got {s:?}")
+    })
 }
 
 fn check_source(src: &TokenSource, file: &Path, key: &str, base: &Path) -> Result<(), ConfigError> {
-    let n = usize::from(src.token.is_some()) + usize::from(src.token_env.is_some()) + usize::from(src.token_file.is_some());
+    let n = usize::from(src.token.is_some())
+        + usize::from(src.token_env.is_some())
+        + usize::from(src.token_file.is_some());
     if n != 1 {
-        return Err(ConfigError::new(file, key, "expected exactly one of token, token_env, token_file"));
+        return Err(ConfigError::new(
+            file,
+            key,
+            "expected exactly one of token, token_env, token_file",
+        ));
     }
     if let Some(t) = &src.token
         && t.trim().len() < 16
     {
-        return Err(ConfigError::new(file, format!("{key}.token"), "expected a token of at least 16 characters"));
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.token"),
+            "expected a token of at least 16 characters",
+        ));
     }
     if let Some(v) = &src.token_env
         && v.is_empty()
     {
-        return Err(ConfigError::new(file, format!("{key}.token_env"), "expected an environment variable name"));
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.token_env"),
+            "expected an environment variable name",
+        ));
     }
     let _ = base;
     Ok(())
@@ -415,7 +487,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.unwrap().port(), 9000);
         assert_eq!(c.state_dir.unwrap(), PathBuf::from("/etc/sandboxer/state"));
-        assert_eq!(c.tenants["beta"].token_file.as_deref(), Some(Path::new("/etc/sandboxer/beta.token")));
+        assert_eq!(
+            c.tenants["beta"].token_file.as_deref(),
+            Some(Path::new("/etc/sandboxer/beta.token"))
+        );
         assert_eq!(c.leases.chunk, Duration::from_secs(2));
         assert_eq!(c.events.http[0].batch_size, 10);
     }
@@ -429,7 +504,8 @@ mod tests {
         assert_eq!(e.key, "leases.chunk_secs", "{e}");
         let e = parse("listen = \"localhost\"\n").unwrap_err();
         assert_eq!(e.key, "listen");
-        let e = parse("[tenants.acme]\ntoken_env = \"A\"\ntoken = \"0123456789abcdef\"\n").unwrap_err();
+        let e =
+            parse("[tenants.acme]\ntoken_env = \"A\"\ntoken = \"0123456789abcdef\"\n").unwrap_err();
         assert_eq!(e.key, "tenants.acme");
         assert!(e.message.contains("exactly one"));
         let e = parse("[tenants.Acme]\ntoken_env = \"A\"\n").unwrap_err();

@@ -88,11 +88,23 @@ pub struct RunOptions {
 /// The effective settings: explicit flags, then the config file, then the defaults.
 pub fn effective_settings(opts: &RunOptions, cfg: &ServiceConfig) -> Settings {
     let pick = |explicit: bool, flag: &PathBuf, file: &Option<PathBuf>| {
-        if explicit { flag.clone() } else { file.clone().unwrap_or_else(|| flag.clone()) }
+        if explicit {
+            flag.clone()
+        } else {
+            file.clone().unwrap_or_else(|| flag.clone())
+        }
     };
     Settings {
-        extensions_dir: pick(opts.dirs_explicit[0], &opts.dirs.extensions_dir, &cfg.extensions_dir),
-        profiles_dir: pick(opts.dirs_explicit[1], &opts.dirs.profiles_dir, &cfg.profiles_dir),
+        extensions_dir: pick(
+            opts.dirs_explicit[0],
+            &opts.dirs.extensions_dir,
+            &cfg.extensions_dir,
+        ),
+        profiles_dir: pick(
+            opts.dirs_explicit[1],
+            &opts.dirs.profiles_dir,
+            &cfg.profiles_dir,
+        ),
         state_dir: pick(opts.dirs_explicit[2], &opts.dirs.state_dir, &cfg.state_dir),
     }
 }
@@ -110,10 +122,14 @@ where
     let settings = effective_settings(&opts, &cfg);
     let listen = match opts.listen.or(cfg.listen) {
         Some(a) => a,
-        None => config::parse_listen(DEFAULT_LISTEN).map_err(|m| ServiceError::Open(m))?,
+        None => config::parse_listen(DEFAULT_LISTEN).map_err(ServiceError::Open)?,
     };
-    std::fs::create_dir_all(&settings.state_dir)
-        .map_err(|e| ServiceError::Open(format!("cannot create the state folder {}: {e}", settings.state_dir.display())))?;
+    std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+        ServiceError::Open(format!(
+            "cannot create the state folder {}: {e}",
+            settings.state_dir.display()
+        ))
+    })?;
 
     let tokens = if opts.config.is_some() {
         let t = TokenSet::from_config(&cfg)?;
@@ -124,13 +140,25 @@ where
     } else {
         let (t, files) = TokenSet::local(&settings.state_dir)?;
         // Like Jupyter: say where the credentials are, never what they are.
-        eprintln!("sandboxer-host: no --config given; tenant \"{}\" token is in {}", tokens::LOCAL_TENANT, files.tenant_file.display());
-        eprintln!("sandboxer-host: admin token (adds credits) is in {}", files.admin_file.display());
+        eprintln!(
+            "sandboxer-host: no --config given; tenant \"{}\" token is in {}",
+            tokens::LOCAL_TENANT,
+            files.tenant_file.display()
+        );
+        eprintln!(
+            "sandboxer-host: admin token (adds credits) is in {}",
+            files.admin_file.display()
+        );
         t
     };
 
     // Bind first: a taken port fails fast, before extensions are compiled.
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServiceError::Bind { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: listen,
+            source,
+        })?;
     let bound = listener.local_addr().map_err(ServiceError::Serve)?;
 
     let s2 = settings.clone();
@@ -158,7 +186,12 @@ where
     tracing::info!(listen = %bound, extensions = %settings.extensions_dir.display(), profiles = %settings.profiles_dir.display(), state = %settings.state_dir.display(), "serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let delivery = tokio::spawn(delivery_loop(app.clone(), relays, cfg.clone(), stop_rx.clone()));
+    let delivery = tokio::spawn(delivery_loop(
+        app.clone(),
+        relays,
+        cfg.clone(),
+        stop_rx.clone(),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tick_loop(app.clone(), cfg.reaper_interval, stop_rx.clone()));
     if let Some(h) = handle {
@@ -198,7 +231,9 @@ where
     .await;
     match flushed {
         Ok(Ok(n)) => tracing::info!(delivered = n, "outbox delivered; bye"),
-        _ => tracing::warn!("outbox not fully delivered before exit; it is delivered on the next start"),
+        _ => tracing::warn!(
+            "outbox not fully delivered before exit; it is delivered on the next start"
+        ),
     }
     Ok(())
 }
@@ -207,16 +242,29 @@ where
 fn build_relays(settings: &Settings, cfg: &ServiceConfig) -> Result<Vec<LogRelay>, ServiceError> {
     let mut relays = Vec::new();
     for h in &cfg.events.http {
-        let has_auth = h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
+        let has_auth =
+            h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
         let file = cfg.file.clone().unwrap_or_default();
-        let bearer = if has_auth { Some(tokens::read_token(&h.auth, &file, &format!("events.http({})", h.url))?) } else { None };
+        let bearer = if has_auth {
+            Some(tokens::read_token(
+                &h.auth,
+                &file,
+                &format!("events.http({})", h.url),
+            )?)
+        } else {
+            None
+        };
         let mut o = HttpSinkOptions::new(h.url.clone());
         o.batch_size = h.batch_size;
         o.timeout = Duration::from_millis(h.timeout_ms);
         o.bearer = bearer;
         let sink = HttpSink::new(o).map_err(|e| ServiceError::Events(e.to_string()))?;
         let cursor = crate::events::cursor_path(&settings.state_dir, &h.url);
-        relays.push(LogRelay::new(settings.events_path(), cursor, Box::new(sink)));
+        relays.push(LogRelay::new(
+            settings.events_path(),
+            cursor,
+            Box::new(sink),
+        ));
     }
     Ok(relays)
 }
@@ -249,9 +297,17 @@ fn drain_outbox(app: &dyn App, relays: &mut [LogRelay]) -> usize {
 /// by each destroy), then relays the log to each HTTP hub. A failing hub is retried with
 /// exponential back-off up to `max_backoff`, on its own: it never delays the outbox or
 /// another hub. Runs on the blocking pool, never on a request's path.
-async fn delivery_loop(app: Arc<dyn App>, relays: Vec<LogRelay>, cfg: ServiceConfig, mut stop: watch::Receiver<bool>) -> Vec<LogRelay> {
+async fn delivery_loop(
+    app: Arc<dyn App>,
+    relays: Vec<LogRelay>,
+    cfg: ServiceConfig,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<LogRelay> {
     let base = cfg.events.deliver_interval;
-    let mut relays: Vec<(LogRelay, Duration, Instant)> = relays.into_iter().map(|r| (r, base, Instant::now())).collect();
+    let mut relays: Vec<(LogRelay, Duration, Instant)> = relays
+        .into_iter()
+        .map(|r| (r, base, Instant::now()))
+        .collect();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(base) => {}
@@ -323,7 +379,10 @@ async fn tick_loop(app: Arc<dyn App>, interval: Duration, mut stop: watch::Recei
 }
 
 /// Histograms in the Prometheus recorder need periodic upkeep.
-async fn upkeep_loop(handle: metrics_exporter_prometheus::PrometheusHandle, mut stop: watch::Receiver<bool>) {
+async fn upkeep_loop(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),

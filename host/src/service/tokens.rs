@@ -60,7 +60,9 @@ impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print digests either: they identify tokens.
         let who: Vec<_> = self.entries.iter().map(|(_, p)| p).collect();
-        f.debug_struct("TokenSet").field("principals", &who).finish()
+        f.debug_struct("TokenSet")
+            .field("principals", &who)
+            .finish()
     }
 }
 
@@ -110,7 +112,10 @@ impl TokenSet {
         let d = digest(presented);
         let mut found = None;
         for (known, who) in &self.entries {
-            let diff = known.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            let diff = known
+                .iter()
+                .zip(d.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 && found.is_none() {
                 found = Some(who.clone());
             }
@@ -121,7 +126,10 @@ impl TokenSet {
     /// Tokens of the configured tenants and admin, read from the config, the environment
     /// or files.
     pub fn from_config(cfg: &ServiceConfig) -> Result<Self, TokenError> {
-        let file = cfg.file.clone().unwrap_or_else(|| PathBuf::from("(no config)"));
+        let file = cfg
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(no config)"));
         let mut set = Self::new();
         for (tenant, src) in &cfg.tenants {
             let tok = read_token(src, &file, &format!("tenants.{tenant}"))?;
@@ -142,9 +150,18 @@ impl TokenSet {
         let tenant_file = dir.join(format!("{LOCAL_TENANT}.token"));
         let admin_file = dir.join("admin.token");
         let mut set = Self::new();
-        set.insert(&read_or_generate(&tenant_file)?, Principal::Tenant(LOCAL_TENANT.to_owned()));
+        set.insert(
+            &read_or_generate(&tenant_file)?,
+            Principal::Tenant(LOCAL_TENANT.to_owned()),
+        );
         set.insert(&read_or_generate(&admin_file)?, Principal::Admin);
-        Ok((set, GeneratedTokens { tenant_file, admin_file }))
+        Ok((
+            set,
+            GeneratedTokens {
+                tenant_file,
+                admin_file,
+            },
+        ))
     }
 }
 
@@ -153,7 +170,9 @@ impl TokenSet {
 pub fn is_tenant_id(s: &str) -> bool {
     let mut chars = s.chars();
     s.len() <= 64
-        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
@@ -164,33 +183,61 @@ fn digest(token: &str) -> [u8; 32] {
 /// Reads a token from its source (literal, environment variable or file), trimmed; errors
 /// name the config file and key, never the value.
 pub fn read_token(src: &TokenSource, file: &Path, key: &str) -> Result<String, TokenError> {
-    let err = |k: String, m: String| TokenError::Config(ConfigError { file: file.display().to_string(), key: k, message: m });
+    let err = |k: String, m: String| {
+        TokenError::Config(ConfigError {
+            file: file.display().to_string(),
+            key: k,
+            message: m,
+        })
+    };
     let tok = if let Some(t) = &src.token {
         t.trim().to_owned()
     } else if let Some(var) = &src.token_env {
         match std::env::var(var) {
             Ok(v) => v.trim().to_owned(),
             Err(_) => {
-                return Err(err(format!("{key}.token_env"), format!("expected the environment variable {var} to hold a token; it is unset or not UTF-8")));
+                return Err(err(
+                    format!("{key}.token_env"),
+                    format!(
+                        "expected the environment variable {var} to hold a token; it is unset or not UTF-8"
+                    ),
+                ));
             }
         }
     } else if let Some(p) = &src.token_file {
         warn_if_readable_by_others(p);
         match std::fs::read_to_string(p) {
             Ok(v) => v.trim().to_owned(),
-            Err(e) => return Err(err(format!("{key}.token_file"), format!("expected a readable file holding a token at {}: {e}", p.display()))),
+            Err(e) => {
+                return Err(err(
+                    format!("{key}.token_file"),
+                    format!(
+                        "expected a readable file holding a token at {}: {e}",
+                        p.display()
+                    ),
+                ));
+            }
         }
     } else {
-        return Err(err(key.to_owned(), "expected one of token, token_env, token_file".to_owned()));
+        return Err(err(
+            key.to_owned(),
+            "expected one of token, token_env, token_file".to_owned(),
+        ));
     };
     if tok.len() < 16 {
-        return Err(err(key.to_owned(), "expected a token of at least 16 characters".to_owned()));
+        return Err(err(
+            key.to_owned(),
+            "expected a token of at least 16 characters".to_owned(),
+        ));
     }
     Ok(tok)
 }
 
 fn file_err(path: &Path, e: impl fmt::Display) -> TokenError {
-    TokenError::File { path: path.to_owned(), message: e.to_string() }
+    TokenError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
@@ -198,7 +245,8 @@ fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| file_err(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| file_err(dir, e))?;
     }
     Ok(())
 }
@@ -206,7 +254,12 @@ fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
 fn read_or_generate(path: &Path) -> Result<String, TokenError> {
     match std::fs::read_to_string(path) {
         Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_owned()),
-        Ok(_) => return Err(file_err(path, "holds no usable token (expected at least 16 characters); delete it to generate a new one")),
+        Ok(_) => {
+            return Err(file_err(
+                path,
+                "holds no usable token (expected at least 16 characters); delete it to generate a new one",
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(file_err(path, e)),
     }
@@ -219,7 +272,8 @@ fn read_or_generate(path: &Path) -> Result<String, TokenError> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path).map_err(|e| file_err(path, e))?;
-    f.write_all(format!("{token}\n").as_bytes()).map_err(|e| file_err(path, e))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .map_err(|e| file_err(path, e))?;
     f.sync_all().map_err(|e| file_err(path, e))?;
     Ok(token)
 }
@@ -252,7 +306,10 @@ mod tests {
         let mut s = TokenSet::new();
         s.insert("tenant-a-token-0000", Principal::Tenant("a".into()));
         s.insert("admin-token-000000", Principal::Admin);
-        assert_eq!(s.authenticate("tenant-a-token-0000"), Some(Principal::Tenant("a".into())));
+        assert_eq!(
+            s.authenticate("tenant-a-token-0000"),
+            Some(Principal::Tenant("a".into()))
+        );
         assert_eq!(s.authenticate("admin-token-000000"), Some(Principal::Admin));
         assert_eq!(s.authenticate("tenant-a-token-000"), None);
         assert_eq!(s.authenticate(""), None);
@@ -264,15 +321,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s1, files) = TokenSet::local(dir.path()).unwrap();
         let tok = std::fs::read_to_string(&files.tenant_file).unwrap();
-        assert_eq!(s1.authenticate(tok.trim()), Some(Principal::Tenant(LOCAL_TENANT.into())));
+        assert_eq!(
+            s1.authenticate(tok.trim()),
+            Some(Principal::Tenant(LOCAL_TENANT.into()))
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&files.admin_file).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&files.admin_file)
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let (s2, _) = TokenSet::local(dir.path()).unwrap();
-        assert_eq!(s2.authenticate(tok.trim()), Some(Principal::Tenant(LOCAL_TENANT.into())));
+        assert_eq!(
+            s2.authenticate(tok.trim()),
+            Some(Principal::Tenant(LOCAL_TENANT.into()))
+        );
     }
 
     #[test]
@@ -290,6 +356,9 @@ mod tests {
         let text = format!("[tenants.b]\ntoken_file = {:?}\n", f.display().to_string());
         let cfg = ServiceConfig::parse(&text, &dir.path().join("s.toml")).unwrap();
         let s = TokenSet::from_config(&cfg).unwrap();
-        assert_eq!(s.authenticate("file-token-0123456789"), Some(Principal::Tenant("b".into())));
+        assert_eq!(
+            s.authenticate("file-token-0123456789"),
+            Some(Principal::Tenant("b".into()))
+        );
     }
 }
