@@ -55,7 +55,10 @@ pub fn runtime_with(cache: &Path, adjust: impl FnOnce(&mut RuntimeConfig)) -> Ru
 pub fn spec(wasm: &Path, id: &str, config: &[(&str, &str)]) -> ExtensionSpec {
     let mut spec = ExtensionSpec::from_file(wasm).unwrap();
     spec.id = id.to_owned();
-    spec.config = config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>();
+    spec.config = config
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect::<BTreeMap<_, _>>();
     spec
 }
 
@@ -63,7 +66,12 @@ pub fn spec(wasm: &Path, id: &str, config: &[(&str, &str)]) -> ExtensionSpec {
 pub fn misbehave(rt: &Runtime, mode: &str, extra: &[(&str, &str)]) -> Arc<Extension> {
     let mut config = vec![("mode", mode)];
     config.extend_from_slice(extra);
-    rt.load_spec(spec(&guest("misbehave"), &format!("misbehave-{mode}"), &config)).unwrap()
+    rt.load_spec(spec(
+        &guest("misbehave"),
+        &format!("misbehave-{mode}"),
+        &config,
+    ))
+    .unwrap()
 }
 
 /// The request `extensions check` uses: 2 vCPUs, 2 GiB, one hour.
@@ -73,7 +81,7 @@ pub fn request() -> SandboxRequest {
 
 /// Runs the real `sandboxer` binary with a private state folder and extensions folder.
 pub fn sandboxer(state: &Path, extensions: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+    Command::new(env!("CARGO_BIN_EXE_sandboxer"))
         .arg("--state-dir")
         .arg(state)
         .arg("--extensions-dir")
@@ -81,13 +89,15 @@ pub fn sandboxer(state: &Path, extensions: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
-        .unwrap();
-    out
+        .unwrap()
 }
 
 /// stdout and stderr of a finished command, for assertions and failure messages.
 pub fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Copies `files` into a fresh folder (an extensions folder for one test).

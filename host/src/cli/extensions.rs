@@ -90,13 +90,9 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         settings,
         RuntimeConfig::with_cache_dir(settings.cache_dir()),
     )?;
-    let report = runtime
-        .load_dir(&settings.extensions_dir)
-        .with_context(|| {
-            format!(
-                "(run from the repository root after `make extensions`, or pass --extensions-dir)"
-            )
-        })?;
+    let report = runtime.load_dir(&settings.extensions_dir).context(
+        "run from the repository root after `make extensions`, or pass --extensions-dir",
+    )?;
     let mut rows: Vec<Row> = report
         .loaded
         .iter()

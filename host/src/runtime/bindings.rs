@@ -142,13 +142,13 @@ pub fn cost_from_wit(c: wit::Cost, currency: &Currency) -> Result<Cost, String> 
             currency.as_str()
         ));
     }
-    let total = decimal("total.amount", &c.total.amount)?;
+    let total = decimal(&c.total.amount, || "total.amount".to_owned())?;
     let mut sum = Decimal::ZERO;
     let mut line_items = Vec::with_capacity(c.line_items.len());
     for (n, item) in c.line_items.into_iter().enumerate() {
-        let quantity = decimal(&format!("line_items[{n}].quantity"), &item.quantity)?;
-        let unit_price = decimal(&format!("line_items[{n}].unit_price"), &item.unit_price)?;
-        let amount = decimal(&format!("line_items[{n}].amount"), &item.amount)?;
+        let quantity = decimal(&item.quantity, || format!("line_items[{n}].quantity"))?;
+        let unit_price = decimal(&item.unit_price, || format!("line_items[{n}].unit_price"))?;
+        let amount = decimal(&item.amount, || format!("line_items[{n}].amount"))?;
         let product = quantity.checked_mul(unit_price).ok_or_else(|| {
             format!("line_items[{n}]: quantity {quantity} × unit_price {unit_price} overflows")
         })?;
@@ -187,10 +187,9 @@ pub fn cost_from_wit(c: wit::Cost, currency: &Currency) -> Result<Cost, String> 
 pub fn usage_from_wit(u: wit::Usage) -> Result<Usage, String> {
     let mut measures = Vec::with_capacity(u.measures.len());
     for (n, m) in u.measures.into_iter().enumerate() {
-        let quantity = decimal(
-            &format!("measures[{n}] ({:?}).quantity", m.name),
-            &m.quantity,
-        )?;
+        let quantity = decimal(&m.quantity, || {
+            format!("measures[{n}] ({:?}).quantity", m.name)
+        })?;
         measures.push(Measure {
             name: m.name,
             quantity,
@@ -239,8 +238,9 @@ pub fn capacity_from_wit(c: wit::PoolCapacity) -> Capacity {
     }
 }
 
-fn decimal(field: &str, value: &str) -> Result<Decimal, String> {
-    parse_decimal(value).map_err(|e| format!("{field}: {e}"))
+/// Parses one decimal; the field name is only built for the error (this runs on every call).
+fn decimal(value: &str, field: impl FnOnce() -> String) -> Result<Decimal, String> {
+    parse_decimal(value).map_err(|e| format!("{}: {e}", field()))
 }
 
 #[cfg(test)]
