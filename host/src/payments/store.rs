@@ -326,6 +326,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_trait_is_object_safe_and_the_sqlite_store_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<std::sync::Arc<dyn CreditsStore>>();
+        shareable::<crate::payments::SqliteCreditsStore>();
+    }
+
+    #[test]
     fn overdraft_policy_from_config() {
         assert_eq!(
             "write-off".parse::<OverdraftPolicy>().unwrap(),
