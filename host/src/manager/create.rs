@@ -133,9 +133,13 @@ impl SandboxManager {
                 error: None,
                 retryable: false,
             });
-            st.updated_at = Utc::now();
-            // If this write is lost, reconciliation finds the hold by sandbox id.
-            self.store.update(&st, Some(self.owner.id()), false)?;
+            if n > 0 {
+                // A failover: record which extension now holds the slot. The first
+                // attempt's extension is already in the intent, and reconciliation finds
+                // the hold by sandbox id, so the common path skips this write.
+                st.updated_at = Utc::now();
+                self.store.update(&st, Some(self.owner.id()), false)?;
+            }
 
             let t0 = Instant::now();
             called_any = true;

@@ -180,7 +180,9 @@ impl SandboxManager {
             charged = %settlement.charged,
             "sandbox destroyed and settled"
         );
-        if let Err(e) = self.deliver_outbox() {
+        if self.config.deliver_after_settle
+            && let Err(e) = self.deliver_outbox()
+        {
             tracing::warn!(sandbox_id = %st.id, error = %e, "meter event stays in the outbox for a later delivery");
         }
         Ok(st)

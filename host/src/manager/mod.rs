@@ -53,11 +53,19 @@ pub struct ManagerConfig {
     /// A hold with no sandbox record is voided by reconciliation only once it is this
     /// old (another process may be between taking it and recording it).
     pub orphan_hold_grace: Duration,
+    /// Deliver the outbox right after each settlement (the CLI's behaviour). A service
+    /// may turn it off and call [`SandboxManager::deliver_outbox`] on a timer instead, so
+    /// many settlements share one sink write and one acknowledgement commit.
+    pub deliver_after_settle: bool,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { event_source: default_event_source(), orphan_hold_grace: Duration::from_secs(60) }
+        Self {
+            event_source: default_event_source(),
+            orphan_hold_grace: Duration::from_secs(60),
+            deliver_after_settle: true,
+        }
     }
 }
 
