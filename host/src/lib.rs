@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod manager;
 pub mod money;
