@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use rust_decimal::Decimal;
+
 fn sandboxer(state: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sandboxer"))
         .arg("--state-dir")
@@ -242,5 +244,75 @@ fn a_corrupt_ledger_file_is_named_and_left_alone() {
     assert!(
         std::fs::read(&ledger).unwrap() == garbage,
         "the corrupt file was modified"
+    );
+}
+
+#[test]
+fn killed_writers_lose_no_acknowledged_grant_and_retries_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&sandboxer(dir.path(), &["credits", "add", "acme", "1"]));
+    let posted = |dir: &Path| -> Decimal {
+        let shown = json(&sandboxer(dir, &["--json", "credits", "show", "acme"]));
+        shown["balances"][0]["posted"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut acknowledged = 0u32;
+    let keys: Vec<String> = (0..16).map(|i| format!("crash-{i}")).collect();
+    for (round, chunk) in keys.chunks(8).enumerate() {
+        let mut children: Vec<_> = chunk
+            .iter()
+            .map(|k| {
+                Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+                    .arg("--state-dir")
+                    .arg(dir.path())
+                    .args(["credits", "add", "acme", "1", "--idempotency-key", k])
+                    .env_remove("SANDBOXER_STATE_DIR")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // Kill every other writer (SIGKILL) at varying moments of its run.
+        std::thread::sleep(std::time::Duration::from_millis(5 + 20 * round as u64));
+        for (i, child) in children.iter_mut().enumerate() {
+            if i % 2 == 1 {
+                let _ = child.kill();
+            }
+        }
+        for mut child in children {
+            if child.wait().unwrap().success() {
+                acknowledged += 1;
+            }
+        }
+    }
+    // Every acknowledged grant is there, nothing is half-applied, the ledger verifies.
+    let after_crash = posted(dir.path());
+    eprintln!(
+        "{acknowledged} of 16 writers acknowledged; ledger holds {after_crash} before retries"
+    );
+    assert!(
+        after_crash >= Decimal::from(1 + acknowledged),
+        "{after_crash} < 1 + {acknowledged}"
+    );
+    assert!(after_crash <= Decimal::from(17));
+    assert_eq!(
+        json(&sandboxer(dir.path(), &["--json", "credits", "verify"]))["ok"],
+        true
+    );
+    // Retrying every request (as a client would after a crash) applies each exactly once.
+    for k in &keys {
+        ok(&sandboxer(
+            dir.path(),
+            &["credits", "add", "acme", "1", "--idempotency-key", k],
+        ));
+    }
+    assert_eq!(posted(dir.path()), Decimal::from(17));
+    assert_eq!(
+        json(&sandboxer(dir.path(), &["--json", "credits", "verify"]))["transfers"],
+        17
     );
 }

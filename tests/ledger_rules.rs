@@ -532,11 +532,19 @@ fn amount(max_whole: u64, max_scale: u32) -> impl Strategy<Value = Decimal> {
     })
 }
 
+/// An amount exactly half-way between two ledger units, where rounding rules differ.
+fn tie() -> impl Strategy<Value = Decimal> {
+    (0..=25i128, 0..1_000_000_000i128).prop_map(|(whole, nanos)| {
+        Decimal::from_i128_with_scale((whole * 1_000_000_000 + nanos) * 10 + 5, 10)
+    })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..TENANTS.len(), amount(40, 9)).prop_map(|(tenant, amount)| Op::Grant { tenant, amount }),
         4 => (0..TENANTS.len(), amount(20, 12)).prop_map(|(tenant, amount)| Op::Hold { tenant, amount }),
-        3 => (any::<usize>(), amount(25, 12)).prop_map(|(hold, amount)| Op::Settle { hold, amount }),
+        3 => (any::<usize>(), prop_oneof![3 => amount(25, 12), 1 => tie()])
+            .prop_map(|(hold, amount)| Op::Settle { hold, amount }),
         2 => any::<usize>().prop_map(|hold| Op::Void { hold }),
         2 => any::<usize>().prop_map(|op| Op::Duplicate { op }),
         1 => Just(Op::Reopen),

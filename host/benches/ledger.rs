@@ -14,8 +14,11 @@ use rust_decimal::Decimal;
 use sandboxer_host::money::{Currency, Money};
 use sandboxer_host::payments::{CreditsStore, SqliteCreditsStore};
 
-/// How long each measurement runs.
-const RUN: Duration = Duration::from_secs(3);
+/// How long each measurement round runs.
+const RUN: Duration = Duration::from_secs(1);
+/// Rounds per scenario, alternating ledger and baseline so load from other processes on
+/// the machine hits both alike.
+const ROUNDS: u32 = 4;
 const THREADS: usize = 8;
 
 fn usd(s: &str) -> Money {
@@ -25,9 +28,11 @@ fn usd(s: &str) -> Money {
     }
 }
 
-/// Runs `pair(thread, i)` on `threads` threads for [`RUN`]; returns pairs per second.
-fn measure(threads: usize, pair: impl Fn(usize, u64) + Send + Sync + 'static) -> f64 {
-    let pair = Arc::new(pair);
+/// One hold+settle pair: `(thread, round, i)`.
+type Pair = Arc<dyn Fn(usize, u32, u64) + Send + Sync>;
+
+/// Runs `pair` on `threads` threads for [`RUN`]; returns (pairs, seconds).
+fn measure(threads: usize, round: u32, pair: &Pair) -> (u64, f64) {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -36,7 +41,7 @@ fn measure(threads: usize, pair: impl Fn(usize, u64) + Send + Sync + 'static) ->
             thread::spawn(move || {
                 let mut i = 0u64;
                 while start.elapsed() < RUN {
-                    pair(t, i);
+                    pair(t, round, i);
                     i += 1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -46,28 +51,28 @@ fn measure(threads: usize, pair: impl Fn(usize, u64) + Send + Sync + 'static) ->
     for h in handles {
         h.join().unwrap();
     }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    (done.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
 }
 
-fn ledger(dir: &Path, threads: usize, run: &str) -> f64 {
-    let store =
-        Arc::new(SqliteCreditsStore::open(dir.join(format!("ledger-{run}.sqlite3"))).unwrap());
+fn ledger(dir: &Path, run: &str) -> Pair {
+    let store = SqliteCreditsStore::open(dir.join(format!("ledger-{run}.sqlite3"))).unwrap();
     store
         .grant("bench", &usd("1000000000"), "bench", "grant")
         .unwrap();
     let cost = usd("0.0162");
-    measure(threads, move |t, i| {
+    Arc::new(move |t, r, i| {
+        let id = format!("{t}-{r}-{i}");
         let hold = store
             .hold(
                 "bench",
                 &usd("0.05"),
-                &format!("sbx-{t}-{i}"),
+                &format!("sbx-{id}"),
                 "ext",
-                &format!("h-{t}-{i}"),
+                &format!("h-{id}"),
             )
             .unwrap();
         store
-            .settle(&hold.id, &cost, &format!("s-{t}-{i}"), None)
+            .settle(&hold.id, &cost, &format!("s-{id}"), None)
             .unwrap();
     })
 }
@@ -83,7 +88,7 @@ fn baseline_conn(path: &Path) -> Connection {
     conn
 }
 
-fn baseline(dir: &Path, threads: usize, run: &str) -> f64 {
+fn baseline(dir: &Path, threads: usize, run: &str) -> Pair {
     let path = dir.join(format!("baseline-{run}.sqlite3"));
     baseline_conn(&path)
         .execute_batch("CREATE TABLE ops (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, amount INTEGER NOT NULL)")
@@ -94,15 +99,16 @@ fn baseline(dir: &Path, threads: usize, run: &str) -> f64 {
             .map(|_| parking_lot::Mutex::new(baseline_conn(&path)))
             .collect(),
     );
-    measure(threads, move |t, i| {
+    Arc::new(move |t, r, i| {
         let mut conn = conns[t].lock();
         for op in ["hold", "settle"] {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .unwrap();
+            let key = format!("{op}-{t}-{r}-{i}");
             tx.execute(
                 "INSERT INTO ops (k, amount) VALUES (?1, ?2)",
-                params![format!("{op}-{t}-{i}"), 50_000_000],
+                params![key, 50_000_000],
             )
             .unwrap();
             tx.commit().unwrap();
@@ -114,7 +120,7 @@ fn main() {
     // Both databases live side by side in one temporary folder: same disk, same pragmas.
     let dir = tempfile::tempdir().unwrap();
     println!(
-        "ledger bench: {} s per measurement, files in {}",
+        "ledger bench: {ROUNDS} alternating rounds of {} s per side, files in {}",
         RUN.as_secs(),
         dir.path().display()
     );
@@ -123,8 +129,16 @@ fn main() {
         "scenario", "ledger pairs/s", "baseline pairs/s", "baseline/ledger"
     );
     for (name, threads) in [("sequential", 1), ("concurrent (8 threads)", THREADS)] {
-        let l = ledger(dir.path(), threads, name.split(' ').next().unwrap_or(name));
-        let b = baseline(dir.path(), threads, name.split(' ').next().unwrap_or(name));
+        let run = name.split(' ').next().unwrap_or(name);
+        let (l, b) = (ledger(dir.path(), run), baseline(dir.path(), threads, run));
+        let (mut lt, mut bt) = ((0u64, 0f64), (0u64, 0f64));
+        for round in 0..ROUNDS {
+            let (n, s) = measure(threads, round, &l);
+            lt = (lt.0 + n, lt.1 + s);
+            let (n, s) = measure(threads, round, &b);
+            bt = (bt.0 + n, bt.1 + s);
+        }
+        let (l, b) = (lt.0 as f64 / lt.1, bt.0 as f64 / bt.1);
         println!("{name:<22} {l:>16.0} {b:>18.0} {:>15.2}x", b / l);
     }
 }

@@ -264,7 +264,9 @@ pub trait CreditsStore: Send + Sync {
 
     /// Posts the metered cost `actual` (exact; rounded half away from zero) against a hold
     /// and releases the remainder; cost above the hold follows the overdraft policy. The
-    /// optional `event` is stored in the outbox in the same transaction.
+    /// optional `event` is stored in the outbox in the same transaction; it is not part
+    /// of the request's identity (a replay returns the original settlement and stores
+    /// no second event).
     fn settle(
         &self,
         hold_id: &str,
@@ -322,6 +324,27 @@ pub fn validate_tenant(tenant: &str) -> Result<(), LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trait_is_object_safe_and_the_sqlite_store_shareable() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<std::sync::Arc<dyn CreditsStore>>();
+        shareable::<crate::payments::SqliteCreditsStore>();
+    }
+
+    #[test]
+    fn overdraft_policy_from_config() {
+        assert_eq!(
+            "write-off".parse::<OverdraftPolicy>().unwrap(),
+            OverdraftPolicy::WriteOff
+        );
+        assert_eq!(
+            "debt".parse::<OverdraftPolicy>().unwrap(),
+            OverdraftPolicy::Debt
+        );
+        assert!("WriteOff".parse::<OverdraftPolicy>().is_err());
+        assert_eq!(OverdraftPolicy::default(), OverdraftPolicy::WriteOff);
+    }
 
     #[test]
     fn tenant_ids() {
