@@ -245,7 +245,7 @@ pub enum RouteError {
     ExplicitUnavailable {
         profile: String,
         target: String,
-        reason: DropReason,
+        reason: Box<DropReason>,
         candidates: Vec<CandidateReport>,
     },
 }
@@ -364,7 +364,7 @@ pub fn resolve_extension(
             Some(CandidateReport {
                 outcome: Outcome::Dropped { reason },
                 ..
-            }) => Some((target.clone(), reason.clone())),
+            }) => Some((target.clone(), Box::new(reason.clone()))),
             _ => None,
         },
         _ => None,
