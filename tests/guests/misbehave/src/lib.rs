@@ -1,1 +1,233 @@
+//! Test guest `misbehave`: implements the `backend-extension` world and misbehaves in the
+//! way its `wasi:config` tells it to, so the host's defences can be tested through the
+//! real runtime. Configuration keys (all optional):
+//!
+//! - `mode` (default `ok`):
+//!   - `ok`: valid answers; estimate and meter are a flat `price`.
+//!   - `loop`: never returns. `alloc`: allocates without bound. `panic`: panics.
+//!   - `abc`, `negative` (`-1`), `huge` (a 40-digit number), `float` (`1e-5`): that string
+//!     as the cost's total, the line's unit price and amount (and, in `destroy`, as a
+//!     measure's quantity).
+//!   - `no-currency`: an empty currency (in `info`, too, when `info` is targeted).
+//!   - `bad-sum`: line items 0.0001 + 0.0002 with a total of 0.0004.
+//!   - `fail-unavailable`, `fail-capacity`, `fail-unauthorized`: return `unavailable`,
+//!     `capacity-exhausted`, `unauthorized`.
+//! - `functions`: comma-separated WIT function names the mode applies to (`info`,
+//!   `estimate-cost`, `create`, `status`, `destroy`, `meter-actual`, `capacity`). Default:
+//!   `loop`/`alloc`/`panic` every function but `info` (so the extension loads, then fails
+//!   its calls); amount modes `estimate-cost,meter-actual`; `fail-*` modes `create`.
+//!   Elsewhere the guest behaves as in `ok`.
+//! - `price` (default `0.0001`): the flat price in `ok` behaviour.
+//! - `kind` (`saas` default | `self-hosted`), `capacity` (a pool size): what `info` and
+//!   `capacity` report, so the guest can stand in for a pool in routing tests.
+//!
+//! An unknown mode makes every call return `internal` naming it.
 
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "backend-extension",
+    generate_all,
+});
+
+use exports::sandboxer::extension::backend::{
+    BackendError, Capability, Cost, Created, ExtensionInfo, Guest, Kind, LineItem, Measure, Money,
+    PoolCapacity, SandboxContext, SandboxRequest, SandboxState, SandboxStatus, Usage,
+};
+
+struct Misbehave;
+
+/// Every mode, for the error message on an unknown one.
+const MODES: &str = "ok, loop, alloc, panic, abc, negative, huge, float, no-currency, bad-sum, \
+                     fail-unavailable, fail-capacity, fail-unauthorized";
+
+fn setting(key: &str) -> Option<String> {
+    wasi::config::store::get(key).ok().flatten()
+}
+
+/// The mode that applies to `function`, or `"ok"`.
+fn mode_for(function: &str) -> Result<String, BackendError> {
+    let mode = setting("mode").unwrap_or_else(|| "ok".to_owned());
+    if !MODES.split(", ").any(|m| m == mode) {
+        return Err(BackendError::Internal(format!(
+            "misbehave: unknown mode {mode:?} (modes: {MODES})"
+        )));
+    }
+    let applies = match setting("functions") {
+        Some(list) => list.split(',').any(|f| f.trim() == function),
+        None => match mode.as_str() {
+            "loop" | "alloc" | "panic" => function != "info",
+            "fail-unavailable" | "fail-capacity" | "fail-unauthorized" => function == "create",
+            _ => matches!(function, "estimate-cost" | "meter-actual"),
+        },
+    };
+    Ok(if applies { mode } else { "ok".to_owned() })
+}
+
+/// The behaviours every function shares: diverge, or fail with a chosen error.
+fn misbehave(mode: &str, function: &str) -> Result<(), BackendError> {
+    match mode {
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Touch the pages so the memory is really committed.
+                hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+        }
+        "panic" => panic!("misbehave: panic in {function}, as configured"),
+        "fail-unavailable" => Err(BackendError::Unavailable(format!(
+            "misbehave: {function} unavailable, as configured"
+        ))),
+        "fail-capacity" => Err(BackendError::CapacityExhausted(format!(
+            "misbehave: {function} has no capacity, as configured"
+        ))),
+        "fail-unauthorized" => Err(BackendError::Unauthorized(format!(
+            "misbehave: {function} unauthorized, as configured"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The bad decimal string of an amount mode.
+fn bad_amount(mode: &str) -> Option<String> {
+    match mode {
+        "abc" => Some("abc".to_owned()),
+        "negative" => Some("-1".to_owned()),
+        "huge" => Some("1234567890123456789012345678901234567890".to_owned()),
+        "float" => Some("1e-5".to_owned()),
+        _ => None,
+    }
+}
+
+fn price() -> String {
+    setting("price").unwrap_or_else(|| "0.0001".to_owned())
+}
+
+fn currency(mode: &str) -> String {
+    if mode == "no-currency" {
+        String::new()
+    } else {
+        "USD".to_owned()
+    }
+}
+
+fn line(amount: &str) -> LineItem {
+    LineItem {
+        description: "Flat fee".to_owned(),
+        quantity: "1".to_owned(),
+        unit: "sandbox".to_owned(),
+        unit_price: amount.to_owned(),
+        amount: amount.to_owned(),
+    }
+}
+
+/// A cost shaped by `mode`: valid in `ok`, broken as the amount modes ask.
+fn cost(function: &str) -> Result<Cost, BackendError> {
+    let mode = mode_for(function)?;
+    misbehave(&mode, function)?;
+    if mode == "bad-sum" {
+        return Ok(Cost {
+            total: Money {
+                amount: "0.0004".to_owned(),
+                currency: currency(&mode),
+            },
+            line_items: vec![line("0.0001"), line("0.0002")],
+        });
+    }
+    let amount = bad_amount(&mode).unwrap_or_else(price);
+    Ok(Cost {
+        total: Money {
+            amount: amount.clone(),
+            currency: currency(&mode),
+        },
+        line_items: vec![line(&amount)],
+    })
+}
+
+impl Guest for Misbehave {
+    fn info() -> ExtensionInfo {
+        let mode = mode_for("info").unwrap_or_else(|_| "ok".to_owned());
+        // `info` cannot fail: only the diverging modes and `no-currency` affect it.
+        if matches!(mode.as_str(), "loop" | "alloc" | "panic") {
+            let _ = misbehave(&mode, "info");
+        }
+        let capacity = setting("capacity");
+        ExtensionInfo {
+            id: "misbehave".to_owned(),
+            name: format!("Misbehaving test guest (mode {mode})"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kind: if setting("kind").as_deref() == Some("self-hosted") {
+                Kind::SelfHosted
+            } else {
+                Kind::Saas
+            },
+            currency: currency(&mode),
+            regions: Vec::new(),
+            startup_latency_ms: 10,
+            capabilities: if capacity.is_some() {
+                vec![Capability::Capacity]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn estimate_cost(_request: SandboxRequest) -> Result<Cost, BackendError> {
+        cost("estimate-cost")
+    }
+
+    fn create(request: SandboxRequest) -> Result<Created, BackendError> {
+        misbehave(&mode_for("create")?, "create")?;
+        Ok(Created {
+            handle: format!("misbehave-{}", request.sandbox_id),
+            region: request.region,
+        })
+    }
+
+    fn status(_sandbox: SandboxContext) -> Result<SandboxStatus, BackendError> {
+        misbehave(&mode_for("status")?, "status")?;
+        Ok(SandboxStatus {
+            state: SandboxState::Running,
+            detail: "misbehave".to_owned(),
+        })
+    }
+
+    fn destroy(sandbox: SandboxContext) -> Result<Usage, BackendError> {
+        let mode = mode_for("destroy")?;
+        misbehave(&mode, "destroy")?;
+        let duration_ms = sandbox.now_ms.saturating_sub(sandbox.created_at_ms);
+        let quantity = bad_amount(&mode).unwrap_or_else(|| "1".to_owned());
+        Ok(Usage {
+            duration_ms,
+            measures: vec![Measure {
+                name: "sandboxes".to_owned(),
+                quantity,
+                unit: "sandbox".to_owned(),
+            }],
+        })
+    }
+
+    fn meter_actual(_request: SandboxRequest, _usage: Usage) -> Result<Cost, BackendError> {
+        cost("meter-actual")
+    }
+
+    fn capacity() -> Result<PoolCapacity, BackendError> {
+        misbehave(&mode_for("capacity")?, "capacity")?;
+        let max_sandboxes = match setting("capacity") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| {
+                BackendError::Internal(format!(
+                    "misbehave: config key \"capacity\" = {v:?} is not a whole number"
+                ))
+            })?),
+        };
+        Ok(PoolCapacity { max_sandboxes })
+    }
+}
+
+export!(Misbehave);

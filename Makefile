@@ -1,0 +1,30 @@
+# sandboxer-host: the two commands of the README are `make run` and `make test`.
+# Guests (WebAssembly components) are built by scripts/build-extensions.sh; the host by cargo.
+
+# Rust crates with native unit tests besides the host (the guests' pure logic).
+NATIVE_TEST_PACKAGES := -p saas-stub
+
+.PHONY: extensions run test bench lint
+
+## Build every extension and test guest (wasm32-wasip2; installs the target if missing).
+extensions:
+	bash scripts/build-extensions.sh
+
+## Build the shipped extensions, then serve the HTTP API with the defaults.
+run: extensions
+	cargo run --bin sandboxer-host -- run
+
+## Build the extensions, then run the whole test suite.
+test: extensions
+	cargo test
+	cargo test $(NATIVE_TEST_PACKAGES)
+
+## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
+bench: extensions
+	cargo bench --profile dev
+
+## Formatting and clippy, host and guests, warnings denied.
+lint:
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip2 $$(bash scripts/build-extensions.sh --packages) -- -D warnings

@@ -1,0 +1,541 @@
+//! Per-extension grants beyond plain configuration: outbound HTTP to listed hosts only
+//! (`wasi:http`), secrets, an outbound request timeout and a cap on response bodies.
+//!
+//! In a sidecar:
+//!
+//! ```toml
+//! allowed_outbound_hosts = ["https://api.e2b.app", "http://127.0.0.1:*"]
+//! outbound_timeout_ms = 10000      # whole request, from send to the last header byte
+//! max_response_bytes = 1048576     # larger answers fail inside the guest
+//! [secrets]
+//! api_key = { env = "E2B_API_KEY" }    # or { file = "e2b.key" } (relative to the sidecar)
+//! ```
+//!
+//! Nothing is reachable by default. Secrets are resolved once, when the extension loads,
+//! handed to the guest as `wasi:config/store` values beside its `[config]`, never logged
+//! (their `Debug` prints `[redacted]`), and scrubbed from every error message the runtime
+//! produces for the extension ([`Grants::redact_fault`]). A request to a host not granted
+//! fails inside the guest with `error-code::HTTP-request-denied` and is logged (scheme,
+//! host and path only).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use serde::{Deserialize, Serialize};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::types::{BackendError, Fault};
+
+/// Default bound on one outbound request (connect and first byte each, and overall).
+pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on one response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+/// What a secret's value is replaced with in messages.
+pub const REDACTED: &str = "[redacted]";
+
+/// Where a secret comes from, as written in the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    /// `{ env = "NAME" }`: an environment variable of the host process.
+    Env {
+        /// The variable's name.
+        env: String,
+    },
+    /// `{ file = "path" }`: a file's contents (trailing newline trimmed), relative to the
+    /// sidecar's folder.
+    File {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// The grant keys of a sidecar, as written (secret sources, not values).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GrantSpec {
+    /// `allowed_outbound_hosts`: `scheme://host[:port]` patterns.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// `[secrets]`: config key → where its value comes from.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// `outbound_timeout_ms`.
+    pub outbound_timeout_ms: Option<u64>,
+    /// `max_response_bytes`.
+    pub max_response_bytes: Option<u64>,
+}
+
+/// A grant that cannot be honoured; names the key at fault. Never contains a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("allowed_outbound_hosts: {pattern:?}: {reason}")]
+    Host { pattern: String, reason: String },
+    #[error("secrets.{key}: environment variable {var} is not set (or not UTF-8)")]
+    MissingEnv { key: String, var: String },
+    #[error("secrets.{key}: cannot read {}: {reason}", file.display())]
+    File { key: String, file: PathBuf, reason: String },
+    #[error("secrets.{key}: the value is empty")]
+    Empty { key: String },
+    #[error("secrets.{key}: also set in [config]; a key is either plain config or a secret")]
+    Clash { key: String },
+    #[error("{key}: must be at least 1")]
+    Zero { key: &'static str },
+}
+
+/// Which schemes a pattern allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemeMatch {
+    Http,
+    Https,
+    Any,
+}
+
+/// Which hosts a pattern allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any subdomain (not the apex).
+    Suffix(String),
+    Any,
+}
+
+/// Which ports a pattern allows; `Default` is the scheme's (80 / 443).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortMatch {
+    Default,
+    Exact(u16),
+    Any,
+}
+
+/// One `allowed_outbound_hosts` entry, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    scheme: SchemeMatch,
+    host: HostMatch,
+    port: PortMatch,
+}
+
+impl HostPattern {
+    /// Parses `scheme://host[:port]` where scheme is `http`, `https` or `*`, host is a name,
+    /// an IPv4 address, `[v6]`, `*.domain` or `*`, and port is a number or `*`.
+    pub fn parse(pattern: &str) -> Result<Self, GrantError> {
+        let fail = |reason: &str| GrantError::Host { pattern: pattern.to_owned(), reason: reason.to_owned() };
+        let (scheme, rest) = pattern.split_once("://").ok_or_else(|| fail("expected scheme://host[:port]"))?;
+        let scheme = match scheme {
+            "http" => SchemeMatch::Http,
+            "https" => SchemeMatch::Https,
+            "*" => SchemeMatch::Any,
+            _ => return Err(fail("the scheme must be http, https or *")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(fail("a pattern names a host and port only, no path, query or user"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| fail("unclosed [ in an IPv6 host"))?;
+            (format!("[{}]", h.to_ascii_lowercase()), after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+                None => (rest.to_ascii_lowercase(), None),
+            }
+        };
+        let port = match port {
+            None => PortMatch::Default,
+            Some("*") => PortMatch::Any,
+            Some(p) => PortMatch::Exact(p.parse().map_err(|_| fail("the port must be a number 0-65535 or *"))?),
+        };
+        let host = if host == "*" {
+            HostMatch::Any
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            if domain.is_empty() || domain.contains('*') {
+                return Err(fail("a wildcard host looks like *.example.com"));
+            }
+            HostMatch::Suffix(format!(".{domain}"))
+        } else if host.is_empty() || host.contains('*') {
+            return Err(fail("the host is empty or has a * that is not a leading *. label"));
+        } else {
+            HostMatch::Exact(host)
+        };
+        Ok(Self { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this pattern.
+    fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = match self.scheme {
+            SchemeMatch::Http => scheme == "http",
+            SchemeMatch::Https => scheme == "https",
+            SchemeMatch::Any => scheme == "http" || scheme == "https",
+        };
+        let host_ok = match &self.host {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
+            HostMatch::Any => true,
+        };
+        let port_ok = match self.port {
+            PortMatch::Any => true,
+            PortMatch::Exact(p) => p == port,
+            PortMatch::Default => port == default_port(scheme),
+        };
+        scheme_ok && host_ok && port_ok
+    }
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" { 443 } else { 80 }
+}
+
+/// A secret value: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for handing to the guest.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// An extension's resolved grants. Shared by all its instances.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    extension: String,
+    hosts: Vec<HostPattern>,
+    secrets: BTreeMap<String, Secret>,
+    outbound_timeout: Duration,
+    max_response_bytes: u64,
+}
+
+impl Grants {
+    /// No network, no secrets: what an extension without grants gets.
+    pub fn none(extension: &str) -> Self {
+        Self {
+            extension: extension.to_owned(),
+            hosts: Vec::new(),
+            secrets: BTreeMap::new(),
+            outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+
+    /// Resolves `spec` for `extension`: parses the host patterns and reads every secret
+    /// now (from the environment or files relative to `base_dir`), so a missing secret
+    /// fails the load, not a sandbox later. `config` is the plain `[config]` table: a key
+    /// may not be both.
+    pub fn resolve(
+        extension: &str,
+        spec: &GrantSpec,
+        base_dir: &Path,
+        config: &BTreeMap<String, String>,
+    ) -> Result<Self, GrantError> {
+        let hosts = spec.allowed_outbound_hosts.iter().map(|p| HostPattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
+        let mut secrets = BTreeMap::new();
+        for (key, source) in &spec.secrets {
+            if config.contains_key(key) {
+                return Err(GrantError::Clash { key: key.clone() });
+            }
+            let value = match source {
+                SecretSource::Env { env } => std::env::var(env)
+                    .map_err(|_| GrantError::MissingEnv { key: key.clone(), var: env.clone() })?,
+                SecretSource::File { file } => {
+                    let path = base_dir.join(file);
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| GrantError::File { key: key.clone(), file: path.clone(), reason: e.to_string() })?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_owned()
+                }
+            };
+            if value.is_empty() {
+                return Err(GrantError::Empty { key: key.clone() });
+            }
+            secrets.insert(key.clone(), Secret(value));
+        }
+        if spec.outbound_timeout_ms == Some(0) {
+            return Err(GrantError::Zero { key: "outbound_timeout_ms" });
+        }
+        if spec.max_response_bytes == Some(0) {
+            return Err(GrantError::Zero { key: "max_response_bytes" });
+        }
+        Ok(Self {
+            extension: extension.to_owned(),
+            hosts,
+            secrets,
+            outbound_timeout: spec.outbound_timeout_ms.map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
+            max_response_bytes: spec.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        })
+    }
+
+    /// The extension these grants belong to.
+    pub fn extension(&self) -> &str {
+        &self.extension
+    }
+
+    /// The secrets as `wasi:config/store` key/value pairs.
+    pub fn secret_config(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.secrets.iter().map(|(k, v)| (k.as_str(), v.expose()))
+    }
+
+    /// The bound on one outbound request.
+    pub fn outbound_timeout(&self) -> Duration {
+        self.outbound_timeout
+    }
+
+    /// The cap on one response body.
+    pub fn max_response_bytes(&self) -> u64 {
+        self.max_response_bytes
+    }
+
+    /// Whether a request to `uri` is granted.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return false;
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        let host = host.to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
+        self.hosts.iter().any(|p| p.allows(&scheme, &host, port))
+    }
+
+    /// `text` with every secret value replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in self.secrets.values() {
+            if out.contains(secret.expose()) {
+                out = out.replace(secret.expose(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// `fault` with every secret value scrubbed from its messages.
+    pub fn redact_fault(&self, fault: Fault) -> Fault {
+        if self.secrets.is_empty() {
+            return fault;
+        }
+        let r = |s: String| self.redact(&s);
+        match fault {
+            Fault::Backend(e) => Fault::Backend(match e {
+                BackendError::InvalidRequest(m) => BackendError::InvalidRequest(r(m)),
+                BackendError::Unsupported(m) => BackendError::Unsupported(r(m)),
+                BackendError::CapacityExhausted(m) => BackendError::CapacityExhausted(r(m)),
+                BackendError::Unavailable(m) => BackendError::Unavailable(r(m)),
+                BackendError::NotFound(m) => BackendError::NotFound(r(m)),
+                BackendError::Unauthorized(m) => BackendError::Unauthorized(r(m)),
+                BackendError::Internal(m) => BackendError::Internal(r(m)),
+            }),
+            Fault::Trap { message } => Fault::Trap { message: r(message) },
+            Fault::BadAnswer { message } => Fault::BadAnswer { message: r(message) },
+            Fault::Quarantined { until_unix_ms, reason } => Fault::Quarantined { until_unix_ms, reason: r(reason) },
+            other @ (Fault::Timeout { .. } | Fault::OutOfMemory { .. }) => other,
+        }
+    }
+
+    /// `scheme://host[:port]/path` of a request, secrets scrubbed, for logs (no query).
+    fn describe(&self, uri: &http::Uri) -> String {
+        let scheme = uri.scheme_str().unwrap_or("?");
+        let authority = uri.authority().map_or("?", |a| a.as_str());
+        self.redact(&format!("{scheme}://{authority}{}", uri.path()))
+    }
+}
+
+/// The `wasi:http` hooks of one instance: the grant check, the timeout and the body cap
+/// around wasmtime-wasi-http's default sender.
+#[derive(Debug, Clone)]
+pub struct OutboundHooks {
+    grants: Arc<Grants>,
+}
+
+impl OutboundHooks {
+    /// Hooks enforcing `grants`.
+    pub fn new(grants: Arc<Grants>) -> Self {
+        Self { grants }
+    }
+}
+
+type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+fn tighter(guest: Option<Duration>, host: Duration) -> Option<Duration> {
+    Some(guest.map_or(host, |g| g.min(host)))
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: IoFuture,
+    ) -> SendFuture {
+        drop(fut);
+        let grants = Arc::clone(&self.grants);
+        let target = grants.describe(request.uri());
+        if !grants.allows(request.uri()) {
+            tracing::warn!(
+                extension = %grants.extension,
+                method = %request.method(),
+                target = %target,
+                "outbound request denied: not in allowed_outbound_hosts"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        tracing::debug!(extension = %grants.extension, method = %request.method(), target = %target, "outbound request");
+        let limit = grants.outbound_timeout;
+        let options = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: tighter(options.connect_timeout, limit),
+            first_byte_timeout: tighter(options.first_byte_timeout, limit),
+            between_bytes_timeout: tighter(options.between_bytes_timeout, limit),
+        };
+        let cap = grants.max_response_bytes;
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let sent = tokio::time::timeout(limit, wasmtime_wasi_http::default_send_request(request, Some(options))).await;
+            let (response, io) = match sent {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!(extension = %grants.extension, target = %target, timeout_ms = limit.as_millis() as u64, "outbound request timed out");
+                    return Err(HttpError::ConnectionReadTimeout);
+                }
+            };
+            let declared = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > cap) {
+                tracing::warn!(extension = %grants.extension, target = %target, max_response_bytes = cap, "outbound response too large");
+                return Err(HttpError::HttpResponseBodySize(declared));
+            }
+            let response = response.map(|body| CappedBody { inner: body.boxed_unsync(), seen: 0, cap }.boxed_unsync());
+            Ok((response, Box::new(io) as IoFuture))
+        })
+    }
+}
+
+/// A response body that fails once more than `cap` bytes have come through.
+struct CappedBody {
+    inner: WasiBody,
+    seen: u64,
+    cap: u64,
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen = this.seen.saturating_add(data.len() as u64);
+                    if this.seen > this.cap {
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.seen)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(hosts: &[&str]) -> Grants {
+        let spec = GrantSpec { allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(), ..Default::default() };
+        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap()
+    }
+
+    fn allows(g: &Grants, url: &str) -> bool {
+        g.allows(&url.parse().unwrap())
+    }
+
+    #[test]
+    fn nothing_is_reachable_by_default() {
+        let g = Grants::none("x");
+        assert!(!allows(&g, "https://api.e2b.app/sandboxes"));
+        assert!(!allows(&g, "http://127.0.0.1:8080/"));
+    }
+
+    #[test]
+    fn patterns_match_scheme_host_and_port() {
+        let g = grants(&["https://api.e2b.app", "http://127.0.0.1:*", "https://*.example.com:8443"]);
+        assert!(allows(&g, "https://api.e2b.app/sandboxes"));
+        assert!(allows(&g, "https://API.E2B.APP:443/x"));
+        assert!(!allows(&g, "http://api.e2b.app/sandboxes"), "scheme must match");
+        assert!(!allows(&g, "https://api.e2b.app:8443/"), "default port only");
+        assert!(!allows(&g, "https://evil.e2b.app/"));
+        assert!(allows(&g, "http://127.0.0.1:41234/x"));
+        assert!(!allows(&g, "http://127.0.0.2:41234/x"));
+        assert!(!allows(&g, "https://127.0.0.1:41234/x"));
+        assert!(allows(&g, "https://a.example.com:8443/"));
+        assert!(!allows(&g, "https://example.com:8443/"), "wildcard is for subdomains");
+        assert!(!allows(&g, "https://a.example.com.evil.net:8443/"));
+    }
+
+    #[test]
+    fn bad_patterns_name_the_pattern() {
+        for bad in ["api.e2b.app", "ftp://x", "https://x/path", "https://x:port", "https://a*b", "https://*."] {
+            let err = HostPattern::parse(bad).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_resolve_from_files_and_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "e2b_s3cr3t_value\n").unwrap();
+        let spec = GrantSpec {
+            secrets: [("api_key".to_owned(), SecretSource::File { file: "key".into() })].into(),
+            ..Default::default()
+        };
+        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new()).unwrap();
+        assert_eq!(g.secret_config().collect::<Vec<_>>(), [("api_key", "e2b_s3cr3t_value")]);
+        assert!(!format!("{g:?}").contains("s3cr3t"));
+        let fault = g.redact_fault(Fault::Backend(BackendError::Unauthorized("key e2b_s3cr3t_value refused".into())));
+        assert_eq!(fault.to_string(), "unauthorized: key [redacted] refused");
+        let fault = g.redact_fault(Fault::Trap { message: "panicked at e2b_s3cr3t_value".into() });
+        assert!(!fault.to_string().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn missing_secrets_and_clashes_fail_the_load() {
+        let spec = GrantSpec {
+            secrets: [("api_key".to_owned(), SecretSource::Env { env: "SANDBOXER_TEST_UNSET_VAR_7731".into() })].into(),
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"), "{err}");
+        let config = [("api_key".to_owned(), "plain".to_owned())].into();
+        let err = Grants::resolve("x", &spec, Path::new("."), &config).unwrap_err();
+        assert!(matches!(err, GrantError::Clash { .. }), "{err}");
+        let spec = GrantSpec {
+            secrets: [("k".to_owned(), SecretSource::File { file: "/nonexistent/sandboxer/key".into() })].into(),
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/sandboxer/key"), "{err}");
+    }
+}
