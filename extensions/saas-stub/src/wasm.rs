@@ -6,6 +6,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use std::sync::OnceLock;
+
 use exports::sandboxer::extension::backend as wit;
 
 use crate::backend::{self, Error, State};
@@ -13,15 +15,27 @@ use crate::config::{Config, Kind};
 
 struct SaasStub;
 
-/// Reads and parses the configuration on every call: the extension keeps no state.
-fn config() -> Result<Config, wit::BackendError> {
+/// The configuration, read and parsed once per instance: the host grants it when it
+/// instantiates the component and it cannot change during the instance's life, so this
+/// is a cache of an input, not sandbox state (reading it costs several µs per call).
+/// A failure to read it is not cached; a bad value is (it cannot change either).
+fn config() -> Result<&'static Config, wit::BackendError> {
+    static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+    if let Some(parsed) = CONFIG.get() {
+        return parsed
+            .as_ref()
+            .map_err(|e| wit::BackendError::Internal(e.clone()));
+    }
     let pairs = wasi::config::store::get_all().map_err(|e| {
         let why = match e {
             wasi::config::store::Error::Upstream(m) | wasi::config::store::Error::Io(m) => m,
         };
         wit::BackendError::Internal(format!("reading the configuration: {why}"))
     })?;
-    Config::from_pairs(&pairs).map_err(|e| wit::BackendError::Internal(e.0))
+    let parsed = CONFIG.get_or_init(|| Config::from_pairs(&pairs).map_err(|e| e.0));
+    parsed
+        .as_ref()
+        .map_err(|e| wit::BackendError::Internal(e.clone()))
 }
 
 fn request(r: &wit::SandboxRequest) -> backend::Request {
@@ -92,13 +106,13 @@ impl wit::Guest for SaasStub {
     }
 
     fn estimate_cost(r: wit::SandboxRequest) -> Result<wit::Cost, wit::BackendError> {
-        backend::estimate_cost(&config()?, &request(&r))
+        backend::estimate_cost(config()?, &request(&r))
             .map(cost)
             .map_err(error)
     }
 
     fn create(r: wit::SandboxRequest) -> Result<wit::Created, wit::BackendError> {
-        let c = backend::create(&config()?, &request(&r)).map_err(error)?;
+        let c = backend::create(config()?, &request(&r)).map_err(error)?;
         Ok(wit::Created {
             handle: c.handle,
             region: c.region,
@@ -150,14 +164,14 @@ impl wit::Guest for SaasStub {
                 })
                 .collect(),
         };
-        backend::meter_actual(&config()?, &usage)
+        backend::meter_actual(config()?, &usage)
             .map(cost)
             .map_err(error)
     }
 
     fn capacity() -> Result<wit::PoolCapacity, wit::BackendError> {
         Ok(wit::PoolCapacity {
-            max_sandboxes: backend::capacity(&config()?),
+            max_sandboxes: backend::capacity(config()?),
         })
     }
 }

@@ -1,5 +1,528 @@
 //! The WebAssembly runtime: one wasmtime engine, extension discovery and loading, the
 //! precompiled-artifact cache, per-call limits, and a typed API over the bindings.
 //! Knows nothing of routing, payments or the manager.
+//!
+//! ```no_run
+//! # use sandboxer_host::runtime::{Runtime, RuntimeConfig};
+//! let runtime = Runtime::new(RuntimeConfig::with_cache_dir(".sandboxer/cache"))?;
+//! let report = runtime.load_dir("extensions".as_ref())?;
+//! for ext in &report.loaded {
+//!     println!("{} {}", ext.id(), ext.info().kind);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+
+pub mod bindings;
+pub mod cache;
+pub mod conformance;
+pub mod engine;
+pub mod extension;
+pub mod grants;
+pub mod limits;
+pub mod link;
+pub mod sidecar;
 pub mod types;
+
+pub use extension::{ArtifactSource, Extension, Health, PoolPolicy, Quarantine, QuarantinePolicy};
+pub use limits::CallLimits;
+pub use sidecar::{ExtensionSpec, Skipped};
+
+use bindings::{BACKEND_EXPORT, BACKEND_FUNCTIONS, BackendExtensionPre};
+use cache::{ArtifactCache, Lookup};
+use engine::EpochTicker;
+use extension::ExtensionOptions;
+use limits::StoreData;
+use types::ExtensionError;
+
+/// Called before and after compiling a component that is not in the cache (compiling a
+/// large component takes seconds; surfaces show progress).
+pub type CompileHook = Arc<dyn Fn(&CompileEvent) + Send + Sync>;
+
+/// A compile starting or finishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileEvent {
+    /// About to compile `file` (`size_bytes` of wasm).
+    Started { file: PathBuf, size_bytes: u64 },
+    /// Done (successfully or not) after `elapsed`.
+    Finished { file: PathBuf, elapsed: Duration },
+}
+
+/// How a runtime is set up.
+#[derive(Clone, Default)]
+pub struct RuntimeConfig {
+    /// Folder of precompiled artifacts (`Settings::cache_dir()`); `None` disables the
+    /// disk cache (every process compiles).
+    pub cache_dir: Option<PathBuf>,
+    /// Default limits; a sidecar's `memory_limit_mib` / `call_timeout_ms` override them.
+    pub limits: CallLimits,
+    /// Warm instances per extension.
+    pub pool: PoolPolicy,
+    /// When an extension that keeps trapping is refused calls.
+    pub quarantine: QuarantinePolicy,
+    /// Progress of compiles not served by the cache.
+    pub on_compile: Option<CompileHook>,
+}
+
+impl RuntimeConfig {
+    /// Defaults with the precompiled-artifact cache in `dir`.
+    pub fn with_cache_dir(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: Some(dir.into()),
+            ..Self::default()
+        }
+    }
+}
+
+impl fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("limits", &self.limits)
+            .field("pool", &self.pool)
+            .field("quarantine", &self.quarantine)
+            .field("on_compile", &self.on_compile.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// The runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[source] std::io::Error),
+    #[error("cannot read the extensions folder {}: {source}", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LoadFailure {
+    /// The sidecar or file name is unusable.
+    #[error("{reason}")]
+    Spec { reason: String },
+    /// The file could not be read.
+    #[error("cannot read: {reason}")]
+    Read { reason: String },
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic bytes)")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "a core WebAssembly module, not a component: build it as a component of world \
+         sandboxer:extension/backend-extension (e.g. `cargo build --target wasm32-wasip2`)"
+    )]
+    CoreModule,
+    /// A WebAssembly binary of a version/layer this host does not know.
+    #[error("unknown WebAssembly binary version {version}")]
+    UnknownBinary { version: String },
+    /// Wasmtime refused to compile it.
+    #[error("does not compile: {reason}")]
+    Compile { reason: String },
+    /// A component of another world: the export or an import does not match.
+    #[error("not a sandboxer backend extension: {reason}")]
+    WrongWorld { reason: String },
+    /// The component loaded but `info` failed.
+    #[error("info failed at load: {fault}")]
+    Info { fault: types::Fault },
+}
+
+/// A component that could not be loaded: which file, as which id, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{}: {failure}", file.display())]
+pub struct LoadError {
+    /// The file at fault (the sidecar for a sidecar error, else the `.wasm`).
+    pub file: PathBuf,
+    /// The extension id it was to be loaded as, when known.
+    pub id: Option<String>,
+    /// Why.
+    pub failure: LoadFailure,
+}
+
+/// The outcome of loading a folder.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Extensions ready to be called, sorted by their defining file.
+    pub loaded: Vec<Arc<Extension>>,
+    /// Files not loaded, with the reason.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Counters of compiled-code sources over the runtime's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Components compiled from `.wasm` (including recompiles of bad artifacts).
+    pub compiled: u64,
+    /// Components loaded from a precompiled artifact.
+    pub disk_hits: u64,
+    /// Loads served by a component already in memory (same wasm under another id).
+    pub memory_hits: u64,
+    /// Unusable artifacts that were replaced by a fresh compile.
+    pub recovered: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiled: AtomicU64,
+    disk_hits: AtomicU64,
+    memory_hits: AtomicU64,
+    recovered: AtomicU64,
+}
+
+/// The runtime: cheap to clone, shareable between threads.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreData>,
+    cache: Option<ArtifactCache>,
+    /// Components compiled in this process, by wasm sha256: one compile per component.
+    components: Mutex<HashMap<String, Component>>,
+    config: RuntimeConfig,
+    counters: Counters,
+    ticker: Arc<EpochTicker>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Creates the engine, the linker and the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = engine::new_engine().map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let linker =
+            link::build_linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let ticker = Arc::new(EpochTicker::start(&engine).map_err(RuntimeError::Ticker)?);
+        let cache = config
+            .cache_dir
+            .as_ref()
+            .map(|dir| ArtifactCache::new(dir, &engine));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                components: Mutex::new(HashMap::new()),
+                config,
+                counters: Counters::default(),
+                ticker,
+            }),
+        })
+    }
+
+    /// The engine (for tools that inspect components).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Where compiled code came from so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        CacheStats {
+            compiled: c.compiled.load(Ordering::Relaxed),
+            disk_hits: c.disk_hits.load(Ordering::Relaxed),
+            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+            recovered: c.recovered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Loads every extension in `dir` (see [`sidecar`] for the rules). A file that cannot
+    /// be loaded is skipped with its reason and logged; the others load regardless.
+    pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, RuntimeError> {
+        let found = sidecar::discover(dir).map_err(|source| RuntimeError::ReadDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let mut report = LoadReport {
+            loaded: Vec::new(),
+            skipped: found.skipped,
+        };
+        for skipped in &report.skipped {
+            tracing::warn!(file = %skipped.file.display(), reason = %skipped.reason, "extension skipped");
+        }
+        for spec in found.specs {
+            match self.load_spec(spec) {
+                Ok(ext) => report.loaded.push(ext),
+                Err(err) => {
+                    tracing::warn!(file = %err.file.display(), reason = %err.failure, "extension skipped");
+                    report.skipped.push(Skipped {
+                        file: err.file,
+                        id: err.id,
+                        reason: err.failure.to_string(),
+                    });
+                }
+            }
+        }
+        report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(report)
+    }
+
+    /// Loads one component with no sidecar, its id taken from the file name.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Extension>, LoadError> {
+        let spec = ExtensionSpec::from_file(path).map_err(|e| LoadError {
+            file: e.file,
+            id: None,
+            failure: LoadFailure::Spec { reason: e.reason },
+        })?;
+        self.load_spec(spec)
+    }
+
+    /// Loads one extension as `spec` describes it.
+    pub fn load_spec(&self, spec: ExtensionSpec) -> Result<Arc<Extension>, LoadError> {
+        let file = spec.component.clone();
+        let fail = |failure| LoadError {
+            file: file.clone(),
+            id: Some(spec.id.clone()),
+            failure,
+        };
+        let bytes = std::fs::read(&file).map_err(|e| {
+            fail(LoadFailure::Read {
+                reason: e.to_string(),
+            })
+        })?;
+        check_binary(&bytes).map_err(fail)?;
+        let sha = cache::sha256_hex(&bytes);
+        let (component, source) = self.component_for(&file, &bytes, &sha).map_err(fail)?;
+        drop(bytes);
+        check_world(&self.inner.engine, &component)
+            .map_err(|reason| fail(LoadFailure::WrongWorld { reason }))?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            fail(LoadFailure::WrongWorld {
+                reason: format!("imports something the host does not grant: {e:#}"),
+            })
+        })?;
+        let pre = BackendExtensionPre::new(instance_pre).map_err(|e| {
+            fail(LoadFailure::WrongWorld {
+                reason: format!("export {BACKEND_EXPORT} does not match the contract: {e:#}"),
+            })
+        })?;
+        let defaults = self.inner.config.limits;
+        let options = ExtensionOptions {
+            limits: CallLimits {
+                memory_limit_mib: spec.memory_limit_mib.unwrap_or(defaults.memory_limit_mib),
+                call_timeout: spec
+                    .call_timeout_ms
+                    .map_or(defaults.call_timeout, Duration::from_millis),
+            },
+            pool: self.inner.config.pool,
+            quarantine: self.inner.config.quarantine,
+        };
+        let id = spec.id.clone();
+        let ext = Extension::load(
+            spec,
+            sha,
+            source,
+            options,
+            self.inner.engine.clone(),
+            pre,
+            Arc::clone(&self.inner.ticker),
+        )
+        .map_err(|e: ExtensionError| LoadError {
+            file: file.clone(),
+            id: Some(id),
+            failure: LoadFailure::Info { fault: e.fault },
+        })?;
+        tracing::info!(
+            extension = %ext.id(),
+            file = %file.display(),
+            kind = %ext.info().kind,
+            version = %ext.info().version,
+            source = ?ext.artifact_source(),
+            "extension loaded"
+        );
+        Ok(Arc::new(ext))
+    }
+
+    /// The compiled component for these bytes: from memory, the disk cache, or a compile.
+    fn component_for(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        sha: &str,
+    ) -> Result<(Component, ArtifactSource), LoadFailure> {
+        let inner = &self.inner;
+        // Held across the compile on purpose: two ids on one new component compile it once.
+        let mut components = inner.components.lock();
+        if let Some(component) = components.get(sha) {
+            inner.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((component.clone(), ArtifactSource::Shared));
+        }
+        let mut source = ArtifactSource::Compiled;
+        if let Some(cache) = &inner.cache {
+            match cache.lookup(&inner.engine, sha) {
+                Lookup::Hit(component) => {
+                    inner.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
+                    components.insert(sha.to_owned(), component.clone());
+                    return Ok((component, ArtifactSource::Cache));
+                }
+                Lookup::Miss => {}
+                Lookup::Corrupt(reason) => {
+                    tracing::warn!(file = %file.display(), %reason, "cached artifact unusable; recompiling");
+                    inner.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                    source = ArtifactSource::Recompiled { reason };
+                }
+            }
+        }
+        let component = self.compile(file, bytes, sha)?;
+        components.insert(sha.to_owned(), component.clone());
+        Ok((component, source))
+    }
+
+    fn compile(&self, file: &Path, bytes: &[u8], sha: &str) -> Result<Component, LoadFailure> {
+        let inner = &self.inner;
+        let size_bytes = bytes.len() as u64;
+        tracing::info!(file = %file.display(), size_mb = size_bytes as f64 / 1e6, "compiling extension");
+        if let Some(hook) = &inner.config.on_compile {
+            hook(&CompileEvent::Started {
+                file: file.to_path_buf(),
+                size_bytes,
+            });
+        }
+        let started = Instant::now();
+        let artifact = inner.engine.precompile_component(bytes);
+        if let Some(hook) = &inner.config.on_compile {
+            hook(&CompileEvent::Finished {
+                file: file.to_path_buf(),
+                elapsed: started.elapsed(),
+            });
+        }
+        let artifact = artifact.map_err(|e| LoadFailure::Compile {
+            reason: format!("{e:#}"),
+        })?;
+        inner.counters.compiled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(file = %file.display(), elapsed_ms = started.elapsed().as_millis() as u64, "compiled extension");
+        let stored = inner
+            .cache
+            .as_ref()
+            .map(|cache| cache.store(sha, &artifact));
+        let component = match stored {
+            // SAFETY: the file was just written by this process from
+            // `Engine::precompile_component` output of this engine.
+            Some(Ok(path)) => unsafe { Component::deserialize_file(&inner.engine, &path) },
+            other => {
+                if let Some(Err(err)) = other {
+                    tracing::warn!(%err, "precompiled artifact not cached; the next start compiles again");
+                }
+                // SAFETY: `artifact` is this engine's own `precompile_component` output.
+                unsafe { Component::deserialize(&inner.engine, &artifact) }
+            }
+        };
+        component.map_err(|e| LoadFailure::Compile {
+            reason: format!("{e:#}"),
+        })
+    }
+}
+
+/// Tells a component from a core module or something that is not wasm at all.
+fn check_binary(bytes: &[u8]) -> Result<(), LoadFailure> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadFailure::NotWasm);
+    }
+    match &bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => Err(LoadFailure::CoreModule),
+        // Component binary: version 0x0d, layer 1.
+        [_, _, 0x01, 0x00] => Ok(()),
+        other => Err(LoadFailure::UnknownBinary {
+            version: hex::encode(other),
+        }),
+    }
+}
+
+/// Checks the component exports the backend interface with all its functions, naming
+/// what is missing (type mismatches are reported by the bindings afterwards).
+fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let exports: Vec<(String, ComponentItem)> = ty
+        .exports(engine)
+        .map(|(n, e)| (n.to_owned(), e.ty))
+        .collect();
+    let Some((_, item)) = exports.iter().find(|(name, _)| name == BACKEND_EXPORT) else {
+        let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
+        let other_version = names
+            .iter()
+            .find(|n| n.starts_with("sandboxer:extension/backend@"));
+        return Err(match other_version {
+            Some(found) => format!("exports {found}, but this host implements {BACKEND_EXPORT}"),
+            None if names.is_empty() => {
+                format!("exports nothing; a backend exports {BACKEND_EXPORT}")
+            }
+            None => format!(
+                "does not export {BACKEND_EXPORT} (it exports: {})",
+                names.join(", ")
+            ),
+        });
+    };
+    let ComponentItem::ComponentInstance(instance) = item else {
+        return Err(format!(
+            "export {BACKEND_EXPORT} is not an interface instance"
+        ));
+    };
+    let functions: Vec<String> = instance
+        .exports(engine)
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    let missing: Vec<&str> = BACKEND_FUNCTIONS
+        .iter()
+        .copied()
+        .filter(|f| !functions.iter().any(|g| g == f))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "export {BACKEND_EXPORT} lacks function(s): {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_told_apart() {
+        assert_eq!(check_binary(b"hello world"), Err(LoadFailure::NotWasm));
+        assert_eq!(check_binary(b"\0asm"), Err(LoadFailure::NotWasm));
+        assert_eq!(
+            check_binary(b"\0asm\x01\0\0\0"),
+            Err(LoadFailure::CoreModule)
+        );
+        assert_eq!(check_binary(b"\0asm\x0d\0\x01\0"), Ok(()));
+        assert!(matches!(
+            check_binary(b"\0asm\x02\0\x07\0"),
+            Err(LoadFailure::UnknownBinary { .. })
+        ));
+    }
+}

@@ -159,7 +159,10 @@ impl Guest for Misbehave {
         let capacity = setting("capacity");
         ExtensionInfo {
             id: "misbehave".to_owned(),
-            name: format!("Misbehaving test guest (mode {mode})"),
+            name: format!(
+                "Misbehaving test guest (mode {})",
+                setting("mode").unwrap_or_else(|| "ok".to_owned())
+            ),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kind: if setting("kind").as_deref() == Some("self-hosted") {
                 Kind::SelfHosted

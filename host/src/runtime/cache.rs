@@ -1,0 +1,134 @@
+//! The on-disk cache of precompiled components.
+//!
+//! An artifact is named by the sha256 of the `.wasm` bytes and a hash of the engine's
+//! compilation settings (`Engine::precompile_compatibility_hash`), so a changed
+//! component or a different wasmtime/configuration never picks up a stale artifact.
+//! Artifacts are written to a temporary file and renamed into place, so a reader never
+//! sees half an artifact. Deserializing precompiled code is `unsafe` (it is trusted
+//! machine code): only this cache's own folder, inside the host's state directory, is
+//! ever deserialized, never anything from the extensions folder.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Why an artifact could not be written (loading never fails: a bad artifact is a miss).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write precompiled artifact {path}: {source}")]
+pub struct CacheWriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// What looking up an artifact found.
+pub enum Lookup {
+    /// A valid artifact, deserialized.
+    Hit(Component),
+    /// No artifact for this key.
+    Miss,
+    /// An artifact that could not be deserialized (truncated, corrupted, foreign); it
+    /// has been removed and the caller should recompile.
+    Corrupt(String),
+}
+
+/// Precompiled artifacts in one folder, for one engine.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+    engine_hash: String,
+}
+
+impl ArtifactCache {
+    /// A cache in `dir` (created on first write) for artifacts of `engine`.
+    pub fn new(dir: impl Into<PathBuf>, engine: &Engine) -> Self {
+        Self {
+            dir: dir.into(),
+            engine_hash: engine_hash(engine),
+        }
+    }
+
+    /// The cache folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the artifact of a component with this content hash lives.
+    pub fn artifact_path(&self, wasm_sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{wasm_sha256}-{}.cwasm", &self.engine_hash[..16]))
+    }
+
+    /// Loads the artifact for `wasm_sha256` if there is a usable one.
+    pub fn lookup(&self, engine: &Engine, wasm_sha256: &str) -> Lookup {
+        let path = self.artifact_path(wasm_sha256);
+        if !path.is_file() {
+            return Lookup::Miss;
+        }
+        // SAFETY: `path` is inside the host's own cache folder and was written by
+        // `store` below from `Engine::precompile_component` output for this engine
+        // configuration (its name carries the engine hash); wasmtime additionally
+        // checks the artifact's header and compatibility before using it.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Lookup::Hit(component),
+            Err(err) => {
+                let reason = format!("{err:#}");
+                // Remove it so the recompiled artifact can take its place; if removal
+                // fails the atomic rename in `store` still replaces it.
+                let _ = std::fs::remove_file(&path);
+                Lookup::Corrupt(reason)
+            }
+        }
+    }
+
+    /// Writes `artifact` for `wasm_sha256` atomically (temporary file, then rename).
+    pub fn store(&self, wasm_sha256: &str, artifact: &[u8]) -> Result<PathBuf, CacheWriteError> {
+        let path = self.artifact_path(wasm_sha256);
+        let err = |source| CacheWriteError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".cwasm")
+            .tempfile_in(&self.dir)
+            .map_err(err)?;
+        tmp.write_all(artifact).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(path)
+    }
+}
+
+/// The sha256 of some bytes, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A stable hex digest of the engine's compilation settings and version.
+fn engine_hash(engine: &Engine) -> String {
+    let mut hasher = ShaHasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex::encode(hasher.0.finalize())
+}
+
+/// Feeds `Hash` output into sha256 (std's `DefaultHasher` is not stable across builds).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        let digest = self.0.clone().finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

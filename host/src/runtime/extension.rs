@@ -1,0 +1,464 @@
+//! One loaded extension: its identity, its cached `info`, a pool of warm instances and
+//! the typed API over its functions.
+//!
+//! Each instance has its own `Store` (a trap poisons every instance in a store). Warm
+//! instances are reused between calls, dropped after a trap, and recycled after a number
+//! of calls so that a slow leak inside a guest cannot grow without bound. An extension
+//! that traps several times in a row is quarantined with exponential back-off.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use wasmtime::{Engine, Store};
+
+use super::bindings::{self, BackendExtension, BackendExtensionPre, wit};
+use super::engine::EpochTicker;
+use super::limits::{self, CallLimits, StoreData};
+use super::sidecar::ExtensionSpec;
+use super::types::{
+    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function,
+    SandboxContext, SandboxRequest, Usage,
+};
+
+/// When an extension is quarantined and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantinePolicy {
+    /// Consecutive traps (timeouts, out-of-memory, panics) that trigger quarantine.
+    pub after_traps: u32,
+    /// The first quarantine's length; each further one doubles it.
+    pub base_backoff: Duration,
+    /// The longest quarantine.
+    pub max_backoff: Duration,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        Self {
+            after_traps: 3,
+            base_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How warm instances are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// Warm instances kept per extension (0: every call gets a fresh instance).
+    pub max_idle: usize,
+    /// Calls after which an instance is discarded and replaced by a fresh one.
+    pub recycle_after: u32,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        Self {
+            max_idle: 4,
+            recycle_after: 10_000,
+        }
+    }
+}
+
+/// Where an extension's compiled code came from when it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ArtifactSource {
+    /// Compiled from the `.wasm` (no cached artifact).
+    Compiled,
+    /// The cached artifact was unusable and has been replaced by a fresh compile.
+    Recompiled { reason: String },
+    /// Loaded from the precompiled-artifact cache.
+    Cache,
+    /// Shared with another extension of this process backed by the same component.
+    Shared,
+}
+
+/// An extension's quarantine, when it is in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quarantine {
+    /// Unix milliseconds when calls are let through again (one trial call first).
+    pub until_unix_ms: u64,
+    /// The fault that triggered it.
+    pub reason: String,
+}
+
+/// A snapshot of an extension's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Calls made (including refused ones).
+    pub calls: u64,
+    /// Calls that trapped, timed out or ran out of memory.
+    pub traps: u64,
+    /// Traps since the last successful call.
+    pub consecutive_traps: u32,
+    /// The last fault of any kind, for operators.
+    pub last_error: Option<String>,
+    /// Set while calls are refused.
+    pub quarantine: Option<Quarantine>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    calls: u64,
+    traps: u64,
+    consecutive_traps: u32,
+    /// Quarantines since the last success: sets the back-off exponent.
+    quarantines: u32,
+    last_error: Option<String>,
+    quarantined_until: Option<(Instant, u64)>,
+    quarantine_reason: String,
+}
+
+/// A warm instance and how many calls it has served.
+struct Warm {
+    store: Store<StoreData>,
+    bindings: BackendExtension,
+    calls: u32,
+}
+
+/// Options an extension is built with (from the runtime's configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExtensionOptions {
+    pub limits: CallLimits,
+    pub pool: PoolPolicy,
+    pub quarantine: QuarantinePolicy,
+}
+
+/// A loaded extension: call it through the typed methods below.
+pub struct Extension {
+    info: ExtensionInfo,
+    spec: ExtensionSpec,
+    version_hash: String,
+    source: ArtifactSource,
+    calls: Calls,
+}
+
+/// The call machinery: instances, limits, health.
+struct Calls {
+    id: String,
+    config: std::collections::BTreeMap<String, String>,
+    options: ExtensionOptions,
+    engine: Engine,
+    pre: BackendExtensionPre<StoreData>,
+    idle: Mutex<Vec<Warm>>,
+    health: Mutex<HealthState>,
+    /// Keeps the epoch advancing while the extension exists, even if its runtime is gone.
+    _ticker: Arc<EpochTicker>,
+}
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extension")
+            .field("id", &self.calls.id)
+            .field("file", &self.spec.component)
+            .field("version_hash", &self.version_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Extension {
+    /// Builds the extension and calls `info` once (cached for its lifetime).
+    pub(crate) fn load(
+        spec: ExtensionSpec,
+        version_hash: String,
+        source: ArtifactSource,
+        options: ExtensionOptions,
+        engine: Engine,
+        pre: BackendExtensionPre<StoreData>,
+        ticker: Arc<EpochTicker>,
+    ) -> Result<Self, ExtensionError> {
+        let calls = Calls {
+            id: spec.id.clone(),
+            config: spec.config.clone(),
+            options,
+            engine,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(HealthState::default()),
+            _ticker: ticker,
+        };
+        let raw = calls.invoke(Function::Info, |guest, store| guest.call_info(store))?;
+        let mut info =
+            bindings::info_from_wit(raw).map_err(|m| calls.bad_answer(Function::Info, m))?;
+        info.id = calls.id.clone();
+        if let Some(kind) = spec.kind {
+            info.kind = kind;
+        }
+        Ok(Self {
+            info,
+            spec,
+            version_hash,
+            source,
+            calls,
+        })
+    }
+
+    /// The extension id (file stem or sidecar `id`).
+    pub fn id(&self) -> &str {
+        &self.calls.id
+    }
+
+    /// What `info` returned at load, with the host's id and the sidecar's kind applied.
+    pub fn info(&self) -> &ExtensionInfo {
+        &self.info
+    }
+
+    /// The `.wasm` file.
+    pub fn file(&self) -> &Path {
+        &self.spec.component
+    }
+
+    /// The sidecar that configured it, if any.
+    pub fn sidecar(&self) -> Option<&Path> {
+        self.spec.sidecar.as_deref()
+    }
+
+    /// What it was loaded from (file, sidecar, configuration, limits).
+    pub fn spec(&self) -> &ExtensionSpec {
+        &self.spec
+    }
+
+    /// The sha256 (hex) of the `.wasm`: identifies exactly which code served a sandbox.
+    pub fn version_hash(&self) -> &str {
+        &self.version_hash
+    }
+
+    /// Whether the compiled code came from the cache or a compile.
+    pub fn artifact_source(&self) -> &ArtifactSource {
+        &self.source
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> CallLimits {
+        self.calls.options.limits
+    }
+
+    /// Health counters and the quarantine, if any.
+    pub fn health(&self) -> Health {
+        let h = self.calls.health.lock();
+        Health {
+            calls: h.calls,
+            traps: h.traps,
+            consecutive_traps: h.consecutive_traps,
+            last_error: h.last_error.clone(),
+            quarantine: quarantine_of(&h),
+        }
+    }
+
+    /// The quarantine the extension is in, if any.
+    pub fn quarantine(&self) -> Option<Quarantine> {
+        quarantine_of(&self.calls.health.lock())
+    }
+
+    /// The price of `request` over its whole maximum duration.
+    pub fn estimate_cost(&self, request: &SandboxRequest) -> Result<Cost, ExtensionError> {
+        const F: Function = Function::EstimateCost;
+        let arg = bindings::request_to_wit(request);
+        let answer = self.calls.invoke(F, |g, s| g.call_estimate_cost(s, &arg))?;
+        let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// Starts a sandbox; the handle is for the host to persist.
+    pub fn create(&self, request: &SandboxRequest) -> Result<Created, ExtensionError> {
+        const F: Function = Function::Create;
+        let arg = bindings::request_to_wit(request);
+        let answer = self.calls.invoke(F, |g, s| g.call_create(s, &arg))?;
+        let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// The sandbox's state as the backend sees it.
+    pub fn status(&self, sandbox: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
+        const F: Function = Function::Status;
+        let arg = bindings::context_to_wit(sandbox);
+        let answer = self.calls.invoke(F, |g, s| g.call_status(s, &arg))?;
+        let status = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        Ok(bindings::status_from_wit(status))
+    }
+
+    /// Stops the sandbox and reports its usage.
+    pub fn destroy(&self, sandbox: &SandboxContext) -> Result<Usage, ExtensionError> {
+        const F: Function = Function::Destroy;
+        let arg = bindings::context_to_wit(sandbox);
+        let answer = self.calls.invoke(F, |g, s| g.call_destroy(s, &arg))?;
+        let usage = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::usage_from_wit(usage).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// Prices `usage` of a sandbox created with `request`.
+    pub fn meter_actual(
+        &self,
+        request: &SandboxRequest,
+        usage: &Usage,
+    ) -> Result<Cost, ExtensionError> {
+        const F: Function = Function::MeterActual;
+        let req = bindings::request_to_wit(request);
+        let use_ = bindings::usage_to_wit(usage);
+        let answer = self
+            .calls
+            .invoke(F, |g, s| g.call_meter_actual(s, &req, &use_))?;
+        let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// The pool size (`None`: unlimited).
+    pub fn capacity(&self) -> Result<Capacity, ExtensionError> {
+        const F: Function = Function::Capacity;
+        let answer = self.calls.invoke(F, |g, s| g.call_capacity(s))?;
+        let capacity = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        Ok(bindings::capacity_from_wit(capacity))
+    }
+}
+
+impl Calls {
+    /// Runs one call in a warm (or fresh) instance under the limits, keeping the
+    /// instance for reuse unless it trapped.
+    fn invoke<T>(
+        &self,
+        function: Function,
+        call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
+        self.admit(function)?;
+        let mut warm = match self.idle.lock().pop() {
+            Some(warm) => warm,
+            None => match self.instantiate() {
+                Ok(warm) => warm,
+                Err(fault) => return Err(self.trapped(function, fault)),
+            },
+        };
+        let mark = limits::begin_call(&mut warm.store);
+        match call(warm.bindings.sandboxer_extension_backend(), &mut warm.store) {
+            Ok(value) => {
+                self.succeeded();
+                warm.calls += 1;
+                if warm.calls < self.options.pool.recycle_after {
+                    let mut idle = self.idle.lock();
+                    if idle.len() < self.options.pool.max_idle {
+                        idle.push(warm);
+                    }
+                }
+                Ok(value)
+            }
+            // The instance is poisoned: it is dropped here, the next call gets a fresh one.
+            Err(err) => {
+                Err(self.trapped(function, limits::fault_from_error(&err, &warm.store, mark)))
+            }
+        }
+    }
+
+    fn instantiate(&self) -> Result<Warm, Fault> {
+        let mut store = limits::new_store(&self.engine, &self.config, self.options.limits);
+        let mark = limits::begin_call(&mut store);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(Warm {
+                store,
+                bindings,
+                calls: 0,
+            }),
+            Err(err) => Err(limits::fault_from_error(&err, &store, mark)),
+        }
+    }
+
+    /// Refuses the call while quarantined; counts it.
+    fn admit(&self, function: Function) -> Result<(), ExtensionError> {
+        let mut h = self.health.lock();
+        h.calls += 1;
+        if let Some((until, until_unix_ms)) = h.quarantined_until {
+            if Instant::now() < until {
+                let reason = h.quarantine_reason.clone();
+                drop(h);
+                return Err(self.error(
+                    function,
+                    Fault::Quarantined {
+                        until_unix_ms,
+                        reason,
+                    },
+                ));
+            }
+            // Back-off over: let this call through as a trial.
+            h.quarantined_until = None;
+        }
+        Ok(())
+    }
+
+    fn succeeded(&self) {
+        let mut h = self.health.lock();
+        h.consecutive_traps = 0;
+        h.quarantines = 0;
+    }
+
+    /// Records a trap-like fault (and quarantines when they keep coming).
+    fn trapped(&self, function: Function, fault: Fault) -> ExtensionError {
+        let err = self.error(function, fault);
+        let policy = self.options.quarantine;
+        let mut h = self.health.lock();
+        h.traps += 1;
+        h.consecutive_traps = h.consecutive_traps.saturating_add(1);
+        h.last_error = Some(err.to_string());
+        if policy.after_traps > 0 && h.consecutive_traps >= policy.after_traps {
+            let factor = 1u32.checked_shl(h.quarantines.min(20)).unwrap_or(u32::MAX);
+            let backoff = policy
+                .base_backoff
+                .saturating_mul(factor)
+                .min(policy.max_backoff);
+            h.quarantines = h.quarantines.saturating_add(1);
+            let until_unix_ms = unix_ms(SystemTime::now() + backoff);
+            h.quarantined_until = Some((Instant::now() + backoff, until_unix_ms));
+            h.quarantine_reason = format!(
+                "{} traps in a row, last in {function}: {}",
+                h.consecutive_traps, err.fault
+            );
+            tracing::warn!(
+                extension = %self.id,
+                function = %function,
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                reason = %h.quarantine_reason,
+                "extension quarantined"
+            );
+        } else {
+            tracing::warn!(extension = %self.id, function = %function, fault = %err.fault, "extension call failed");
+        }
+        err
+    }
+
+    fn backend_error(&self, function: Function, e: wit::BackendError) -> ExtensionError {
+        self.error(
+            function,
+            Fault::Backend(bindings::backend_error_from_wit(e)),
+        )
+    }
+
+    fn bad_answer(&self, function: Function, message: String) -> ExtensionError {
+        let err = self.error(function, Fault::BadAnswer { message });
+        tracing::warn!(extension = %self.id, function = %function, fault = %err.fault, "extension answered out of contract");
+        self.health.lock().last_error = Some(err.to_string());
+        err
+    }
+
+    fn error(&self, function: Function, fault: Fault) -> ExtensionError {
+        ExtensionError {
+            extension: self.id.clone(),
+            function,
+            fault,
+        }
+    }
+}
+
+fn quarantine_of(h: &HealthState) -> Option<Quarantine> {
+    match h.quarantined_until {
+        Some((until, until_unix_ms)) if Instant::now() < until => Some(Quarantine {
+            until_unix_ms,
+            reason: h.quarantine_reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,235 @@
+//! Per-instance store data and the limits on every call: a memory cap enforced by a
+//! `ResourceLimiter`, an epoch deadline, and the mapping of whatever went wrong into a
+//! [`Fault`] an operator can act on.
+//!
+//! WASI p2 is linked with nothing granted: no preopened folders, no environment, no
+//! arguments, no network; stdin is closed, stdout is discarded, and stderr goes to a
+//! bounded in-memory pipe so a panic message can be reported with the trap.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
+
+use super::engine::ticks_for;
+use super::types::Fault;
+
+/// Default memory cap per instance.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
+/// Default time budget per call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How much of a guest's stderr is kept (per instance); the rest is dropped.
+pub const STDERR_CAPACITY: usize = 64 * 1024;
+/// How much stderr goes into a trap message.
+const STDERR_IN_MESSAGE: usize = 2 * 1024;
+
+/// The limits one extension's calls run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Largest linear memory an instance may grow to, in MiB.
+    pub memory_limit_mib: u64,
+    /// Time budget of one call (also of instantiation).
+    pub call_timeout: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            memory_limit_mib: DEFAULT_MEMORY_LIMIT_MIB,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+impl CallLimits {
+    fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    fn budget_ms(&self) -> u64 {
+        u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Refuses memory growth past the cap and remembers that it did, so the trap that
+/// usually follows (an allocator aborting) is reported as out-of-memory.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Table elements are pointers: a million of them is 8 MiB, plenty for any guest.
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        1000
+    }
+
+    fn tables(&self) -> usize {
+        1000
+    }
+
+    fn memories(&self) -> usize {
+        100
+    }
+}
+
+/// What one instance's `Store` holds: its WASI context (nothing granted), the
+/// `wasi:config/store` values from its sidecar, its limiter and its captured stderr.
+///
+/// Grants added later (outbound HTTP for some extensions) get a field here and a step
+/// in [`super::link::build_linker`].
+pub struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    config: WasiConfigVariables,
+    limiter: MemoryLimiter,
+    stderr: MemoryOutputPipe,
+    limits: CallLimits,
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreData {
+    /// The `wasi:config/store` values of this instance.
+    pub fn config(&self) -> &WasiConfigVariables {
+        &self.config
+    }
+}
+
+/// A fresh store for one instance of an extension with `config` and `limits`.
+pub fn new_store(
+    engine: &Engine,
+    config: &BTreeMap<String, String>,
+    limits: CallLimits,
+) -> Store<StoreData> {
+    let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    let wasi = WasiCtx::builder()
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let data = StoreData {
+        wasi,
+        table: ResourceTable::new(),
+        config: config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        limiter: MemoryLimiter {
+            max_bytes: limits.memory_limit_bytes(),
+            refused: false,
+        },
+        stderr,
+        limits,
+    };
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| &mut data.limiter);
+    store
+}
+
+/// Where a call starts: remembered so a failure reports only this call's stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct CallMark {
+    stderr_len: usize,
+}
+
+/// Arms the store for one call: a fresh deadline and a cleared out-of-memory flag.
+pub fn begin_call(store: &mut Store<StoreData>) -> CallMark {
+    let ticks = ticks_for(store.data().limits.call_timeout);
+    store.set_epoch_deadline(ticks);
+    let data = store.data_mut();
+    data.limiter.refused = false;
+    CallMark {
+        stderr_len: data.stderr.contents().len(),
+    }
+}
+
+/// Turns a failed call (a trap, an interrupt, a refused allocation) into a [`Fault`].
+pub fn fault_from_error(err: &wasmtime::Error, store: &Store<StoreData>, mark: CallMark) -> Fault {
+    let data = store.data();
+    if data.limiter.refused {
+        return Fault::OutOfMemory {
+            limit_mib: data.limits.memory_limit_mib,
+        };
+    }
+    let trap = err.downcast_ref::<Trap>();
+    if trap == Some(&Trap::Interrupt) {
+        return Fault::Timeout {
+            budget_ms: data.limits.budget_ms(),
+        };
+    }
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        // Not a wasm trap (a host-side error surfaced by the call): its first line is the
+        // useful part, the rest is a backtrace.
+        None => format!("{err:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let stderr = stderr_since(data, mark);
+    let message = if stderr.is_empty() {
+        what
+    } else {
+        format!("{what}; guest stderr: {stderr}")
+    };
+    Fault::Trap { message }
+}
+
+/// This call's stderr on one line, without Rust's backtrace hint, at most a few KiB.
+fn stderr_since(data: &StoreData, mark: CallMark) -> String {
+    let all = data.stderr.contents();
+    let new = all.get(mark.stderr_len..).unwrap_or_default();
+    let text = String::from_utf8_lossy(new);
+    let mut joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.len() > STDERR_IN_MESSAGE {
+        let mut cut = STDERR_IN_MESSAGE;
+        while !joined.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        joined.truncate(cut);
+        joined.push('…');
+    }
+    joined
+}
