@@ -12,8 +12,8 @@ use sandboxer_host::routing::health::{HealthConfig, ManualClock};
 use sandboxer_host::routing::loaded::LoadedExtensions;
 use sandboxer_host::routing::profile::load_profile_file;
 use sandboxer_host::routing::{
-    DropReason, HealthStatus, HealthTracker, Outcome, Profile, RequestOverrides, RouteDecision, RouteError,
-    resolve_extension,
+    DropReason, HealthStatus, HealthTracker, Outcome, Profile, RequestOverrides, RouteDecision,
+    RouteError, resolve_extension,
 };
 use sandboxer_host::runtime::{Runtime, RuntimeConfig};
 
@@ -23,7 +23,11 @@ fn repo() -> PathBuf {
 
 fn component(rel: &str) -> PathBuf {
     let path = repo().join(rel);
-    assert!(path.is_file(), "{} is missing: run `scripts/build-extensions.sh` (or `make test`) first", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `scripts/build-extensions.sh` (or `make test`) first",
+        path.display()
+    );
     path
 }
 
@@ -84,7 +88,8 @@ mode = "loop"
     ("flaky", FLAKY_BROKEN),
 ];
 
-const FLAKY_BROKEN: &str = "component = \"misbehave.wasm\"\n[config]\nmode = \"fail-unavailable\"\n";
+const FLAKY_BROKEN: &str =
+    "component = \"misbehave.wasm\"\n[config]\nmode = \"fail-unavailable\"\n";
 const FLAKY_FIXED: &str = "component = \"misbehave.wasm\"\n[config]\nmode = \"ok\"\n";
 
 impl Fixture {
@@ -92,13 +97,22 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let ext = dir.path().join("extensions");
         std::fs::create_dir_all(&ext).unwrap();
-        std::fs::copy(component("extensions/saas-stub.wasm"), ext.join("saas-stub.wasm")).unwrap();
-        std::fs::copy(component("tests/guests/misbehave.wasm"), ext.join("misbehave.wasm")).unwrap();
+        std::fs::copy(
+            component("extensions/saas-stub.wasm"),
+            ext.join("saas-stub.wasm"),
+        )
+        .unwrap();
+        std::fs::copy(
+            component("tests/guests/misbehave.wasm"),
+            ext.join("misbehave.wasm"),
+        )
+        .unwrap();
         for (id, text) in SIDECARS {
             std::fs::write(ext.join(format!("{id}.toml")), text).unwrap();
         }
         std::fs::create_dir_all(dir.path().join("profiles")).unwrap();
-        let runtime = Runtime::new(RuntimeConfig::with_cache_dir(dir.path().join("cache"))).unwrap();
+        let runtime =
+            Runtime::new(RuntimeConfig::with_cache_dir(dir.path().join("cache"))).unwrap();
         Self { dir, runtime }
     }
 
@@ -123,8 +137,14 @@ impl Fixture {
     }
 }
 
-fn route(p: &Profile, view: &LoadedExtensions, health: &HealthTracker) -> Result<RouteDecision, RouteError> {
-    let req = p.request("acme", "sb-test", &RequestOverrides::default()).unwrap();
+fn route(
+    p: &Profile,
+    view: &LoadedExtensions,
+    health: &HealthTracker,
+) -> Result<RouteDecision, RouteError> {
+    let req = p
+        .request("acme", "sb-test", &RequestOverrides::default())
+        .unwrap();
     resolve_extension(p, &req, view, health)
 }
 
@@ -132,8 +152,15 @@ fn order(d: &RouteDecision) -> Vec<&str> {
     d.attempts.iter().map(|a| a.extension_id.as_str()).collect()
 }
 
-fn outcome<'a>(candidates: &'a [sandboxer_host::routing::CandidateReport], id: &str) -> &'a Outcome {
-    &candidates.iter().find(|c| c.extension_id == id).unwrap_or_else(|| panic!("no candidate {id}")).outcome
+fn outcome<'a>(
+    candidates: &'a [sandboxer_host::routing::CandidateReport],
+    id: &str,
+) -> &'a Outcome {
+    &candidates
+        .iter()
+        .find(|c| c.extension_id == id)
+        .unwrap_or_else(|| panic!("no candidate {id}"))
+        .outcome
 }
 
 /// What the manager will do with a decision: try the attempts in order, feeding health.
@@ -144,7 +171,9 @@ fn create_like_the_manager(
     view: &LoadedExtensions,
     health: &HealthTracker,
 ) -> Option<String> {
-    let req = p.request("acme", "sb-test", &RequestOverrides::default()).unwrap();
+    let req = p
+        .request("acme", "sb-test", &RequestOverrides::default())
+        .unwrap();
     for attempt in &d.attempts {
         if !health.acquire(&attempt.extension_id) {
             continue;
@@ -174,29 +203,59 @@ fn each_strategy_picks_what_its_rule_says() {
     let health = HealthTracker::default();
     let four = "candidates = [\"saas\", \"premium\", \"cheap-saas\", \"pool\"]\nmax_attempts = 4";
 
-    let d = route(&fx.profile("cost", &format!("strategy = \"lowest-cost\"\n{four}")), &view, &health).unwrap();
+    let d = route(
+        &fx.profile("cost", &format!("strategy = \"lowest-cost\"\n{four}")),
+        &view,
+        &health,
+    )
+    .unwrap();
     assert_eq!(order(&d), ["cheap-saas", "pool", "saas", "premium"]);
     // The estimates are the component's real prices: 2 vCPU × 3600 s × 0.000002 +
     // 2 GiB × 3600 s × 0.0000005 for the pool.
-    let pool = d.attempts.iter().find(|a| a.extension_id == "pool").unwrap();
+    let pool = d
+        .attempts
+        .iter()
+        .find(|a| a.extension_id == "pool")
+        .unwrap();
     assert_eq!(pool.estimate.total.amount.normalize().to_string(), "0.018");
     assert_eq!(pool.cost_per_hour.amount.to_string(), "0.018");
 
-    let d = route(&fx.profile("burst", &format!("strategy = \"prefer-self-hosted\"\n{four}")), &view, &health)
-        .unwrap();
+    let d = route(
+        &fx.profile(
+            "burst",
+            &format!("strategy = \"prefer-self-hosted\"\n{four}"),
+        ),
+        &view,
+        &health,
+    )
+    .unwrap();
     assert_eq!(order(&d), ["pool", "cheap-saas", "saas", "premium"]);
 
-    let d = route(&fx.profile("fast", &format!("strategy = \"lowest-latency\"\n{four}")), &view, &health).unwrap();
+    let d = route(
+        &fx.profile("fast", &format!("strategy = \"lowest-latency\"\n{four}")),
+        &view,
+        &health,
+    )
+    .unwrap();
     assert_eq!(order(&d), ["premium", "pool", "saas", "cheap-saas"]);
 
     let p = fx.profile("only", "strategy = \"explicit\"\nexplicit = \"saas\"");
     let d = route(&p, &view, &health).unwrap();
     assert_eq!(order(&d), ["saas"]);
-    assert_eq!(d.candidates.len(), 1, "explicit without fallbacks considers nobody else");
+    assert_eq!(
+        d.candidates.len(),
+        1,
+        "explicit without fallbacks considers nobody else"
+    );
 
     // Observed latency replaces the declared one once creates have been measured.
     health.record_success("premium", Duration::from_millis(900));
-    let d = route(&fx.profile("fast2", &format!("strategy = \"lowest-latency\"\n{four}")), &view, &health).unwrap();
+    let d = route(
+        &fx.profile("fast2", &format!("strategy = \"lowest-latency\"\n{four}")),
+        &view,
+        &health,
+    )
+    .unwrap();
     assert_eq!(order(&d), ["pool", "saas", "cheap-saas", "premium"]);
 }
 
@@ -224,7 +283,9 @@ fn burst_goes_to_the_pool_until_it_is_full_then_to_saas() {
     let d = route(&p, &view, &health).unwrap();
     assert_eq!(
         outcome(&d.candidates, "pool"),
-        &Outcome::Dropped { reason: DropReason::NoCapacity { in_use: 2, max: 2 } }
+        &Outcome::Dropped {
+            reason: DropReason::NoCapacity { in_use: 2, max: 2 }
+        }
     );
     // One pool sandbox destroyed: the pool is first again.
     view.set_in_use("pool", 1);
@@ -243,10 +304,26 @@ fn the_price_cap_drops_an_expensive_candidate_with_the_reason() {
     let d = route(&p, &view, &health).unwrap();
     assert_eq!(order(&d), ["saas"]);
     let reason = outcome(&d.candidates, "premium").to_string();
-    assert_eq!(reason, "dropped: over the price cap: 0.432 USD/h > max_cost_per_hour 0.2 USD");
+    assert_eq!(
+        reason,
+        "dropped: over the price cap: 0.432 USD/h > max_cost_per_hour 0.2 USD"
+    );
     // The dropped candidate still shows its estimate in the report.
-    let premium = d.candidates.iter().find(|c| c.extension_id == "premium").unwrap();
-    assert_eq!(premium.estimate.as_ref().unwrap().total.amount.normalize().to_string(), "0.432");
+    let premium = d
+        .candidates
+        .iter()
+        .find(|c| c.extension_id == "premium")
+        .unwrap();
+    assert_eq!(
+        premium
+            .estimate
+            .as_ref()
+            .unwrap()
+            .amount
+            .normalize()
+            .to_string(),
+        "0.432"
+    );
 }
 
 #[test]
@@ -255,21 +332,52 @@ fn a_looping_extension_is_dropped_and_its_circuit_opens() {
     let view = fx.load();
     let clock = Arc::new(ManualClock::new());
     let health = HealthTracker::with_clock(HealthConfig::default(), clock.clone());
-    let p = fx.profile("loopy", "strategy = \"lowest-cost\"\ncandidates = [\"looper\", \"saas\"]");
+    let p = fx.profile(
+        "loopy",
+        "strategy = \"lowest-cost\"\ncandidates = [\"looper\", \"saas\"]",
+    );
     for i in 1..=3 {
         let d = route(&p, &view, &health).unwrap();
         assert_eq!(order(&d), ["saas"]);
         let reason = outcome(&d.candidates, "looper").to_string();
-        assert!(reason.contains("estimate failed: estimate-cost: interrupted after its 50 ms time budget"), "{reason}");
+        assert!(
+            reason.contains(
+                "estimate failed: estimate-cost: interrupted after its 50 ms time budget"
+            ),
+            "{reason}"
+        );
         if i < 3 {
-            assert_eq!(health.status("looper"), HealthStatus::Closed { consecutive_failures: i });
+            assert_eq!(
+                health.status("looper"),
+                HealthStatus::Closed {
+                    consecutive_failures: i
+                }
+            );
         }
     }
-    assert!(matches!(health.status("looper"), HealthStatus::Open { retry_in_ms: 30_000, .. }));
+    assert!(matches!(
+        health.status("looper"),
+        HealthStatus::Open {
+            retry_in_ms: 30_000,
+            ..
+        }
+    ));
     // Open: the router no longer calls it (no estimate), it says why.
     let d = route(&p, &view, &health).unwrap();
-    let looper = d.candidates.iter().find(|c| c.extension_id == "looper").unwrap();
-    assert!(matches!(looper.outcome, Outcome::Dropped { reason: DropReason::CircuitOpen { .. } }), "{looper:?}");
+    let looper = d
+        .candidates
+        .iter()
+        .find(|c| c.extension_id == "looper")
+        .unwrap();
+    assert!(
+        matches!(
+            looper.outcome,
+            Outcome::Dropped {
+                reason: DropReason::CircuitOpen { .. }
+            }
+        ),
+        "{looper:?}"
+    );
     assert!(looper.estimate.is_none());
     assert_eq!(order(&d), ["saas"]);
 }
@@ -280,15 +388,27 @@ fn a_failing_extension_opens_then_a_trial_closes_its_circuit() {
     let view = fx.load();
     let clock = Arc::new(ManualClock::new());
     let health = HealthTracker::with_clock(HealthConfig::default(), clock.clone());
-    let p = fx.profile("flaky", "strategy = \"lowest-cost\"\ncandidates = [\"flaky\", \"saas\"]");
+    let p = fx.profile(
+        "flaky",
+        "strategy = \"lowest-cost\"\ncandidates = [\"flaky\", \"saas\"]",
+    );
 
     // Flaky is the cheapest, its create fails `unavailable`: the manager fails over to saas.
     for _ in 0..3 {
         let d = route(&p, &view, &health).unwrap();
         assert_eq!(order(&d), ["flaky", "saas"]);
-        assert_eq!(create_like_the_manager(&p, &d, &view, &health).as_deref(), Some("saas"));
+        assert_eq!(
+            create_like_the_manager(&p, &d, &view, &health).as_deref(),
+            Some("saas")
+        );
     }
-    assert!(matches!(health.status("flaky"), HealthStatus::Open { retry_in_ms: 30_000, .. }));
+    assert!(matches!(
+        health.status("flaky"),
+        HealthStatus::Open {
+            retry_in_ms: 30_000,
+            ..
+        }
+    ));
     let d = route(&p, &view, &health).unwrap();
     assert_eq!(order(&d), ["saas"]);
 
@@ -296,18 +416,39 @@ fn a_failing_extension_opens_then_a_trial_closes_its_circuit() {
     clock.advance(Duration::from_secs(30));
     let d = route(&p, &view, &health).unwrap();
     assert_eq!(order(&d), ["flaky", "saas"]);
-    assert_eq!(create_like_the_manager(&p, &d, &view, &health).as_deref(), Some("saas"));
-    assert!(matches!(health.status("flaky"), HealthStatus::Open { retry_in_ms: 60_000, .. }));
+    assert_eq!(
+        create_like_the_manager(&p, &d, &view, &health).as_deref(),
+        Some("saas")
+    );
+    assert!(matches!(
+        health.status("flaky"),
+        HealthStatus::Open {
+            retry_in_ms: 60_000,
+            ..
+        }
+    ));
 
     // The backend recovers (its configuration is fixed and the folder reloaded).
     std::fs::write(fx.extensions_dir().join("flaky.toml"), FLAKY_FIXED).unwrap();
     let view = fx.load();
     clock.advance(Duration::from_secs(59));
-    assert_eq!(order(&route(&p, &view, &health).unwrap()), ["saas"], "still cooling down");
+    assert_eq!(
+        order(&route(&p, &view, &health).unwrap()),
+        ["saas"],
+        "still cooling down"
+    );
     clock.advance(Duration::from_secs(1));
     let d = route(&p, &view, &health).unwrap();
-    assert_eq!(create_like_the_manager(&p, &d, &view, &health).as_deref(), Some("flaky"));
-    assert_eq!(health.status("flaky"), HealthStatus::Closed { consecutive_failures: 0 });
+    assert_eq!(
+        create_like_the_manager(&p, &d, &view, &health).as_deref(),
+        Some("flaky")
+    );
+    assert_eq!(
+        health.status("flaky"),
+        HealthStatus::Closed {
+            consecutive_failures: 0
+        }
+    );
 }
 
 #[test]
@@ -315,15 +456,22 @@ fn explicit_to_a_missing_extension_is_a_clear_error() {
     let fx = Fixture::new();
     let view = fx.load();
     let health = HealthTracker::default();
-    let err = route(&fx.profile("ghostly", "strategy = \"explicit\"\nexplicit = \"ghost\""), &view, &health)
-        .unwrap_err();
+    let err = route(
+        &fx.profile("ghostly", "strategy = \"explicit\"\nexplicit = \"ghost\""),
+        &view,
+        &health,
+    )
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         "profile \"ghostly\" routes explicitly to \"ghost\", which cannot serve: not loaded (no extension has \
          this id) (no fallbacks listed)"
     );
     // Listing a fallback makes it serve instead.
-    let p = fx.profile("ghostly2", "strategy = \"explicit\"\nexplicit = \"ghost\"\ncandidates = [\"saas\"]");
+    let p = fx.profile(
+        "ghostly2",
+        "strategy = \"explicit\"\nexplicit = \"ghost\"\ncandidates = [\"saas\"]",
+    );
     assert_eq!(order(&route(&p, &view, &health).unwrap()), ["saas"]);
 }
 
@@ -332,7 +480,10 @@ fn ties_are_ordered_deterministically() {
     let fx = Fixture::new();
     let view = fx.load();
     let health = HealthTracker::default();
-    let p = fx.profile("twins", "strategy = \"lowest-cost\"\ncandidates = [\"twin-b\", \"saas\", \"twin-a\"]");
+    let p = fx.profile(
+        "twins",
+        "strategy = \"lowest-cost\"\ncandidates = [\"twin-b\", \"saas\", \"twin-a\"]",
+    );
     for _ in 0..5 {
         let d = route(&p, &view, &health).unwrap();
         // Same price and declared latency for all three: by id.
@@ -345,8 +496,16 @@ fn shipped_folders() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ext = dir.path().join("extensions");
     std::fs::create_dir_all(&ext).unwrap();
-    std::fs::copy(component("extensions/saas-stub.wasm"), ext.join("saas-stub.wasm")).unwrap();
-    std::fs::copy(repo().join("extensions/local-pool.toml"), ext.join("local-pool.toml")).unwrap();
+    std::fs::copy(
+        component("extensions/saas-stub.wasm"),
+        ext.join("saas-stub.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("extensions/local-pool.toml"),
+        ext.join("local-pool.toml"),
+    )
+    .unwrap();
     dir
 }
 
@@ -367,9 +526,16 @@ fn sandboxer(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn route_explain_prints_every_candidate_and_creates_nothing() {
     let dir = shipped_folders();
-    let out = sandboxer(dir.path(), &["route", "explain", "--profile", "burst-sandbox"]);
+    let out = sandboxer(
+        dir.path(),
+        &["route", "explain", "--profile", "burst-sandbox"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for needle in [
         "Profile burst-sandbox (prefer-self-hosted)",
         "Request: 2 vCPU, 2048 MiB, up to 3600 s",
@@ -384,15 +550,39 @@ fn route_explain_prints_every_candidate_and_creates_nothing() {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
 
-    let out = sandboxer(dir.path(), &["route", "explain", "--profile", "burst-sandbox", "--vcpus", "4", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sandboxer(
+        dir.path(),
+        &[
+            "route",
+            "explain",
+            "--profile",
+            "burst-sandbox",
+            "--vcpus",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["request"]["resources"]["vcpus"], 4);
-    assert_eq!(json["decision"]["attempts"][0]["extension_id"], "local-pool");
-    assert_eq!(json["decision"]["candidates"][1]["extension_id"], "saas-stub");
+    assert_eq!(
+        json["decision"]["attempts"][0]["extension_id"],
+        "local-pool"
+    );
+    assert_eq!(
+        json["decision"]["candidates"][1]["extension_id"],
+        "saas-stub"
+    );
     assert_eq!(json["decision"]["candidates"][1]["outcome"], "ordered");
     // 4 vCPU × 3600 s × 0.000002 + 2 GiB × 3600 s × 0.0000005
-    assert_eq!(json["decision"]["attempts"][0]["estimate"]["total"]["amount"], "0.0324");
+    assert_eq!(
+        json["decision"]["attempts"][0]["estimate"]["total"]["amount"],
+        "0.0324"
+    );
 
     // Nothing created: no ledger, no events in the state folder (at most the compile cache).
     let state = dir.path().join("state");
@@ -406,23 +596,48 @@ fn route_explain_prints_every_candidate_and_creates_nothing() {
 #[test]
 fn route_explain_refuses_bad_input_clearly() {
     let dir = shipped_folders();
-    let out = sandboxer(dir.path(), &["route", "explain", "--profile", "burst-sandbox", "--vcpus", "0"]);
+    let out = sandboxer(
+        dir.path(),
+        &[
+            "route",
+            "explain",
+            "--profile",
+            "burst-sandbox",
+            "--vcpus",
+            "0",
+        ],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("profile \"burst-sandbox\": vcpus 0 is out of range"), "{stderr}");
+    assert!(
+        stderr.contains("profile \"burst-sandbox\": vcpus 0 is out of range"),
+        "{stderr}"
+    );
 
     let out = sandboxer(dir.path(), &["route", "explain", "--profile", "nope"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no profile \"nope\"") && stderr.contains("burst-sandbox, saas-stub"), "{stderr}");
+    assert!(
+        stderr.contains("no profile \"nope\"") && stderr.contains("burst-sandbox, saas-stub"),
+        "{stderr}"
+    );
 
     // Without the pool, burst-sandbox still routes (to SaaS) and says why the pool is out.
     std::fs::remove_file(dir.path().join("extensions/local-pool.toml")).unwrap();
-    let out = sandboxer(dir.path(), &["route", "explain", "--profile", "burst-sandbox"]);
+    let out = sandboxer(
+        dir.path(),
+        &["route", "explain", "--profile", "burst-sandbox"],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("  local-pool dropped: not loaded (no extension has this id)"), "{stdout}");
+    assert!(
+        stdout.contains("  local-pool dropped: not loaded (no extension has this id)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Would try: saas-stub."), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("candidate \"local-pool\" is not provided by any loaded extension"), "{stderr}");
+    assert!(
+        stderr.contains("candidate \"local-pool\" is not provided by any loaded extension"),
+        "{stderr}"
+    );
 }

@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::routing::loaded::LoadedExtensions;
 use crate::routing::profile::{ProfileWarning, Strategy, load_profiles};
 use crate::routing::{
-    CandidateReport, ExtensionView, HealthTracker, LatencySource, Outcome, RequestOverrides, RouteDecision, RouteError,
-    resolve_extension,
+    CandidateReport, ExtensionView, HealthTracker, LatencySource, Outcome, RequestOverrides,
+    RouteDecision, RouteError, resolve_extension,
 };
 use crate::runtime::types::SandboxRequest;
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -80,7 +80,11 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
             "no profile {:?} in {} (known: {})",
             args.profile,
             settings.profiles_dir.display(),
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         );
     };
     let overrides = RequestOverrides {
@@ -95,7 +99,11 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
     let runtime = Runtime::new(RuntimeConfig::with_cache_dir(settings.cache_dir()))
         .context("cannot start the extension runtime")?;
     let report = runtime.load_dir(&settings.extensions_dir)?;
-    let skipped: Vec<String> = report.skipped.iter().map(|s| format!("{}: {}", s.file.display(), s.reason)).collect();
+    let skipped: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.file.display(), s.reason))
+        .collect();
     let view = LoadedExtensions::new(report.loaded.into_iter().collect::<Vec<Arc<_>>>());
     let warnings: Vec<String> = profiles
         .check_candidates(&view.extension_ids())
@@ -113,8 +121,18 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
             Ok(d) => (Some(d), None),
             Err(e) => (None, Some(e)),
         };
-        print_json(&ExplainJson { request: &request, decision, error, warnings, skipped_extensions: skipped })?;
-        return Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) });
+        print_json(&ExplainJson {
+            request: &request,
+            decision,
+            error,
+            warnings,
+            skipped_extensions: skipped,
+        })?;
+        return Ok(if result.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
     }
 
     let r = &request.resources;
@@ -122,7 +140,11 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
         "Profile {} ({}): {}",
         profile.id,
         profile.route.strategy,
-        if profile.description.is_empty() { "-" } else { &profile.description }
+        if profile.description.is_empty() {
+            "-"
+        } else {
+            &profile.description
+        }
     );
     println!(
         "Request: {} vCPU, {} MiB, up to {} s, region {}, tenant {}",
@@ -150,7 +172,10 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
     for c in candidates {
         match &c.outcome {
             Outcome::Dropped { reason } => println!("  {} dropped: {reason}", c.extension_id),
-            Outcome::Ordered { rank, attempted: false } => println!(
+            Outcome::Ordered {
+                rank,
+                attempted: false,
+            } => println!(
                 "  {} ordered #{rank} but not attempted: the route stops after {} attempt(s)",
                 c.extension_id,
                 spec.attempt_limit()
@@ -167,7 +192,10 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
     match result {
         Ok(d) => {
             let order: Vec<&str> = d.attempts.iter().map(|a| a.extension_id.as_str()).collect();
-            println!("Would try: {}. Nothing was created and no credits were held.", order.join(" → "));
+            println!(
+                "Would try: {}. Nothing was created and no credits were held.",
+                order.join(" → ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -192,14 +220,23 @@ fn order_rule(strategy: Strategy) -> &'static str {
 }
 
 fn render(candidates: &[CandidateReport]) -> comfy_table::Table {
-    let mut t = table(["#", "extension", "kind", "estimate", "latency", "health", "capacity", "decision"]);
+    let mut t = table([
+        "#",
+        "extension",
+        "kind",
+        "estimate",
+        "latency",
+        "health",
+        "capacity",
+        "decision",
+    ]);
     for c in candidates {
         let rank = match c.outcome {
             Outcome::Ordered { rank, .. } => rank.to_string(),
             Outcome::Dropped { .. } => "-".into(),
         };
         let estimate = match (&c.estimate, &c.cost_per_hour) {
-            (Some(e), Some(h)) => format!("{}\n{}/h", e.total, h.amount.normalize()),
+            (Some(e), Some(h)) => format!("{e}\n{}/h", h.amount.normalize()),
             _ => "-".into(),
         };
         let latency = c.latency.map_or("-".into(), |l| match l.source {
@@ -207,9 +244,18 @@ fn render(candidates: &[CandidateReport]) -> comfy_table::Table {
             LatencySource::Declared => format!("{:.0} ms\ndeclared", l.ms),
         });
         let decision = match &c.outcome {
-            Outcome::Ordered { rank: 1, attempted: true } => "chosen".to_owned(),
-            Outcome::Ordered { rank, attempted: true } => format!("fallback #{rank}"),
-            Outcome::Ordered { rank, attempted: false } => format!("#{rank}, not attempted"),
+            Outcome::Ordered {
+                rank: 1,
+                attempted: true,
+            } => "chosen".to_owned(),
+            Outcome::Ordered {
+                rank,
+                attempted: true,
+            } => format!("fallback #{rank}"),
+            Outcome::Ordered {
+                rank,
+                attempted: false,
+            } => format!("#{rank}, not attempted"),
             Outcome::Dropped { .. } => "dropped (below)".to_owned(),
         };
         let capacity = c.capacity.map_or("-".into(), |cap| cap.to_string());
