@@ -31,12 +31,20 @@ def _fail(e: pool.PoolError):
     return Err(_ERRORS[e.case](e.message))
 
 
+# The configuration is fixed for an instance's life, so it is parsed once per instance (a
+# broken one is re-read, and fails, on every call). Nothing about sandboxes is kept.
+_settings_cache = None
+
+
 def _settings() -> pool.Settings:
-    try:
-        values = dict(store.get_all())
-    except Err as e:
-        raise pool.PoolError("unavailable", f"configuration store failed: {e.value.value}") from None
-    return pool.Settings.parse(values)
+    global _settings_cache
+    if _settings_cache is None:
+        try:
+            values = dict(store.get_all())
+        except Err as e:
+            raise pool.PoolError("unavailable", f"configuration store failed: {e.value.value}") from None
+        _settings_cache = pool.Settings.parse(values)
+    return _settings_cache
 
 
 def _check(s: pool.Settings, r: b.SandboxRequest):

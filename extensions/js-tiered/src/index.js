@@ -8,13 +8,20 @@ import { BackendError, settings, validate, price, quantities, encodeHandle, deco
 
 const VERSION = '0.1.0';
 
+// The configuration is fixed for an instance's life, so it is parsed once per instance (a
+// broken one is re-read, and fails, on every call). Nothing about sandboxes is kept.
+let cached;
+
 function config() {
+  if (cached) return cached;
+  let entries;
   try {
-    return settings(getAll());
+    entries = getAll();
   } catch (e) {
-    if (e instanceof BackendError) throw e;
     throw new BackendError('unavailable', `configuration store failed: ${e?.payload?.val ?? e}`);
   }
+  cached = settings(entries);
+  return cached;
 }
 
 // Every fallible export goes through here so a failure always leaves as the WIT variant.

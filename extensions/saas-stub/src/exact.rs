@@ -9,42 +9,65 @@ use rust_decimal::Decimal;
 /// The largest mantissa with at most 28 significant digits.
 const MAX_MANTISSA: u128 = 10u128.pow(28) - 1;
 
-/// Builds `m × 10^-scale`, dropping trailing zeros as needed; `None` if it cannot be
-/// represented exactly within 28 significant digits and a scale of at most 28.
-fn from_parts(mut m: u128, mut scale: u32) -> Option<Decimal> {
-    while scale > 28 || m > MAX_MANTISSA {
-        if scale == 0 || !m.is_multiple_of(10) {
-            return None;
-        }
-        m /= 10;
-        scale -= 1;
-    }
-    let m = i128::try_from(m).ok()?;
-    Decimal::try_from_i128_with_scale(m, scale)
-        .ok()
-        .map(|d| d.normalize())
-}
+// Prices are small numbers: the helpers below take a 64-bit path when the mantissas fit,
+// because 128-bit multiplication and division are library calls on wasm32.
 
-/// The non-negative mantissa of `d` after dropping trailing zeros, and its scale.
-fn parts(d: Decimal) -> Option<(u128, u32)> {
+/// The non-negative mantissa and scale of `d` as stored (no normalisation).
+fn raw(d: Decimal) -> Option<(u128, u32)> {
     if d.is_sign_negative() && !d.is_zero() {
         return None;
     }
-    let d = d.normalize();
     Some((d.mantissa().unsigned_abs(), d.scale()))
 }
 
-/// `a × b` exactly; `None` when the product is negative input or not representable.
+/// Drops trailing zeros of `m × 10^-scale` (1.500 → 1.5).
+fn strip(mut m: u128, mut scale: u32) -> (u128, u32) {
+    if m == 0 {
+        return (0, 0);
+    }
+    if let Ok(mut small) = u64::try_from(m) {
+        while scale > 0 && small.is_multiple_of(10) {
+            small /= 10;
+            scale -= 1;
+        }
+        return (u128::from(small), scale);
+    }
+    while scale > 0 && m.is_multiple_of(10) {
+        m /= 10;
+        scale -= 1;
+    }
+    (m, scale)
+}
+
+/// Builds `m × 10^-scale` without trailing zeros; `None` if it cannot be represented
+/// exactly within 28 significant digits and a scale of at most 28.
+fn from_parts(m: u128, scale: u32) -> Option<Decimal> {
+    let (m, scale) = strip(m, scale);
+    if scale > 28 || m > MAX_MANTISSA {
+        return None;
+    }
+    Decimal::try_from_i128_with_scale(i128::try_from(m).ok()?, scale).ok()
+}
+
+/// `a × b` exactly; `None` for negative input or a product that is not representable.
 pub fn mul(a: Decimal, b: Decimal) -> Option<Decimal> {
-    let (ma, sa) = parts(a)?;
-    let (mb, sb) = parts(b)?;
-    from_parts(ma.checked_mul(mb)?, sa + sb)
+    let (ma, sa) = raw(a)?;
+    let (mb, sb) = raw(b)?;
+    let (ma, sa) = strip(ma, sa);
+    let (mb, sb) = strip(mb, sb);
+    let product = if ma <= u128::from(u32::MAX) && mb <= u128::from(u32::MAX) {
+        // Both below 2^32: the product fits 64 bits.
+        u128::from((ma as u64) * (mb as u64))
+    } else {
+        ma.checked_mul(mb)?
+    };
+    from_parts(product, sa + sb)
 }
 
 /// `a + b` exactly; `None` for negative input or a sum that is not representable.
 pub fn add(a: Decimal, b: Decimal) -> Option<Decimal> {
-    let (ma, sa) = parts(a)?;
-    let (mb, sb) = parts(b)?;
+    let (ma, sa) = raw(a)?;
+    let (mb, sb) = raw(b)?;
     let scale = sa.max(sb);
     let ma = ma.checked_mul(10u128.checked_pow(scale - sa)?)?;
     let mb = mb.checked_mul(10u128.checked_pow(scale - sb)?)?;
@@ -59,12 +82,45 @@ pub fn mib_to_gib(mib: u32) -> Decimal {
 
 /// Milliseconds as exact seconds (`1500` → `1.5`).
 pub fn millis_to_secs(ms: u64) -> Decimal {
-    Decimal::from_i128_with_scale(i128::from(ms), 3).normalize()
+    from_parts(u128::from(ms), 3).unwrap_or(Decimal::ZERO)
 }
 
-/// The contract's decimal string: plain digits, no exponent, trailing zeros dropped.
+/// The contract's decimal string: plain digits, no exponent, no trailing zeros after
+/// the point (`0.10080` → `"0.1008"`, `12.0` → `"12"`).
 pub fn to_contract_string(d: Decimal) -> String {
-    d.normalize().to_string()
+    let Some((m, scale)) = raw(d) else {
+        return d.normalize().to_string();
+    };
+    let (m, scale) = strip(m, scale);
+    let Ok(mut m) = u64::try_from(m) else {
+        return d.normalize().to_string();
+    };
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let scale = scale as usize;
+    let mut out = String::with_capacity(digits.len() + scale + 2);
+    if scale == 0 {
+        out.extend(digits.iter().map(|&b| b as char));
+    } else if digits.len() > scale {
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        out.extend(int.iter().map(|&b| b as char));
+        out.push('.');
+        out.extend(frac.iter().map(|&b| b as char));
+    } else {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', scale - digits.len()));
+        out.extend(digits.iter().map(|&b| b as char));
+    }
+    out
 }
 
 /// Parses the contract's strict decimal format: ASCII digits with at most one inner `.`,
@@ -112,6 +168,11 @@ mod tests {
         );
         assert_eq!(mul(d("10000000000000000000000000000"), d("10")), None);
         assert_eq!(mul(d("-1"), d("1")), None);
+        assert_eq!(
+            mul(d("4294967296"), d("4294967296")),
+            Some(d("18446744073709551616"))
+        );
+        assert_eq!(mul(d("0"), d("0.5")), Some(d("0")));
     }
 
     #[test]
@@ -143,5 +204,51 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse(&"1".repeat(40)).is_err());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn decimal() -> impl Strategy<Value = Decimal> {
+            (any::<u64>(), 0u32..=20)
+                .prop_map(|(m, s)| Decimal::from_i128_with_scale(i128::from(m), s))
+        }
+
+        proptest! {
+            #[test]
+            fn strings_match_rust_decimal(d in decimal()) {
+                let s = to_contract_string(d);
+                prop_assert_eq!(&s, &d.normalize().to_string());
+                prop_assert_eq!(parse(&s), Ok(d));
+            }
+
+            #[test]
+            fn products_are_exact_when_they_exist(a in decimal(), b in decimal()) {
+                // The exact product of two u64 mantissas fits a u128.
+                let mut m = a.mantissa().unsigned_abs() * b.mantissa().unsigned_abs();
+                let mut scale = a.scale() + b.scale();
+                while m != 0 && scale > 0 && m % 10 == 0 {
+                    m /= 10;
+                    scale -= 1;
+                }
+                let representable = m < 10u128.pow(28) && scale <= 28;
+                match mul(a, b) {
+                    Some(p) => {
+                        prop_assert!(representable);
+                        prop_assert_eq!(p.mantissa().unsigned_abs(), if m == 0 { 0 } else { m });
+                        prop_assert_eq!(p.scale(), if m == 0 { p.scale() } else { scale });
+                    }
+                    None => prop_assert!(!representable),
+                }
+            }
+
+            #[test]
+            fn sums_match_rust_decimal_when_exact(a in decimal(), b in decimal()) {
+                if let Some(s) = add(a, b) {
+                    prop_assert_eq!(s, a + b);
+                }
+            }
+        }
     }
 }
