@@ -398,8 +398,11 @@ pub fn resolve_extension(
         order.iter().filter_map(|&i| sorted[i].take()).collect();
     candidates.extend(sorted.into_iter().flatten());
 
+    // Its own error only when the target was the sole candidate; with fallbacks listed
+    // (and all dropped too) the general error lists every reason.
     if let Some((target, reason)) = explicit_target_dropped
         && attempts.is_empty()
+        && candidates.len() == 1
     {
         tracing::info!(profile = %profile.id, tenant = %req.tenant, target = %target, %reason, "explicit target cannot serve");
         return Err(RouteError::ExplicitUnavailable {
