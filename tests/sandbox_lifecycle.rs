@@ -260,7 +260,7 @@ fn bad_destroys_are_clear_errors_and_change_nothing() {
     let err = f.fails(&["sandbox", "status", "sb-nope"]);
     assert!(err.contains("no sandbox"), "{err}");
     let err = f.fails(&["sandbox", "create", "--profile", "nope", "--tenant", "acme"]);
-    assert!(err.contains("unknown profile \"nope\"") && err.contains("burst-sandbox"), "{err}");
+    assert!(err.contains("no profile \"nope\"") && err.contains("burst-sandbox"), "{err}");
     let err = f.fails(&["sandbox", "create", "--profile", "saas-stub", "--tenant", "acme", "--vcpus", "0"]);
     assert!(err.contains("vcpus"), "{err}");
     let err = f.fails(&["sandbox", "list", "--state", "sleeping"]);

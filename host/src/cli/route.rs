@@ -2,22 +2,16 @@
 //! candidate. Runs the same `resolve_extension` as real routing; creates and holds nothing.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::output::{print_json, table};
 use crate::config::Settings;
-use crate::routing::loaded::LoadedExtensions;
-use crate::routing::profile::{ProfileWarning, Strategy, load_profiles};
-use crate::routing::{
-    CandidateReport, ExtensionView, HealthTracker, LatencySource, Outcome, RequestOverrides,
-    RouteDecision, RouteError, resolve_extension,
-};
+use crate::host::Host;
+use crate::routing::profile::Strategy;
+use crate::routing::{CandidateReport, LatencySource, Outcome, RequestOverrides, RouteDecision, RouteError};
 use crate::runtime::types::SandboxRequest;
-use crate::runtime::{Runtime, RuntimeConfig};
 
 /// `sandboxer route` subcommands.
 #[derive(Debug, Subcommand)]
@@ -70,23 +64,9 @@ struct ExplainJson<'a> {
 }
 
 fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let profiles = load_profiles(&settings.profiles_dir).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-        anyhow::anyhow!("the profiles do not load:\n{}", lines.join("\n"))
-    })?;
-    let Some(profile) = profiles.get(&args.profile) else {
-        let known: Vec<&str> = profiles.iter().map(|p| p.id.as_str()).collect();
-        bail!(
-            "no profile {:?} in {} (known: {})",
-            args.profile,
-            settings.profiles_dir.display(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        );
-    };
+    // The same host (extensions, profiles, health, in-use counts from the sandbox store)
+    // and the same call as real routing and the HTTP API's `POST /v1/route/explain`.
+    let host = Host::open(settings).context("cannot open the host")?;
     let overrides = RequestOverrides {
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
@@ -94,27 +74,22 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
         region: args.region,
         ..RequestOverrides::default()
     };
-    let request = profile.request(&args.tenant, "explain", &overrides)?;
-
-    let runtime = Runtime::new(RuntimeConfig::with_cache_dir(settings.cache_dir()))
-        .context("cannot start the extension runtime")?;
-    let report = runtime.load_dir(&settings.extensions_dir)?;
-    let skipped: Vec<String> = report
-        .skipped
+    let (request, result) = host.manager().explain(&args.tenant, &args.profile, &overrides)?;
+    let profiles = host.profiles();
+    let profile = profiles
+        .get(&args.profile)
+        .context("the profile disappeared while explaining")?;
+    let skipped: Vec<String> = host
+        .skipped_extensions()
         .iter()
         .map(|s| format!("{}: {}", s.file.display(), s.reason))
         .collect();
-    let view = LoadedExtensions::new(report.loaded.into_iter().collect::<Vec<Arc<_>>>());
-    let warnings: Vec<String> = profiles
-        .check_candidates(&view.extension_ids())
-        .into_iter()
-        .filter(|w: &ProfileWarning| w.profile == profile.id)
-        .map(|w| w.message)
+    let warnings: Vec<String> = host
+        .profile_warnings()
+        .iter()
+        .filter(|w| w.profile == profile.id)
+        .map(|w| w.message.clone())
         .collect();
-
-    // A fresh tracker: this process has observed nothing yet, so latencies are declared.
-    let health = HealthTracker::default();
-    let result = resolve_extension(profile, &request, &view, &health);
 
     if json {
         let (decision, error) = match &result {

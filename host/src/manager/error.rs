@@ -14,7 +14,7 @@ use super::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     /// No profile has this id.
-    #[error("unknown profile {profile:?}: known profiles are {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    #[error("no profile {profile:?} (known: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProfile {
         /// The id asked for.
         profile: String,
