@@ -42,7 +42,10 @@ fallback = false
 "#;
 
 fn usd(s: &str) -> Money {
-    Money { amount: Decimal::from_str(s).unwrap(), currency: Currency::new("USD").unwrap() }
+    Money {
+        amount: Decimal::from_str(s).unwrap(),
+        currency: Currency::new("USD").unwrap(),
+    }
 }
 
 /// Runs `op(thread, i)` on `threads` threads for [`RUN`]; returns operations per second.
@@ -71,12 +74,25 @@ fn measure(threads: usize, op: impl Fn(usize, u64) + Send + Sync + 'static) -> f
 
 /// The ledger alone: hold + settle, as the payments bench measures it.
 fn ledger(dir: &Path, threads: usize) -> f64 {
-    let store = Arc::new(SqliteCreditsStore::open(dir.join(format!("ledger-{threads}.sqlite3"))).unwrap());
-    store.grant("bench", &usd("1000000000"), "bench", "grant").unwrap();
+    let store =
+        Arc::new(SqliteCreditsStore::open(dir.join(format!("ledger-{threads}.sqlite3"))).unwrap());
+    store
+        .grant("bench", &usd("1000000000"), "bench", "grant")
+        .unwrap();
     let cost = usd("0.0162");
     measure(threads, move |t, i| {
-        let hold = store.hold("bench", &usd("0.05"), &format!("sbx-{t}-{i}"), "ext", &format!("h-{t}-{i}")).unwrap();
-        store.settle(&hold.id, &cost, &format!("s-{t}-{i}"), None).unwrap();
+        let hold = store
+            .hold(
+                "bench",
+                &usd("0.05"),
+                &format!("sbx-{t}-{i}"),
+                "ext",
+                &format!("h-{t}-{i}"),
+            )
+            .unwrap();
+        store
+            .settle(&hold.id, &cost, &format!("s-{t}-{i}"), None)
+            .unwrap();
     })
 }
 
@@ -87,21 +103,34 @@ fn host_dir(dir: &Path, name: &str) -> Settings {
     std::fs::create_dir_all(&ext).unwrap();
     std::fs::create_dir_all(&prof).unwrap();
     let wasm: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/saas-stub.wasm");
-    assert!(wasm.exists(), "{} is missing: run `make extensions` first", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{} is missing: run `make extensions` first",
+        wasm.display()
+    );
     std::fs::copy(&wasm, ext.join("saas-stub.wasm")).unwrap();
     std::fs::write(prof.join("bench.toml"), PROFILE).unwrap();
-    Settings { extensions_dir: ext, profiles_dir: prof, state_dir: root.join("state") }
+    Settings {
+        extensions_dir: ext,
+        profiles_dir: prof,
+        state_dir: root.join("state"),
+    }
 }
 
 /// Full lifecycles through the manager.
 fn lifecycles(dir: &Path, threads: usize, deliver_inline: bool) -> f64 {
     let settings = host_dir(dir, &format!("host-{threads}-{deliver_inline}"));
     let options = HostOptions {
-        manager: ManagerConfig { deliver_after_settle: deliver_inline, ..ManagerConfig::default() },
+        manager: ManagerConfig {
+            deliver_after_settle: deliver_inline,
+            ..ManagerConfig::default()
+        },
         ..HostOptions::default()
     };
     let host = Host::open_with(&settings, options).unwrap();
-    host.ledger().grant("bench", &usd("1000000000"), "bench", "grant").unwrap();
+    host.ledger()
+        .grant("bench", &usd("1000000000"), "bench", "grant")
+        .unwrap();
     let mgr = host.manager().clone();
     let deliverer = (!deliver_inline).then(|| {
         // What a service does instead: deliver on a timer.
@@ -116,7 +145,9 @@ fn lifecycles(dir: &Path, threads: usize, deliver_inline: bool) -> f64 {
     });
     let m = mgr.clone();
     let rate = measure(threads, move |_, _| {
-        let st = m.create("bench", "bench", &RequestOverrides::default(), None).unwrap();
+        let st = m
+            .create("bench", "bench", &RequestOverrides::default(), None)
+            .unwrap();
         m.destroy(None, &st.id).unwrap();
     });
     if let Some(d) = deliverer {
@@ -129,10 +160,19 @@ fn lifecycles(dir: &Path, threads: usize, deliver_inline: bool) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    println!("manager bench: median of {ROUNDS} interleaved rounds, {} s per measurement, files in {} (same disk for all)", RUN.as_secs(), dir.path().display());
+    println!(
+        "manager bench: median of {ROUNDS} interleaved rounds, {} s per measurement, files in {} (same disk for all)",
+        RUN.as_secs(),
+        dir.path().display()
+    );
     println!(
         "{:<10} {:>16} {:>22} {:>10} {:>22} {:>10}",
-        "threads", "ledger pairs/s", "lifecycles/s (batched)", "added", "lifecycles/s (inline)", "added"
+        "threads",
+        "ledger pairs/s",
+        "lifecycles/s (batched)",
+        "added",
+        "lifecycles/s (inline)",
+        "added"
     );
     // Interleaved rounds, so a disturbance (another process's fsyncs) hits all three
     // alike; the median round is reported.
@@ -141,7 +181,11 @@ fn main() {
             .map(|r| {
                 let sub = dir.path().join(format!("r{r}"));
                 std::fs::create_dir_all(&sub).unwrap();
-                (ledger(&sub, threads), lifecycles(&sub, threads, false), lifecycles(&sub, threads, true))
+                (
+                    ledger(&sub, threads),
+                    lifecycles(&sub, threads, false),
+                    lifecycles(&sub, threads, true),
+                )
             })
             .collect();
         rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
@@ -154,5 +198,7 @@ fn main() {
             added(inline)
         );
     }
-    println!("batched: meter events delivered every 100 ms (a service's timer); inline: after each settlement (the CLI).");
+    println!(
+        "batched: meter events delivered every 100 ms (a service's timer); inline: after each settlement (the CLI)."
+    );
 }

@@ -1,16 +1,18 @@
 //! `sandboxer route explain`: how a profile would be routed right now, candidate by
 //! candidate. Runs the same `resolve_extension` as real routing; creates and holds nothing.
 
-use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use std::process::ExitCode;
 
 use super::output::{print_json, table};
 use crate::config::Settings;
 use crate::host::Host;
 use crate::routing::profile::Strategy;
-use crate::routing::{CandidateReport, LatencySource, Outcome, RequestOverrides, RouteDecision, RouteError};
+use crate::routing::{
+    CandidateReport, LatencySource, Outcome, RequestOverrides, RouteDecision, RouteError,
+};
 use crate::runtime::types::SandboxRequest;
 
 /// `sandboxer route` subcommands.
@@ -74,7 +76,9 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
         region: args.region,
         ..RequestOverrides::default()
     };
-    let (request, result) = host.manager().explain(&args.tenant, &args.profile, &overrides)?;
+    let (request, result) = host
+        .manager()
+        .explain(&args.tenant, &args.profile, &overrides)?;
     let profiles = host.profiles();
     let profile = profiles
         .get(&args.profile)

@@ -98,7 +98,13 @@ impl SandboxManager {
             let ext_id = attempt.extension_id.as_str();
             let started = Utc::now();
             let Some(backend) = self.extensions.get(ext_id) else {
-                st.attempts.push(failed_attempt(attempt, "", started, "no longer loaded".into(), true));
+                st.attempts.push(failed_attempt(
+                    attempt,
+                    "",
+                    started,
+                    "no longer loaded".into(),
+                    true,
+                ));
                 continue;
             };
             if !self.health.acquire(ext_id) {
@@ -111,11 +117,22 @@ impl SandboxManager {
                 ));
                 continue;
             }
-            let hold = match self.ledger.hold(tenant, &attempt.estimate.total, &id, ext_id, &format!("{id}/hold/{n}")) {
+            let hold = match self.ledger.hold(
+                tenant,
+                &attempt.estimate.total,
+                &id,
+                ext_id,
+                &format!("{id}/hold/{n}"),
+            ) {
                 Ok(h) => h,
                 Err(e) => {
                     release_trial(&self.health, ext_id);
-                    return self.give_up(st, called_any, &e.to_string(), Some(ManagerError::Ledger(e)));
+                    return self.give_up(
+                        st,
+                        called_any,
+                        &e.to_string(),
+                        Some(ManagerError::Ledger(e)),
+                    );
                 }
             };
             st.extension_id = Some(ext_id.to_owned());
@@ -146,7 +163,8 @@ impl SandboxManager {
             let result = backend.create(&st.request);
             let latency = t0.elapsed();
             let last = st.attempts.len() - 1;
-            st.attempts[last].latency_ms = Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
+            st.attempts[last].latency_ms =
+                Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
             match result {
                 Ok(created) => {
                     self.health.record_success(ext_id, latency);
@@ -201,7 +219,9 @@ impl SandboxManager {
             return Err(cause.unwrap_or_else(|| {
                 st.state = SandboxState::Failed;
                 st.error = Some(why.to_owned());
-                ManagerError::CreateFailed { status: Box::new(st) }
+                ManagerError::CreateFailed {
+                    status: Box::new(st),
+                }
             }));
         }
         st.state = SandboxState::Failed;
@@ -210,7 +230,9 @@ impl SandboxManager {
         // Not fsynced: if lost, reconciliation reaches the same verdict (no open hold).
         self.store.update(&st, None, false)?;
         tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, reason = why, "create failed");
-        Err(cause.unwrap_or(ManagerError::CreateFailed { status: Box::new(st) }))
+        Err(cause.unwrap_or(ManagerError::CreateFailed {
+            status: Box::new(st),
+        }))
     }
 }
 
@@ -231,7 +253,9 @@ fn replay(
         });
     }
     if existing.state == SandboxState::Failed {
-        return Err(ManagerError::CreateFailed { status: Box::new(existing) });
+        return Err(ManagerError::CreateFailed {
+            status: Box::new(existing),
+        });
     }
     Ok(existing)
 }
@@ -270,7 +294,9 @@ fn release_trial(health: &HealthTracker, ext_id: &str) {
     let not_called = ExtensionError {
         extension: ext_id.to_owned(),
         function: Function::Create,
-        fault: Fault::Backend(BackendError::Unsupported("not called: the hold was refused".into())),
+        fault: Fault::Backend(BackendError::Unsupported(
+            "not called: the hold was refused".into(),
+        )),
     };
     health.record_failure(ext_id, &not_called);
 }
@@ -280,5 +306,12 @@ fn release_trial(health: &HealthTracker, ext_id: &str) {
 fn new_sandbox_id() -> String {
     let random = uuid::Uuid::new_v4();
     let r = random.as_bytes();
-    format!("sb-{:012x}{:02x}{:02x}{:02x}{:02x}", now_ms() & 0xffff_ffff_ffff, r[0], r[1], r[2], r[3])
+    format!(
+        "sb-{:012x}{:02x}{:02x}{:02x}{:02x}",
+        now_ms() & 0xffff_ffff_ffff,
+        r[0],
+        r[1],
+        r[2],
+        r[3]
+    )
 }

@@ -25,7 +25,10 @@ impl SandboxManager {
     /// was fixed) and a later call or reconciliation finishes it.
     pub fn destroy(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
         let _stripe = self.stripe(&format!("sandbox\n{id}"));
-        let row = self.store.get(id)?.ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+        let row = self
+            .store
+            .get(id)?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
         if tenant.is_some_and(|t| t != row.status.tenant) {
             return Err(ManagerError::NotFound { id: id.to_owned() });
         }
@@ -53,7 +56,12 @@ impl SandboxManager {
                 // usage window and settles; the other is told it is busy. Not fsynced:
                 // the settlement's fsync covers it; if lost, nothing was charged and
                 // the sandbox is simply still running.
-                if !self.store.transition(&st, SandboxState::Running, row.owner.as_deref(), Some(self.owner.id()))? {
+                if !self.store.transition(
+                    &st,
+                    SandboxState::Running,
+                    row.owner.as_deref(),
+                    Some(self.owner.id()),
+                )? {
                     return Err(self.busy_error(id));
                 }
                 self.finish_destroy(st)
@@ -64,11 +72,19 @@ impl SandboxManager {
                     && owner != me
                     && self.owner.is_alive(owner)
                 {
-                    return Err(ManagerError::Busy { id: st.id, owner: owner.to_owned() });
+                    return Err(ManagerError::Busy {
+                        id: st.id,
+                        owner: owner.to_owned(),
+                    });
                 }
                 let _busy = self.mark_busy(id);
                 if row.owner.as_deref() != Some(me)
-                    && !self.store.transition(&st, SandboxState::Destroying, row.owner.as_deref(), Some(me))?
+                    && !self.store.transition(
+                        &st,
+                        SandboxState::Destroying,
+                        row.owner.as_deref(),
+                        Some(me),
+                    )?
                 {
                     return Err(self.busy_error(id));
                 }
@@ -78,8 +94,17 @@ impl SandboxManager {
     }
 
     fn busy_error(&self, id: &str) -> ManagerError {
-        let owner = self.store.get(id).ok().flatten().and_then(|r| r.owner).unwrap_or_else(|| "unknown".into());
-        ManagerError::Busy { id: id.to_owned(), owner }
+        let owner = self
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.owner)
+            .unwrap_or_else(|| "unknown".into());
+        ManagerError::Busy {
+            id: id.to_owned(),
+            owner,
+        }
     }
 
     /// The extension that serves an existing sandbox.
@@ -87,11 +112,17 @@ impl SandboxManager {
         let ext = st.extension_id.clone().unwrap_or_default();
         self.extensions
             .for_sandbox(&ext, st.extension_version.as_deref())
-            .ok_or(ManagerError::ExtensionMissing { id: st.id.clone(), extension: ext })
+            .ok_or(ManagerError::ExtensionMissing {
+                id: st.id.clone(),
+                extension: ext,
+            })
     }
 
     /// From `destroying` to `destroyed`; every step is safe to repeat.
-    pub(super) fn finish_destroy(&self, mut st: SandboxStatus) -> Result<SandboxStatus, ManagerError> {
+    pub(super) fn finish_destroy(
+        &self,
+        mut st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
         let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
         st.destroy_at_ms = Some(destroy_at);
         let reading = match st.reading.clone() {
@@ -106,7 +137,10 @@ impl SandboxManager {
                 };
                 let ext_err = |e: crate::runtime::types::ExtensionError| {
                     self.health.record_failure(backend.id(), &e);
-                    ManagerError::Extension { id: st.id.clone(), error: e }
+                    ManagerError::Extension {
+                        id: st.id.clone(),
+                        error: e,
+                    }
                 };
                 // `destroy` reports the same usage for the same context, so a retry after
                 // a crash here measures the same window.
@@ -119,12 +153,24 @@ impl SandboxManager {
                 reading
             }
         };
-        let bad = |reason: String| ManagerError::BadMeter { id: st.id.clone(), reason };
-        let hold_id = st.hold_id.clone().ok_or_else(|| bad("no hold is recorded for it".into()))?;
-        let held = st.held.clone().ok_or_else(|| bad("no held amount is recorded for it".into()))?;
+        let bad = |reason: String| ManagerError::BadMeter {
+            id: st.id.clone(),
+            reason,
+        };
+        let hold_id = st
+            .hold_id
+            .clone()
+            .ok_or_else(|| bad("no hold is recorded for it".into()))?;
+        let held = st
+            .held
+            .clone()
+            .ok_or_else(|| bad("no held amount is recorded for it".into()))?;
         let total = &reading.cost.total;
         if total.currency != held.currency {
-            return Err(bad(format!("the meter is in {}, the hold in {}", total.currency, held.currency)));
+            return Err(bad(format!(
+                "the meter is in {}, the hold in {}",
+                total.currency, held.currency
+            )));
         }
         let charged = to_units(total.amount, Rounding::Charge).map_err(|e| bad(e.to_string()))?;
         let charged = from_units(charged.units);
@@ -153,7 +199,10 @@ impl SandboxManager {
             &hold_id,
             total,
             &settlement_id,
-            Some(OutboxEvent { id: event.id.clone(), payload: event.payload }),
+            Some(OutboxEvent {
+                id: event.id.clone(),
+                payload: event.payload,
+            }),
         )?;
         st.meter = Some(Meter {
             total: settlement.charged.clone(),

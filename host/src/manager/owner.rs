@@ -24,9 +24,17 @@ impl OwnerLock {
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let id = format!("mgr-{}", uuid::Uuid::now_v7().simple());
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path(dir, &id))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(dir, &id))?;
         file.lock()?;
-        Ok(Self { id, dir: dir.to_owned(), _file: file })
+        Ok(Self {
+            id,
+            dir: dir.to_owned(),
+            _file: file,
+        })
     }
 
     /// This instance's id, recorded as the owner of rows it works on.
