@@ -256,30 +256,33 @@ fn print_list(list: &[SandboxStatus]) {
         println!("no sandboxes");
         return;
     }
+    // Narrow enough for 100 columns without wrapping an id; `status ID` has the rest.
     let mut t = table([
         "id",
         "tenant",
-        "profile",
         "extension",
         "state",
-        "created",
-        "held",
-        "charged",
+        "created (UTC)",
+        "credits",
     ]);
     for st in list {
+        let credits = match (&st.meter, &st.held) {
+            (Some(m), _) => format!("charged {}", money(&m.total)),
+            (None, Some(h)) if st.state.is_live() => format!("held {}", money(h)),
+            _ => "-".into(),
+        };
         t.add_row([
             st.id.clone(),
             st.tenant.clone(),
-            st.profile.clone(),
             st.extension_id.clone().unwrap_or_else(|| "-".into()),
             st.state.to_string(),
-            st.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            st.held.as_ref().map(money).unwrap_or_else(|| "-".into()),
-            st.meter
-                .as_ref()
-                .map(|m| money(&m.total))
-                .unwrap_or_else(|| "-".into()),
+            st.created_at.format("%m-%d %H:%M:%S").to_string(),
+            credits,
         ]);
+    }
+    // Ids are copied into the next command: never wrap them.
+    if let Some(c) = t.column_mut(0) {
+        c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
     }
     println!("{t}");
 }
