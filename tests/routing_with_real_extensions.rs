@@ -589,8 +589,15 @@ fn route_explain_prints_every_candidate_and_creates_nothing() {
     let state = dir.path().join("state");
     assert!(!state.join("events.jsonl").exists());
     let list = sandboxer(dir.path(), &["sandbox", "list", "--json"]);
-    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&list.stdout).unwrap(), serde_json::json!([]));
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&list.stdout).unwrap(),
+        serde_json::json!([])
+    );
     let verify = sandboxer(dir.path(), &["credits", "verify", "--json"]);
     let verify: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(verify["transfers"], 0);
