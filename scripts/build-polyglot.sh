@@ -23,6 +23,13 @@ mkdir -p "$tools/stamps" target/templates
 
 say() { printf 'build-polyglot: %s\n' "$*" >&2; }
 
+for tool in python3 node npm; do
+  if ! command -v "$tool" >/dev/null; then
+    say "needs $tool on PATH (Python >= 3.10 with venv, Node.js >= 20 with npm): install it, then rerun"
+    exit 1
+  fi
+done
+
 install_py() {
   local have=""
   [[ -x "$tools/py/bin/componentize-py" ]] && have="$("$tools/py/bin/componentize-py" --version 2>/dev/null | awk '{print $2}')"
@@ -59,6 +66,11 @@ stamp() { mv "$tools/stamps/$1.want" "$tools/stamps/$1"; }
 # build_py NAME SRC_DIR MODULE OUT
 build_py() {
   local name="$1" src="$2" module="$3" out="$4"
+  # The pure logic's unit tests gate every build (they take well under a second).
+  if [[ -n "$(find "$src" -maxdepth 1 -name 'test_*.py' -print -quit)" ]]; then
+    say "$name: unit tests (python3 -m unittest)"
+    (cd "$src" && PYTHONDONTWRITEBYTECODE=1 python3 -m unittest -q)
+  fi
   if fresh "$name" "$out" "$src"; then say "$name: up to date"; return; fi
   say "$name: componentize-py -> $out"
   # componentize-py resolves the app module from the working directory.
@@ -70,6 +82,12 @@ build_py() {
 # build_js NAME ENTRY OUT
 build_js() {
   local name="$1" entry="$2" out="$3"
+  local tests
+  tests="$(dirname "$(dirname "$entry")")/test"
+  if [[ -d "$tests" ]]; then
+    say "$name: unit tests (node --test)"
+    node --test --test-reporter=dot "$tests" >&2
+  fi
   if fresh "$name" "$out" "$(dirname "$entry")"; then say "$name: up to date"; return; fi
   say "$name: componentize-js -> $out"
   # -d http fetch-event: without it StarlingMonkey imports wasi:http, which no extension is

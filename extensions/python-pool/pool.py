@@ -141,7 +141,17 @@ def price(s: Settings, duration_ms: int):
         if s.setup_fee > 0:
             items.append(("Setup fee", Decimal(1), "sandbox", s.setup_fee, s.setup_fee))
         total = sum((amount for *_, amount in items), Decimal(0))
+    # The host accepts at most 28 significant digits: say so here rather than be rejected.
+    if any(significant_digits(x) > 28 for item in items for x in item[1:] if isinstance(x, Decimal)) \
+            or significant_digits(total) > 28:
+        raise PoolError("invalid-request",
+                        "the price needs more than 28 significant digits: duration or configured prices out of range")
     return total, items
+
+
+def significant_digits(d: Decimal) -> int:
+    """Digits of the contract string without leading zeros, e.g. 0.0250 -> 2 ("0.025")."""
+    return len(fmt(d).replace(".", "").lstrip("0"))
 
 
 def encode_handle(sandbox_id: str, vcpus: int, memory_mib: int, slot: int) -> str:

@@ -35,6 +35,14 @@ class PricingTest(unittest.TestCase):
         for ms in (0, 1, 35_999, 3_600_000, 7_199_999, 7_200_000):
             self.assertLessEqual(pool.price(s, ms)[0], full)
 
+    def test_more_than_28_significant_digits_is_refused(self):
+        s = self.settings(price_per_sandbox_hour="0.1234567890123456789012345678")
+        pool.price(s, 36_000)  # 0.01 h keeps 28 digits
+        with self.assertRaises(pool.PoolError) as e:
+            pool.price(s, 13 * 36_000)  # x 0.13 needs 29
+        self.assertEqual(e.exception.case, "invalid-request")
+        self.assertEqual(pool.significant_digits(Decimal("0.0250")), 2)
+
     def test_bad_config_names_the_key(self):
         with self.assertRaises(pool.PoolError) as e:
             self.settings(price_per_sandbox_hour="1e-5")

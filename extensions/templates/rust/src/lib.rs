@@ -26,8 +26,11 @@ fn unit_price() -> Result<Decimal, BackendError> {
         .ok()
         .flatten()
         .unwrap_or_else(|| "0.00001".to_string());
-    raw.parse()
-        .map_err(|_| BackendError::Internal(format!("config price_per_vcpu_second: not a decimal: {raw}")))
+    raw.parse().map_err(|_| {
+        BackendError::Internal(format!(
+            "config price_per_vcpu_second: not a decimal: {raw}"
+        ))
+    })
 }
 
 fn check(r: &SandboxRequest) -> Result<(), BackendError> {
@@ -50,7 +53,8 @@ fn fmt(d: Decimal) -> String {
 
 fn cost(r: &SandboxRequest, duration_ms: u64) -> Result<Cost, BackendError> {
     let price = unit_price()?;
-    let qty = Decimal::from(r.resources.vcpus) * Decimal::new(i64::try_from(duration_ms).unwrap_or(i64::MAX), 3);
+    let qty = Decimal::from(r.resources.vcpus)
+        * Decimal::new(i64::try_from(duration_ms).unwrap_or(i64::MAX), 3);
     let amount = qty
         .checked_mul(price)
         .ok_or_else(|| BackendError::InvalidRequest("price out of range".into()))?;
@@ -61,7 +65,13 @@ fn cost(r: &SandboxRequest, duration_ms: u64) -> Result<Cost, BackendError> {
         unit_price: fmt(price),
         amount: fmt(amount),
     };
-    Ok(Cost { total: Money { amount: fmt(amount), currency: CURRENCY.into() }, line_items: vec![item] })
+    Ok(Cost {
+        total: Money {
+            amount: fmt(amount),
+            currency: CURRENCY.into(),
+        },
+        line_items: vec![item],
+    })
 }
 
 impl Guest for Template {
@@ -86,15 +96,24 @@ impl Guest for Template {
     fn create(request: SandboxRequest) -> Result<Created, BackendError> {
         check(&request)?;
         // The handle is all the state there is: put in it what later calls need.
-        Ok(Created { handle: request.sandbox_id, region: None })
+        Ok(Created {
+            handle: request.sandbox_id,
+            region: None,
+        })
     }
 
     fn status(_sandbox: SandboxContext) -> Result<SandboxStatus, BackendError> {
-        Ok(SandboxStatus { state: SandboxState::Running, detail: "running".into() })
+        Ok(SandboxStatus {
+            state: SandboxState::Running,
+            detail: "running".into(),
+        })
     }
 
     fn destroy(sandbox: SandboxContext) -> Result<Usage, BackendError> {
-        Ok(Usage { duration_ms: sandbox.now_ms.saturating_sub(sandbox.created_at_ms), measures: vec![] })
+        Ok(Usage {
+            duration_ms: sandbox.now_ms.saturating_sub(sandbox.created_at_ms),
+            measures: vec![],
+        })
     }
 
     fn meter_actual(request: SandboxRequest, usage: Usage) -> Result<Cost, BackendError> {
@@ -103,7 +122,9 @@ impl Guest for Template {
     }
 
     fn capacity() -> Result<PoolCapacity, BackendError> {
-        Ok(PoolCapacity { max_sandboxes: None })
+        Ok(PoolCapacity {
+            max_sandboxes: None,
+        })
     }
 }
 
