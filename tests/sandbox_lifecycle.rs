@@ -446,3 +446,41 @@ fn bad_destroys_are_clear_errors_and_change_nothing() {
     assert_eq!(d["state"], "destroyed");
     assert_eq!(f.events().len(), 1);
 }
+
+#[test]
+fn the_reaper_settles_sandboxes_past_their_maximum_duration_only() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    let short = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+        "--max-duration",
+        "1",
+    ]);
+    let long = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let host = sandboxer_host::host::Host::open(&f.settings()).unwrap();
+    let (reaped, left) = host.manager().reap_overdue().unwrap();
+    assert!(left.is_empty());
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, short["id"].as_str().unwrap());
+    let meter = reaped[0].meter.as_ref().unwrap();
+    // The stub stops metering at the maximum duration: 1 vCPU-second at most.
+    assert_eq!(meter.usage.measures[0].quantity, Decimal::from(1));
+    assert_eq!(
+        f.json(&["sandbox", "status", long["id"].as_str().unwrap()])["state"],
+        "running"
+    );
+    assert_eq!(f.events().len(), 1);
+}

@@ -107,6 +107,31 @@ impl SandboxManager {
         }
     }
 
+    /// Destroys and settles every running sandbox past its maximum duration (the
+    /// reaper's pass; the service calls it on a timer). Returns the settled statuses and,
+    /// separately, the sandboxes that could not be finished now (they stay tracked).
+    pub fn reap_overdue(
+        &self,
+    ) -> Result<(Vec<SandboxStatus>, Vec<(String, ManagerError)>), ManagerError> {
+        let now = now_ms();
+        let (mut done, mut left) = (Vec::new(), Vec::new());
+        for st in self.store.list(None, Some(SandboxState::Running))? {
+            let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
+            let overdue = st
+                .started_at_ms
+                .is_some_and(|t| now >= t.saturating_add(limit_ms));
+            if !overdue {
+                continue;
+            }
+            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
+            match self.destroy(None, &st.id) {
+                Ok(s) => done.push(s),
+                Err(e) => left.push((st.id.clone(), e)),
+            }
+        }
+        Ok((done, left))
+    }
+
     /// The extension that serves an existing sandbox.
     pub(super) fn backend_for(&self, st: &SandboxStatus) -> Result<Arc<dyn Backend>, ManagerError> {
         let ext = st.extension_id.clone().unwrap_or_default();
