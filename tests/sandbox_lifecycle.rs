@@ -484,3 +484,53 @@ fn the_reaper_settles_sandboxes_past_their_maximum_duration_only() {
     );
     assert_eq!(f.events().len(), 1);
 }
+
+#[test]
+fn a_destroy_the_extension_fails_stays_tracked_and_a_retry_settles_it_once() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    let sidecar = |mode: &str| {
+        format!(
+            "component = \"misbehave.wasm\"\nid = \"shaky\"\n\n[config]\nmode = \"{mode}\"\nfunctions = \"destroy\"\n"
+        )
+    };
+    std::fs::write(f.extensions().join("shaky.toml"), sidecar("ok")).unwrap();
+    std::fs::write(
+        f.path().join("profiles/shaky.toml"),
+        "id = \"shaky\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = 600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"shaky\"\nfallback = false\n",
+    )
+    .unwrap();
+    let s = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "shaky",
+        "--tenant",
+        "acme",
+    ]);
+    let id = s["id"].as_str().unwrap();
+
+    std::fs::write(
+        f.extensions().join("shaky.toml"),
+        sidecar("fail-unavailable"),
+    )
+    .unwrap();
+    let err = f.fails(&["sandbox", "destroy", id]);
+    assert!(err.contains("unavailable"), "{err}");
+    let st = f.json(&["sandbox", "status", id]);
+    assert_eq!(st["state"], "destroying");
+    let window = st["destroy_at_ms"].clone();
+    assert_eq!(kinds(&entries_for(&f.statement("acme"), id)), ["hold"]);
+    assert!(f.events().is_empty());
+
+    std::fs::write(f.extensions().join("shaky.toml"), sidecar("ok")).unwrap();
+    let d = f.json(&["sandbox", "destroy", id]);
+    assert_eq!(d["state"], "destroyed");
+    // The usage window was fixed by the first try, not moved by the retry.
+    assert_eq!(d["destroy_at_ms"], window);
+    assert_eq!(
+        kinds(&entries_for(&f.statement("acme"), id)),
+        ["hold", "charge"]
+    );
+    assert_eq!(f.events().len(), 1);
+}

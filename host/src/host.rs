@@ -189,3 +189,14 @@ impl Host {
         &self.reconciled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The HTTP service shares one `Host` between request handlers.
+    #[test]
+    fn host_and_manager_are_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Host>();
+        shareable::<crate::manager::SandboxManager>();
+    }
+}

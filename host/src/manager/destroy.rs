@@ -88,9 +88,25 @@ impl SandboxManager {
                 {
                     return Err(self.busy_error(id));
                 }
-                self.finish_destroy(st)
+                self.finish_or_release(st)
             }
         }
+    }
+
+    /// [`Self::finish_destroy`]; on failure the claim is released so that any process
+    /// (a later call, another process's reconciliation) may retry.
+    pub(super) fn finish_or_release(
+        &self,
+        st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
+        let id = st.id.clone();
+        let out = self.finish_destroy(st);
+        if out.is_err()
+            && let Err(e) = self.store.release(&id, self.owner.id())
+        {
+            tracing::warn!(sandbox_id = %id, error = %e, "could not release the claim");
+        }
+        out
     }
 
     fn busy_error(&self, id: &str) -> ManagerError {

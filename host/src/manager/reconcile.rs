@@ -79,8 +79,14 @@ impl SandboxManager {
                 continue;
             }
             let outcome = match row.status.state {
-                SandboxState::Creating => self.recover_create(row.status),
-                SandboxState::Destroying => self.finish_destroy(row.status),
+                SandboxState::Creating => {
+                    let out = self.recover_create(row.status);
+                    if out.is_err() {
+                        self.store.release(&id, me)?;
+                    }
+                    out
+                }
+                SandboxState::Destroying => self.finish_or_release(row.status),
                 _ => continue,
             };
             match outcome {

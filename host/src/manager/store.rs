@@ -325,6 +325,19 @@ impl StatusStore {
         Ok(n == 1)
     }
 
+    /// Gives up this instance's claim on a row it could not finish (the extension failed
+    /// or is missing), so any process may retry it.
+    pub fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE manager_sandboxes SET owner = NULL WHERE id = ?1 AND owner = ?2",
+            params![id, owner],
+        )
+        .at(path)?;
+        Ok(())
+    }
+
     /// Forgets a sandbox that never reached an extension (its create was refused before
     /// any backend call, e.g. for insufficient credits).
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
