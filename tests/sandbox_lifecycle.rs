@@ -471,7 +471,8 @@ fn the_reaper_settles_sandboxes_past_their_maximum_duration_only() {
     ]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let host = sandboxer_host::host::Host::open(&f.settings()).unwrap();
-    let (reaped, left) = host.manager().reap_overdue().unwrap();
+    let reaped = host.manager().reap_overdue().unwrap();
+    let (reaped, left) = (reaped.destroyed, reaped.left);
     assert!(left.is_empty());
     assert_eq!(reaped.len(), 1);
     assert_eq!(reaped[0].id, short["id"].as_str().unwrap());

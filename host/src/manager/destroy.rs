@@ -14,6 +14,15 @@ use crate::payments::OutboxEvent;
 use crate::payments::money::{Rounding, from_units, to_units};
 use crate::runtime::types::SandboxContext;
 
+/// What a reaper pass did.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Sandboxes destroyed and settled.
+    pub destroyed: Vec<SandboxStatus>,
+    /// Sandboxes that could not be finished now (they stay tracked), with the reason.
+    pub left: Vec<(String, ManagerError)>,
+}
+
 impl SandboxManager {
     /// Destroys a sandbox and settles its meter. With `tenant`, another tenant's sandbox
     /// is reported as not found.
@@ -124,11 +133,8 @@ impl SandboxManager {
     }
 
     /// Destroys and settles every running sandbox past its maximum duration (the
-    /// reaper's pass; the service calls it on a timer). Returns the settled statuses and,
-    /// separately, the sandboxes that could not be finished now (they stay tracked).
-    pub fn reap_overdue(
-        &self,
-    ) -> Result<(Vec<SandboxStatus>, Vec<(String, ManagerError)>), ManagerError> {
+    /// reaper's pass; the service calls it on a timer).
+    pub fn reap_overdue(&self) -> Result<Reaped, ManagerError> {
         let now = now_ms();
         let (mut done, mut left) = (Vec::new(), Vec::new());
         for st in self.store.list(None, Some(SandboxState::Running))? {
@@ -145,7 +151,10 @@ impl SandboxManager {
                 Err(e) => left.push((st.id.clone(), e)),
             }
         }
-        Ok((done, left))
+        Ok(Reaped {
+            destroyed: done,
+            left,
+        })
     }
 
     /// The extension that serves an existing sandbox.

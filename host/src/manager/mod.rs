@@ -31,6 +31,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub use backend::{Backend, Extensions, RouteView};
+pub use destroy::Reaped;
 pub use error::ManagerError;
 pub use reconcile::ReconcileReport;
 pub use status::{AttemptRecord, Meter, Reading, SandboxState, SandboxStatus, UnknownState};
