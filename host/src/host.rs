@@ -14,7 +14,7 @@ use crate::manager::{
 use crate::payments::{CreditsStore, LedgerError, OverdraftPolicy, SqliteCreditsStore};
 use crate::routing::profile::{ProfileError, ProfileWarning, load_profiles};
 use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
-use crate::runtime::{Runtime, RuntimeConfig, RuntimeError, Skipped};
+use crate::runtime::{LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
 
 /// How to build a [`Host`] beyond the folders.
 #[derive(Clone, Default)]
@@ -97,7 +97,14 @@ impl Host {
             runtime_config.cache_dir = Some(settings.cache_dir());
         }
         let runtime = Runtime::new(runtime_config)?;
-        let report = runtime.load_dir(&settings.extensions_dir)?;
+        // A missing folder means no extensions (listing and settling recorded sandboxes
+        // still work); an unreadable one is an error.
+        let report = if settings.extensions_dir.exists() {
+            runtime.load_dir(&settings.extensions_dir)?
+        } else {
+            tracing::warn!(dir = %settings.extensions_dir.display(), "no extensions folder: no extension is loaded");
+            LoadReport::default()
+        };
         let backends: Vec<Arc<dyn Backend>> = report
             .loaded
             .iter()
@@ -105,11 +112,15 @@ impl Host {
             .collect();
         let extensions = Arc::new(Extensions::new(backends));
 
-        let profiles =
+        let profiles = if settings.profiles_dir.exists() {
             load_profiles(&settings.profiles_dir).map_err(|errors| HostError::Profiles {
                 dir: settings.profiles_dir.clone(),
                 errors,
-            })?;
+            })?
+        } else {
+            tracing::warn!(dir = %settings.profiles_dir.display(), "no profiles folder: no profile is loaded");
+            ProfileSet::default()
+        };
         let profile_warnings = profiles.check_candidates(&extensions.ids());
         for w in &profile_warnings {
             tracing::warn!(profile = %w.profile, file = %w.file.display(), "{}", w.message);
