@@ -20,12 +20,17 @@ pub struct Config {
 impl Config {
     /// Reads every granted value; an unreadable store counts as empty (info must not fail).
     pub fn load() -> Config {
-        let raw = crate::wasi::config::store::get_all().map(|v| v.into_iter().collect()).unwrap_or_default();
+        let raw = crate::wasi::config::store::get_all()
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
         Config { raw }
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.raw.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.raw
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 
     /// `base_url`, default `https://api.e2b.app`.
@@ -63,7 +68,14 @@ impl Config {
         match self.get("name") {
             Some(n) => n.to_owned(),
             None => {
-                let host = self.base_url_str().split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+                let host = self
+                    .base_url_str()
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('/')
+                    .next()
+                    .unwrap_or("");
                 format!("E2B ({host})")
             }
         }
@@ -77,20 +89,32 @@ impl Config {
     /// `regions`: comma-separated; empty means any.
     pub fn regions(&self) -> Vec<String> {
         self.get("regions")
-            .map(|r| r.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|r| {
+                r.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// `startup_latency_ms`, default 400.
     pub fn startup_latency_ms(&self) -> u32 {
-        self.get("startup_latency_ms").and_then(|v| v.trim().parse().ok()).unwrap_or(400)
+        self.get("startup_latency_ms")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(400)
     }
 
     /// `max_sandboxes`: a finite pool (useful for a self-hosted deployment); none by default.
     pub fn max_sandboxes(&self) -> Result<Option<u32>, String> {
         match self.get("max_sandboxes") {
             None => Ok(None),
-            Some(v) => v.trim().parse().map(Some).map_err(|_| format!("config max_sandboxes: expected a whole number, got {v:?}")),
+            Some(v) => {
+                v.trim().parse().map(Some).map_err(|_| {
+                    format!("config max_sandboxes: expected a whole number, got {v:?}")
+                })
+            }
         }
     }
 
@@ -99,7 +123,9 @@ impl Config {
             None => Ok(default),
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("config {key}: expected a whole number above 0, got {v:?}")),
+                _ => Err(format!(
+                    "config {key}: expected a whole number above 0, got {v:?}"
+                )),
             },
         }
     }
@@ -117,7 +143,9 @@ impl Config {
 
     fn price(&self, key: &str, default: &str) -> Result<Dec, String> {
         let raw = self.get(key).unwrap_or(default).trim();
-        Dec::parse(raw).ok_or_else(|| format!("config {key}: expected a decimal like \"0.000014\", got {raw:?}"))
+        Dec::parse(raw).ok_or_else(|| {
+            format!("config {key}: expected a decimal like \"0.000014\", got {raw:?}")
+        })
     }
 
     /// `price_vcpu_second`, default E2B's list price.

@@ -16,7 +16,10 @@ const MAX_SCALE: u32 = 28;
 
 impl Dec {
     /// Zero.
-    pub const ZERO: Dec = Dec { mantissa: 0, scale: 0 };
+    pub const ZERO: Dec = Dec {
+        mantissa: 0,
+        scale: 0,
+    };
 
     /// `mantissa / 10^scale`.
     pub fn new(mantissa: u128, scale: u32) -> Dec {
@@ -32,12 +35,16 @@ impl Dec {
         if int.is_empty() && frac.is_empty() {
             return None;
         }
-        if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || frac.len() > MAX_SCALE as usize {
+        if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || frac.len() > MAX_SCALE as usize
+        {
             return None;
         }
         let mut mantissa: u128 = 0;
         for b in int.bytes().chain(frac.bytes()) {
-            mantissa = mantissa.checked_mul(10)?.checked_add(u128::from(b - b'0'))?;
+            mantissa = mantissa
+                .checked_mul(10)?
+                .checked_add(u128::from(b - b'0'))?;
         }
         Some(Dec::new(mantissa, frac.len() as u32))
     }
@@ -51,13 +58,17 @@ impl Dec {
     }
 
     fn rescaled(self, scale: u32) -> Option<u128> {
-        self.mantissa.checked_mul(10u128.checked_pow(scale - self.scale)?)
+        self.mantissa
+            .checked_mul(10u128.checked_pow(scale - self.scale)?)
     }
 
     /// Exact sum; `None` on overflow.
     pub fn checked_add(self, other: Dec) -> Option<Dec> {
         let scale = self.scale.max(other.scale);
-        Some(Dec::new(self.rescaled(scale)?.checked_add(other.rescaled(scale)?)?, scale))
+        Some(Dec::new(
+            self.rescaled(scale)?.checked_add(other.rescaled(scale)?)?,
+            scale,
+        ))
     }
 
     /// Exact product; `None` on overflow or beyond the representable scale.
@@ -74,7 +85,13 @@ impl fmt::Display for Dec {
             return write!(f, "{}", self.mantissa);
         }
         let pow = 10u128.pow(self.scale);
-        write!(f, "{}.{:0width$}", self.mantissa / pow, self.mantissa % pow, width = self.scale as usize)
+        write!(
+            f,
+            "{}.{:0width$}",
+            self.mantissa / pow,
+            self.mantissa % pow,
+            width = self.scale as usize
+        )
     }
 }
 
@@ -88,7 +105,14 @@ mod tests {
         let q = Dec::parse("7200").unwrap();
         assert_eq!(p.checked_mul(q).unwrap().to_string(), "0.1008");
         assert_eq!(Dec::parse("3.50").unwrap().to_string(), "3.5");
-        assert_eq!(Dec::parse("0.1").unwrap().checked_add(Dec::parse("0.2").unwrap()).unwrap().to_string(), "0.3");
+        assert_eq!(
+            Dec::parse("0.1")
+                .unwrap()
+                .checked_add(Dec::parse("0.2").unwrap())
+                .unwrap()
+                .to_string(),
+            "0.3"
+        );
         assert!(Dec::parse("-1").is_none());
         assert!(Dec::parse("1e-5").is_none());
         assert!(Dec::parse(".").is_none());

@@ -21,7 +21,9 @@ impl BaseUrl {
         } else if let Some(r) = url.strip_prefix("http://") {
             (Scheme::Http, r)
         } else {
-            return Err(format!("base_url {url:?} must start with http:// or https://"));
+            return Err(format!(
+                "base_url {url:?} must start with http:// or https://"
+            ));
         };
         let (authority, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -30,7 +32,11 @@ impl BaseUrl {
         if authority.is_empty() {
             return Err(format!("base_url {url:?} has no host"));
         }
-        Ok(BaseUrl { scheme, authority: authority.to_owned(), prefix: prefix.to_owned() })
+        Ok(BaseUrl {
+            scheme,
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+        })
     }
 }
 
@@ -68,26 +74,42 @@ pub fn send(
         headers.push(("content-type".into(), b"application/json".to_vec()));
         headers.push(("content-length".into(), b.len().to_string().into_bytes()));
     }
-    let fields = Fields::from_list(&headers).map_err(|e| Failure::Protocol(format!("bad header: {e:?}")))?;
+    let fields =
+        Fields::from_list(&headers).map_err(|e| Failure::Protocol(format!("bad header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
     let full_path = format!("{}{}", base.prefix, path);
-    request.set_method(&method).map_err(|()| Failure::Protocol("method refused".into()))?;
-    request.set_scheme(Some(&base.scheme)).map_err(|()| Failure::Protocol("scheme refused".into()))?;
-    request.set_authority(Some(&base.authority)).map_err(|()| Failure::Protocol("authority refused".into()))?;
-    request.set_path_with_query(Some(&full_path)).map_err(|()| Failure::Protocol("path refused".into()))?;
-    let body = request.body().map_err(|()| Failure::Protocol("request body taken twice".into()))?;
+    request
+        .set_method(&method)
+        .map_err(|()| Failure::Protocol("method refused".into()))?;
+    request
+        .set_scheme(Some(&base.scheme))
+        .map_err(|()| Failure::Protocol("scheme refused".into()))?;
+    request
+        .set_authority(Some(&base.authority))
+        .map_err(|()| Failure::Protocol("authority refused".into()))?;
+    request
+        .set_path_with_query(Some(&full_path))
+        .map_err(|()| Failure::Protocol("path refused".into()))?;
+    // Only a request with a payload gets a body: one taken but left empty would go out
+    // chunked, and a server that answers before reading it may reset the connection.
+    let body = match json_body {
+        Some(bytes) => Some((
+            request
+                .body()
+                .map_err(|()| Failure::Protocol("request body taken twice".into()))?,
+            bytes,
+        )),
+        None => None,
+    };
 
     let future = outgoing_handler::handle(request, None).map_err(Failure::Transport)?;
 
-    if let Some(bytes) = json_body {
-        let stream = body.write().map_err(|()| Failure::Protocol("request body stream taken twice".into()))?;
-        // `blocking-write-and-flush` takes at most 4096 bytes per call.
-        for chunk in bytes.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| stream_failure("writing the request body", e))?;
-        }
-        drop(stream);
-    }
-    OutgoingBody::finish(body, None).map_err(Failure::Transport)?;
+    // A request the host refuses (or a connection that breaks) closes the body early; the
+    // response future then says why, so a write failure is reported only if it does not.
+    let sent = match body {
+        Some((body, bytes)) => write_body(body, bytes),
+        None => Ok(()),
+    };
 
     future.subscribe().block();
     let response = match future.get() {
@@ -96,9 +118,14 @@ pub fn send(
         Some(Err(())) => return Err(Failure::Protocol("response taken twice".into())),
         None => return Err(Failure::Protocol("response not ready after waiting".into())),
     };
+    sent?;
     let status = response.status();
-    let incoming = response.consume().map_err(|()| Failure::Protocol("response body taken twice".into()))?;
-    let stream = incoming.stream().map_err(|()| Failure::Protocol("response stream taken twice".into()))?;
+    let incoming = response
+        .consume()
+        .map_err(|()| Failure::Protocol("response body taken twice".into()))?;
+    let stream = incoming
+        .stream()
+        .map_err(|()| Failure::Protocol("response stream taken twice".into()))?;
     let mut out = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
@@ -110,6 +137,20 @@ pub fn send(
     drop(stream);
     drop(incoming);
     Ok(Response { status, body: out })
+}
+
+fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), Failure> {
+    let stream = body
+        .write()
+        .map_err(|()| Failure::Protocol("request body stream taken twice".into()))?;
+    // `blocking-write-and-flush` takes at most 4096 bytes per call.
+    for chunk in bytes.chunks(4096) {
+        stream
+            .blocking_write_and_flush(chunk)
+            .map_err(|e| stream_failure("writing the request body", e))?;
+    }
+    drop(stream);
+    OutgoingBody::finish(body, None).map_err(Failure::Transport)
 }
 
 fn stream_failure(what: &str, e: StreamError) -> Failure {

@@ -16,8 +16,8 @@ wit_bindgen::generate!({
 use std::collections::BTreeMap;
 
 use exports::sandboxer::extension::backend::{
-    BackendError, Capability, Cost, Created, ExtensionInfo, Guest, Kind, LineItem, Measure, Money, SandboxContext,
-    PoolCapacity, SandboxRequest, SandboxState, SandboxStatus, Usage,
+    BackendError, Capability, Cost, Created, ExtensionInfo, Guest, Kind, LineItem, Measure, Money,
+    PoolCapacity, SandboxContext, SandboxRequest, SandboxState, SandboxStatus, Usage,
 };
 use serde::{Deserialize, Serialize};
 use wasip2::http::types::{ErrorCode, Method};
@@ -85,8 +85,13 @@ fn internal(msg: impl Into<String>) -> BackendError {
 /// so the router fails over only on what is retryable.
 fn api_error(what: &str, status: u16, body: &[u8]) -> BackendError {
     let parsed: Option<ApiError> = serde_json::from_slice(body).ok();
-    let message = parsed.as_ref().map(|e| e.message.as_str()).filter(|m| !m.is_empty()).unwrap_or("no message");
-    let capacity = parsed.as_ref().and_then(|e| e.error_code.as_deref()) == Some("sandbox_capacity_unavailable");
+    let message = parsed
+        .as_ref()
+        .map(|e| e.message.as_str())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("no message");
+    let capacity = parsed.as_ref().and_then(|e| e.error_code.as_deref())
+        == Some("sandbox_capacity_unavailable");
     let text = format!("E2B {what} answered {status}: {message}");
     match status {
         _ if capacity => BackendError::CapacityExhausted(text),
@@ -101,16 +106,20 @@ fn api_error(what: &str, status: u16, body: &[u8]) -> BackendError {
 
 fn transport_error(what: &str, failure: http::Failure) -> BackendError {
     match failure {
-        http::Failure::Transport(ErrorCode::HttpRequestDenied) => BackendError::Unavailable(format!(
-            "E2B {what}: request denied by the host (base_url not in allowed_outbound_hosts)"
-        )),
+        http::Failure::Transport(ErrorCode::HttpRequestDenied) => {
+            BackendError::Unavailable(format!(
+                "E2B {what}: request denied by the host (base_url not in allowed_outbound_hosts)"
+            ))
+        }
         http::Failure::Transport(
             code @ (ErrorCode::ConnectionTimeout
             | ErrorCode::ConnectionReadTimeout
             | ErrorCode::ConnectionWriteTimeout
             | ErrorCode::DnsTimeout),
         ) => BackendError::Unavailable(format!("E2B {what} timed out ({code:?})")),
-        http::Failure::Transport(code) => BackendError::Unavailable(format!("E2B {what} failed: {code:?}")),
+        http::Failure::Transport(code) => {
+            BackendError::Unavailable(format!("E2B {what} failed: {code:?}"))
+        }
         http::Failure::Protocol(msg) => BackendError::Unavailable(format!("E2B {what}: {msg}")),
     }
 }
@@ -126,9 +135,12 @@ fn call(
 ) -> Result<http::Response, BackendError> {
     let base = cfg.base_url().map_err(internal)?;
     let key = cfg.api_key().ok_or_else(|| {
-        BackendError::Unauthorized("no api_key configured (grant it under [secrets] in the sidecar)".into())
+        BackendError::Unauthorized(
+            "no api_key configured (grant it under [secrets] in the sidecar)".into(),
+        )
     })?;
-    let response = http::send(&base, method, path, key, body).map_err(|f| transport_error(what, f))?;
+    let response =
+        http::send(&base, method, path, key, body).map_err(|f| transport_error(what, f))?;
     if expect.contains(&response.status) {
         Ok(response)
     } else {
@@ -142,10 +154,16 @@ fn parse_handle(handle: &str) -> Result<Handle, BackendError> {
 
 /// The id goes into a URL path: E2B ids are alphanumeric; refuse anything else.
 fn checked_id(id: &str) -> Result<&str, BackendError> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         Ok(id)
     } else {
-        Err(internal(format!("handle holds a malformed sandbox id {id:?}")))
+        Err(internal(format!(
+            "handle holds a malformed sandbox id {id:?}"
+        )))
     }
 }
 
@@ -159,8 +177,15 @@ fn gib_seconds(mib: u32, ms: u64) -> Dec {
     Dec::new(u128::from(mib) * u128::from(ms) * 9_765_625, 13)
 }
 
-fn line(description: &str, quantity: Dec, unit: &str, price: Dec) -> Result<(LineItem, Dec), BackendError> {
-    let amount = quantity.checked_mul(price).ok_or_else(|| internal(format!("{description}: amount overflows")))?;
+fn line(
+    description: &str,
+    quantity: Dec,
+    unit: &str,
+    price: Dec,
+) -> Result<(LineItem, Dec), BackendError> {
+    let amount = quantity
+        .checked_mul(price)
+        .ok_or_else(|| internal(format!("{description}: amount overflows")))?;
     Ok((
         LineItem {
             description: description.into(),
@@ -174,11 +199,26 @@ fn line(description: &str, quantity: Dec, unit: &str, price: Dec) -> Result<(Lin
 }
 
 fn price(cfg: &Config, vcpu_s: Dec, gib_s: Dec) -> Result<Cost, BackendError> {
-    let (cpu_line, cpu_amount) = line("vCPU time", vcpu_s, "vcpu-second", cfg.price_vcpu_second().map_err(internal)?)?;
-    let (mem_line, mem_amount) = line("Memory", gib_s, "gib-second", cfg.price_gib_second().map_err(internal)?)?;
-    let total = cpu_amount.checked_add(mem_amount).ok_or_else(|| internal("total overflows"))?;
+    let (cpu_line, cpu_amount) = line(
+        "vCPU time",
+        vcpu_s,
+        "vcpu-second",
+        cfg.price_vcpu_second().map_err(internal)?,
+    )?;
+    let (mem_line, mem_amount) = line(
+        "Memory",
+        gib_s,
+        "gib-second",
+        cfg.price_gib_second().map_err(internal)?,
+    )?;
+    let total = cpu_amount
+        .checked_add(mem_amount)
+        .ok_or_else(|| internal("total overflows"))?;
     Ok(Cost {
-        total: Money { amount: total.to_string(), currency: cfg.currency().into() },
+        total: Money {
+            amount: total.to_string(),
+            currency: cfg.currency().into(),
+        },
         line_items: vec![cpu_line, mem_line],
     })
 }
@@ -190,7 +230,9 @@ fn template_size(cfg: &Config, request: &SandboxRequest) -> Result<(u32, u32), B
     let mib = cfg.template_memory_mib().map_err(internal)?;
     let r = &request.resources;
     if r.gpu.is_some() {
-        return Err(BackendError::Unsupported("E2B sandboxes have no GPU".into()));
+        return Err(BackendError::Unsupported(
+            "E2B sandboxes have no GPU".into(),
+        ));
     }
     if r.vcpus > vcpus || r.memory_mib > mib {
         return Err(BackendError::Unsupported(format!(
@@ -214,7 +256,11 @@ impl Guest for E2b {
             id: cfg.id().into(),
             name: cfg.name(),
             version: env!("CARGO_PKG_VERSION").into(),
-            kind: if cfg.self_hosted() { Kind::SelfHosted } else { Kind::Saas },
+            kind: if cfg.self_hosted() {
+                Kind::SelfHosted
+            } else {
+                Kind::Saas
+            },
             currency: cfg.currency().into(),
             regions: cfg.regions(),
             startup_latency_ms: cfg.startup_latency_ms(),
@@ -236,8 +282,16 @@ impl Guest for E2b {
     fn create(request: SandboxRequest) -> Result<Created, BackendError> {
         let cfg = Config::load();
         let (vcpus, mib) = template_size(&cfg, &request)?;
-        let template = if request.template.trim().is_empty() { cfg.default_template() } else { request.template.as_str() };
-        let mut metadata: BTreeMap<&str, &str> = request.metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let template = if request.template.trim().is_empty() {
+            cfg.default_template()
+        } else {
+            request.template.as_str()
+        };
+        let mut metadata: BTreeMap<&str, &str> = request
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         metadata.insert("sandboxer_id", &request.sandbox_id);
         metadata.insert("sandboxer_tenant", &request.tenant);
         metadata.insert("sandboxer_profile", &request.profile);
@@ -245,42 +299,81 @@ impl Guest for E2b {
             template_id: template,
             timeout: request.max_duration_secs,
             metadata,
-            env_vars: request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            env_vars: request
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
         };
-        let body = serde_json::to_vec(&body).map_err(|e| internal(format!("encoding the request: {e}")))?;
-        let created = call(&cfg, Method::Post, "POST /sandboxes", "/sandboxes", Some(&body), &[200, 201])?;
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| internal(format!("encoding the request: {e}")))?;
+        let created = call(
+            &cfg,
+            Method::Post,
+            "POST /sandboxes",
+            "/sandboxes",
+            Some(&body),
+            &[200, 201],
+        )?;
         let created: SandboxCreated = serde_json::from_slice(&created.body)
             .map_err(|e| internal(format!("E2B POST /sandboxes: unexpected answer: {e}")))?;
         let id = checked_id(&created.sandbox_id)?.to_owned();
         // The size is read now: after the sandbox is killed E2B answers 404. When the read
         // fails the sandbox still exists, so the configured template size stands in rather
         // than leaking a sandbox the host does not know about.
-        let (cpu, mem) = match call(&cfg, Method::Get, "GET /sandboxes/{id}", &format!("/sandboxes/{id}"), None, &[200]) {
+        let (cpu, mem) = match call(
+            &cfg,
+            Method::Get,
+            "GET /sandboxes/{id}",
+            &format!("/sandboxes/{id}"),
+            None,
+            &[200],
+        ) {
             Ok(r) => match serde_json::from_slice::<SandboxDetail>(&r.body) {
                 Ok(d) => (d.cpu_count, d.memory_mb),
                 Err(_) => (vcpus, mib),
             },
             Err(_) => (vcpus, mib),
         };
-        let handle = serde_json::to_string(&Handle { id, cpu, mem }).map_err(|e| internal(e.to_string()))?;
-        Ok(Created { handle, region: request.region.clone() })
+        let handle =
+            serde_json::to_string(&Handle { id, cpu, mem }).map_err(|e| internal(e.to_string()))?;
+        Ok(Created {
+            handle,
+            region: request.region.clone(),
+        })
     }
 
     fn status(sandbox: SandboxContext) -> Result<SandboxStatus, BackendError> {
         let cfg = Config::load();
         let handle = parse_handle(&sandbox.handle)?;
         let id = checked_id(&handle.id)?;
-        match call(&cfg, Method::Get, "GET /sandboxes/{id}", &format!("/sandboxes/{id}"), None, &[200]) {
+        match call(
+            &cfg,
+            Method::Get,
+            "GET /sandboxes/{id}",
+            &format!("/sandboxes/{id}"),
+            None,
+            &[200],
+        ) {
             Ok(r) => {
-                let d: SandboxDetail = serde_json::from_slice(&r.body)
-                    .map_err(|e| internal(format!("E2B GET /sandboxes/{{id}}: unexpected answer: {e}")))?;
-                let state = if d.state == "running" { SandboxState::Running } else { SandboxState::Stopped };
-                Ok(SandboxStatus { state, detail: format!("E2B state {:?}", d.state) })
+                let d: SandboxDetail = serde_json::from_slice(&r.body).map_err(|e| {
+                    internal(format!("E2B GET /sandboxes/{{id}}: unexpected answer: {e}"))
+                })?;
+                let state = if d.state == "running" {
+                    SandboxState::Running
+                } else {
+                    SandboxState::Stopped
+                };
+                Ok(SandboxStatus {
+                    state,
+                    detail: format!("E2B state {:?}", d.state),
+                })
             }
             // Killed or expired: E2B forgets it.
-            Err(BackendError::NotFound(_)) => {
-                Ok(SandboxStatus { state: SandboxState::Stopped, detail: "gone at E2B (killed or expired)".into() })
-            }
+            Err(BackendError::NotFound(_)) => Ok(SandboxStatus {
+                state: SandboxState::Stopped,
+                detail: "gone at E2B (killed or expired)".into(),
+            }),
             Err(e) => Err(e),
         }
     }
@@ -291,13 +384,28 @@ impl Guest for E2b {
         let id = checked_id(&handle.id)?;
         // 204 killed now; 404 already gone (expired, killed before): not an error, the
         // usage comes from the recorded lifetime either way.
-        call(&cfg, Method::Delete, "DELETE /sandboxes/{id}", &format!("/sandboxes/{id}"), None, &[200, 204, 404])?;
+        call(
+            &cfg,
+            Method::Delete,
+            "DELETE /sandboxes/{id}",
+            &format!("/sandboxes/{id}"),
+            None,
+            &[200, 204, 404],
+        )?;
         let ms = sandbox.now_ms.saturating_sub(sandbox.created_at_ms);
         Ok(Usage {
             duration_ms: ms,
             measures: vec![
-                Measure { name: "vcpu-seconds".into(), quantity: vcpu_seconds(handle.cpu, ms).to_string(), unit: "vcpu-second".into() },
-                Measure { name: "gib-seconds".into(), quantity: gib_seconds(handle.mem, ms).to_string(), unit: "gib-second".into() },
+                Measure {
+                    name: "vcpu-seconds".into(),
+                    quantity: vcpu_seconds(handle.cpu, ms).to_string(),
+                    unit: "vcpu-second".into(),
+                },
+                Measure {
+                    name: "gib-seconds".into(),
+                    quantity: gib_seconds(handle.mem, ms).to_string(),
+                    unit: "gib-second".into(),
+                },
             ],
         })
     }
@@ -308,8 +416,12 @@ impl Guest for E2b {
             let m = usage.measures.iter().find(|m| m.name == name);
             match m {
                 None => Ok(Dec::ZERO),
-                Some(m) => Dec::parse(&m.quantity)
-                    .ok_or_else(|| BackendError::InvalidRequest(format!("measure {name}: not a decimal: {:?}", m.quantity))),
+                Some(m) => Dec::parse(&m.quantity).ok_or_else(|| {
+                    BackendError::InvalidRequest(format!(
+                        "measure {name}: not a decimal: {:?}",
+                        m.quantity
+                    ))
+                }),
             }
         };
         price(&cfg, measure("vcpu-seconds")?, measure("gib-seconds")?)
@@ -317,7 +429,9 @@ impl Guest for E2b {
 
     fn capacity() -> Result<PoolCapacity, BackendError> {
         let cfg = Config::load();
-        Ok(PoolCapacity { max_sandboxes: cfg.max_sandboxes().map_err(internal)? })
+        Ok(PoolCapacity {
+            max_sandboxes: cfg.max_sandboxes().map_err(internal)?,
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::{self, BackendExtension, BackendExtensionPre, wit};
 use super::engine::EpochTicker;
+use super::grants::Grants;
 use super::limits::{self, CallLimits, StoreData};
 use super::sidecar::ExtensionSpec;
 use super::types::{
@@ -143,6 +144,8 @@ struct Calls {
     options: ExtensionOptions,
     engine: Engine,
     pre: BackendExtensionPre<StoreData>,
+    /// Outbound hosts and secrets; scrubs secrets from every error it builds.
+    grants: Arc<Grants>,
     idle: Mutex<Vec<Warm>>,
     health: Mutex<HealthState>,
     /// Keeps the epoch advancing while the extension exists, even if its runtime is gone.
@@ -169,6 +172,7 @@ impl Extension {
         engine: Engine,
         pre: BackendExtensionPre<StoreData>,
         ticker: Arc<EpochTicker>,
+        grants: Arc<Grants>,
     ) -> Result<Self, ExtensionError> {
         let calls = Calls {
             id: spec.id.clone(),
@@ -176,6 +180,7 @@ impl Extension {
             options,
             engine,
             pre,
+            grants,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(HealthState::default()),
             _ticker: ticker,
@@ -351,7 +356,12 @@ impl Calls {
     }
 
     fn instantiate(&self) -> Result<Warm, Fault> {
-        let mut store = limits::new_store(&self.engine, &self.config, self.options.limits);
+        let mut store = limits::new_store(
+            &self.engine,
+            &self.config,
+            self.options.limits,
+            &self.grants,
+        );
         let mark = limits::begin_call(&mut store);
         match self.pre.instantiate(&mut store) {
             Ok(bindings) => Ok(Warm {
@@ -440,10 +450,11 @@ impl Calls {
     }
 
     fn error(&self, function: Function, fault: Fault) -> ExtensionError {
+        // Every error of this extension is built here: the one place secrets are scrubbed.
         ExtensionError {
             extension: self.id.clone(),
             function,
-            fault,
+            fault: self.grants.redact_fault(fault),
         }
     }
 }
@@ -461,4 +472,16 @@ fn quarantine_of(h: &HealthState) -> Option<Quarantine> {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Extension>();
+        shareable::<super::super::Runtime>();
+    }
 }

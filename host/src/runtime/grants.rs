@@ -78,7 +78,11 @@ pub enum GrantError {
     #[error("secrets.{key}: environment variable {var} is not set (or not UTF-8)")]
     MissingEnv { key: String, var: String },
     #[error("secrets.{key}: cannot read {}: {reason}", file.display())]
-    File { key: String, file: PathBuf, reason: String },
+    File {
+        key: String,
+        file: PathBuf,
+        reason: String,
+    },
     #[error("secrets.{key}: the value is empty")]
     Empty { key: String },
     #[error("secrets.{key}: also set in [config]; a key is either plain config or a secret")]
@@ -124,8 +128,13 @@ impl HostPattern {
     /// Parses `scheme://host[:port]` where scheme is `http`, `https` or `*`, host is a name,
     /// an IPv4 address, `[v6]`, `*.domain` or `*`, and port is a number or `*`.
     pub fn parse(pattern: &str) -> Result<Self, GrantError> {
-        let fail = |reason: &str| GrantError::Host { pattern: pattern.to_owned(), reason: reason.to_owned() };
-        let (scheme, rest) = pattern.split_once("://").ok_or_else(|| fail("expected scheme://host[:port]"))?;
+        let fail = |reason: &str| GrantError::Host {
+            pattern: pattern.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = pattern
+            .split_once("://")
+            .ok_or_else(|| fail("expected scheme://host[:port]"))?;
         let scheme = match scheme {
             "http" => SchemeMatch::Http,
             "https" => SchemeMatch::Https,
@@ -134,11 +143,18 @@ impl HostPattern {
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') || rest.contains('@') {
-            return Err(fail("a pattern names a host and port only, no path, query or user"));
+            return Err(fail(
+                "a pattern names a host and port only, no path, query or user",
+            ));
         }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or_else(|| fail("unclosed [ in an IPv6 host"))?;
-            (format!("[{}]", h.to_ascii_lowercase()), after.strip_prefix(':'))
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| fail("unclosed [ in an IPv6 host"))?;
+            (
+                format!("[{}]", h.to_ascii_lowercase()),
+                after.strip_prefix(':'),
+            )
         } else {
             match rest.rsplit_once(':') {
                 Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
@@ -148,7 +164,10 @@ impl HostPattern {
         let port = match port {
             None => PortMatch::Default,
             Some("*") => PortMatch::Any,
-            Some(p) => PortMatch::Exact(p.parse().map_err(|_| fail("the port must be a number 0-65535 or *"))?),
+            Some(p) => PortMatch::Exact(
+                p.parse()
+                    .map_err(|_| fail("the port must be a number 0-65535 or *"))?,
+            ),
         };
         let host = if host == "*" {
             HostMatch::Any
@@ -158,7 +177,9 @@ impl HostPattern {
             }
             HostMatch::Suffix(format!(".{domain}"))
         } else if host.is_empty() || host.contains('*') {
-            return Err(fail("the host is empty or has a * that is not a leading *. label"));
+            return Err(fail(
+                "the host is empty or has a * that is not a leading *. label",
+            ));
         } else {
             HostMatch::Exact(host)
         };
@@ -239,19 +260,31 @@ impl Grants {
         base_dir: &Path,
         config: &BTreeMap<String, String>,
     ) -> Result<Self, GrantError> {
-        let hosts = spec.allowed_outbound_hosts.iter().map(|p| HostPattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
+        let hosts = spec
+            .allowed_outbound_hosts
+            .iter()
+            .map(|p| HostPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut secrets = BTreeMap::new();
         for (key, source) in &spec.secrets {
             if config.contains_key(key) {
                 return Err(GrantError::Clash { key: key.clone() });
             }
             let value = match source {
-                SecretSource::Env { env } => std::env::var(env)
-                    .map_err(|_| GrantError::MissingEnv { key: key.clone(), var: env.clone() })?,
+                SecretSource::Env { env } => {
+                    std::env::var(env).map_err(|_| GrantError::MissingEnv {
+                        key: key.clone(),
+                        var: env.clone(),
+                    })?
+                }
                 SecretSource::File { file } => {
                     let path = base_dir.join(file);
                     std::fs::read_to_string(&path)
-                        .map_err(|e| GrantError::File { key: key.clone(), file: path.clone(), reason: e.to_string() })?
+                        .map_err(|e| GrantError::File {
+                            key: key.clone(),
+                            file: path.clone(),
+                            reason: e.to_string(),
+                        })?
                         .trim_end_matches(['\n', '\r'])
                         .to_owned()
                 }
@@ -262,17 +295,25 @@ impl Grants {
             secrets.insert(key.clone(), Secret(value));
         }
         if spec.outbound_timeout_ms == Some(0) {
-            return Err(GrantError::Zero { key: "outbound_timeout_ms" });
+            return Err(GrantError::Zero {
+                key: "outbound_timeout_ms",
+            });
         }
         if spec.max_response_bytes == Some(0) {
-            return Err(GrantError::Zero { key: "max_response_bytes" });
+            return Err(GrantError::Zero {
+                key: "max_response_bytes",
+            });
         }
         Ok(Self {
             extension: extension.to_owned(),
             hosts,
             secrets,
-            outbound_timeout: spec.outbound_timeout_ms.map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
-            max_response_bytes: spec.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            outbound_timeout: spec
+                .outbound_timeout_ms
+                .map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
+            max_response_bytes: spec
+                .max_response_bytes
+                .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
         })
     }
 
@@ -334,9 +375,19 @@ impl Grants {
                 BackendError::Unauthorized(m) => BackendError::Unauthorized(r(m)),
                 BackendError::Internal(m) => BackendError::Internal(r(m)),
             }),
-            Fault::Trap { message } => Fault::Trap { message: r(message) },
-            Fault::BadAnswer { message } => Fault::BadAnswer { message: r(message) },
-            Fault::Quarantined { until_unix_ms, reason } => Fault::Quarantined { until_unix_ms, reason: r(reason) },
+            Fault::Trap { message } => Fault::Trap {
+                message: r(message),
+            },
+            Fault::BadAnswer { message } => Fault::BadAnswer {
+                message: r(message),
+            },
+            Fault::Quarantined {
+                until_unix_ms,
+                reason,
+            } => Fault::Quarantined {
+                until_unix_ms,
+                reason: r(reason),
+            },
             other @ (Fault::Timeout { .. } | Fault::OutOfMemory { .. }) => other,
         }
     }
@@ -363,7 +414,8 @@ impl OutboundHooks {
     }
 }
 
-type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), HttpError>> + Send>;
 type IoFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
 
 fn tighter(guest: Option<Duration>, host: Duration) -> Option<Duration> {
@@ -400,12 +452,25 @@ impl WasiHttpHooks for OutboundHooks {
         let cap = grants.max_response_bytes;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let sent = tokio::time::timeout(limit, wasmtime_wasi_http::default_send_request(request, Some(options))).await;
+            let sent = tokio::time::timeout(
+                limit,
+                wasmtime_wasi_http::default_send_request(request, Some(options)),
+            )
+            .await;
+            let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
             let (response, io) = match sent {
-                Ok(result) => result?,
-                Err(_) => {
-                    tracing::warn!(extension = %grants.extension, target = %target, timeout_ms = limit.as_millis() as u64, "outbound request timed out");
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e @ (HttpError::ConnectionTimeout | HttpError::ConnectionReadTimeout))) => {
+                    tracing::warn!(extension = %grants.extension, target = %target, timeout_ms, "outbound request timed out");
+                    return Err(e);
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(extension = %grants.extension, target = %target, timeout_ms, "outbound request timed out");
                     return Err(HttpError::ConnectionReadTimeout);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(extension = %grants.extension, target = %target, error = %grants.redact(&e.to_string()), "outbound request failed");
+                    return Err(e);
                 }
             };
             let declared = response
@@ -417,7 +482,14 @@ impl WasiHttpHooks for OutboundHooks {
                 tracing::warn!(extension = %grants.extension, target = %target, max_response_bytes = cap, "outbound response too large");
                 return Err(HttpError::HttpResponseBodySize(declared));
             }
-            let response = response.map(|body| CappedBody { inner: body.boxed_unsync(), seen: 0, cap }.boxed_unsync());
+            let response = response.map(|body| {
+                CappedBody {
+                    inner: body.boxed_unsync(),
+                    seen: 0,
+                    cap,
+                }
+                .boxed_unsync()
+            });
             Ok((response, Box::new(io) as IoFuture))
         })
     }
@@ -434,14 +506,19 @@ impl Body for CappedBody {
     type Data = Bytes;
     type Error = HttpError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen = this.seen.saturating_add(data.len() as u64);
                     if this.seen > this.cap {
-                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.seen)))));
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
+                            this.seen,
+                        )))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -464,7 +541,10 @@ mod tests {
     use super::*;
 
     fn grants(hosts: &[&str]) -> Grants {
-        let spec = GrantSpec { allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(), ..Default::default() };
+        let spec = GrantSpec {
+            allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
         Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap()
     }
 
@@ -481,23 +561,43 @@ mod tests {
 
     #[test]
     fn patterns_match_scheme_host_and_port() {
-        let g = grants(&["https://api.e2b.app", "http://127.0.0.1:*", "https://*.example.com:8443"]);
+        let g = grants(&[
+            "https://api.e2b.app",
+            "http://127.0.0.1:*",
+            "https://*.example.com:8443",
+        ]);
         assert!(allows(&g, "https://api.e2b.app/sandboxes"));
         assert!(allows(&g, "https://API.E2B.APP:443/x"));
-        assert!(!allows(&g, "http://api.e2b.app/sandboxes"), "scheme must match");
-        assert!(!allows(&g, "https://api.e2b.app:8443/"), "default port only");
+        assert!(
+            !allows(&g, "http://api.e2b.app/sandboxes"),
+            "scheme must match"
+        );
+        assert!(
+            !allows(&g, "https://api.e2b.app:8443/"),
+            "default port only"
+        );
         assert!(!allows(&g, "https://evil.e2b.app/"));
         assert!(allows(&g, "http://127.0.0.1:41234/x"));
         assert!(!allows(&g, "http://127.0.0.2:41234/x"));
         assert!(!allows(&g, "https://127.0.0.1:41234/x"));
         assert!(allows(&g, "https://a.example.com:8443/"));
-        assert!(!allows(&g, "https://example.com:8443/"), "wildcard is for subdomains");
+        assert!(
+            !allows(&g, "https://example.com:8443/"),
+            "wildcard is for subdomains"
+        );
         assert!(!allows(&g, "https://a.example.com.evil.net:8443/"));
     }
 
     #[test]
     fn bad_patterns_name_the_pattern() {
-        for bad in ["api.e2b.app", "ftp://x", "https://x/path", "https://x:port", "https://a*b", "https://*."] {
+        for bad in [
+            "api.e2b.app",
+            "ftp://x",
+            "https://x/path",
+            "https://x:port",
+            "https://a*b",
+            "https://*.",
+        ] {
             let err = HostPattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
@@ -508,34 +608,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("key"), "e2b_s3cr3t_value\n").unwrap();
         let spec = GrantSpec {
-            secrets: [("api_key".to_owned(), SecretSource::File { file: "key".into() })].into(),
+            secrets: [(
+                "api_key".to_owned(),
+                SecretSource::File { file: "key".into() },
+            )]
+            .into(),
             ..Default::default()
         };
         let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new()).unwrap();
-        assert_eq!(g.secret_config().collect::<Vec<_>>(), [("api_key", "e2b_s3cr3t_value")]);
+        assert_eq!(
+            g.secret_config().collect::<Vec<_>>(),
+            [("api_key", "e2b_s3cr3t_value")]
+        );
         assert!(!format!("{g:?}").contains("s3cr3t"));
-        let fault = g.redact_fault(Fault::Backend(BackendError::Unauthorized("key e2b_s3cr3t_value refused".into())));
+        let fault = g.redact_fault(Fault::Backend(BackendError::Unauthorized(
+            "key e2b_s3cr3t_value refused".into(),
+        )));
         assert_eq!(fault.to_string(), "unauthorized: key [redacted] refused");
-        let fault = g.redact_fault(Fault::Trap { message: "panicked at e2b_s3cr3t_value".into() });
+        let fault = g.redact_fault(Fault::Trap {
+            message: "panicked at e2b_s3cr3t_value".into(),
+        });
         assert!(!fault.to_string().contains("s3cr3t"));
     }
 
     #[test]
     fn missing_secrets_and_clashes_fail_the_load() {
         let spec = GrantSpec {
-            secrets: [("api_key".to_owned(), SecretSource::Env { env: "SANDBOXER_TEST_UNSET_VAR_7731".into() })].into(),
+            secrets: [(
+                "api_key".to_owned(),
+                SecretSource::Env {
+                    env: "SANDBOXER_TEST_UNSET_VAR_7731".into(),
+                },
+            )]
+            .into(),
             ..Default::default()
         };
         let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"), "{err}");
+        assert!(
+            err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"),
+            "{err}"
+        );
         let config = [("api_key".to_owned(), "plain".to_owned())].into();
         let err = Grants::resolve("x", &spec, Path::new("."), &config).unwrap_err();
         assert!(matches!(err, GrantError::Clash { .. }), "{err}");
         let spec = GrantSpec {
-            secrets: [("k".to_owned(), SecretSource::File { file: "/nonexistent/sandboxer/key".into() })].into(),
+            secrets: [(
+                "k".to_owned(),
+                SecretSource::File {
+                    file: "/nonexistent/sandboxer/key".into(),
+                },
+            )]
+            .into(),
             ..Default::default()
         };
         let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/sandboxer/key"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/sandboxer/key"),
+            "{err}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! bounded in-memory pipe so a panic message can be reported with the trap.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
@@ -14,8 +15,10 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::engine::ticks_for;
+use super::grants::{Grants, OutboundHooks};
 use super::types::Fault;
 
 /// Default memory cap per instance.
@@ -112,6 +115,18 @@ pub struct StoreData {
     limiter: MemoryLimiter,
     stderr: MemoryOutputPipe,
     limits: CallLimits,
+    http: WasiHttpCtx,
+    outbound: OutboundHooks,
+}
+
+impl WasiHttpView for StoreData {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 impl WasiView for StoreData {
@@ -131,10 +146,13 @@ impl StoreData {
 }
 
 /// A fresh store for one instance of an extension with `config` and `limits`.
+///
+/// The `grants` decide its outbound HTTP and add its secrets to `wasi:config/store`.
 pub fn new_store(
     engine: &Engine,
     config: &BTreeMap<String, String>,
     limits: CallLimits,
+    grants: &Arc<Grants>,
 ) -> Store<StoreData> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
     let wasi = WasiCtx::builder()
@@ -149,6 +167,7 @@ pub fn new_store(
         config: config
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(grants.secret_config())
             .collect(),
         limiter: MemoryLimiter {
             max_bytes: limits.memory_limit_bytes(),
@@ -156,6 +175,8 @@ pub fn new_store(
         },
         stderr,
         limits,
+        http: WasiHttpCtx::new(),
+        outbound: OutboundHooks::new(Arc::clone(grants)),
     };
     let mut store = Store::new(engine, data);
     store.limiter(|data| &mut data.limiter);

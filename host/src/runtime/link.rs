@@ -18,5 +18,8 @@ pub fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreData>> {
     wasmtime_wasi_config::add_to_linker(&mut linker, |data: &mut StoreData| {
         WasiConfig::from(data.config())
     })?;
+    // Outbound HTTP for every extension; each request passes the extension's grants
+    // (nothing is reachable without `allowed_outbound_hosts`): see super::grants.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     Ok(linker)
 }

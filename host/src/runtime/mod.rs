@@ -307,6 +307,20 @@ impl Runtime {
             id: Some(spec.id.clone()),
             failure,
         };
+        let grants_dir = spec
+            .sidecar
+            .as_deref()
+            .or(Some(file.as_path()))
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        let grants = grants::Grants::resolve(&spec.id, &spec.grants, grants_dir, &spec.config)
+            .map_err(|e| LoadError {
+                file: spec.defining_file().to_path_buf(),
+                id: Some(spec.id.clone()),
+                failure: LoadFailure::Spec {
+                    reason: e.to_string(),
+                },
+            })?;
         let bytes = std::fs::read(&file).map_err(|e| {
             fail(LoadFailure::Read {
                 reason: e.to_string(),
@@ -348,6 +362,7 @@ impl Runtime {
             self.inner.engine.clone(),
             pre,
             Arc::clone(&self.inner.ticker),
+            Arc::new(grants),
         )
         .map_err(|e: ExtensionError| LoadError {
             file: file.clone(),

@@ -7,13 +7,16 @@
 //!
 //! Sidecar keys: `component`, `id`, `kind` (`"self-hosted"` | `"saas"`), `[config]`
 //! (string values, handed to the guest through `wasi:config/store`), `memory_limit_mib`,
-//! `call_timeout_ms`. Any other key is an error naming the file and the key.
+//! `call_timeout_ms`, and the grants `allowed_outbound_hosts`, `[secrets]`,
+//! `outbound_timeout_ms`, `max_response_bytes` (see [`super::grants`]). Any other key is an
+//! error naming the file and the key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::grants::{GrantSpec, SecretSource};
 use super::types::Kind;
 
 /// One extension to load: a component plus what its sidecar (if any) says.
@@ -33,6 +36,9 @@ pub struct ExtensionSpec {
     pub memory_limit_mib: Option<u64>,
     /// Time budget per call, in milliseconds (the runtime's default when `None`).
     pub call_timeout_ms: Option<u64>,
+    /// Outbound HTTP hosts, secrets (their sources, never values), outbound timeout and
+    /// response cap; resolved at load by [`super::grants::Grants::resolve`].
+    pub grants: GrantSpec,
 }
 
 impl ExtensionSpec {
@@ -51,6 +57,7 @@ impl ExtensionSpec {
             config: BTreeMap::new(),
             memory_limit_mib: None,
             call_timeout_ms: None,
+            grants: GrantSpec::default(),
         })
     }
 
@@ -104,6 +111,12 @@ impl ExtensionSpec {
             config: parsed.config,
             memory_limit_mib: parsed.memory_limit_mib,
             call_timeout_ms: parsed.call_timeout_ms,
+            grants: GrantSpec {
+                allowed_outbound_hosts: parsed.allowed_outbound_hosts,
+                secrets: parsed.secrets,
+                outbound_timeout_ms: parsed.outbound_timeout_ms,
+                max_response_bytes: parsed.max_response_bytes,
+            },
         })
     }
 
@@ -150,6 +163,12 @@ struct SidecarFile {
     config: BTreeMap<String, String>,
     memory_limit_mib: Option<u64>,
     call_timeout_ms: Option<u64>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
+    outbound_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
 }
 
 /// Lists the extensions in `dir` (sorted by file name, so ids are assigned

@@ -242,7 +242,9 @@ impl ExtensionError {
         match &self.fault {
             Fault::Backend(e) => matches!(
                 e,
-                BackendError::CapacityExhausted(_) | BackendError::Unavailable(_) | BackendError::Internal(_)
+                BackendError::CapacityExhausted(_)
+                    | BackendError::Unavailable(_)
+                    | BackendError::Internal(_)
             ),
             Fault::Timeout { .. }
             | Fault::OutOfMemory { .. }
@@ -257,7 +259,9 @@ impl ExtensionError {
     /// not found) do not.
     pub fn counts_against_health(&self) -> bool {
         match &self.fault {
-            Fault::Backend(e) => matches!(e, BackendError::Unavailable(_) | BackendError::Internal(_)),
+            Fault::Backend(e) => {
+                matches!(e, BackendError::Unavailable(_) | BackendError::Internal(_))
+            }
             Fault::Quarantined { .. } => false,
             _ => true,
         }

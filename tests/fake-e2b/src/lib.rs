@@ -54,12 +54,18 @@ pub struct Fault {
 impl Fault {
     /// A fault with a status and no `error_code`.
     pub fn status(status: u16) -> Self {
-        Self { status, error_code: None }
+        Self {
+            status,
+            error_code: None,
+        }
     }
 
     /// A fault with a status and an `error_code`.
     pub fn with_code(status: u16, error_code: &str) -> Self {
-        Self { status, error_code: Some(error_code.to_owned()) }
+        Self {
+            status,
+            error_code: Some(error_code.to_owned()),
+        }
     }
 }
 
@@ -152,24 +158,41 @@ impl FakeE2b {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { api_key: api_key.to_owned(), inner: Mutex::new(Inner::default()) });
+        let shared = Arc::new(Shared {
+            api_key: api_key.to_owned(),
+            inner: Mutex::new(Inner::default()),
+        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let app = router(shared.clone());
-        let thread = std::thread::Builder::new().name("fake-e2b".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                    return;
-                };
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        })?;
-        let fake = Self { addr, shared, shutdown: Some(tx), thread: Some(thread) };
-        fake.add_template(Template { id: "base".into(), cpu_count: 2, memory_mb: 512, disk_size_mb: 512 });
+        let thread = std::thread::Builder::new()
+            .name("fake-e2b".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.await;
+                        })
+                        .await;
+                });
+            })?;
+        let fake = Self {
+            addr,
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        };
+        fake.add_template(Template {
+            id: "base".into(),
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 512,
+        });
         Ok(fake)
     }
 
@@ -185,7 +208,11 @@ impl FakeE2b {
 
     /// Makes `template` known (or replaces it).
     pub fn add_template(&self, template: Template) {
-        self.shared.inner.lock().templates.insert(template.id.clone(), template);
+        self.shared
+            .inner
+            .lock()
+            .templates
+            .insert(template.id.clone(), template);
     }
 
     /// Answers the next `times` calls matching `route` with `fault` instead of serving them.
@@ -210,7 +237,12 @@ impl FakeE2b {
     /// Makes a sandbox disappear as if E2B had reaped it: later calls answer 404.
     /// Returns whether it existed.
     pub fn vanish(&self, sandbox_id: &str) -> bool {
-        self.shared.inner.lock().sandboxes.remove(sandbox_id).is_some()
+        self.shared
+            .inner
+            .lock()
+            .sandboxes
+            .remove(sandbox_id)
+            .is_some()
     }
 
     /// The sandbox with this id, killed or not, if the fake still has it.
@@ -222,7 +254,12 @@ impl FakeE2b {
     pub fn running(&self) -> Vec<SandboxRecord> {
         let now = Utc::now();
         let inner = self.shared.inner.lock();
-        inner.sandboxes.values().filter(|s| s.killed_at.is_none() && s.end_at > now).cloned().collect()
+        inner
+            .sandboxes
+            .values()
+            .filter(|s| s.killed_at.is_none() && s.end_at > now)
+            .cloned()
+            .collect()
     }
 
     /// How many sandboxes were created since start.
@@ -268,7 +305,11 @@ fn error(status: StatusCode, message: &str, error_code: Option<&str>) -> Respons
 }
 
 fn not_found(id: &str) -> Response {
-    error(StatusCode::NOT_FOUND, &format!("sandbox \"{id}\" doesn't exist or you don't have access to it"), None)
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("sandbox \"{id}\" doesn't exist or you don't have access to it"),
+        None,
+    )
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -298,9 +339,17 @@ async fn gate(
             _ => "Invalid API key, it must start with 'e2b_' prefix".to_owned(),
         };
         Some(error(StatusCode::UNAUTHORIZED, &message, None))
-    } else if let Some(pos) = inner.faults.iter().position(|(r, _)| *r == route || *r == Route::Any) {
-        let (_, fault) = inner.faults.remove(pos).unwrap_or((route, Fault::status(500)));
-        let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    } else if let Some(pos) = inner
+        .faults
+        .iter()
+        .position(|(r, _)| *r == route || *r == Route::Any)
+    {
+        let (_, fault) = inner
+            .faults
+            .remove(pos)
+            .unwrap_or((route, Fault::status(500)));
+        let status =
+            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = match status.as_u16() {
             429 => "Rate limit exceeded, please try again later",
             503 => "Service unavailable",
@@ -313,7 +362,9 @@ async fn gate(
     let status = answer.as_ref().map_or(0, |r| r.status().as_u16());
     inner.requests.push(RecordedRequest {
         method: method.to_string(),
-        path: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
         authorized,
         body,
         status,
@@ -356,9 +407,24 @@ fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..20].to_owned()
 }
 
-async fn create(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn create(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
-    if let Err(r) = gate(&shared, Route::Create, &method, &uri, &headers, parsed.as_ref().ok().cloned()).await {
+    if let Err(r) = gate(
+        &shared,
+        Route::Create,
+        &method,
+        &uri,
+        &headers,
+        parsed.as_ref().ok().cloned(),
+    )
+    .await
+    {
         return r;
     }
     let response = create_inner(&shared, parsed);
@@ -367,18 +433,36 @@ async fn create(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
 
 fn create_inner(shared: &Shared, parsed: Result<Value, serde_json::Error>) -> Response {
     let Ok(value) = parsed else {
-        return error(StatusCode::BAD_REQUEST, "request body has an error: failed to decode request body", None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "request body has an error: failed to decode request body",
+            None,
+        );
     };
     let new: NewSandbox = match serde_json::from_value(value) {
         Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("request body has an error: {e}"), None),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body has an error: {e}"),
+                None,
+            );
+        }
     };
     if !(0..=86_400).contains(&new.timeout) {
-        return error(StatusCode::BAD_REQUEST, "timeout must be between 0 and 86400 seconds", None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "timeout must be between 0 and 86400 seconds",
+            None,
+        );
     }
     let mut inner = shared.inner.lock();
     let Some(template) = inner.templates.get(&new.template_id).cloned() else {
-        return error(StatusCode::BAD_REQUEST, &format!("template '{}' not found", new.template_id), None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("template '{}' not found", new.template_id),
+            None,
+        );
     };
     let now = Utc::now();
     let record = SandboxRecord {
@@ -411,8 +495,15 @@ fn create_inner(shared: &Shared, parsed: Result<Value, serde_json::Error>) -> Re
 /// The sandbox if it is alive; expired or killed ones are dropped (E2B forgets them).
 fn live(inner: &mut Inner, id: &str) -> Option<SandboxRecord> {
     let now = Utc::now();
-    let alive = inner.sandboxes.get(id).is_some_and(|s| s.killed_at.is_none() && s.end_at > now);
-    if alive { inner.sandboxes.get(id).cloned() } else { None }
+    let alive = inner
+        .sandboxes
+        .get(id)
+        .is_some_and(|s| s.killed_at.is_none() && s.end_at > now);
+    if alive {
+        inner.sandboxes.get(id).cloned()
+    } else {
+        None
+    }
 }
 
 fn detail_json(s: &SandboxRecord) -> Value {
@@ -432,7 +523,13 @@ fn detail_json(s: &SandboxRecord) -> Value {
     })
 }
 
-async fn detail(State(shared): State<Arc<Shared>>, Path(id): Path<String>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn detail(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = gate(&shared, Route::Get, &method, &uri, &headers, None).await {
         return r;
     }
@@ -444,7 +541,13 @@ async fn detail(State(shared): State<Arc<Shared>>, Path(id): Path<String>, metho
     finish(&shared, response)
 }
 
-async fn kill(State(shared): State<Arc<Shared>>, Path(id): Path<String>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn kill(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = gate(&shared, Route::Delete, &method, &uri, &headers, None).await {
         return r;
     }
@@ -476,14 +579,32 @@ async fn set_timeout(
     body: Bytes,
 ) -> Response {
     let parsed: Result<Value, _> = serde_json::from_slice(&body);
-    if let Err(r) = gate(&shared, Route::Any, &method, &uri, &headers, parsed.as_ref().ok().cloned()).await {
+    if let Err(r) = gate(
+        &shared,
+        Route::Any,
+        &method,
+        &uri,
+        &headers,
+        parsed.as_ref().ok().cloned(),
+    )
+    .await
+    {
         return r;
     }
-    let response = match parsed.ok().and_then(|v| serde_json::from_value::<NewTimeout>(v).ok()) {
-        None => error(StatusCode::BAD_REQUEST, "request body has an error: timeout is required", None),
-        Some(t) if !(0..=86_400).contains(&t.timeout) => {
-            error(StatusCode::BAD_REQUEST, "timeout must be between 0 and 86400 seconds", None)
-        }
+    let response = match parsed
+        .ok()
+        .and_then(|v| serde_json::from_value::<NewTimeout>(v).ok())
+    {
+        None => error(
+            StatusCode::BAD_REQUEST,
+            "request body has an error: timeout is required",
+            None,
+        ),
+        Some(t) if !(0..=86_400).contains(&t.timeout) => error(
+            StatusCode::BAD_REQUEST,
+            "timeout must be between 0 and 86400 seconds",
+            None,
+        ),
         Some(t) => {
             let mut inner = shared.inner.lock();
             if live(&mut inner, &id).is_some() {
@@ -502,12 +623,21 @@ async fn set_timeout(
 fn listed(shared: &Shared) -> Vec<Value> {
     let mut inner = shared.inner.lock();
     let ids: Vec<String> = inner.sandboxes.keys().cloned().collect();
-    let mut out: Vec<Value> = ids.iter().filter_map(|id| live(&mut inner, id)).map(|s| detail_json(&s)).collect();
+    let mut out: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| live(&mut inner, id))
+        .map(|s| detail_json(&s))
+        .collect();
     out.sort_by(|a, b| a["startedAt"].as_str().cmp(&b["startedAt"].as_str()));
     out
 }
 
-async fn list_v1(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn list_v1(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if let Err(r) = gate(&shared, Route::Any, &method, &uri, &headers, None).await {
         return r;
     }
@@ -515,10 +645,19 @@ async fn list_v1(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, he
     finish(&shared, response)
 }
 
-async fn list_v2(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn list_v2(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     list_v1(State(shared), method, uri, headers).await
 }
 
 async fn fallback(method: Method, uri: Uri) -> Response {
-    error(StatusCode::NOT_FOUND, &format!("no route for {method} {}", uri.path()), None)
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("no route for {method} {}", uri.path()),
+        None,
+    )
 }
