@@ -39,7 +39,10 @@ fn settings(dir: &Path) -> sandboxer_host::config::Settings {
 fn open(dir: &Path) -> Host {
     let options = HostOptions {
         // One process at a time here: a hold without a sandbox record is an orphan.
-        manager: ManagerConfig { orphan_hold_grace: Duration::ZERO, ..ManagerConfig::default() },
+        manager: ManagerConfig {
+            orphan_hold_grace: Duration::ZERO,
+            ..ManagerConfig::default()
+        },
         ..HostOptions::default()
     };
     Host::open_with(&settings(dir), options).unwrap()
@@ -60,7 +63,10 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     (nanos as u64) | 1
 }
 
@@ -68,12 +74,18 @@ fn seed() -> u64 {
 /// running and exit (mode `finish`). Does nothing unless spawned by the harness.
 #[test]
 fn child_process_entry_point() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else { return };
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
     let dir = Path::new(&dir);
     let host = open(dir);
     let mgr = host.manager();
     let r = host.reconciled();
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("reconciled")).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("reconciled"))
+        .unwrap();
     writeln!(
         log,
         "{} {} {} {} {}",
@@ -90,7 +102,11 @@ fn child_process_entry_point() {
         }
         return;
     }
-    let mut progress = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("progress")).unwrap();
+    let mut progress = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("progress"))
+        .unwrap();
     let mut rng = Rng(seed());
     let profiles = ["burst-sandbox", "saas-stub", "failover"];
     for i in 0.. {
@@ -110,7 +126,12 @@ fn child_process_entry_point() {
 
 fn spawn_child(dir: &Path, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process_entry_point", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_process_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, dir)
         .env(CHILD_MODE, mode)
         .stdout(Stdio::null())
@@ -120,7 +141,9 @@ fn spawn_child(dir: &Path, mode: &str) -> std::process::Child {
 }
 
 fn progress(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("progress")).map(|t| t.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(dir.join("progress"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -135,7 +158,11 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
     let started = Instant::now();
     let mut kills = 0;
     while kills < KILLS || progress(dir) < LIFECYCLES {
-        assert!(started.elapsed() < Duration::from_secs(240), "too slow: {kills} kills, {} lifecycles", progress(dir));
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "too slow: {kills} kills, {} lifecycles",
+            progress(dir)
+        );
         let mut child = spawn_child(dir, "run");
         std::thread::sleep(Duration::from_millis(40 + rng.below(360)));
         child.kill().unwrap(); // SIGKILL
@@ -145,32 +172,59 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
     // A last start reconciles what the last kill interrupted and destroys the rest.
     let status = spawn_child(dir, "finish").wait().unwrap();
     assert!(status.success(), "the finishing run failed");
-    eprintln!("{kills} kills, {} lifecycles acknowledged, {:?}", progress(dir), started.elapsed());
+    eprintln!(
+        "{kills} kills, {} lifecycles acknowledged, {:?}",
+        progress(dir),
+        started.elapsed()
+    );
     // What the restarts found: [recovered creates, rolled-back creates, finished
     // destroys, released holds, left for later]. The kills must have hit mid-operation.
     let mut found = [0usize; 5];
-    for line in std::fs::read_to_string(dir.join("reconciled")).unwrap().lines() {
+    for line in std::fs::read_to_string(dir.join("reconciled"))
+        .unwrap()
+        .lines()
+    {
         for (i, n) in line.split(' ').enumerate() {
             found[i] += n.parse::<usize>().unwrap();
         }
     }
     eprintln!("reconciliation over all restarts: {found:?}");
-    assert!(found[..4].iter().sum::<usize>() > 0, "no kill landed mid-operation");
+    assert!(
+        found[..4].iter().sum::<usize>() > 0,
+        "no kill landed mid-operation"
+    );
     assert_eq!(found[4], 0, "something could not be reconciled");
 
     let host = open(dir);
     let mgr = host.manager();
     let all = mgr.list(None, None).unwrap();
     let by_state = |s: SandboxState| all.iter().filter(|st| st.state == s).count();
-    assert_eq!(by_state(SandboxState::Creating) + by_state(SandboxState::Destroying), 0, "unfinished sandboxes");
-    let destroyed: Vec<_> = all.iter().filter(|s| s.state == SandboxState::Destroyed).collect();
-    assert!(destroyed.len() >= LIFECYCLES, "only {} settled lifecycles", destroyed.len());
+    assert_eq!(
+        by_state(SandboxState::Creating) + by_state(SandboxState::Destroying),
+        0,
+        "unfinished sandboxes"
+    );
+    let destroyed: Vec<_> = all
+        .iter()
+        .filter(|s| s.state == SandboxState::Destroyed)
+        .collect();
+    assert!(
+        destroyed.len() >= LIFECYCLES,
+        "only {} settled lifecycles",
+        destroyed.len()
+    );
 
     // Every acknowledged destroy is settled.
-    let acknowledged: HashSet<String> =
-        std::fs::read_to_string(dir.join("progress")).unwrap().lines().map(str::to_owned).collect();
+    let acknowledged: HashSet<String> = std::fs::read_to_string(dir.join("progress"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
     let settled_ids: HashSet<String> = destroyed.iter().map(|s| s.id.clone()).collect();
-    assert!(acknowledged.is_subset(&settled_ids), "an acknowledged destroy is not settled");
+    assert!(
+        acknowledged.is_subset(&settled_ids),
+        "an acknowledged destroy is not settled"
+    );
 
     // Ledger: exactly one charge per destroyed sandbox, none for the others; no open hold
     // except those of running sandboxes (none are left running).
@@ -187,14 +241,23 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
             _ => assert_eq!(n, 0, "{} ({}) was charged", st.id, st.state),
         }
     }
-    assert_eq!(charges.len(), destroyed.len(), "a charge for a sandbox the manager does not know");
+    assert_eq!(
+        charges.len(),
+        destroyed.len(),
+        "a charge for a sandbox the manager does not know"
+    );
     let running_holds: HashSet<String> = all
         .iter()
         .filter(|s| s.state == SandboxState::Running)
         .filter_map(|s| s.hold_id.clone())
         .collect();
     for h in ledger.open_holds().unwrap() {
-        assert!(running_holds.contains(&h.id), "dangling hold {} of {}", h.id, h.sandbox_id);
+        assert!(
+            running_holds.contains(&h.id),
+            "dangling hold {} of {}",
+            h.id,
+            h.sandbox_id
+        );
     }
     let verify = ledger.verify().unwrap();
     assert!(verify.ok, "{:?}", verify.problems);
@@ -203,11 +266,16 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
 
     // Events: exactly one line per settlement, with its id.
     let events = f.events();
-    let ids: Vec<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "duplicate event ids");
-    let expected: HashSet<String> =
-        destroyed.iter().map(|s| s.meter.as_ref().unwrap().settlement_id.clone()).collect();
+    let expected: HashSet<String> = destroyed
+        .iter()
+        .map(|s| s.meter.as_ref().unwrap().settlement_id.clone())
+        .collect();
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
     assert_eq!(ledger.outbox_lag().unwrap().0, 0);
 }

@@ -14,15 +14,27 @@ use sandboxer_host::runtime::{Runtime, RuntimeConfig};
 use serde_json::Value;
 
 fn dec(v: &Value) -> Decimal {
-    Decimal::from_str(v.as_str().unwrap_or_else(|| panic!("not a decimal string: {v}"))).unwrap()
+    Decimal::from_str(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a decimal string: {v}")),
+    )
+    .unwrap()
 }
 
 fn entries_for<'a>(statement: &'a Value, sandbox: &str) -> Vec<&'a Value> {
-    statement["entries"].as_array().unwrap().iter().filter(|e| e["sandbox_id"] == sandbox).collect()
+    statement["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["sandbox_id"] == sandbox)
+        .collect()
 }
 
 fn kinds(entries: &[&Value]) -> Vec<String> {
-    entries.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+    entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn balance(f: &Fixture, tenant: &str) -> (Decimal, Decimal, Decimal) {
@@ -37,9 +49,30 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
     f.json(&["credits", "add", "acme", "10"]);
 
     // The pool (capacity 2) takes the first two, the third bursts to SaaS.
-    let a = f.json(&["sandbox", "create", "--profile", "burst-sandbox", "--tenant", "acme"]);
-    let b = f.json(&["sandbox", "create", "--profile", "burst-sandbox", "--tenant", "acme"]);
-    let c = f.json(&["sandbox", "create", "--profile", "burst-sandbox", "--tenant", "acme"]);
+    let a = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "burst-sandbox",
+        "--tenant",
+        "acme",
+    ]);
+    let b = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "burst-sandbox",
+        "--tenant",
+        "acme",
+    ]);
+    let c = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "burst-sandbox",
+        "--tenant",
+        "acme",
+    ]);
     assert_eq!(a["extension_id"], "local-pool");
     assert_eq!(b["extension_id"], "local-pool");
     assert_eq!(c["extension_id"], "saas-stub");
@@ -48,7 +81,10 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
         assert_eq!(s["attempts"].as_array().unwrap().len(), 1);
     }
     let held: Decimal = [&a, &b, &c].iter().map(|s| dec(&s["held"]["amount"])).sum();
-    assert_eq!(balance(&f, "acme"), (Decimal::from(10), held, Decimal::from(10) - held));
+    assert_eq!(
+        balance(&f, "acme"),
+        (Decimal::from(10), held, Decimal::from(10) - held)
+    );
     let list = f.json(&["sandbox", "list", "--tenant", "acme", "--state", "running"]);
     assert_eq!(list.as_array().unwrap().len(), 3);
 
@@ -62,10 +98,17 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
     // same component, configured the same way, for that window.
     let started = d["started_at_ms"].as_u64().unwrap();
     let ended = d["destroy_at_ms"].as_u64().unwrap();
-    assert!(ended >= started + 300, "lifetime {started}..{ended} shorter than the sleep");
+    assert!(
+        ended >= started + 300,
+        "lifetime {started}..{ended} shorter than the sleep"
+    );
     let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
     let loaded = runtime.load_dir(&f.extensions()).unwrap();
-    let pool = loaded.loaded.iter().find(|e| e.id() == "local-pool").unwrap();
+    let pool = loaded
+        .loaded
+        .iter()
+        .find(|e| e.id() == "local-pool")
+        .unwrap();
     let request: SandboxRequest = serde_json::from_value(d["request"].clone()).unwrap();
     let ctx = SandboxContext {
         request: request.clone(),
@@ -79,10 +122,21 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
     assert_eq!(dec(&meter["exact"]), cost.total.amount);
     let items: Vec<LineItem> = serde_json::from_value(meter["line_items"].clone()).unwrap();
     assert_eq!(items, cost.line_items);
-    assert_eq!(meter["usage"]["duration_ms"].as_u64().unwrap(), usage.duration_ms);
+    assert_eq!(
+        meter["usage"]["duration_ms"].as_u64().unwrap(),
+        usage.duration_ms
+    );
     let charged = dec(&meter["total"]["amount"]);
-    assert_eq!(charged, cost.total.amount.round_dp_with_strategy(9, rust_decimal::RoundingStrategy::MidpointAwayFromZero));
-    assert_eq!(dec(&meter["released"]["amount"]), dec(&a["held"]["amount"]) - charged);
+    assert_eq!(
+        charged,
+        cost.total
+            .amount
+            .round_dp_with_strategy(9, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+    );
+    assert_eq!(
+        dec(&meter["released"]["amount"]),
+        dec(&a["held"]["amount"]) - charged
+    );
 
     // Statement: the sandbox's hold, then its charge; nothing else.
     let st = f.statement("acme");
@@ -114,7 +168,14 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
     assert_eq!(f.events().len(), 1);
 
     // The freed pool slot is used again.
-    let e = f.json(&["sandbox", "create", "--profile", "burst-sandbox", "--tenant", "acme"]);
+    let e = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "burst-sandbox",
+        "--tenant",
+        "acme",
+    ]);
     assert_eq!(e["extension_id"], "local-pool");
     let verify = f.json(&["credits", "verify"]);
     assert_eq!(verify["ok"], true, "{verify}");
@@ -124,16 +185,44 @@ fn walkthrough_pool_then_burst_destroy_meter_statement_and_event() {
 fn insufficient_credits_is_a_clear_error_and_leaves_nothing() {
     let f = Fixture::new();
     f.json(&["credits", "add", "poor", "0.01"]);
-    let err = f.fails(&["sandbox", "create", "--profile", "saas-stub", "--tenant", "poor"]);
+    let err = f.fails(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "poor",
+    ]);
     assert!(err.contains("insufficient credits: need"), "{err}");
     assert!(err.contains("available 0.01"), "{err}");
     assert_eq!(f.json(&["sandbox", "list"]).as_array().unwrap().len(), 0);
-    assert_eq!(balance(&f, "poor"), (Decimal::from_str("0.01").unwrap(), Decimal::ZERO, Decimal::from_str("0.01").unwrap()));
+    assert_eq!(
+        balance(&f, "poor"),
+        (
+            Decimal::from_str("0.01").unwrap(),
+            Decimal::ZERO,
+            Decimal::from_str("0.01").unwrap()
+        )
+    );
     let st = f.statement("poor");
-    assert_eq!(st["entries"].as_array().unwrap().len(), 1, "only the grant: {st}");
+    assert_eq!(
+        st["entries"].as_array().unwrap().len(),
+        1,
+        "only the grant: {st}"
+    );
     // An unknown tenant has no credits at all.
-    let err = f.fails(&["sandbox", "create", "--profile", "saas-stub", "--tenant", "nobody"]);
-    assert!(err.contains("insufficient credits") || err.contains("unknown tenant"), "{err}");
+    let err = f.fails(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "nobody",
+    ]);
+    assert!(
+        err.contains("insufficient credits") || err.contains("unknown tenant"),
+        "{err}"
+    );
     assert_eq!(f.json(&["sandbox", "list"]).as_array().unwrap().len(), 0);
     assert_eq!(f.json(&["credits", "verify"])["open_holds"], 0);
 }
@@ -142,13 +231,27 @@ fn insufficient_credits_is_a_clear_error_and_leaves_nothing() {
 fn a_retryable_failure_voids_its_hold_and_the_next_candidate_serves() {
     let f = Fixture::new();
     f.json(&["credits", "add", "acme", "5"]);
-    let s = f.json(&["sandbox", "create", "--profile", "failover", "--tenant", "acme"]);
+    let s = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "failover",
+        "--tenant",
+        "acme",
+    ]);
     assert_eq!(s["state"], "running");
     assert_eq!(s["extension_id"], "saas-stub");
     let attempts = s["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0]["extension_id"], "flaky-pool");
-    assert!(attempts[0]["error"].as_str().unwrap().contains("unavailable"), "{}", attempts[0]);
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable"),
+        "{}",
+        attempts[0]
+    );
     assert_eq!(attempts[0]["retryable"], true);
     assert_eq!(attempts[1]["extension_id"], "saas-stub");
     assert!(attempts[1]["error"].is_null());
@@ -170,7 +273,15 @@ fn a_retryable_failure_voids_its_hold_and_the_next_candidate_serves() {
         "component = \"misbehave.wasm\"\nid = \"flaky-pool\"\nkind = \"self-hosted\"\n\n[config]\nmode = \"fail-unauthorized\"\nkind = \"self-hosted\"\n",
     )
     .unwrap();
-    let out = f.run(&["sandbox", "create", "--profile", "failover", "--tenant", "acme", "--json"]);
+    let out = f.run(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "failover",
+        "--tenant",
+        "acme",
+        "--json",
+    ]);
     assert!(!out.status.success());
     let failed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(failed["state"], "failed");
@@ -183,7 +294,16 @@ fn a_retryable_failure_voids_its_hold_and_the_next_candidate_serves() {
 fn the_same_create_five_times_makes_one_sandbox_and_destroy_three_times_one_settlement() {
     let f = Fixture::new();
     f.json(&["credits", "add", "acme", "5"]);
-    let create = ["sandbox", "create", "--profile", "saas-stub", "--tenant", "acme", "--idempotency-key", "job-42"];
+    let create = [
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+        "--idempotency-key",
+        "job-42",
+    ];
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(f.json(&create)["id"].as_str().unwrap().to_owned());
@@ -192,13 +312,19 @@ fn the_same_create_five_times_makes_one_sandbox_and_destroy_three_times_one_sett
     let children: Vec<_> = (0..2)
         .map(|_| {
             let mut c = f.cmd(&create);
-            c.arg("--json").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.arg("--json")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
         })
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         ids.push(v["id"].as_str().unwrap().to_owned());
     }
@@ -209,7 +335,16 @@ fn the_same_create_five_times_makes_one_sandbox_and_destroy_three_times_one_sett
 
     // The same key with another request is refused.
     let err = f.fails(&[
-        "sandbox", "create", "--profile", "saas-stub", "--tenant", "acme", "--idempotency-key", "job-42", "--vcpus", "2",
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+        "--idempotency-key",
+        "job-42",
+        "--vcpus",
+        "2",
     ]);
     assert!(err.contains("idempotency key \"job-42\""), "{err}");
 
@@ -217,7 +352,8 @@ fn the_same_create_five_times_makes_one_sandbox_and_destroy_three_times_one_sett
     let children: Vec<_> = (0..2)
         .map(|_| {
             let mut c = f.cmd(&["sandbox", "destroy", id, "--json"]);
-            c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
             c.spawn().unwrap()
         })
         .collect();
@@ -238,7 +374,10 @@ fn the_same_create_five_times_makes_one_sandbox_and_destroy_three_times_one_sett
     for m in &meters {
         assert_eq!(m, &last["meter"]);
     }
-    assert_eq!(kinds(&entries_for(&f.statement("acme"), id)), ["hold", "charge"]);
+    assert_eq!(
+        kinds(&entries_for(&f.statement("acme"), id)),
+        ["hold", "charge"]
+    );
     let events = f.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["id"], last["meter"]["settlement_id"]);
@@ -249,19 +388,41 @@ fn bad_destroys_are_clear_errors_and_change_nothing() {
     let f = Fixture::new();
     f.json(&["credits", "add", "acme", "5"]);
     f.json(&["credits", "add", "other", "5"]);
-    let s = f.json(&["sandbox", "create", "--profile", "saas-stub", "--tenant", "acme"]);
+    let s = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+    ]);
     let id = s["id"].as_str().unwrap();
     let before = (f.statement("acme"), f.json(&["sandbox", "list"]));
 
     let err = f.fails(&["sandbox", "destroy", "sb-000000000000deadbeef"]);
-    assert!(err.contains("no sandbox \"sb-000000000000deadbeef\""), "{err}");
+    assert!(
+        err.contains("no sandbox \"sb-000000000000deadbeef\""),
+        "{err}"
+    );
     let err = f.fails(&["sandbox", "destroy", id, "--tenant", "other"]);
     assert!(err.contains(&format!("no sandbox \"{id}\"")), "{err}");
     let err = f.fails(&["sandbox", "status", "sb-nope"]);
     assert!(err.contains("no sandbox"), "{err}");
     let err = f.fails(&["sandbox", "create", "--profile", "nope", "--tenant", "acme"]);
-    assert!(err.contains("unknown profile \"nope\"") && err.contains("burst-sandbox"), "{err}");
-    let err = f.fails(&["sandbox", "create", "--profile", "saas-stub", "--tenant", "acme", "--vcpus", "0"]);
+    assert!(
+        err.contains("no profile \"nope\"") && err.contains("burst-sandbox"),
+        "{err}"
+    );
+    let err = f.fails(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+        "--vcpus",
+        "0",
+    ]);
     assert!(err.contains("vcpus"), "{err}");
     let err = f.fails(&["sandbox", "list", "--state", "sleeping"]);
     assert!(err.contains("sleeping"), "{err}");
@@ -272,7 +433,10 @@ fn bad_destroys_are_clear_errors_and_change_nothing() {
     let aside = f.path().join("saas-stub.wasm.aside");
     std::fs::rename(&wasm, &aside).unwrap();
     let err = f.fails(&["sandbox", "destroy", id]);
-    assert!(err.contains("not loaded") && err.contains("saas-stub"), "{err}");
+    assert!(
+        err.contains("not loaded") && err.contains("saas-stub"),
+        "{err}"
+    );
     assert_eq!(f.json(&["sandbox", "status", id])["state"], "running");
     assert_eq!((f.statement("acme"), f.json(&["sandbox", "list"])), before);
 
@@ -280,5 +444,94 @@ fn bad_destroys_are_clear_errors_and_change_nothing() {
     std::fs::rename(&aside, &wasm).unwrap();
     let d = f.json(&["sandbox", "destroy", id]);
     assert_eq!(d["state"], "destroyed");
+    assert_eq!(f.events().len(), 1);
+}
+
+#[test]
+fn the_reaper_settles_sandboxes_past_their_maximum_duration_only() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    let short = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+        "--max-duration",
+        "1",
+    ]);
+    let long = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "saas-stub",
+        "--tenant",
+        "acme",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let host = sandboxer_host::host::Host::open(&f.settings()).unwrap();
+    let reaped = host.manager().reap_overdue().unwrap();
+    let (reaped, left) = (reaped.destroyed, reaped.left);
+    assert!(left.is_empty());
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].id, short["id"].as_str().unwrap());
+    let meter = reaped[0].meter.as_ref().unwrap();
+    // The stub stops metering at the maximum duration: 1 vCPU-second at most.
+    assert_eq!(meter.usage.measures[0].quantity, Decimal::from(1));
+    assert_eq!(
+        f.json(&["sandbox", "status", long["id"].as_str().unwrap()])["state"],
+        "running"
+    );
+    assert_eq!(f.events().len(), 1);
+}
+
+#[test]
+fn a_destroy_the_extension_fails_stays_tracked_and_a_retry_settles_it_once() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    let sidecar = |mode: &str| {
+        format!(
+            "component = \"misbehave.wasm\"\nid = \"shaky\"\n\n[config]\nmode = \"{mode}\"\nfunctions = \"destroy\"\n"
+        )
+    };
+    std::fs::write(f.extensions().join("shaky.toml"), sidecar("ok")).unwrap();
+    std::fs::write(
+        f.path().join("profiles/shaky.toml"),
+        "id = \"shaky\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = 600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"shaky\"\nfallback = false\n",
+    )
+    .unwrap();
+    let s = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        "shaky",
+        "--tenant",
+        "acme",
+    ]);
+    let id = s["id"].as_str().unwrap();
+
+    std::fs::write(
+        f.extensions().join("shaky.toml"),
+        sidecar("fail-unavailable"),
+    )
+    .unwrap();
+    let err = f.fails(&["sandbox", "destroy", id]);
+    assert!(err.contains("unavailable"), "{err}");
+    let st = f.json(&["sandbox", "status", id]);
+    assert_eq!(st["state"], "destroying");
+    let window = st["destroy_at_ms"].clone();
+    assert_eq!(kinds(&entries_for(&f.statement("acme"), id)), ["hold"]);
+    assert!(f.events().is_empty());
+
+    std::fs::write(f.extensions().join("shaky.toml"), sidecar("ok")).unwrap();
+    let d = f.json(&["sandbox", "destroy", id]);
+    assert_eq!(d["state"], "destroyed");
+    // The usage window was fixed by the first try, not moved by the retry.
+    assert_eq!(d["destroy_at_ms"], window);
+    assert_eq!(
+        kinds(&entries_for(&f.statement("acme"), id)),
+        ["hold", "charge"]
+    );
     assert_eq!(f.events().len(), 1);
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::events::{EventSink, JsonlSink};
-use crate::manager::{Backend, Extensions, ManagerConfig, ManagerError, ManagerParts, ReconcileReport, SandboxManager};
+use crate::manager::{
+    Backend, Extensions, ManagerConfig, ManagerError, ManagerParts, ReconcileReport, SandboxManager,
+};
 use crate::payments::{CreditsStore, LedgerError, OverdraftPolicy, SqliteCreditsStore};
 use crate::routing::profile::{ProfileError, ProfileWarning, load_profiles};
 use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
-use crate::runtime::{Runtime, RuntimeConfig, RuntimeError, Skipped};
+use crate::runtime::{LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
 
 /// How to build a [`Host`] beyond the folders.
 #[derive(Clone, Default)]
@@ -85,28 +87,52 @@ impl Host {
     /// manager over them and (unless told not to) reconciles.
     pub fn open_with(settings: &Settings, options: HostOptions) -> Result<Self, HostError> {
         let state = &settings.state_dir;
-        std::fs::create_dir_all(state).map_err(|source| HostError::StateDir { dir: state.clone(), source })?;
+        std::fs::create_dir_all(state).map_err(|source| HostError::StateDir {
+            dir: state.clone(),
+            source,
+        })?;
 
         let mut runtime_config = options.runtime;
         if runtime_config.cache_dir.is_none() {
             runtime_config.cache_dir = Some(settings.cache_dir());
         }
         let runtime = Runtime::new(runtime_config)?;
-        let report = runtime.load_dir(&settings.extensions_dir)?;
-        let backends: Vec<Arc<dyn Backend>> =
-            report.loaded.iter().map(|e| e.clone() as Arc<dyn Backend>).collect();
+        // A missing folder means no extensions (listing and settling recorded sandboxes
+        // still work); an unreadable one is an error.
+        let report = if settings.extensions_dir.exists() {
+            runtime.load_dir(&settings.extensions_dir)?
+        } else {
+            tracing::warn!(dir = %settings.extensions_dir.display(), "no extensions folder: no extension is loaded");
+            LoadReport::default()
+        };
+        let backends: Vec<Arc<dyn Backend>> = report
+            .loaded
+            .iter()
+            .map(|e| e.clone() as Arc<dyn Backend>)
+            .collect();
         let extensions = Arc::new(Extensions::new(backends));
 
-        let profiles = load_profiles(&settings.profiles_dir)
-            .map_err(|errors| HostError::Profiles { dir: settings.profiles_dir.clone(), errors })?;
+        let profiles = if settings.profiles_dir.exists() {
+            load_profiles(&settings.profiles_dir).map_err(|errors| HostError::Profiles {
+                dir: settings.profiles_dir.clone(),
+                errors,
+            })?
+        } else {
+            tracing::warn!(dir = %settings.profiles_dir.display(), "no profiles folder: no profile is loaded");
+            ProfileSet::default()
+        };
         let profile_warnings = profiles.check_candidates(&extensions.ids());
         for w in &profile_warnings {
             tracing::warn!(profile = %w.profile, file = %w.file.display(), "{}", w.message);
         }
 
         // The ledger first: it creates the database file the manager adds its tables to.
-        let ledger = Arc::new(SqliteCreditsStore::open_with_policy(settings.ledger_path(), options.overdraft)?);
-        let mut sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(JsonlSink::new(settings.events_path()))];
+        let ledger = Arc::new(SqliteCreditsStore::open_with_policy(
+            settings.ledger_path(),
+            options.overdraft,
+        )?);
+        let mut sinks: Vec<Arc<dyn EventSink>> =
+            vec![Arc::new(JsonlSink::new(settings.events_path()))];
         sinks.extend(options.extra_sinks);
         let manager = SandboxManager::open(ManagerParts {
             database: settings.ledger_path(),
@@ -118,7 +144,11 @@ impl Host {
             sinks,
             config: options.manager,
         })?;
-        let reconciled = if options.skip_reconcile { ReconcileReport::default() } else { manager.reconcile()? };
+        let reconciled = if options.skip_reconcile {
+            ReconcileReport::default()
+        } else {
+            manager.reconcile()?
+        };
         Ok(Self {
             settings: settings.clone(),
             runtime,
@@ -168,5 +198,16 @@ impl Host {
     /// What reconciliation did when the host was opened.
     pub fn reconciled(&self) -> &ReconcileReport {
         &self.reconciled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The HTTP service shares one `Host` between request handlers.
+    #[test]
+    fn host_and_manager_are_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Host>();
+        shareable::<crate::manager::SandboxManager>();
     }
 }

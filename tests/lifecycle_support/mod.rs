@@ -11,12 +11,19 @@ use serde_json::Value;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn built(rel: &str) -> PathBuf {
     let p = repo().join(rel);
-    assert!(p.exists(), "{} is missing: run `make extensions` (scripts/build-extensions.sh) first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make extensions` (scripts/build-extensions.sh) first",
+        p.display()
+    );
     p
 }
 
@@ -50,9 +57,21 @@ impl Fixture {
         let prof = dir.path().join("profiles");
         std::fs::create_dir_all(&ext).unwrap();
         std::fs::create_dir_all(&prof).unwrap();
-        std::fs::copy(built("extensions/saas-stub.wasm"), ext.join("saas-stub.wasm")).unwrap();
-        std::fs::copy(repo().join("extensions/local-pool.toml"), ext.join("local-pool.toml")).unwrap();
-        std::fs::copy(built("tests/guests/misbehave.wasm"), ext.join("misbehave.wasm")).unwrap();
+        std::fs::copy(
+            built("extensions/saas-stub.wasm"),
+            ext.join("saas-stub.wasm"),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo().join("extensions/local-pool.toml"),
+            ext.join("local-pool.toml"),
+        )
+        .unwrap();
+        std::fs::copy(
+            built("tests/guests/misbehave.wasm"),
+            ext.join("misbehave.wasm"),
+        )
+        .unwrap();
         std::fs::write(
             ext.join("flaky-pool.toml"),
             "component = \"misbehave.wasm\"\nid = \"flaky-pool\"\nkind = \"self-hosted\"\n\n[config]\nmode = \"fail-unavailable\"\nkind = \"self-hosted\"\n",
@@ -115,20 +134,32 @@ impl Fixture {
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Runs `sandboxer ARGS`, asserting failure, and returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "sandboxer {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "sandboxer {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// The meter events delivered so far.
     pub fn events(&self) -> Vec<Value> {
         match std::fs::read_to_string(self.state().join("events.jsonl")) {
-            Ok(text) => text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }

@@ -12,6 +12,7 @@ pub mod credits;
 pub mod extensions;
 pub mod output;
 pub mod sandbox;
+pub mod route;
 
 /// Folders shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -66,6 +67,9 @@ pub enum Command {
     /// Create, inspect, list and destroy sandboxes.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Explain how a profile is routed: every candidate, its estimate, health and fate.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
 }
 
 /// Runs a parsed command line; errors are printed by the binary.
@@ -75,5 +79,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Extensions(cmd) => extensions::run(cmd, &settings, cli.json),
         Command::Credits(cmd) => credits::run(cmd, &settings, cli.json),
         Command::Sandbox(cmd) => sandbox::run(cmd, &settings, cli.json),
+        Command::Route(cmd) => route::run(cmd, &settings, cli.json),
     }
 }

@@ -86,14 +86,23 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
                 ..RequestOverrides::default()
             };
             manager
-                .create(&a.tenant, &a.profile, &overrides, a.idempotency_key.as_deref())
+                .create(
+                    &a.tenant,
+                    &a.profile,
+                    &overrides,
+                    a.idempotency_key.as_deref(),
+                )
                 .map(|st| Shown::One(Box::new(st)))
         }
-        SandboxCommand::Status { id } => manager.status(None, &id).map(|st| Shown::One(Box::new(st))),
-        SandboxCommand::Destroy { id, tenant } => {
-            manager.destroy(tenant.as_deref(), &id).map(|st| Shown::One(Box::new(st)))
+        SandboxCommand::Status { id } => {
+            manager.status(None, &id).map(|st| Shown::One(Box::new(st)))
         }
-        SandboxCommand::List { tenant, state } => manager.list(tenant.as_deref(), state).map(Shown::Many),
+        SandboxCommand::Destroy { id, tenant } => manager
+            .destroy(tenant.as_deref(), &id)
+            .map(|st| Shown::One(Box::new(st))),
+        SandboxCommand::List { tenant, state } => {
+            manager.list(tenant.as_deref(), state).map(Shown::Many)
+        }
     };
     // Whatever happened, hand settled meter events to the sinks before exiting.
     if let Err(e) = manager.deliver_outbox() {
@@ -147,33 +156,67 @@ fn print_status(st: &SandboxStatus) {
         t.add_row(["extension version", &v[..v.len().min(16)]]);
     }
     if let Some(h) = &st.handle {
-        t.add_row(["handle", if h.is_empty() { "(recovered without one)" } else { h }]);
+        t.add_row([
+            "handle",
+            if h.is_empty() {
+                "(recovered without one)"
+            } else {
+                h
+            },
+        ]);
     }
     let r = &st.request.resources;
     t.add_row([
         "resources".to_owned(),
-        format!("{} vCPU, {} MiB, at most {} s", r.vcpus, r.memory_mib, st.request.max_duration_secs),
+        format!(
+            "{} vCPU, {} MiB, at most {} s",
+            r.vcpus, r.memory_mib, st.request.max_duration_secs
+        ),
     ]);
-    t.add_row(["created".to_owned(), st.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()]);
+    t.add_row([
+        "created".to_owned(),
+        st.created_at
+            .format("%Y-%m-%d %H:%M:%S%.3f UTC")
+            .to_string(),
+    ]);
     if let Some(e) = &st.estimate {
         t.add_row(["estimate".to_owned(), money(&e.total)]);
     }
     if let (Some(h), Some(id)) = (&st.held, &st.hold_id) {
-        let resolved = if st.state == SandboxState::Destroyed { " (settled)" } else { "" };
-        t.add_row(["held".to_owned(), format!("{} (hold {id}){resolved}", money(h))]);
+        let resolved = if st.state == SandboxState::Destroyed {
+            " (settled)"
+        } else {
+            ""
+        };
+        t.add_row([
+            "held".to_owned(),
+            format!("{} (hold {id}){resolved}", money(h)),
+        ]);
     }
     for (i, a) in st.attempts.iter().enumerate() {
         let outcome = match &a.error {
             None => "created".to_owned(),
-            Some(e) => format!("failed{}: {e}", if a.retryable { " (retryable)" } else { "" }),
+            Some(e) => format!(
+                "failed{}: {e}",
+                if a.retryable { " (retryable)" } else { "" }
+            ),
         };
-        let latency = a.latency_ms.map(|ms| format!(", {ms} ms")).unwrap_or_default();
-        t.add_row([format!("attempt {}", i + 1), format!("{}: {outcome}{latency}", a.extension_id)]);
+        let latency = a
+            .latency_ms
+            .map(|ms| format!(", {ms} ms"))
+            .unwrap_or_default();
+        t.add_row([
+            format!("attempt {}", i + 1),
+            format!("{}: {outcome}{latency}", a.extension_id),
+        ]);
     }
     if let Some(m) = &st.meter {
         t.add_row(["duration".to_owned(), format!("{} ms", m.usage.duration_ms)]);
         for u in &m.usage.measures {
-            t.add_row([format!("usage {}", u.name), format!("{} {}", u.quantity.normalize(), u.unit)]);
+            t.add_row([
+                format!("usage {}", u.name),
+                format!("{} {}", u.quantity.normalize(), u.unit),
+            ]);
         }
         for li in &m.line_items {
             t.add_row([
@@ -187,7 +230,10 @@ fn print_status(st: &SandboxStatus) {
                 ),
             ]);
         }
-        t.add_row(["meter (exact)".to_owned(), format!("{} {}", m.exact.normalize(), m.total.currency)]);
+        t.add_row([
+            "meter (exact)".to_owned(),
+            format!("{} {}", m.exact.normalize(), m.total.currency),
+        ]);
         t.add_row(["charged".to_owned(), money(&m.total)]);
         t.add_row(["released".to_owned(), money(&m.released)]);
         if !m.written_off.amount.is_zero() {
@@ -210,18 +256,33 @@ fn print_list(list: &[SandboxStatus]) {
         println!("no sandboxes");
         return;
     }
-    let mut t = table(["id", "tenant", "profile", "extension", "state", "created", "held", "charged"]);
+    // Narrow enough for 100 columns without wrapping an id; `status ID` has the rest.
+    let mut t = table([
+        "id",
+        "tenant",
+        "extension",
+        "state",
+        "created (UTC)",
+        "credits",
+    ]);
     for st in list {
+        let credits = match (&st.meter, &st.held) {
+            (Some(m), _) => format!("charged {}", money(&m.total)),
+            (None, Some(h)) if st.state.is_live() => format!("held {}", money(h)),
+            _ => "-".into(),
+        };
         t.add_row([
             st.id.clone(),
             st.tenant.clone(),
-            st.profile.clone(),
             st.extension_id.clone().unwrap_or_else(|| "-".into()),
             st.state.to_string(),
-            st.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            st.held.as_ref().map(money).unwrap_or_else(|| "-".into()),
-            st.meter.as_ref().map(|m| money(&m.total)).unwrap_or_else(|| "-".into()),
+            st.created_at.format("%m-%d %H:%M:%S").to_string(),
+            credits,
         ]);
+    }
+    // Ids are copied into the next command: never wrap them.
+    if let Some(c) = t.column_mut(0) {
+        c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
     }
     println!("{t}");
 }

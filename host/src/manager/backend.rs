@@ -8,7 +8,8 @@ use parking_lot::RwLock;
 
 use crate::routing::ExtensionView;
 use crate::runtime::types::{
-    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, SandboxContext, SandboxRequest, Usage,
+    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, SandboxContext,
+    SandboxRequest, Usage,
 };
 
 /// One loaded extension, as the manager calls it. Implemented for the runtime's
@@ -63,7 +64,9 @@ impl Extensions {
         let mut inner = self.inner.write();
         inner.current.clear();
         for b in loaded {
-            inner.by_version.insert((b.id().to_owned(), b.version_hash().to_owned()), b.clone());
+            inner
+                .by_version
+                .insert((b.id().to_owned(), b.version_hash().to_owned()), b.clone());
             inner.current.insert(b.id().to_owned(), b);
         }
     }
@@ -71,7 +74,10 @@ impl Extensions {
     /// Adds or replaces one extension.
     pub fn upsert(&self, backend: Arc<dyn Backend>) {
         let mut inner = self.inner.write();
-        inner.by_version.insert((backend.id().to_owned(), backend.version_hash().to_owned()), backend.clone());
+        inner.by_version.insert(
+            (backend.id().to_owned(), backend.version_hash().to_owned()),
+            backend.clone(),
+        );
         inner.current.insert(backend.id().to_owned(), backend);
     }
 
@@ -104,7 +110,10 @@ impl Extensions {
 
     /// A snapshot for one routing decision, with the sandboxes in use per extension.
     pub fn view(&self, in_use: HashMap<String, u32>) -> RouteView {
-        RouteView { current: self.inner.read().current.clone(), in_use }
+        RouteView {
+            current: self.inner.read().current.clone(),
+            in_use,
+        }
     }
 }
 
@@ -127,7 +136,10 @@ impl ExtensionView for RouteView {
     fn estimate_cost(&self, id: &str, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
         match self.current.get(id) {
             Some(b) => b.estimate_cost(req),
-            None => Err(not_loaded(id, crate::runtime::types::Function::EstimateCost)),
+            None => Err(not_loaded(
+                id,
+                crate::runtime::types::Function::EstimateCost,
+            )),
         }
     }
 

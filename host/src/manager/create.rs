@@ -98,7 +98,13 @@ impl SandboxManager {
             let ext_id = attempt.extension_id.as_str();
             let started = Utc::now();
             let Some(backend) = self.extensions.get(ext_id) else {
-                st.attempts.push(failed_attempt(attempt, "", started, "no longer loaded".into(), true));
+                st.attempts.push(failed_attempt(
+                    attempt,
+                    "",
+                    started,
+                    "no longer loaded".into(),
+                    true,
+                ));
                 continue;
             };
             if !self.health.acquire(ext_id) {
@@ -117,7 +123,12 @@ impl SandboxManager {
                 Ok(h) => h,
                 Err(e) => {
                     release_trial(&self.health, ext_id);
-                    return self.give_up(st, called_any, &e.to_string(), Some(ManagerError::Ledger(e)));
+                    return self.give_up(
+                        st,
+                        called_any,
+                        &e.to_string(),
+                        Some(ManagerError::Ledger(e)),
+                    );
                 }
             };
             st.extension_id = Some(ext_id.to_owned());
@@ -135,16 +146,21 @@ impl SandboxManager {
                 error: None,
                 retryable: false,
             });
-            st.updated_at = Utc::now();
-            // If this write is lost, reconciliation finds the hold by sandbox id.
-            self.store.update(&st, Some(self.owner.id()), false)?;
+            if n > 0 {
+                // A failover: record which extension now holds the slot. The first
+                // attempt's extension is already in the intent, and reconciliation finds
+                // the hold by sandbox id, so the common path skips this write.
+                st.updated_at = Utc::now();
+                self.store.update(&st, Some(self.owner.id()), false)?;
+            }
 
             let t0 = Instant::now();
             called_any = true;
             let result = backend.create(&st.request);
             let latency = t0.elapsed();
             let last = st.attempts.len() - 1;
-            st.attempts[last].latency_ms = Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
+            st.attempts[last].latency_ms =
+                Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
             match result {
                 Ok(created) => {
                     self.health.record_success(ext_id, latency);
@@ -199,7 +215,9 @@ impl SandboxManager {
             return Err(cause.unwrap_or_else(|| {
                 st.state = SandboxState::Failed;
                 st.error = Some(why.to_owned());
-                ManagerError::CreateFailed { status: Box::new(st) }
+                ManagerError::CreateFailed {
+                    status: Box::new(st),
+                }
             }));
         }
         st.state = SandboxState::Failed;
@@ -208,7 +226,9 @@ impl SandboxManager {
         // Not fsynced: if lost, reconciliation reaches the same verdict (no open hold).
         self.store.update(&st, None, false)?;
         tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, reason = why, "create failed");
-        Err(cause.unwrap_or(ManagerError::CreateFailed { status: Box::new(st) }))
+        Err(cause.unwrap_or(ManagerError::CreateFailed {
+            status: Box::new(st),
+        }))
     }
 }
 
@@ -229,7 +249,9 @@ fn replay(
         });
     }
     if existing.state == SandboxState::Failed {
-        return Err(ManagerError::CreateFailed { status: Box::new(existing) });
+        return Err(ManagerError::CreateFailed {
+            status: Box::new(existing),
+        });
     }
     Ok(existing)
 }
@@ -268,7 +290,9 @@ fn release_trial(health: &HealthTracker, ext_id: &str) {
     let not_called = ExtensionError {
         extension: ext_id.to_owned(),
         function: Function::Create,
-        fault: Fault::Backend(BackendError::Unsupported("not called: the hold was refused".into())),
+        fault: Fault::Backend(BackendError::Unsupported(
+            "not called: the hold was refused".into(),
+        )),
     };
     health.record_failure(ext_id, &not_called);
 }
@@ -278,5 +302,12 @@ fn release_trial(health: &HealthTracker, ext_id: &str) {
 fn new_sandbox_id() -> String {
     let random = uuid::Uuid::new_v4();
     let r = random.as_bytes();
-    format!("sb-{:012x}{:02x}{:02x}{:02x}{:02x}", now_ms() & 0xffff_ffff_ffff, r[0], r[1], r[2], r[3])
+    format!(
+        "sb-{:012x}{:02x}{:02x}{:02x}{:02x}",
+        now_ms() & 0xffff_ffff_ffff,
+        r[0],
+        r[1],
+        r[2],
+        r[3]
+    )
 }

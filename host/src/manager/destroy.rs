@@ -14,6 +14,15 @@ use crate::payments::OutboxEvent;
 use crate::payments::money::{Rounding, from_units, to_units};
 use crate::runtime::types::SandboxContext;
 
+/// What a reaper pass did.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Sandboxes destroyed and settled.
+    pub destroyed: Vec<SandboxStatus>,
+    /// Sandboxes that could not be finished now (they stay tracked), with the reason.
+    pub left: Vec<(String, ManagerError)>,
+}
+
 impl SandboxManager {
     /// Destroys a sandbox and settles its meter. With `tenant`, another tenant's sandbox
     /// is reported as not found.
@@ -25,7 +34,10 @@ impl SandboxManager {
     /// was fixed) and a later call or reconciliation finishes it.
     pub fn destroy(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
         let _stripe = self.stripe(&format!("sandbox\n{id}"));
-        let row = self.store.get(id)?.ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+        let row = self
+            .store
+            .get(id)?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
         if tenant.is_some_and(|t| t != row.status.tenant) {
             return Err(ManagerError::NotFound { id: id.to_owned() });
         }
@@ -53,7 +65,12 @@ impl SandboxManager {
                 // usage window and settles; the other is told it is busy. Not fsynced:
                 // the settlement's fsync covers it; if lost, nothing was charged and
                 // the sandbox is simply still running.
-                if !self.store.transition(&st, SandboxState::Running, row.owner.as_deref(), Some(self.owner.id()))? {
+                if !self.store.transition(
+                    &st,
+                    SandboxState::Running,
+                    row.owner.as_deref(),
+                    Some(self.owner.id()),
+                )? {
                     return Err(self.busy_error(id));
                 }
                 self.finish_destroy(st)
@@ -64,22 +81,80 @@ impl SandboxManager {
                     && owner != me
                     && self.owner.is_alive(owner)
                 {
-                    return Err(ManagerError::Busy { id: st.id, owner: owner.to_owned() });
+                    return Err(ManagerError::Busy {
+                        id: st.id,
+                        owner: owner.to_owned(),
+                    });
                 }
                 let _busy = self.mark_busy(id);
                 if row.owner.as_deref() != Some(me)
-                    && !self.store.transition(&st, SandboxState::Destroying, row.owner.as_deref(), Some(me))?
+                    && !self.store.transition(
+                        &st,
+                        SandboxState::Destroying,
+                        row.owner.as_deref(),
+                        Some(me),
+                    )?
                 {
                     return Err(self.busy_error(id));
                 }
-                self.finish_destroy(st)
+                self.finish_or_release(st)
             }
         }
     }
 
+    /// [`Self::finish_destroy`]; on failure the claim is released so that any process
+    /// (a later call, another process's reconciliation) may retry.
+    pub(super) fn finish_or_release(
+        &self,
+        st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
+        let id = st.id.clone();
+        let out = self.finish_destroy(st);
+        if out.is_err()
+            && let Err(e) = self.store.release(&id, self.owner.id())
+        {
+            tracing::warn!(sandbox_id = %id, error = %e, "could not release the claim");
+        }
+        out
+    }
+
     fn busy_error(&self, id: &str) -> ManagerError {
-        let owner = self.store.get(id).ok().flatten().and_then(|r| r.owner).unwrap_or_else(|| "unknown".into());
-        ManagerError::Busy { id: id.to_owned(), owner }
+        let owner = self
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.owner)
+            .unwrap_or_else(|| "unknown".into());
+        ManagerError::Busy {
+            id: id.to_owned(),
+            owner,
+        }
+    }
+
+    /// Destroys and settles every running sandbox past its maximum duration (the
+    /// reaper's pass; the service calls it on a timer).
+    pub fn reap_overdue(&self) -> Result<Reaped, ManagerError> {
+        let now = now_ms();
+        let (mut done, mut left) = (Vec::new(), Vec::new());
+        for st in self.store.list(None, Some(SandboxState::Running))? {
+            let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
+            let overdue = st
+                .started_at_ms
+                .is_some_and(|t| now >= t.saturating_add(limit_ms));
+            if !overdue {
+                continue;
+            }
+            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
+            match self.destroy(None, &st.id) {
+                Ok(s) => done.push(s),
+                Err(e) => left.push((st.id.clone(), e)),
+            }
+        }
+        Ok(Reaped {
+            destroyed: done,
+            left,
+        })
     }
 
     /// The extension that serves an existing sandbox.
@@ -87,11 +162,17 @@ impl SandboxManager {
         let ext = st.extension_id.clone().unwrap_or_default();
         self.extensions
             .for_sandbox(&ext, st.extension_version.as_deref())
-            .ok_or(ManagerError::ExtensionMissing { id: st.id.clone(), extension: ext })
+            .ok_or(ManagerError::ExtensionMissing {
+                id: st.id.clone(),
+                extension: ext,
+            })
     }
 
     /// From `destroying` to `destroyed`; every step is safe to repeat.
-    pub(super) fn finish_destroy(&self, mut st: SandboxStatus) -> Result<SandboxStatus, ManagerError> {
+    pub(super) fn finish_destroy(
+        &self,
+        mut st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
         let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
         st.destroy_at_ms = Some(destroy_at);
         let reading = match st.reading.clone() {
@@ -106,7 +187,10 @@ impl SandboxManager {
                 };
                 let ext_err = |e: crate::runtime::types::ExtensionError| {
                     self.health.record_failure(backend.id(), &e);
-                    ManagerError::Extension { id: st.id.clone(), error: e }
+                    ManagerError::Extension {
+                        id: st.id.clone(),
+                        error: e,
+                    }
                 };
                 // `destroy` reports the same usage for the same context, so a retry after
                 // a crash here measures the same window.
@@ -119,12 +203,24 @@ impl SandboxManager {
                 reading
             }
         };
-        let bad = |reason: String| ManagerError::BadMeter { id: st.id.clone(), reason };
-        let hold_id = st.hold_id.clone().ok_or_else(|| bad("no hold is recorded for it".into()))?;
-        let held = st.held.clone().ok_or_else(|| bad("no held amount is recorded for it".into()))?;
+        let bad = |reason: String| ManagerError::BadMeter {
+            id: st.id.clone(),
+            reason,
+        };
+        let hold_id = st
+            .hold_id
+            .clone()
+            .ok_or_else(|| bad("no hold is recorded for it".into()))?;
+        let held = st
+            .held
+            .clone()
+            .ok_or_else(|| bad("no held amount is recorded for it".into()))?;
         let total = &reading.cost.total;
         if total.currency != held.currency {
-            return Err(bad(format!("the meter is in {}, the hold in {}", total.currency, held.currency)));
+            return Err(bad(format!(
+                "the meter is in {}, the hold in {}",
+                total.currency, held.currency
+            )));
         }
         let charged = to_units(total.amount, Rounding::Charge).map_err(|e| bad(e.to_string()))?;
         let charged = from_units(charged.units);
@@ -153,7 +249,10 @@ impl SandboxManager {
             &hold_id,
             total,
             &settlement_id,
-            Some(OutboxEvent { id: event.id.clone(), payload: event.payload }),
+            Some(OutboxEvent {
+                id: event.id.clone(),
+                payload: event.payload,
+            }),
         )?;
         st.meter = Some(Meter {
             total: settlement.charged.clone(),
@@ -180,7 +279,9 @@ impl SandboxManager {
             charged = %settlement.charged,
             "sandbox destroyed and settled"
         );
-        if let Err(e) = self.deliver_outbox() {
+        if self.config.deliver_after_settle
+            && let Err(e) = self.deliver_outbox()
+        {
             tracing::warn!(sandbox_id = %st.id, error = %e, "meter event stays in the outbox for a later delivery");
         }
         Ok(st)

@@ -14,7 +14,7 @@ use super::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     /// No profile has this id.
-    #[error("unknown profile {profile:?}: known profiles are {}", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    #[error("no profile {profile:?} (known: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     UnknownProfile {
         /// The id asked for.
         profile: String,
@@ -63,7 +63,9 @@ pub enum ManagerError {
     },
     /// The extension that serves the sandbox is not loaded; the sandbox stays tracked
     /// so a later destroy (or reconciliation) can finish once it is back.
-    #[error("sandbox {id} runs on extension {extension:?}, which is not loaded (its file is gone?); the sandbox is still tracked, retry when the extension is back")]
+    #[error(
+        "sandbox {id} runs on extension {extension:?}, which is not loaded (its file is gone?); the sandbox is still tracked, retry when the extension is back"
+    )]
     ExtensionMissing {
         /// The sandbox.
         id: String,
@@ -89,7 +91,9 @@ pub enum ManagerError {
         reason: String,
     },
     /// The idempotency key was used before for a different request.
-    #[error("idempotency key {key:?} was already used by tenant {tenant:?} for a different create request (sandbox {sandbox_id})")]
+    #[error(
+        "idempotency key {key:?} was already used by tenant {tenant:?} for a different create request (sandbox {sandbox_id})"
+    )]
     IdempotencyConflict {
         /// The tenant.
         tenant: String,
@@ -115,6 +119,9 @@ pub enum ManagerError {
 impl ManagerError {
     /// Whether the caller named something that does not exist (404 for the HTTP API).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, ManagerError::NotFound { .. } | ManagerError::UnknownProfile { .. })
+        matches!(
+            self,
+            ManagerError::NotFound { .. } | ManagerError::UnknownProfile { .. }
+        )
     }
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub use backend::{Backend, Extensions, RouteView};
+pub use destroy::Reaped;
 pub use error::ManagerError;
 pub use lease::{LEASE_REFUSED, LeasePolicy, LeaseReport};
 pub use reconcile::ReconcileReport;
@@ -41,7 +42,8 @@ pub use store::StoreError;
 use crate::events::EventSink;
 use crate::payments::CreditsStore;
 use crate::routing::{
-    HealthTracker, Profile, ProfileSet, RequestOverrides, RouteDecision, RouteError, resolve_extension,
+    HealthTracker, Profile, ProfileSet, RequestOverrides, RouteDecision, RouteError,
+    resolve_extension,
 };
 use crate::runtime::types::SandboxRequest;
 use owner::OwnerLock;
@@ -58,11 +60,20 @@ pub struct ManagerConfig {
     /// Hold credits in leases renewed while a sandbox runs (`None`: hold the whole
     /// maximum duration at create). See [`SandboxManager::keep_leases`].
     pub lease: Option<LeasePolicy>,
+    /// Deliver the outbox right after each settlement (the CLI's behaviour). A service
+    /// may turn it off and call [`SandboxManager::deliver_outbox`] on a timer instead, so
+    /// many settlements share one sink write and one acknowledgement commit.
+    pub deliver_after_settle: bool,
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { event_source: default_event_source(), orphan_hold_grace: Duration::from_secs(60), lease: None }
+        Self {
+            event_source: default_event_source(),
+            orphan_hold_grace: Duration::from_secs(60),
+            deliver_after_settle: true,
+            lease: None,
+        }
     }
 }
 
@@ -71,7 +82,11 @@ pub fn default_event_source() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
         .unwrap_or_else(|| "localhost".to_owned());
     format!("urn:sandboxer:host:{host}")
 }
@@ -124,8 +139,9 @@ impl SandboxManager {
     /// and takes its liveness lock. Call [`SandboxManager::reconcile`] next.
     pub fn open(parts: ManagerParts) -> Result<Self, ManagerError> {
         let store = StatusStore::open(&parts.database)?;
-        let owner = OwnerLock::acquire(&parts.run_dir)
-            .map_err(|e| ManagerError::Setup(format!("cannot lock {}: {e}", parts.run_dir.display())))?;
+        let owner = OwnerLock::acquire(&parts.run_dir).map_err(|e| {
+            ManagerError::Setup(format!("cannot lock {}: {e}", parts.run_dir.display()))
+        })?;
         Ok(Self {
             extensions: parts.extensions,
             profiles: RwLock::new(parts.profiles),
@@ -175,7 +191,10 @@ impl SandboxManager {
     /// One sandbox's status. With `tenant`, another tenant's sandbox is reported as not
     /// found (never reveal that it exists).
     pub fn status(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
-        let row = self.store.get(id)?.ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+        let row = self
+            .store
+            .get(id)?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
         if tenant.is_some_and(|t| t != row.status.tenant) {
             return Err(ManagerError::NotFound { id: id.to_owned() });
         }
@@ -183,7 +202,11 @@ impl SandboxManager {
     }
 
     /// Sandboxes, newest first, optionally of one tenant and in one state.
-    pub fn list(&self, tenant: Option<&str>, state: Option<SandboxState>) -> Result<Vec<SandboxStatus>, ManagerError> {
+    pub fn list(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+    ) -> Result<Vec<SandboxStatus>, ManagerError> {
         Ok(self.store.list(tenant, state)?)
     }
 
@@ -219,7 +242,10 @@ impl SandboxManager {
         profiles.get(id).cloned().ok_or_else(|| {
             let mut known: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
             known.sort();
-            ManagerError::UnknownProfile { profile: id.to_owned(), known }
+            ManagerError::UnknownProfile {
+                profile: id.to_owned(),
+                known,
+            }
         })
     }
 
@@ -233,7 +259,10 @@ impl SandboxManager {
     /// Marks `id` as worked on by this process until the guard drops.
     fn mark_busy(&self, id: &str) -> BusyGuard<'_> {
         self.busy.lock().insert(id.to_owned());
-        BusyGuard { manager: self, id: id.to_owned() }
+        BusyGuard {
+            manager: self,
+            id: id.to_owned(),
+        }
     }
 
     fn is_busy_here(&self, id: &str) -> bool {
@@ -258,5 +287,6 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn ms_to_time(ms: u64) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }

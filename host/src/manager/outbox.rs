@@ -17,8 +17,13 @@ impl SandboxManager {
             if pending.is_empty() {
                 return Ok(delivered);
             }
-            let records: Vec<EventRecord> =
-                pending.into_iter().map(|e| EventRecord { id: e.id, payload: e.payload }).collect();
+            let records: Vec<EventRecord> = pending
+                .into_iter()
+                .map(|e| EventRecord {
+                    id: e.id,
+                    payload: e.payload,
+                })
+                .collect();
             for sink in &self.sinks {
                 sink.deliver(&records)?;
             }

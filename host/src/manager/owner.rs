@@ -24,9 +24,37 @@ impl OwnerLock {
     pub fn acquire(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let id = format!("mgr-{}", uuid::Uuid::now_v7().simple());
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path(dir, &id))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(dir, &id))?;
         file.lock()?;
-        Ok(Self { id, dir: dir.to_owned(), _file: file })
+        let me = Self {
+            id,
+            dir: dir.to_owned(),
+            _file: file,
+        };
+        me.sweep();
+        Ok(me)
+    }
+
+    /// Removes the lock files of instances that died without cleaning up (SIGKILL).
+    fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(other) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("manager-")?.strip_suffix(".lock"))
+            else {
+                continue;
+            };
+            // `is_alive` removes the file of a dead instance.
+            self.is_alive(other);
+        }
     }
 
     /// This instance's id, recorded as the owner of rows it works on.
@@ -84,5 +112,21 @@ mod tests {
         drop(b);
         assert!(!a.is_alive(&b_id));
         assert!(!a.is_alive("mgr-../../etc"));
+    }
+
+    #[test]
+    fn opening_sweeps_the_files_of_dead_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file left by a killed instance: nobody holds its lock.
+        std::fs::write(dir.path().join("manager-mgr-0123abcd.lock"), "").unwrap();
+        let a = OwnerLock::acquire(dir.path()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from(format!("manager-{}.lock", a.id()))]
+        );
     }
 }

@@ -54,8 +54,13 @@ impl SandboxManager {
             }
             let _stripe = self.stripe(&format!("sandbox\n{id}"));
             // Re-read under the lock: a destroy in this process may have finished it.
-            let Some(row) = self.store.get(&id)? else { continue };
-            if !matches!(row.status.state, SandboxState::Creating | SandboxState::Destroying) {
+            let Some(row) = self.store.get(&id)? else {
+                continue;
+            };
+            if !matches!(
+                row.status.state,
+                SandboxState::Creating | SandboxState::Destroying
+            ) {
                 continue;
             }
             let _busy = self.mark_busy(&id);
@@ -63,14 +68,25 @@ impl SandboxManager {
             // same moment gets nothing to do.
             let me = self.owner.id();
             if row.owner.as_deref() != Some(me)
-                && !self.store.transition(&row.status, row.status.state, row.owner.as_deref(), Some(me))?
+                && !self.store.transition(
+                    &row.status,
+                    row.status.state,
+                    row.owner.as_deref(),
+                    Some(me),
+                )?
             {
                 report.busy += 1;
                 continue;
             }
             let outcome = match row.status.state {
-                SandboxState::Creating => self.recover_create(row.status),
-                SandboxState::Destroying => self.finish_destroy(row.status),
+                SandboxState::Creating => {
+                    let out = self.recover_create(row.status);
+                    if out.is_err() {
+                        self.store.release(&id, me)?;
+                    }
+                    out
+                }
+                SandboxState::Destroying => self.finish_or_release(row.status),
                 _ => continue,
             };
             match outcome {
@@ -93,9 +109,13 @@ impl SandboxManager {
         }
         if !report.is_empty() {
             tracing::info!(
-                recovered = report.recovered.len(), rolled_back = report.rolled_back.len(),
-                settled = report.settled.len(), voided_holds = report.voided_holds.len(),
-                delivered_events = report.delivered_events, left = report.left.len(), "reconciled"
+                recovered = report.recovered.len(),
+                rolled_back = report.rolled_back.len(),
+                settled = report.settled.len(),
+                voided_holds = report.voided_holds.len(),
+                delivered_events = report.delivered_events,
+                left = report.left.len(),
+                "reconciled"
             );
         }
         Ok(report)
@@ -108,7 +128,10 @@ impl SandboxManager {
     /// A create whose outcome was not recorded: if credits are still held, ask the
     /// backend whether the sandbox exists; record it running, or release the hold.
     fn recover_create(&self, mut st: SandboxStatus) -> Result<SandboxStatus, ManagerError> {
-        let hold = self.ledger.hold_for_sandbox(&st.id)?.filter(|h| h.state == HoldState::Open);
+        let hold = self
+            .ledger
+            .hold_for_sandbox(&st.id)?
+            .filter(|h| h.state == HoldState::Open);
         let Some(hold) = hold else {
             st.state = SandboxState::Failed;
             st.hold_id = None;
@@ -119,11 +142,18 @@ impl SandboxManager {
             return Ok(st);
         };
         let ext = hold.extension.clone();
-        let version = if st.extension_id.as_deref() == Some(ext.as_str()) { st.extension_version.clone() } else { None };
+        let version = if st.extension_id.as_deref() == Some(ext.as_str()) {
+            st.extension_version.clone()
+        } else {
+            None
+        };
         let backend = self
             .extensions
             .for_sandbox(&ext, version.as_deref())
-            .ok_or_else(|| ManagerError::ExtensionMissing { id: st.id.clone(), extension: ext.clone() })?;
+            .ok_or_else(|| ManagerError::ExtensionMissing {
+                id: st.id.clone(),
+                extension: ext.clone(),
+            })?;
         let started_ms = st
             .attempts
             .iter()
@@ -155,19 +185,27 @@ impl SandboxManager {
                 tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, backend = ?backend_status.state, "reconcile: create recovered");
                 Ok(st)
             }
-            Err(e) if !e.is_retryable() || matches!(e.fault, Fault::Backend(BackendError::NotFound(_))) => {
+            Err(e)
+                if !e.is_retryable()
+                    || matches!(e.fault, Fault::Backend(BackendError::NotFound(_))) =>
+            {
                 self.void_once(&hold.id)?;
                 st.state = SandboxState::Failed;
                 st.hold_id = None;
                 st.held = None;
-                st.error = Some(format!("create interrupted (process died) and the backend has no such sandbox: {e}"));
+                st.error = Some(format!(
+                    "create interrupted (process died) and the backend has no such sandbox: {e}"
+                ));
                 st.updated_at = Utc::now();
                 self.store.update(&st, None, false)?;
                 Ok(st)
             }
             Err(e) => {
                 self.health.record_failure(backend.id(), &e);
-                Err(ManagerError::Extension { id: st.id.clone(), error: e })
+                Err(ManagerError::Extension {
+                    id: st.id.clone(),
+                    error: e,
+                })
             }
         }
     }
@@ -175,7 +213,8 @@ impl SandboxManager {
     /// Releases open holds that no live sandbox needs: holds of unknown sandboxes (after
     /// the grace period), of failed or destroyed ones, and stale holds of live ones.
     fn void_unneeded_holds(&self, report: &mut ReconcileReport) -> Result<(), ManagerError> {
-        let grace = chrono::Duration::from_std(self.config.orphan_hold_grace).unwrap_or(chrono::Duration::zero());
+        let grace = chrono::Duration::from_std(self.config.orphan_hold_grace)
+            .unwrap_or(chrono::Duration::zero());
         for hold in self.ledger.open_holds()? {
             let row = self.store.get(&hold.sandbox_id)?;
             let needed = match &row {

@@ -53,7 +53,10 @@ impl SandboxState {
 
     /// Whether the sandbox occupies a slot of its extension (counts as in use).
     pub fn is_live(self) -> bool {
-        matches!(self, SandboxState::Creating | SandboxState::Running | SandboxState::Destroying)
+        matches!(
+            self,
+            SandboxState::Creating | SandboxState::Running | SandboxState::Destroying
+        )
     }
 
     /// Whether nothing more will happen to it.
@@ -70,13 +73,18 @@ impl fmt::Display for SandboxState {
 
 /// A state name that is not one of the five.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown sandbox state {0:?}: expected one of creating, running, destroying, destroyed, failed")]
+#[error(
+    "unknown sandbox state {0:?}: expected one of creating, running, destroying, destroyed, failed"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for SandboxState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SandboxState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownState(s.to_owned()))
+        SandboxState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
     }
 }
 

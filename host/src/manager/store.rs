@@ -88,7 +88,10 @@ trait At<T> {
 
 impl<T> At<T> for rusqlite::Result<T> {
     fn at(self, path: &Path) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError { path: path.to_owned(), message: e.to_string() })
+        self.map_err(|e| StoreError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -102,41 +105,71 @@ impl StatusStore {
     /// fresh file that already holds tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let err = |message: String| StoreError { path: path.to_owned(), message };
+        let err = |message: String| StoreError {
+            path: path.to_owned(),
+            message,
+        };
         let mut conn = Connection::open_with_flags(path, flags).at(path)?;
         conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).at(path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .at(path)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(err(format!("could not switch the journal to WAL (it is {mode:?})")));
+            return Err(err(format!(
+                "could not switch the journal to WAL (it is {mode:?})"
+            )));
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL;").at(path)?;
-        let ledger_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).at(path)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .at(path)?;
+        let ledger_version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .at(path)?;
         if ledger_version == 0 {
-            return Err(err("not a ledger database yet: open the ledger before the sandbox store".into()));
+            return Err(err(
+                "not a ledger database yet: open the ledger before the sandbox store".into(),
+            ));
         }
         Self::migrate(&mut conn, path)?;
-        Ok(Self { path: path.to_owned(), conn: Mutex::new(conn) })
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
     }
 
     fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(path)?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS manager_schema (version INTEGER NOT NULL) STRICT;")
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
-        let version: Option<i64> =
-            tx.query_row("SELECT version FROM manager_schema", [], |r| r.get(0)).optional().at(path)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS manager_schema (version INTEGER NOT NULL) STRICT;",
+        )
+        .at(path)?;
+        let version: Option<i64> = tx
+            .query_row("SELECT version FROM manager_schema", [], |r| r.get(0))
+            .optional()
+            .at(path)?;
         let version = version.unwrap_or(0);
         let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
         if version > known {
             return Err(StoreError {
                 path: path.to_owned(),
-                message: format!("sandbox schema version {version} is newer than this build understands ({known})"),
+                message: format!(
+                    "sandbox schema version {version} is newer than this build understands ({known})"
+                ),
             });
         }
-        for sql in MIGRATIONS.iter().skip(usize::try_from(version).unwrap_or(0)) {
+        for sql in MIGRATIONS
+            .iter()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
             tx.execute_batch(sql).at(path)?;
         }
         tx.execute("DELETE FROM manager_schema", []).at(path)?;
-        tx.execute("INSERT INTO manager_schema (version) VALUES (?1)", params![known]).at(path)?;
+        tx.execute(
+            "INSERT INTO manager_schema (version) VALUES (?1)",
+            params![known],
+        )
+        .at(path)?;
         tx.commit().at(path)
     }
 
@@ -146,22 +179,34 @@ impl StatusStore {
     }
 
     fn doc(&self, st: &SandboxStatus) -> Result<String, StoreError> {
-        serde_json::to_string(st).map_err(|e| StoreError { path: self.path.clone(), message: e.to_string() })
+        serde_json::to_string(st).map_err(|e| StoreError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
     }
 
     fn parse(&self, doc: &str) -> Result<SandboxStatus, StoreError> {
-        serde_json::from_str(doc)
-            .map_err(|e| StoreError { path: self.path.clone(), message: format!("unreadable sandbox record: {e}") })
+        serde_json::from_str(doc).map_err(|e| StoreError {
+            path: self.path.clone(),
+            message: format!("unreadable sandbox record: {e}"),
+        })
     }
 
     /// Records a new sandbox (the create intent). When the tenant already used the
     /// idempotency key, nothing is written and the existing row is returned with its
     /// request fingerprint.
-    pub fn insert(&self, st: &SandboxStatus, fingerprint: &str, owner: &str) -> Result<Inserted, StoreError> {
+    pub fn insert(
+        &self,
+        st: &SandboxStatus,
+        fingerprint: &str,
+        owner: &str,
+    ) -> Result<Inserted, StoreError> {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(path)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
         if let Some(key) = &st.idempotency_key {
             let prior: Option<(String, String)> = tx
                 .query_row(
@@ -194,7 +239,10 @@ impl StatusStore {
         if let Err(rusqlite::Error::SqliteFailure(e, _)) = &res
             && e.code == ErrorCode::ConstraintViolation
         {
-            return Err(StoreError { path: path.clone(), message: format!("sandbox id {} already exists", st.id) });
+            return Err(StoreError {
+                path: path.clone(),
+                message: format!("sandbox id {} already exists", st.id),
+            });
         }
         res.at(path)?;
         tx.commit().at(path)?;
@@ -204,7 +252,12 @@ impl StatusStore {
     /// Rewrites a sandbox's row. `owner` is the instance still working on it (`None` once
     /// the operation is over). `durable` fsyncs the WAL at commit; leave it off when a
     /// ledger write follows before anyone is answered.
-    pub fn update(&self, st: &SandboxStatus, owner: Option<&str>, durable: bool) -> Result<(), StoreError> {
+    pub fn update(
+        &self,
+        st: &SandboxStatus,
+        owner: Option<&str>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
@@ -212,7 +265,9 @@ impl StatusStore {
             conn.execute_batch("PRAGMA synchronous = FULL").at(path)?;
         }
         let res = (|| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(path)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .at(path)?;
             let n = tx
                 .execute(
                     "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
@@ -221,7 +276,10 @@ impl StatusStore {
                 )
                 .at(path)?;
             if n != 1 {
-                return Err(StoreError { path: path.clone(), message: format!("sandbox {} is not recorded", st.id) });
+                return Err(StoreError {
+                    path: path.clone(),
+                    message: format!("sandbox {} is not recorded", st.id),
+                });
             }
             tx.commit().at(path)
         })();
@@ -244,7 +302,9 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(path)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
         let n = tx
             .execute(
                 "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
@@ -265,12 +325,26 @@ impl StatusStore {
         Ok(n == 1)
     }
 
+    /// Gives up this instance's claim on a row it could not finish (the extension failed
+    /// or is missing), so any process may retry it.
+    pub fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE manager_sandboxes SET owner = NULL WHERE id = ?1 AND owner = ?2",
+            params![id, owner],
+        )
+        .at(path)?;
+        Ok(())
+    }
+
     /// Forgets a sandbox that never reached an extension (its create was refused before
     /// any backend call, e.g. for insufficient credits).
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM manager_sandboxes WHERE id = ?1", params![id]).at(path)?;
+        conn.execute("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
+            .at(path)?;
         Ok(())
     }
 
@@ -285,11 +359,21 @@ impl StatusStore {
             .optional()
             .at(path)?;
         drop(conn);
-        row.map(|(doc, owner)| Ok(Row { status: self.parse(&doc)?, owner })).transpose()
+        row.map(|(doc, owner)| {
+            Ok(Row {
+                status: self.parse(&doc)?,
+                owner,
+            })
+        })
+        .transpose()
     }
 
     /// The sandbox a tenant created with an idempotency key, with its request fingerprint.
-    pub fn by_key(&self, tenant: &str, key: &str) -> Result<Option<(SandboxStatus, String)>, StoreError> {
+    pub fn by_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(SandboxStatus, String)>, StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
         let row: Option<(String, String)> = conn
@@ -305,7 +389,11 @@ impl StatusStore {
     }
 
     /// Sandboxes, newest first, optionally of one tenant and in one state.
-    pub fn list(&self, tenant: Option<&str>, state: Option<SandboxState>) -> Result<Vec<SandboxStatus>, StoreError> {
+    pub fn list(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+    ) -> Result<Vec<SandboxStatus>, StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
         let docs: Vec<String> = conn
@@ -337,7 +425,14 @@ impl StatusStore {
             .collect::<rusqlite::Result<_>>()
             .at(path)?;
         drop(conn);
-        rows.into_iter().map(|(doc, owner)| Ok(Row { status: self.parse(&doc)?, owner })).collect()
+        rows.into_iter()
+            .map(|(doc, owner)| {
+                Ok(Row {
+                    status: self.parse(&doc)?,
+                    owner,
+                })
+            })
+            .collect()
     }
 
     /// Sandboxes occupying a slot (`creating`, `running`, `destroying`) per extension.
@@ -355,6 +450,9 @@ impl StatusStore {
             .at(path)?
             .collect::<rusqlite::Result<_>>()
             .at(path)?;
-        Ok(rows.into_iter().map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect())
     }
 }

@@ -197,8 +197,9 @@ pub struct CandidateReport {
     pub extension_id: String,
     /// Its kind (unknown when not loaded).
     pub kind: Option<Kind>,
-    /// Its estimate for the request, when one was obtained.
-    pub estimate: Option<Cost>,
+    /// Its estimate's total for the request, when one was obtained (the line items are
+    /// in the attempt).
+    pub estimate: Option<Money>,
     /// The estimate per hour (6 places), when one was obtained.
     pub cost_per_hour: Option<Money>,
     /// Latency the router ranks it by.
@@ -245,7 +246,7 @@ pub enum RouteError {
     ExplicitUnavailable {
         profile: String,
         target: String,
-        reason: DropReason,
+        reason: Box<DropReason>,
         candidates: Vec<CandidateReport>,
     },
 }
@@ -277,6 +278,8 @@ struct Survivor {
     kind: Kind,
     cost: Decimal,
     latency_ms: f64,
+    /// Moved into the attempt (the report keeps only the total): one copy, not two.
+    estimate: Cost,
 }
 
 /// Routes `req` (built from `profile`): lists the candidates of its route spec, drops
@@ -364,7 +367,7 @@ pub fn resolve_extension(
             Some(CandidateReport {
                 outcome: Outcome::Dropped { reason },
                 ..
-            }) => Some((target.clone(), reason.clone())),
+            }) => Some((target.clone(), Box::new(reason.clone()))),
             _ => None,
         },
         _ => None,
@@ -372,33 +375,34 @@ pub fn resolve_extension(
 
     let limit = spec.attempt_limit();
     let mut attempts = Vec::with_capacity(limit.min(survivors.len()));
-    for (rank, s) in survivors.iter().enumerate() {
+    let order: Vec<usize> = survivors.iter().map(|s| s.index).collect();
+    for (rank, s) in survivors.into_iter().enumerate() {
         let attempted = rank < limit;
         let report = &mut reports[s.index];
         report.outcome = Outcome::Ordered {
             rank: rank as u32 + 1,
             attempted,
         };
-        if attempted
-            && let (Some(estimate), Some(cost_per_hour)) = (&report.estimate, &report.cost_per_hour)
-        {
+        if attempted && let Some(cost_per_hour) = &report.cost_per_hour {
             attempts.push(Attempt {
                 extension_id: report.extension_id.clone(),
                 kind: s.kind,
-                estimate: estimate.clone(),
+                estimate: s.estimate,
                 cost_per_hour: cost_per_hour.clone(),
             });
         }
     }
     // Ordered candidates by rank, then the dropped ones in listed order.
-    let order: Vec<usize> = survivors.iter().map(|s| s.index).collect();
     let mut sorted: Vec<Option<CandidateReport>> = reports.into_iter().map(Some).collect();
     let mut candidates: Vec<CandidateReport> =
         order.iter().filter_map(|&i| sorted[i].take()).collect();
     candidates.extend(sorted.into_iter().flatten());
 
+    // Its own error only when the target was the sole candidate; with fallbacks listed
+    // (and all dropped too) the general error lists every reason.
     if let Some((target, reason)) = explicit_target_dropped
         && attempts.is_empty()
+        && candidates.len() == 1
     {
         tracing::info!(profile = %profile.id, tenant = %req.tenant, target = %target, %reason, "explicit target cannot serve");
         return Err(RouteError::ExplicitUnavailable {
@@ -557,7 +561,7 @@ fn assess(
         amount: cost_per_hour.round_dp(6).normalize(),
         currency: estimate.total.currency.clone(),
     });
-    report.estimate = Some(estimate);
+    report.estimate = Some(estimate.total.clone());
     if let Some(cap) = profile.route.max_cost_per_hour {
         // Exact comparison: total × 3600 > cap × duration, no division.
         let over = match (total.checked_mul(hour), cap.checked_mul(duration)) {
@@ -581,6 +585,7 @@ fn assess(
             kind,
             cost: total,
             latency_ms,
+            estimate,
         }),
     )
 }

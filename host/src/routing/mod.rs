@@ -4,6 +4,7 @@
 
 pub mod decision;
 pub mod health;
+pub mod loaded;
 pub mod profile;
 pub mod view;
 

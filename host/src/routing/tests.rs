@@ -325,6 +325,18 @@ fn explicit_to_a_missing_extension_is_a_clear_error() {
         msg.contains("\"nope\"") && msg.contains("not loaded"),
         "{msg}"
     );
+    // With listed fallbacks that cannot serve either, the general error lists them all.
+    let err = route(
+        &profile("strategy = \"explicit\"\nexplicit = \"nope\"\ncandidates = [\"ghost\"]"),
+        &three(),
+        &h,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RouteError::NoCandidate { .. }), "{err}");
+    assert!(
+        err.to_string().contains("nope dropped: not loaded")
+            && err.to_string().contains("ghost dropped")
+    );
     // With a listed fallback the fallback serves.
     let d = route(
         &profile("strategy = \"explicit\"\nexplicit = \"nope\"\ncandidates = [\"pool\"]"),
