@@ -36,6 +36,9 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     if let Some(src) = &cfg.events.source {
         options.manager.event_source = src.clone();
     }
+    // Events are delivered by the service's delivery loop, not inside each destroy: many
+    // settlements share one sink write, and a request never waits on a sink.
+    options.manager.deliver_after_settle = false;
     options.manager.lease = Some(manager::LeasePolicy {
         chunk: cfg.leases.chunk,
         renew_before: cfg.leases.renew_before,
@@ -510,38 +513,25 @@ impl Maintenance for HostBackend {
 impl HostBackend {
     /// Destroys and settles every running sandbox past its maximum duration.
     fn reap(&self) {
-        let running = match self.manager().list(None, Some(SandboxState::Running)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "reaper cannot list sandboxes");
-                return;
-            }
-        };
-        let now = manager_now_ms();
-        for st in running {
-            let Some(start) = st.started_at_ms else {
-                continue;
-            };
-            let deadline = start.saturating_add(st.request.max_duration_secs.saturating_mul(1000));
-            if now < deadline {
-                continue;
-            }
-            match self.manager().destroy(None, &st.id) {
-                Ok(after) => {
-                    record_settlement(&st, &after);
+        match self.manager().reap_overdue() {
+            Ok(r) => {
+                for st in &r.destroyed {
                     metrics::reaped("max_duration");
+                    if let Some(m) = &st.meter {
+                        metrics::settlement(
+                            m.total.currency.as_str(),
+                            m.total.amount.to_f64().unwrap_or(0.0),
+                        );
+                    }
                     tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""), "sandbox reached its maximum duration: destroyed and settled");
                 }
-                Err(e) => {
-                    tracing::warn!(sandbox_id = %st.id, tenant = %st.tenant, error = %e, "reaper could not destroy a sandbox past its maximum duration; will retry")
+                for (id, e) in &r.left {
+                    tracing::warn!(sandbox_id = %id, error = %e, "reaper could not destroy a sandbox past its maximum duration; will retry");
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
         }
     }
-}
-
-fn manager_now_ms() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 /// A loaded extension whose every call is timed and counted for `/metrics`.

@@ -207,7 +207,7 @@ impl Default for ServiceConfig {
             events: EventsConfig {
                 source: None,
                 http: Vec::new(),
-                deliver_interval: Duration::from_secs(1),
+                deliver_interval: Duration::from_millis(250),
                 max_backoff: Duration::from_secs(30),
             },
             reload: true,
