@@ -4,9 +4,15 @@
 //! Data flows one way: surfaces (`cli`, `api`) → `manager` → `routing` / `payments` /
 //! `runtime` → extensions.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod host;
+pub mod manager;
 pub mod money;
+pub mod payments;
+pub mod routing;
 pub mod runtime;
+pub mod service;
 pub mod telemetry;

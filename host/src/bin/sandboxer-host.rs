@@ -1,1 +1,101 @@
-fn main() {}
+//! `sandboxer-host`: serves the sandboxer HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use sandboxer_host::cli::DirArgs;
+use sandboxer_host::service::logging::{self, LogFormat};
+use sandboxer_host::service::{self, RunOptions};
+
+/// The sandboxer host: routes code-sandbox requests between WebAssembly backend
+/// extensions and bills them on prepaid credits, over an HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "sandboxer-host", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    dirs: DirArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API until SIGINT/SIGTERM.
+    ///
+    /// With no --config, serves the extensions and profiles folders on 127.0.0.1:7733
+    /// with a tenant "local" and an admin, whose tokens are generated into
+    /// <state-dir>/tokens/ (owner-only) and whose paths are printed at start.
+    /// See docs/api.md for the endpoints.
+    #[command(
+        after_help = "Examples:\n  sandboxer-host run\n  sandboxer-host run --config /etc/sandboxer/sandboxer.toml --log-format json\n  SANDBOXER_LISTEN=0.0.0.0:7733 sandboxer-host run --config sandboxer.toml"
+    )]
+    Run {
+        /// Configuration file (tenants and tokens, admin token, leases, event sinks…).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7733, or the config's `listen`].
+        #[arg(long, env = "SANDBOXER_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
+        listen: Option<SocketAddr>,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SANDBOXER_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    service::config::parse_listen(s)
+}
+
+fn explicit(m: &ArgMatches, id: &str) -> bool {
+    let given = |m: &ArgMatches| {
+        matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    given(m) || m.subcommand().is_some_and(|(_, sub)| given(sub))
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let Command::Run {
+        config,
+        listen,
+        log_format,
+    } = cli.command;
+    logging::init(log_format);
+    let opts = RunOptions {
+        config,
+        listen,
+        dirs: cli.dirs.settings(),
+        dirs_explicit: [
+            explicit(&matches, "extensions_dir"),
+            explicit(&matches, "profiles_dir"),
+            explicit(&matches, "state_dir"),
+        ],
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sandboxer-host: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(service::run(opts, sandboxer_host::api::host_backend::open)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandboxer-host: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -11,6 +11,8 @@ use crate::config::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_
 pub mod credits;
 pub mod extensions;
 pub mod output;
+pub mod sandbox;
+pub mod route;
 
 /// Folders shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -62,6 +64,12 @@ pub enum Command {
     /// Show, add and verify tenants' prepaid credits.
     #[command(subcommand)]
     Credits(credits::CreditsCommand),
+    /// Create, inspect, list and destroy sandboxes.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// Explain how a profile is routed: every candidate, its estimate, health and fate.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
 }
 
 /// Runs a parsed command line; errors are printed by the binary.
@@ -70,5 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Extensions(cmd) => extensions::run(cmd, &settings, cli.json),
         Command::Credits(cmd) => credits::run(cmd, &settings, cli.json),
+        Command::Sandbox(cmd) => sandbox::run(cmd, &settings, cli.json),
+        Command::Route(cmd) => route::run(cmd, &settings, cli.json),
     }
 }

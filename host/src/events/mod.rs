@@ -4,10 +4,14 @@
 //! consumer sees each settlement once.
 
 mod cloudevent;
+mod http;
 mod jsonl;
+mod relay;
 
 pub use cloudevent::{METER_EVENT_TYPE, MeterEventData, meter_event};
+pub use http::{BATCH_CONTENT_TYPE, HttpSink, HttpSinkOptions};
 pub use jsonl::JsonlSink;
+pub use relay::{LogRelay, cursor_path};
 
 /// One event ready for delivery: its CloudEvents id and its JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,139 @@
+//! The one error shape of the HTTP API: `{"error": {"code", "message", …details}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+/// An error answer: status, a stable machine-readable code, a human message, and
+/// details merged into the `error` object (`field`, `need`/`available`, `candidates`).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, e.g. `insufficient_credits`.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Extra keys of the `error` object.
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    /// Adds a detail key.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// 400, naming the offending field when known.
+    pub fn bad_request(field: Option<&str>, message: impl Into<String>) -> Self {
+        let e = Self::new(StatusCode::BAD_REQUEST, "bad_request", message);
+        match field {
+            Some(f) if !f.is_empty() && f != "." => e.with("field", f),
+            _ => e,
+        }
+    }
+
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: authenticated, but this token may not do that.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 (also for another tenant's sandbox: its existence is not revealed).
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id:?} not found"),
+        )
+        .with("id", id)
+    }
+
+    /// 402.
+    pub fn insufficient_credits(message: impl Into<String>, need: Value, available: Value) -> Self {
+        Self::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            message,
+        )
+        .with("need", need)
+        .with("available", available)
+    }
+
+    /// 409.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 503 with the route explanation.
+    pub fn no_backend(message: impl Into<String>, candidates: Value) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_backend_available",
+            message,
+        )
+        .with("candidates", candidates)
+    }
+
+    /// 500: the message is logged in full and answered generically (it may carry paths).
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %message, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the host's log",
+        )
+    }
+
+    /// The body as a JSON value.
+    pub fn body(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("code".into(), Value::from(self.code));
+        obj.insert("message".into(), Value::from(self.message.clone()));
+        for (k, v) in &self.details {
+            obj.insert(k.clone(), v.clone());
+        }
+        json!({ "error": Value::Object(obj) })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"sandboxer\""),
+            );
+        }
+        resp
+    }
+}

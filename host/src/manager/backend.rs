@@ -1,0 +1,196 @@
+//! The manager's view of extensions: the calls it sequences, and a registry of loaded
+//! extensions by id and by version, which routing sees through [`ExtensionView`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::routing::ExtensionView;
+use crate::runtime::types::{
+    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, SandboxContext,
+    SandboxRequest, Usage,
+};
+
+/// One loaded extension, as the manager calls it. Implemented for the runtime's
+/// extensions (`runtime::Extension`); a trait so the manager's sequencing does not depend
+/// on how calls are executed.
+pub trait Backend: Send + Sync {
+    /// The extension id.
+    fn id(&self) -> &str;
+    /// The sha256 (hex) of its component: which version created a sandbox.
+    fn version_hash(&self) -> &str;
+    /// Its effective info.
+    fn info(&self) -> &ExtensionInfo;
+    /// `estimate-cost`.
+    fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError>;
+    /// `create`.
+    fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError>;
+    /// `status`.
+    fn status(&self, ctx: &SandboxContext) -> Result<BackendStatus, ExtensionError>;
+    /// `destroy`.
+    fn destroy(&self, ctx: &SandboxContext) -> Result<Usage, ExtensionError>;
+    /// `meter-actual`.
+    fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError>;
+    /// `capacity`.
+    fn capacity(&self) -> Result<Capacity, ExtensionError>;
+}
+
+#[derive(Default)]
+struct Inner {
+    current: BTreeMap<String, Arc<dyn Backend>>,
+    // Every version ever loaded in this process, so a sandbox created on a version that
+    // was since replaced is destroyed and metered by that version.
+    by_version: HashMap<(String, String), Arc<dyn Backend>>,
+}
+
+/// The loaded extensions; cheap to share, safe to swap while serving (hot reload).
+#[derive(Default)]
+pub struct Extensions {
+    inner: RwLock<Inner>,
+}
+
+impl Extensions {
+    /// A registry holding `loaded`.
+    pub fn new(loaded: impl IntoIterator<Item = Arc<dyn Backend>>) -> Self {
+        let reg = Self::default();
+        reg.replace_all(loaded);
+        reg
+    }
+
+    /// Makes `loaded` the current set (ids not in it are no longer routed to); earlier
+    /// versions stay reachable by version for sandboxes created on them.
+    pub fn replace_all(&self, loaded: impl IntoIterator<Item = Arc<dyn Backend>>) {
+        let mut inner = self.inner.write();
+        inner.current.clear();
+        for b in loaded {
+            inner
+                .by_version
+                .insert((b.id().to_owned(), b.version_hash().to_owned()), b.clone());
+            inner.current.insert(b.id().to_owned(), b);
+        }
+    }
+
+    /// Adds or replaces one extension.
+    pub fn upsert(&self, backend: Arc<dyn Backend>) {
+        let mut inner = self.inner.write();
+        inner.by_version.insert(
+            (backend.id().to_owned(), backend.version_hash().to_owned()),
+            backend.clone(),
+        );
+        inner.current.insert(backend.id().to_owned(), backend);
+    }
+
+    /// Stops routing to `id` (its versions stay reachable for existing sandboxes).
+    pub fn remove(&self, id: &str) {
+        self.inner.write().current.remove(id);
+    }
+
+    /// The current version of `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<dyn Backend>> {
+        self.inner.read().current.get(id).cloned()
+    }
+
+    /// The extension that should serve an existing sandbox: the exact version that
+    /// created it if this process has it, else the current version of the same id.
+    pub fn for_sandbox(&self, id: &str, version: Option<&str>) -> Option<Arc<dyn Backend>> {
+        let inner = self.inner.read();
+        if let Some(v) = version
+            && let Some(b) = inner.by_version.get(&(id.to_owned(), v.to_owned()))
+        {
+            return Some(b.clone());
+        }
+        inner.current.get(id).cloned()
+    }
+
+    /// Ids currently routed to.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.read().current.keys().cloned().collect()
+    }
+
+    /// A snapshot for one routing decision, with the sandboxes in use per extension.
+    pub fn view(&self, in_use: HashMap<String, u32>) -> RouteView {
+        RouteView {
+            current: self.inner.read().current.clone(),
+            in_use,
+        }
+    }
+}
+
+/// What routing sees of the loaded extensions for one decision: a snapshot of the
+/// registry plus the manager's in-use counts (durable, so every process agrees).
+pub struct RouteView {
+    current: BTreeMap<String, Arc<dyn Backend>>,
+    in_use: HashMap<String, u32>,
+}
+
+impl ExtensionView for RouteView {
+    fn extension_ids(&self) -> Vec<String> {
+        self.current.keys().cloned().collect()
+    }
+
+    fn info(&self, id: &str) -> Option<&ExtensionInfo> {
+        self.current.get(id).map(|b| b.info())
+    }
+
+    fn estimate_cost(&self, id: &str, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
+        match self.current.get(id) {
+            Some(b) => b.estimate_cost(req),
+            None => Err(not_loaded(
+                id,
+                crate::runtime::types::Function::EstimateCost,
+            )),
+        }
+    }
+
+    fn capacity(&self, id: &str) -> Result<Capacity, ExtensionError> {
+        match self.current.get(id) {
+            Some(b) => b.capacity(),
+            None => Err(not_loaded(id, crate::runtime::types::Function::Capacity)),
+        }
+    }
+
+    fn in_use(&self, id: &str) -> u32 {
+        self.in_use.get(id).copied().unwrap_or(0)
+    }
+}
+
+fn not_loaded(id: &str, function: crate::runtime::types::Function) -> ExtensionError {
+    use crate::runtime::types::{BackendError, Fault};
+    ExtensionError {
+        extension: id.to_owned(),
+        function,
+        fault: Fault::Backend(BackendError::Unavailable("not loaded".into())),
+    }
+}
+
+/// The runtime's extensions, called directly.
+impl Backend for crate::runtime::Extension {
+    fn id(&self) -> &str {
+        crate::runtime::Extension::id(self)
+    }
+    fn version_hash(&self) -> &str {
+        crate::runtime::Extension::version_hash(self)
+    }
+    fn info(&self) -> &ExtensionInfo {
+        crate::runtime::Extension::info(self)
+    }
+    fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
+        crate::runtime::Extension::estimate_cost(self, req)
+    }
+    fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError> {
+        crate::runtime::Extension::create(self, req)
+    }
+    fn status(&self, ctx: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
+        crate::runtime::Extension::status(self, ctx)
+    }
+    fn destroy(&self, ctx: &SandboxContext) -> Result<Usage, ExtensionError> {
+        crate::runtime::Extension::destroy(self, ctx)
+    }
+    fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
+        crate::runtime::Extension::meter_actual(self, req, usage)
+    }
+    fn capacity(&self) -> Result<Capacity, ExtensionError> {
+        crate::runtime::Extension::capacity(self)
+    }
+}

@@ -1,0 +1,289 @@
+//! `destroy`: fix the usage window, ask the extension that created the sandbox, meter,
+//! settle with the meter event, record.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+
+use super::backend::Backend;
+use super::status::{Meter, Reading, SandboxState, SandboxStatus};
+use super::{ManagerError, SandboxManager, ms_to_time, now_ms};
+use crate::events::{MeterEventData, meter_event};
+use crate::payments::OutboxEvent;
+use crate::payments::money::{Rounding, from_units, to_units};
+use crate::runtime::types::SandboxContext;
+
+/// What a reaper pass did.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Sandboxes destroyed and settled.
+    pub destroyed: Vec<SandboxStatus>,
+    /// Sandboxes that could not be finished now (they stay tracked), with the reason.
+    pub left: Vec<(String, ManagerError)>,
+}
+
+impl SandboxManager {
+    /// Destroys a sandbox and settles its meter. With `tenant`, another tenant's sandbox
+    /// is reported as not found.
+    ///
+    /// Calls the extension recorded in the status (the version that created it when this
+    /// process still has it), never re-routes. Idempotent: destroying a destroyed sandbox
+    /// returns its settled status and charges nothing. When the extension is missing or
+    /// fails, the sandbox stays tracked (`running`, or `destroying` once its usage window
+    /// was fixed) and a later call or reconciliation finishes it.
+    pub fn destroy(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
+        let _stripe = self.stripe(&format!("sandbox\n{id}"));
+        let row = self
+            .store
+            .get(id)?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+        if tenant.is_some_and(|t| t != row.status.tenant) {
+            return Err(ManagerError::NotFound { id: id.to_owned() });
+        }
+        let mut st = row.status;
+        match st.state {
+            SandboxState::Destroyed => Ok(st),
+            SandboxState::Failed => Err(ManagerError::WrongState {
+                id: st.id,
+                state: SandboxState::Failed,
+                hint: "it was never created; there is nothing to destroy or charge",
+            }),
+            SandboxState::Creating => Err(ManagerError::WrongState {
+                id: st.id,
+                state: SandboxState::Creating,
+                hint: "it is still being created; try again shortly",
+            }),
+            SandboxState::Running => {
+                let _busy = self.mark_busy(id);
+                // Checked before anything changes: a missing extension leaves it running.
+                self.backend_for(&st)?;
+                st.state = SandboxState::Destroying;
+                st.destroy_at_ms = Some(now_ms());
+                st.updated_at = Utc::now();
+                // Compare-and-set: of two processes destroying at once, one fixes the
+                // usage window and settles; the other is told it is busy. Not fsynced:
+                // the settlement's fsync covers it; if lost, nothing was charged and
+                // the sandbox is simply still running.
+                if !self.store.transition(
+                    &st,
+                    SandboxState::Running,
+                    row.owner.as_deref(),
+                    Some(self.owner.id()),
+                )? {
+                    return Err(self.busy_error(id));
+                }
+                self.finish_destroy(st)
+            }
+            SandboxState::Destroying => {
+                let me = self.owner.id();
+                if let Some(owner) = row.owner.as_deref()
+                    && owner != me
+                    && self.owner.is_alive(owner)
+                {
+                    return Err(ManagerError::Busy {
+                        id: st.id,
+                        owner: owner.to_owned(),
+                    });
+                }
+                let _busy = self.mark_busy(id);
+                if row.owner.as_deref() != Some(me)
+                    && !self.store.transition(
+                        &st,
+                        SandboxState::Destroying,
+                        row.owner.as_deref(),
+                        Some(me),
+                    )?
+                {
+                    return Err(self.busy_error(id));
+                }
+                self.finish_or_release(st)
+            }
+        }
+    }
+
+    /// [`Self::finish_destroy`]; on failure the claim is released so that any process
+    /// (a later call, another process's reconciliation) may retry.
+    pub(super) fn finish_or_release(
+        &self,
+        st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
+        let id = st.id.clone();
+        let out = self.finish_destroy(st);
+        if out.is_err()
+            && let Err(e) = self.store.release(&id, self.owner.id())
+        {
+            tracing::warn!(sandbox_id = %id, error = %e, "could not release the claim");
+        }
+        out
+    }
+
+    fn busy_error(&self, id: &str) -> ManagerError {
+        let owner = self
+            .store
+            .get(id)
+            .ok()
+            .flatten()
+            .and_then(|r| r.owner)
+            .unwrap_or_else(|| "unknown".into());
+        ManagerError::Busy {
+            id: id.to_owned(),
+            owner,
+        }
+    }
+
+    /// Destroys and settles every running sandbox past its maximum duration (the
+    /// reaper's pass; the service calls it on a timer).
+    pub fn reap_overdue(&self) -> Result<Reaped, ManagerError> {
+        let now = now_ms();
+        let (mut done, mut left) = (Vec::new(), Vec::new());
+        for st in self.store.list(None, Some(SandboxState::Running))? {
+            let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
+            let overdue = st
+                .started_at_ms
+                .is_some_and(|t| now >= t.saturating_add(limit_ms));
+            if !overdue {
+                continue;
+            }
+            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
+            match self.destroy(None, &st.id) {
+                Ok(s) => done.push(s),
+                Err(e) => left.push((st.id.clone(), e)),
+            }
+        }
+        Ok(Reaped {
+            destroyed: done,
+            left,
+        })
+    }
+
+    /// The extension that serves an existing sandbox.
+    pub(super) fn backend_for(&self, st: &SandboxStatus) -> Result<Arc<dyn Backend>, ManagerError> {
+        let ext = st.extension_id.clone().unwrap_or_default();
+        self.extensions
+            .for_sandbox(&ext, st.extension_version.as_deref())
+            .ok_or(ManagerError::ExtensionMissing {
+                id: st.id.clone(),
+                extension: ext,
+            })
+    }
+
+    /// From `destroying` to `destroyed`; every step is safe to repeat.
+    pub(super) fn finish_destroy(
+        &self,
+        mut st: SandboxStatus,
+    ) -> Result<SandboxStatus, ManagerError> {
+        let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
+        st.destroy_at_ms = Some(destroy_at);
+        let reading = match st.reading.clone() {
+            Some(r) => r,
+            None => {
+                let backend = self.backend_for(&st)?;
+                let ctx = SandboxContext {
+                    request: st.request.clone(),
+                    handle: st.handle.clone().unwrap_or_default(),
+                    created_at_ms: st.started_at_ms.unwrap_or(destroy_at),
+                    now_ms: destroy_at,
+                };
+                let ext_err = |e: crate::runtime::types::ExtensionError| {
+                    self.health.record_failure(backend.id(), &e);
+                    ManagerError::Extension {
+                        id: st.id.clone(),
+                        error: e,
+                    }
+                };
+                // `destroy` reports the same usage for the same context, so a retry after
+                // a crash here measures the same window.
+                let usage = backend.destroy(&ctx).map_err(ext_err)?;
+                let cost = backend.meter_actual(&st.request, &usage).map_err(ext_err)?;
+                let reading = Reading { usage, cost };
+                st.reading = Some(reading.clone());
+                st.updated_at = Utc::now();
+                self.store.update(&st, Some(self.owner.id()), false)?;
+                reading
+            }
+        };
+        let bad = |reason: String| ManagerError::BadMeter {
+            id: st.id.clone(),
+            reason,
+        };
+        let hold_id = st
+            .hold_id
+            .clone()
+            .ok_or_else(|| bad("no hold is recorded for it".into()))?;
+        let held = st
+            .held
+            .clone()
+            .ok_or_else(|| bad("no held amount is recorded for it".into()))?;
+        let total = &reading.cost.total;
+        if total.currency != held.currency {
+            return Err(bad(format!(
+                "the meter is in {}, the hold in {}",
+                total.currency, held.currency
+            )));
+        }
+        let charged = to_units(total.amount, Rounding::Charge).map_err(|e| bad(e.to_string()))?;
+        let charged = from_units(charged.units);
+        let released = (held.amount - charged).max(Decimal::ZERO);
+        let settlement_id = format!("settle-{}", st.id);
+        let data = MeterEventData {
+            sandbox_id: st.id.clone(),
+            tenant: st.tenant.clone(),
+            profile: st.profile.clone(),
+            extension_id: st.extension_id.clone().unwrap_or_default(),
+            extension_version: st.extension_version.clone().unwrap_or_default(),
+            duration_ms: reading.usage.duration_ms,
+            usage: reading.usage.measures.clone(),
+            line_items: reading.cost.line_items.clone(),
+            currency: total.currency.to_string(),
+            amount_exact: total.amount.normalize().to_string(),
+            amount_charged: charged.normalize().to_string(),
+            amount_held: held.amount.normalize().to_string(),
+            amount_released: released.normalize().to_string(),
+            settlement_id: settlement_id.clone(),
+        };
+        // Timestamped with the destroy decision, not "now": a retried settlement carries
+        // the very same event.
+        let event = meter_event(&self.config.event_source, &data, ms_to_time(destroy_at))?;
+        let settlement = self.ledger.settle(
+            &hold_id,
+            total,
+            &settlement_id,
+            Some(OutboxEvent {
+                id: event.id.clone(),
+                payload: event.payload,
+            }),
+        )?;
+        st.meter = Some(Meter {
+            total: settlement.charged.clone(),
+            exact: total.amount,
+            line_items: reading.cost.line_items.clone(),
+            usage: reading.usage.clone(),
+            held: settlement.held.clone(),
+            released: settlement.released.clone(),
+            written_off: settlement.written_off.clone(),
+            debt: settlement.debt.clone(),
+            settlement_id,
+            transfer_id: settlement.transfer_id.clone(),
+            event_id: settlement.event_id.clone().unwrap_or(event.id),
+            settled_at: Utc::now(),
+        });
+        st.state = SandboxState::Destroyed;
+        st.error = None;
+        st.updated_at = Utc::now();
+        // Not fsynced: the settlement is durable, and re-running this function after a
+        // lost write replays it (same key) to the same figures.
+        self.store.update(&st, None, false)?;
+        tracing::info!(
+            sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""),
+            charged = %settlement.charged,
+            "sandbox destroyed and settled"
+        );
+        if self.config.deliver_after_settle
+            && let Err(e) = self.deliver_outbox()
+        {
+            tracing::warn!(sandbox_id = %st.id, error = %e, "meter event stays in the outbox for a later delivery");
+        }
+        Ok(st)
+    }
+}

@@ -1,0 +1,311 @@
+//! Credit leases: a long sandbox does not hold its whole maximum duration of credits. It
+//! holds one chunk (say 15 minutes) at create, and the lease keeper grows the hold a chunk
+//! at a time while it runs. When a renewal cannot be covered, the status says so and the
+//! sandbox is destroyed and settled once its paid time plus a grace period is over.
+//!
+//! A renewal replaces the sandbox's hold, never adds a second one, so destroy still
+//! settles exactly one hold and reconciliation's rule ("an open hold of a live sandbox
+//! that is not its recorded hold is stale") stays right:
+//!
+//! 1. hold the estimate for the longer coverage (a new hold, fresh key),
+//! 2. record it as the sandbox's hold (compare-and-set on `running`; on a lost race the new
+//!    hold is voided at once),
+//! 3. void the previous hold.
+//!
+//! A crash after 1 leaves the new hold stale (voided by reconciliation); after 2, the old
+//! one (same). Both writes of 2 and 3 share the ledger's WAL, so 3's fsync makes 2
+//! durable. Between 1 and 3 both holds are open: a renewal needs the new total available,
+//! not only the increment (conservative: it may end a sandbox a little early for a tenant
+//! on its last credits, never run one unbilled).
+//!
+//! How far each sandbox is covered, and since when a renewal was refused, is kept in a
+//! small table of its own (`manager_leases`) beside the statuses.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::status::{SandboxState, SandboxStatus};
+use super::{ManagerError, SandboxManager, now_ms};
+use crate::money::Money;
+use crate::payments::LedgerError;
+use crate::runtime::types::SandboxRequest;
+
+use super::backend::Backend;
+
+/// Lease settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    /// Running time one lease covers.
+    pub chunk: Duration,
+    /// Renew this long before the covered time runs out.
+    pub renew_before: Duration,
+    /// How long a sandbox whose renewal was refused keeps running past its paid time.
+    pub grace: Duration,
+}
+
+/// What one pass of the lease keeper did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// Sandboxes whose hold now covers more time.
+    pub renewed: Vec<String>,
+    /// Sandboxes whose renewal the tenant's credits could not cover (this pass).
+    pub refused: Vec<String>,
+    /// Sandboxes destroyed and settled because their grace period ended.
+    pub ended: Vec<String>,
+    /// Sandboxes the keeper could not handle this pass, with the reason.
+    pub errors: Vec<(String, String)>,
+}
+
+struct LeaseRow {
+    covered_secs: u64,
+    unpaid_since_ms: Option<u64>,
+}
+
+impl SandboxManager {
+    /// What `create` holds for a new sandbox: the estimate for its first lease when
+    /// leases are on and shorter than its maximum duration, else the whole estimate.
+    pub(super) fn first_hold(
+        &self,
+        backend: &dyn Backend,
+        request: &SandboxRequest,
+        full: &Money,
+    ) -> Money {
+        let Some(policy) = self.config.lease else {
+            return full.clone();
+        };
+        let chunk = policy.chunk.as_secs().max(1);
+        if chunk >= request.max_duration_secs {
+            return full.clone();
+        }
+        let mut first = request.clone();
+        first.max_duration_secs = chunk;
+        match backend.estimate_cost(&first) {
+            Ok(c) if c.total.currency == full.currency && c.total.amount <= full.amount => c.total,
+            // Holding the whole estimate is always safe.
+            _ => full.clone(),
+        }
+    }
+
+    /// One pass of the lease keeper over the running sandboxes (see the module docs).
+    pub fn keep_leases(&self) -> LeaseReport {
+        let mut report = LeaseReport::default();
+        let Some(policy) = self.config.lease else {
+            return report;
+        };
+        let conn = match self.lease_db() {
+            Ok(c) => c,
+            Err(e) => {
+                report.errors.push((String::new(), e.to_string()));
+                return report;
+            }
+        };
+        let running = match self.store.list(None, Some(SandboxState::Running)) {
+            Ok(l) => l,
+            Err(e) => {
+                report.errors.push((String::new(), e.to_string()));
+                return report;
+            }
+        };
+        for st in running {
+            if let Err(e) = self.keep_lease(&conn, &policy, &st, &mut report) {
+                report.errors.push((st.id.clone(), e.to_string()));
+            }
+        }
+        // Forget finished sandboxes.
+        let _ = conn.execute(
+            "DELETE FROM manager_leases WHERE sandbox_id NOT IN (SELECT id FROM manager_sandboxes WHERE state = 'running')",
+            [],
+        );
+        report
+    }
+
+    fn keep_lease(
+        &self,
+        conn: &Connection,
+        policy: &LeasePolicy,
+        st: &SandboxStatus,
+        report: &mut LeaseReport,
+    ) -> Result<(), ManagerError> {
+        let Some(start) = st.started_at_ms else {
+            return Ok(());
+        };
+        let max = st.request.max_duration_secs;
+        let chunk = policy.chunk.as_secs().max(1);
+        if chunk >= max {
+            return Ok(());
+        }
+        let row = read_row(conn, &st.id).map_err(|e| self.db_err(e))?;
+        let covered = row.as_ref().map_or(chunk, |r| r.covered_secs).min(max);
+        let unpaid = row.as_ref().and_then(|r| r.unpaid_since_ms);
+        let now = now_ms();
+        let lease_end = start.saturating_add(covered * 1000);
+        if let Some(since) = unpaid {
+            let deadline = lease_end
+                .max(since)
+                .saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
+            if now >= deadline {
+                // Paid time and grace are over: end it like a DELETE (settled once).
+                self.destroy(None, &st.id)?;
+                tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "lease unpaid past its grace period: sandbox destroyed and settled");
+                report.ended.push(st.id.clone());
+                return Ok(());
+            }
+        }
+        if covered >= max {
+            return Ok(());
+        }
+        let renew_at = lease_end
+            .saturating_sub(u64::try_from(policy.renew_before.as_millis()).unwrap_or(u64::MAX));
+        if now < renew_at {
+            return Ok(());
+        }
+        // Cover the next chunk past "now + renew_before" (several after a downtime).
+        let elapsed_secs = now.saturating_sub(start) / 1000 + policy.renew_before.as_secs();
+        let target = ((elapsed_secs / chunk + 1) * chunk)
+            .max(covered + chunk)
+            .min(max);
+
+        let _stripe = self.stripe(&format!("sandbox\n{}", st.id));
+        // Re-read under the lock: a destroy may have started meanwhile.
+        let Some(current) = self.store.get(&st.id)?.map(|r| r.status) else {
+            return Ok(());
+        };
+        if current.state != SandboxState::Running || current.hold_id.is_none() {
+            return Ok(());
+        }
+        let old_hold = current.hold_id.clone().unwrap_or_default();
+        let backend = self.backend_for(&current)?;
+        let mut req = current.request.clone();
+        req.max_duration_secs = target;
+        let estimate = backend
+            .estimate_cost(&req)
+            .map_err(|e| ManagerError::Extension {
+                id: current.id.clone(),
+                error: e,
+            })?;
+        let ext = current.extension_id.clone().unwrap_or_default();
+        if current.held.as_ref().is_some_and(|h| {
+            h.currency == estimate.total.currency && h.amount >= estimate.total.amount
+        }) {
+            // Already held (e.g. created without leases): nothing to grow.
+            write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
+            return Ok(());
+        }
+        let key = format!(
+            "{}/lease/{target}/{}",
+            current.id,
+            uuid::Uuid::now_v7().simple()
+        );
+        match self
+            .ledger
+            .hold(&current.tenant, &estimate.total, &current.id, &ext, &key)
+        {
+            Ok(hold) => {
+                let mut next = current.clone();
+                next.hold_id = Some(hold.id.clone());
+                next.held = Some(hold.amount.clone());
+                if next
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(LEASE_REFUSED))
+                {
+                    next.error = None;
+                }
+                next.updated_at = Utc::now();
+                if !self
+                    .store
+                    .transition(&next, SandboxState::Running, None, None)?
+                {
+                    // Someone else took the sandbox (a destroy in another process).
+                    self.ledger.void(&hold.id, &format!("{}/void", hold.id))?;
+                    return Ok(());
+                }
+                match self.ledger.void(&old_hold, &format!("{old_hold}/void")) {
+                    Ok(_) | Err(LedgerError::HoldAlreadyResolved { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
+                tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, covered_secs = target, held = %hold.amount, "lease renewed");
+                report.renewed.push(current.id.clone());
+            }
+            Err(e @ (LedgerError::InsufficientCredits { .. } | LedgerError::UnknownTenant(_))) => {
+                let since = unpaid.unwrap_or(now);
+                let deadline = lease_end
+                    .max(since)
+                    .saturating_add(u64::try_from(policy.grace.as_millis()).unwrap_or(u64::MAX));
+                let mut next = current.clone();
+                next.error = Some(format!(
+                    "{LEASE_REFUSED}: {e}; paid until {}, destroyed at {} unless credits are added",
+                    super::ms_to_time(lease_end).to_rfc3339(),
+                    super::ms_to_time(deadline).to_rfc3339()
+                ));
+                next.updated_at = Utc::now();
+                if unpaid.is_none() || current.error != next.error {
+                    self.store
+                        .transition(&next, SandboxState::Running, None, None)?;
+                }
+                write_row(conn, &current.id, covered, Some(since)).map_err(|e| self.db_err(e))?;
+                if unpaid.is_none() {
+                    tracing::warn!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, error = %e, "lease renewal refused: the sandbox ends after its grace period");
+                }
+                report.refused.push(current.id.clone());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn lease_db(&self) -> Result<Connection, ManagerError> {
+        let conn = Connection::open(self.store.path()).map_err(|e| self.db_err(e))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| self.db_err(e))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS manager_leases (\
+               sandbox_id TEXT PRIMARY KEY, covered_secs INTEGER NOT NULL, unpaid_since_ms INTEGER)",
+        )
+        .map_err(|e| self.db_err(e))?;
+        Ok(conn)
+    }
+
+    fn db_err(&self, e: rusqlite::Error) -> ManagerError {
+        ManagerError::Store(super::StoreError {
+            path: self.store.path().to_path_buf(),
+            message: format!("leases: {e}"),
+        })
+    }
+}
+
+/// How a refused renewal starts the status's `error`.
+pub const LEASE_REFUSED: &str = "credits lease renewal refused";
+
+fn read_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<LeaseRow>> {
+    conn.query_row(
+        "SELECT covered_secs, unpaid_since_ms FROM manager_leases WHERE sandbox_id = ?1",
+        params![id],
+        |r| {
+            Ok(LeaseRow {
+                covered_secs: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                unpaid_since_ms: r
+                    .get::<_, Option<i64>>(1)?
+                    .and_then(|v| u64::try_from(v).ok()),
+            })
+        },
+    )
+    .optional()
+}
+
+fn write_row(
+    conn: &Connection,
+    id: &str,
+    covered: u64,
+    unpaid_since: Option<u64>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO manager_leases (sandbox_id, covered_secs, unpaid_since_ms) VALUES (?1, ?2, ?3) \
+         ON CONFLICT(sandbox_id) DO UPDATE SET covered_secs = ?2, unpaid_since_ms = ?3",
+        params![id, i64::try_from(covered).unwrap_or(i64::MAX), unpaid_since.map(|v| i64::try_from(v).unwrap_or(i64::MAX))],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The `SandboxManager`: the one place that sequences a sandbox's lifecycle across
+//! routing, payments and the runtime.
+//!
+//! ```text
+//! create:  route → [intent: creating] → hold → create → [running]          (fail over: void, next)
+//! destroy: [destroying @ t] → destroy → meter-actual → [reading] → settle+event → [destroyed] → deliver
+//! ```
+//!
+//! Every step between two durable writes can be re-run after a crash without doing
+//! anything twice: ledger writes carry idempotency keys derived from the sandbox id, the
+//! usage window is fixed before the extension is asked, and [`SandboxManager::reconcile`]
+//! finishes or rolls back whatever a dead process left in `creating` or `destroying`.
+//! docs/manager.md walks through each crash point.
+
+mod backend;
+mod create;
+mod destroy;
+mod error;
+mod lease;
+mod outbox;
+mod owner;
+mod reconcile;
+mod status;
+mod store;
+
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
+
+pub use backend::{Backend, Extensions, RouteView};
+pub use destroy::Reaped;
+pub use error::ManagerError;
+pub use lease::{LEASE_REFUSED, LeasePolicy, LeaseReport};
+pub use reconcile::ReconcileReport;
+pub use status::{AttemptRecord, Meter, Reading, SandboxState, SandboxStatus, UnknownState};
+pub use store::StoreError;
+
+use crate::events::EventSink;
+use crate::payments::CreditsStore;
+use crate::routing::{
+    HealthTracker, Profile, ProfileSet, RequestOverrides, RouteDecision, RouteError,
+    resolve_extension,
+};
+use crate::runtime::types::SandboxRequest;
+use owner::OwnerLock;
+use store::StatusStore;
+
+/// Tunables of the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The CloudEvents `source` of meter events, e.g. `urn:sandboxer:host:myhost`.
+    pub event_source: String,
+    /// A hold with no sandbox record is voided by reconciliation only once it is this
+    /// old (another process may be between taking it and recording it).
+    pub orphan_hold_grace: Duration,
+    /// Hold credits in leases renewed while a sandbox runs (`None`: hold the whole
+    /// maximum duration at create). See [`SandboxManager::keep_leases`].
+    pub lease: Option<LeasePolicy>,
+    /// Deliver the outbox right after each settlement (the CLI's behaviour). A service
+    /// may turn it off and call [`SandboxManager::deliver_outbox`] on a timer instead, so
+    /// many settlements share one sink write and one acknowledgement commit.
+    pub deliver_after_settle: bool,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            event_source: default_event_source(),
+            orphan_hold_grace: Duration::from_secs(60),
+            deliver_after_settle: true,
+            lease: None,
+        }
+    }
+}
+
+/// `urn:sandboxer:host:<hostname>` (or `…:localhost` when the name is unknown).
+pub fn default_event_source() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("urn:sandboxer:host:{host}")
+}
+
+/// Everything the manager is built from.
+pub struct ManagerParts {
+    /// The database file of the ledger; the manager keeps its own tables there.
+    pub database: PathBuf,
+    /// Folder for the liveness locks of manager instances (`<state>/run`).
+    pub run_dir: PathBuf,
+    /// The loaded extensions.
+    pub extensions: Arc<Extensions>,
+    /// The loaded profiles.
+    pub profiles: Arc<ProfileSet>,
+    /// The credits ledger (already opened: it owns the database's creation).
+    pub ledger: Arc<dyn CreditsStore>,
+    /// Health and latency per extension, shared with routing.
+    pub health: HealthTracker,
+    /// Where meter events are delivered.
+    pub sinks: Vec<Arc<dyn EventSink>>,
+    /// Tunables.
+    pub config: ManagerConfig,
+}
+
+const STRIPES: usize = 64;
+
+/// Sequences sandbox lifecycles. Thread safe; share it in an `Arc`.
+pub struct SandboxManager {
+    extensions: Arc<Extensions>,
+    profiles: RwLock<Arc<ProfileSet>>,
+    ledger: Arc<dyn CreditsStore>,
+    health: HealthTracker,
+    sinks: Vec<Arc<dyn EventSink>>,
+    config: ManagerConfig,
+    store: StatusStore,
+    owner: OwnerLock,
+    // Held while routing and recording the intent, so concurrent creates count each
+    // other's slots on a capacity-limited pool.
+    route_lock: Mutex<()>,
+    // Per-key serialisation (an idempotency key, a sandbox id) without a map that grows.
+    stripes: Vec<Mutex<()>>,
+    // Sandboxes with an operation running in this process: reconciliation leaves them.
+    busy: Mutex<HashSet<String>>,
+    // One delivery at a time.
+    delivery: Mutex<()>,
+}
+
+impl SandboxManager {
+    /// Opens the manager over an already opened ledger: creates or migrates its tables
+    /// and takes its liveness lock. Call [`SandboxManager::reconcile`] next.
+    pub fn open(parts: ManagerParts) -> Result<Self, ManagerError> {
+        let store = StatusStore::open(&parts.database)?;
+        let owner = OwnerLock::acquire(&parts.run_dir).map_err(|e| {
+            ManagerError::Setup(format!("cannot lock {}: {e}", parts.run_dir.display()))
+        })?;
+        Ok(Self {
+            extensions: parts.extensions,
+            profiles: RwLock::new(parts.profiles),
+            ledger: parts.ledger,
+            health: parts.health,
+            sinks: parts.sinks,
+            config: parts.config,
+            store,
+            owner,
+            route_lock: Mutex::new(()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            busy: Mutex::new(HashSet::new()),
+            delivery: Mutex::new(()),
+        })
+    }
+
+    /// The loaded extensions (swap them on hot reload).
+    pub fn extensions(&self) -> &Arc<Extensions> {
+        &self.extensions
+    }
+
+    /// The profiles in force.
+    pub fn profiles(&self) -> Arc<ProfileSet> {
+        self.profiles.read().clone()
+    }
+
+    /// Replaces the profiles (hot reload).
+    pub fn set_profiles(&self, profiles: Arc<ProfileSet>) {
+        *self.profiles.write() = profiles;
+    }
+
+    /// The health tracker shared with routing.
+    pub fn health(&self) -> &HealthTracker {
+        &self.health
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn CreditsStore> {
+        &self.ledger
+    }
+
+    /// The database file holding the statuses.
+    pub fn database(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// One sandbox's status. With `tenant`, another tenant's sandbox is reported as not
+    /// found (never reveal that it exists).
+    pub fn status(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
+        let row = self
+            .store
+            .get(id)?
+            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+        if tenant.is_some_and(|t| t != row.status.tenant) {
+            return Err(ManagerError::NotFound { id: id.to_owned() });
+        }
+        Ok(row.status)
+    }
+
+    /// Sandboxes, newest first, optionally of one tenant and in one state.
+    pub fn list(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+    ) -> Result<Vec<SandboxStatus>, ManagerError> {
+        Ok(self.store.list(tenant, state)?)
+    }
+
+    /// Sandboxes occupying a slot, per extension.
+    pub fn in_use(&self) -> Result<std::collections::HashMap<String, u32>, ManagerError> {
+        Ok(self.store.live_counts()?)
+    }
+
+    /// A routing view of the current extensions with the durable in-use counts: what
+    /// `create` routes with, and what `route explain` shows.
+    pub fn route_view(&self) -> Result<RouteView, ManagerError> {
+        Ok(self.extensions.view(self.store.live_counts()?))
+    }
+
+    /// How `profile_id` would be routed for `tenant` right now: the request built from
+    /// the profile and `overrides`, and the router's decision (or why nothing can serve).
+    /// The very code `create` routes with; nothing is created or held.
+    pub fn explain(
+        &self,
+        tenant: &str,
+        profile_id: &str,
+        overrides: &RequestOverrides,
+    ) -> Result<(SandboxRequest, Result<RouteDecision, RouteError>), ManagerError> {
+        let profile = self.profile(profile_id)?;
+        let request = profile.request(tenant, "explain", overrides)?;
+        let view = self.route_view()?;
+        let decision = resolve_extension(&profile, &request, &view, &self.health);
+        Ok((request, decision))
+    }
+
+    fn profile(&self, id: &str) -> Result<Profile, ManagerError> {
+        let profiles = self.profiles.read();
+        profiles.get(id).cloned().ok_or_else(|| {
+            let mut known: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+            known.sort();
+            ManagerError::UnknownProfile {
+                profile: id.to_owned(),
+                known,
+            }
+        })
+    }
+
+    fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
+        self.stripes[i].lock()
+    }
+
+    /// Marks `id` as worked on by this process until the guard drops.
+    fn mark_busy(&self, id: &str) -> BusyGuard<'_> {
+        self.busy.lock().insert(id.to_owned());
+        BusyGuard {
+            manager: self,
+            id: id.to_owned(),
+        }
+    }
+
+    fn is_busy_here(&self, id: &str) -> bool {
+        self.busy.lock().contains(id)
+    }
+}
+
+struct BusyGuard<'a> {
+    manager: &'a SandboxManager,
+    id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.manager.busy.lock().remove(&self.id);
+    }
+}
+
+/// Unix milliseconds on the host clock.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+fn ms_to_time(ms: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

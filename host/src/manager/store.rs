@@ -1,0 +1,458 @@
+//! The durable sandbox status store: SQLite tables beside the ledger's, in the same
+//! database file (see docs/manager.md for why).
+//!
+//! Each row is one [`SandboxStatus`]: the fields the manager queries by (tenant, state,
+//! extension, idempotency key, owner) as columns, the whole status as JSON beside them.
+//!
+//! Durability: the connection runs `synchronous=NORMAL` and a write asks for `FULL` only
+//! when nothing durable follows it before the caller is answered. In WAL mode all
+//! connections append to one WAL file, so the ledger's next `FULL` commit (a hold, a
+//! settlement) fsyncs every status write made before it. A `NORMAL` write survives a
+//! process crash in any case (it is in the OS page cache).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use super::status::{SandboxState, SandboxStatus};
+
+/// Migrations of the manager's own tables, tracked in `manager_schema` (the ledger owns
+/// `PRAGMA user_version`). Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: sandbox statuses.
+    r#"
+    CREATE TABLE manager_sandboxes (
+        id              TEXT    PRIMARY KEY,
+        tenant          TEXT    NOT NULL,
+        state           TEXT    NOT NULL CHECK (state IN
+                            ('creating', 'running', 'destroying', 'destroyed', 'failed')),
+        extension_id    TEXT,
+        idempotency_key TEXT,
+        fingerprint     TEXT    NOT NULL,
+        -- The manager instance with an operation in flight on this row (see owner.rs).
+        owner           TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        doc             TEXT    NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX manager_sandboxes_idempotency
+        ON manager_sandboxes (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX manager_sandboxes_by_tenant ON manager_sandboxes (tenant, created_at);
+    CREATE INDEX manager_sandboxes_live ON manager_sandboxes (state, extension_id)
+        WHERE state IN ('creating', 'running', 'destroying');
+    "#,
+];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The status store could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sandbox store {path}: {message}")]
+pub struct StoreError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What [`StatusStore::insert`] found.
+#[derive(Debug)]
+pub enum Inserted {
+    /// The row is new.
+    New,
+    /// A row with the same tenant and idempotency key exists (another caller won).
+    Existing(Box<SandboxStatus>, String),
+}
+
+/// A row: the status and the instance with an operation in flight on it, if any.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The status.
+    pub status: SandboxStatus,
+    /// The manager instance working on it.
+    pub owner: Option<String>,
+}
+
+/// Sandbox statuses in SQLite.
+pub struct StatusStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+trait At<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> At<T> for rusqlite::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl StatusStore {
+    /// Opens the status tables in the ledger database at `path`, creating or migrating
+    /// them. The ledger must have been opened (and migrated) first: the ledger refuses a
+    /// fresh file that already holds tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let err = |message: String| StoreError {
+            path: path.to_owned(),
+            message,
+        };
+        let mut conn = Connection::open_with_flags(path, flags).at(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .at(path)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(format!(
+                "could not switch the journal to WAL (it is {mode:?})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .at(path)?;
+        let ledger_version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .at(path)?;
+        if ledger_version == 0 {
+            return Err(err(
+                "not a ledger database yet: open the ledger before the sandbox store".into(),
+            ));
+        }
+        Self::migrate(&mut conn, path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS manager_schema (version INTEGER NOT NULL) STRICT;",
+        )
+        .at(path)?;
+        let version: Option<i64> = tx
+            .query_row("SELECT version FROM manager_schema", [], |r| r.get(0))
+            .optional()
+            .at(path)?;
+        let version = version.unwrap_or(0);
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        if version > known {
+            return Err(StoreError {
+                path: path.to_owned(),
+                message: format!(
+                    "sandbox schema version {version} is newer than this build understands ({known})"
+                ),
+            });
+        }
+        for sql in MIGRATIONS
+            .iter()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            tx.execute_batch(sql).at(path)?;
+        }
+        tx.execute("DELETE FROM manager_schema", []).at(path)?;
+        tx.execute(
+            "INSERT INTO manager_schema (version) VALUES (?1)",
+            params![known],
+        )
+        .at(path)?;
+        tx.commit().at(path)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn doc(&self, st: &SandboxStatus) -> Result<String, StoreError> {
+        serde_json::to_string(st).map_err(|e| StoreError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    fn parse(&self, doc: &str) -> Result<SandboxStatus, StoreError> {
+        serde_json::from_str(doc).map_err(|e| StoreError {
+            path: self.path.clone(),
+            message: format!("unreadable sandbox record: {e}"),
+        })
+    }
+
+    /// Records a new sandbox (the create intent). When the tenant already used the
+    /// idempotency key, nothing is written and the existing row is returned with its
+    /// request fingerprint.
+    pub fn insert(
+        &self,
+        st: &SandboxStatus,
+        fingerprint: &str,
+        owner: &str,
+    ) -> Result<Inserted, StoreError> {
+        let doc = self.doc(st)?;
+        let path = &self.path;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        if let Some(key) = &st.idempotency_key {
+            let prior: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT doc, fingerprint FROM manager_sandboxes WHERE tenant = ?1 AND idempotency_key = ?2",
+                    params![st.tenant, key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .at(path)?;
+            if let Some((doc, fp)) = prior {
+                return Ok(Inserted::Existing(Box::new(self.parse(&doc)?), fp));
+            }
+        }
+        let res = tx.execute(
+            "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, idempotency_key, fingerprint, owner, \
+             created_at, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                st.id,
+                st.tenant,
+                st.state.as_str(),
+                st.extension_id,
+                st.idempotency_key,
+                fingerprint,
+                owner,
+                millis(st.created_at),
+                millis(st.updated_at),
+                doc
+            ],
+        );
+        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &res
+            && e.code == ErrorCode::ConstraintViolation
+        {
+            return Err(StoreError {
+                path: path.clone(),
+                message: format!("sandbox id {} already exists", st.id),
+            });
+        }
+        res.at(path)?;
+        tx.commit().at(path)?;
+        Ok(Inserted::New)
+    }
+
+    /// Rewrites a sandbox's row. `owner` is the instance still working on it (`None` once
+    /// the operation is over). `durable` fsyncs the WAL at commit; leave it off when a
+    /// ledger write follows before anyone is answered.
+    pub fn update(
+        &self,
+        st: &SandboxStatus,
+        owner: Option<&str>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let doc = self.doc(st)?;
+        let path = &self.path;
+        let mut conn = self.conn.lock();
+        if durable {
+            conn.execute_batch("PRAGMA synchronous = FULL").at(path)?;
+        }
+        let res = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .at(path)?;
+            let n = tx
+                .execute(
+                    "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
+                     WHERE id = ?1",
+                    params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
+                )
+                .at(path)?;
+            if n != 1 {
+                return Err(StoreError {
+                    path: path.clone(),
+                    message: format!("sandbox {} is not recorded", st.id),
+                });
+            }
+            tx.commit().at(path)
+        })();
+        if durable {
+            conn.execute_batch("PRAGMA synchronous = NORMAL").at(path)?;
+        }
+        res
+    }
+
+    /// Writes `st` only if the row is still in state `from` with owner `from_owner`
+    /// (compare-and-set): how an instance claims a sandbox for an operation, so two
+    /// processes never work on one sandbox at once. Returns whether it was written.
+    pub fn transition(
+        &self,
+        st: &SandboxStatus,
+        from: SandboxState,
+        from_owner: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let doc = self.doc(st)?;
+        let path = &self.path;
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let n = tx
+            .execute(
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
+                 WHERE id = ?1 AND state = ?7 AND owner IS ?8",
+                params![
+                    st.id,
+                    st.state.as_str(),
+                    st.extension_id,
+                    owner,
+                    millis(st.updated_at),
+                    doc,
+                    from.as_str(),
+                    from_owner
+                ],
+            )
+            .at(path)?;
+        tx.commit().at(path)?;
+        Ok(n == 1)
+    }
+
+    /// Gives up this instance's claim on a row it could not finish (the extension failed
+    /// or is missing), so any process may retry it.
+    pub fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE manager_sandboxes SET owner = NULL WHERE id = ?1 AND owner = ?2",
+            params![id, owner],
+        )
+        .at(path)?;
+        Ok(())
+    }
+
+    /// Forgets a sandbox that never reached an extension (its create was refused before
+    /// any backend call, e.g. for insufficient credits).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
+            .at(path)?;
+        Ok(())
+    }
+
+    /// One sandbox.
+    pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let row: Option<(String, Option<String>)> = conn
+            .prepare_cached("SELECT doc, owner FROM manager_sandboxes WHERE id = ?1")
+            .at(path)?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .at(path)?;
+        drop(conn);
+        row.map(|(doc, owner)| {
+            Ok(Row {
+                status: self.parse(&doc)?,
+                owner,
+            })
+        })
+        .transpose()
+    }
+
+    /// The sandbox a tenant created with an idempotency key, with its request fingerprint.
+    pub fn by_key(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<(SandboxStatus, String)>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let row: Option<(String, String)> = conn
+            .prepare_cached(
+                "SELECT doc, fingerprint FROM manager_sandboxes WHERE tenant = ?1 AND idempotency_key = ?2",
+            )
+            .at(path)?
+            .query_row(params![tenant, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .at(path)?;
+        drop(conn);
+        row.map(|(doc, fp)| Ok((self.parse(&doc)?, fp))).transpose()
+    }
+
+    /// Sandboxes, newest first, optionally of one tenant and in one state.
+    pub fn list(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+    ) -> Result<Vec<SandboxStatus>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let docs: Vec<String> = conn
+            .prepare_cached(
+                "SELECT doc FROM manager_sandboxes WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
+                 ORDER BY created_at DESC, id DESC",
+            )
+            .at(path)?
+            .query_map(params![tenant, state.map(SandboxState::as_str)], |r| r.get(0))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        drop(conn);
+        docs.iter().map(|d| self.parse(d)).collect()
+    }
+
+    /// Rows caught between two steps (`creating`, `destroying`), oldest first.
+    pub fn in_flight(&self) -> Result<Vec<Row>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let rows: Vec<(String, Option<String>)> = conn
+            .prepare_cached(
+                "SELECT doc, owner FROM manager_sandboxes WHERE state IN ('creating', 'destroying') \
+                 ORDER BY created_at, id",
+            )
+            .at(path)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(doc, owner)| {
+                Ok(Row {
+                    status: self.parse(&doc)?,
+                    owner,
+                })
+            })
+            .collect()
+    }
+
+    /// Sandboxes occupying a slot (`creating`, `running`, `destroying`) per extension.
+    pub fn live_counts(&self) -> Result<HashMap<String, u32>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let rows: Vec<(String, i64)> = conn
+            .prepare_cached(
+                "SELECT extension_id, COUNT(*) FROM manager_sandboxes \
+                 WHERE state IN ('creating', 'running', 'destroying') AND extension_id IS NOT NULL \
+                 GROUP BY extension_id",
+            )
+            .at(path)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect())
+    }
+}

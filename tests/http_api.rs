@@ -1,0 +1,410 @@
+//! The HTTP API through the real `sandboxer-host` binary on loopback, with the real
+//! saas-stub component and a real SQLite ledger: auth and tenant isolation, the error
+//! shape, bad input, insufficient credits, idempotency, metrics, graceful shutdown.
+
+#[path = "support/http_host.rs"]
+mod http_host;
+
+use std::time::Duration;
+
+use http_host::{ADMIN, Host, Setup, TOKEN_A, TOKEN_B};
+use serde_json::Value;
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+fn entries(h: &Host, token: &str) -> Vec<Value> {
+    let (s, v) = h.get("/v1/credits/entries", token);
+    assert_eq!(s, 200, "{v}");
+    v["entries"].as_array().unwrap().clone()
+}
+
+#[test]
+fn tokens_decide_who_sees_what() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+
+    // No token, a wrong one, a malformed header: 401 with the error shape.
+    let (s, v) = h.call("GET", "/v1/sandboxes", None, None, &[]);
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+    let (s, v) = h.get("/v1/sandboxes", "not-a-token-at-all-xxxx");
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    let (s, _) = h.call(
+        "GET",
+        "/v1/credits",
+        None,
+        None,
+        &[("authorization", "Basic YTpi")],
+    );
+    assert_eq!(s, 401);
+    // The token never reaches the log.
+    assert!(!h.log.lock().unwrap().contains("not-a-token-at-all"));
+
+    // Credits are admin-only; the admin token does not act as a tenant.
+    let (s, v) = h.post("/v1/tenants/a/credits", TOKEN_A, r#"{"amount":"5.00"}"#);
+    assert_eq!((s, error_code(&v)), (403, "forbidden"));
+    let (s, v) = h.get("/v1/sandboxes", ADMIN);
+    assert_eq!((s, error_code(&v)), (403, "forbidden"));
+    h.grant("a", "5.00");
+    h.grant("b", "5.00");
+
+    // A's sandbox is invisible to B: 404 on read and destroy, absent from B's list.
+    let (s, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub"}"#);
+    assert_eq!(s, 201, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    assert_eq!(sb["state"], "running");
+    assert_eq!(sb["tenant"], "a");
+    let (s, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_B);
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let (s, v) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_B);
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let (s, v) = h.get("/v1/sandboxes", TOKEN_B);
+    assert_eq!(s, 200);
+    assert!(v["sandboxes"].as_array().unwrap().is_empty(), "{v}");
+    // An id that exists nowhere answers exactly like another tenant's.
+    let (s, v) = h.get("/v1/sandboxes/sb-doesnotexist", TOKEN_B);
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    // B's attempt changed nothing: A's sandbox still runs, B was charged nothing.
+    let (s, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")));
+    let (s, v) = h.get("/v1/sandboxes?state=running", TOKEN_A);
+    assert_eq!(s, 200);
+    assert_eq!(v["sandboxes"].as_array().unwrap().len(), 1);
+    assert_eq!(entries(&h, TOKEN_B).len(), 1, "B has only its grant");
+
+    // Credits and entries are per tenant.
+    let (s, v) = h.get("/v1/credits", TOKEN_A);
+    assert_eq!(s, 200, "{v}");
+    let bal = &v["balances"][0];
+    assert_eq!(bal["currency"], "USD");
+    assert_ne!(bal["held"], "0", "{v}");
+    let (s, v) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "destroyed");
+    assert!(v["meter"]["total"].is_object(), "{v}");
+    let kinds: Vec<String> = entries(&h, TOKEN_A)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.contains(&"hold".to_owned()) && kinds.contains(&"charge".to_owned()),
+        "{kinds:?}"
+    );
+    // Extensions are visible to any authenticated caller.
+    let (s, v) = h.get("/v1/extensions", TOKEN_B);
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"saas-stub") && ids.contains(&"local-pool"),
+        "{ids:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let setup = Setup::new();
+    std::fs::write(
+        setup.profiles().join("nowhere.toml"),
+        "id = \"nowhere\"\ntemplate = \"base\"\nmax_duration_secs = 60\n[resources]\nvcpus = 1\nmemory_mib = 512\n\
+         [route]\nstrategy = \"explicit\"\nexplicit = \"ghost\"\n",
+    )
+    .unwrap();
+    let h = Host::start(&setup);
+    h.grant("a", "0.01");
+    let before = entries(&h, TOKEN_A).len();
+
+    let bad: &[(&str, &str, Option<&str>)] = &[
+        (r#"{"profile":"saas-stub""#, "invalid JSON", None),
+        (r#"{"profile":"saas-stub","colour":"red"}"#, "colour", None),
+        (
+            r#"{"profile":"saas-stub","vcpus":"two"}"#,
+            "vcpus",
+            Some("vcpus"),
+        ),
+        (
+            r#"{"profile":"no-such-profile"}"#,
+            "no-such-profile",
+            Some("profile"),
+        ),
+        (
+            r#"{"profile":"saas-stub","vcpus":100000}"#,
+            "vcpus",
+            Some("vcpus"),
+        ),
+        (r#"{"vcpus":1}"#, "profile", None),
+        ("", "empty", None),
+    ];
+    for (body, needle, field) in bad {
+        let (s, v) = h.post("/v1/sandboxes", TOKEN_A, body);
+        assert_eq!(s, 400, "{body} → {v}");
+        assert_eq!(error_code(&v), "bad_request", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "{body}: message {msg:?} should name {needle:?}"
+        );
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], *f, "{v}");
+        }
+    }
+    // Oversized body: refused before it is parsed, naming the limit.
+    let big = format!(
+        r#"{{"profile":"saas-stub","metadata":{{"x":"{}"}}}}"#,
+        "y".repeat(200_000)
+    );
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, &big);
+    assert_eq!((s, error_code(&v)), (400, "body_too_large"), "{v}");
+    // Money as a JSON number or a malformed decimal is refused.
+    for body in [
+        r#"{"amount":5}"#,
+        r#"{"amount":"abc"}"#,
+        r#"{"amount":"-5"}"#,
+        r#"{"amount":"1e3"}"#,
+    ] {
+        let (s, v) = h.post("/v1/tenants/a/credits", ADMIN, body);
+        assert_eq!(s, 400, "{body} → {v}");
+        assert_eq!(v["error"]["field"], "amount", "{v}");
+    }
+    let (s, v) = h.post(
+        "/v1/tenants/Not%20A%20Tenant/credits",
+        ADMIN,
+        r#"{"amount":"1"}"#,
+    );
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (400, Some("tenant")),
+        "{v}"
+    );
+
+    // 0.01 USD does not cover the first 15-minute lease of saas-stub (0.01665): 402 with
+    // need and available, and nothing created or held.
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"saas-stub"}"#);
+    assert_eq!((s, error_code(&v)), (402, "insufficient_credits"), "{v}");
+    assert!(
+        v["error"]["need"].is_object() && v["error"]["available"].is_object(),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient credits: need"),
+        "{v}"
+    );
+
+    // A request that routes nowhere: 503 with every candidate's reason.
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"nowhere"}"#);
+    assert_eq!((s, error_code(&v)), (503, "no_backend_available"), "{v}");
+    let reasons = v["error"]["candidates"].as_array().unwrap();
+    assert_eq!(reasons[0]["extension_id"], "ghost", "{v}");
+
+    let (s, v) = h.get("/v1/sandboxes", TOKEN_A);
+    assert_eq!(s, 200);
+    assert!(
+        v["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] != "running"),
+        "{v}"
+    );
+    assert_eq!(
+        entries(&h, TOKEN_A).len(),
+        before,
+        "refused requests left ledger lines"
+    );
+    let (_, c) = h.get("/v1/credits", TOKEN_A);
+    assert_eq!(c["balances"][0]["held"], "0", "{c}");
+
+    // Unknown endpoint and method: the same error shape.
+    let (s, v) = h.get("/v1/nothing", TOKEN_A);
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let (s, v) = h.call("PUT", "/v1/sandboxes", Some(TOKEN_A), Some("{}"), &[]);
+    assert_eq!((s, error_code(&v)), (405, "method_not_allowed"));
+}
+
+#[test]
+fn the_same_create_five_times_makes_one_sandbox() {
+    let setup = Setup::new();
+    let h = std::sync::Arc::new(Host::start(&setup));
+    h.grant("a", "5.00");
+    let body = r#"{"profile":"saas-stub","metadata":{"job":"ci-42"}}"#;
+    let key = [("idempotency-key", "job-ci-42")];
+    // Two at once, then three in a row.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let t: Vec<_> = (0..2)
+            .map(|_| {
+                let h = h.clone();
+                s.spawn(move || h.call("POST", "/v1/sandboxes", Some(TOKEN_A), Some(body), &key))
+            })
+            .collect();
+        t.into_iter()
+            .map(|j| {
+                let (st, v) = j.join().unwrap();
+                assert_eq!(st, 201, "{v}");
+                v["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    });
+    let mut all = ids;
+    for _ in 0..3 {
+        let (st, v) = h.call("POST", "/v1/sandboxes", Some(TOKEN_A), Some(body), &key);
+        assert_eq!(st, 201, "{v}");
+        all.push(v["id"].as_str().unwrap().to_owned());
+    }
+    assert!(all.iter().all(|i| *i == all[0]), "{all:?}");
+    let (_, v) = h.get("/v1/sandboxes", TOKEN_A);
+    assert_eq!(v["sandboxes"].as_array().unwrap().len(), 1, "{v}");
+    let holds = entries(&h, TOKEN_A)
+        .iter()
+        .filter(|e| e["kind"] == "hold")
+        .count();
+    assert_eq!(holds, 1);
+    // The same key for a different request is a conflict, and creates nothing.
+    let (st, v) = h.call(
+        "POST",
+        "/v1/sandboxes",
+        Some(TOKEN_A),
+        Some(r#"{"profile":"saas-stub","vcpus":2}"#),
+        &key,
+    );
+    assert_eq!((st, error_code(&v)), (409, "idempotency_conflict"), "{v}");
+    // Another tenant's identical key is its own.
+    h.grant("b", "5.00");
+    let (st, v) = h.call("POST", "/v1/sandboxes", Some(TOKEN_B), Some(body), &key);
+    assert_eq!(st, 201, "{v}");
+    assert_ne!(v["id"], all[0].as_str());
+    // A bad key is refused by name.
+    let (st, v) = h.call(
+        "POST",
+        "/v1/sandboxes",
+        Some(TOKEN_A),
+        Some(body),
+        &[("idempotency-key", "")],
+    );
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("Idempotency-Key")),
+        "{v}"
+    );
+}
+
+#[test]
+fn metrics_health_and_graceful_shutdown() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    let (s, v) = h.call("GET", "/healthz", None, None, &[]);
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    h.grant("a", "5.00");
+    let (_, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"burst-sandbox"}"#);
+    let id = sb["id"].as_str().unwrap();
+    let (s, _) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert_eq!(s, 200);
+    let m = h.metrics();
+    for family in [
+        "sandboxer_sandboxes{",
+        "sandboxer_route_decisions_total{",
+        "sandboxer_settlements_total{currency=\"USD\"}",
+        "sandboxer_outbox_pending_events",
+        "sandboxer_http_requests_total{",
+        "sandboxer_extension_call_seconds_bucket{",
+    ] {
+        assert!(m.contains(family), "{family} missing from /metrics:\n{m}");
+    }
+    assert!(m.contains("strategy=\"prefer-self-hosted\""), "{m}");
+    assert!(
+        m.contains("state=\"destroyed\",extension=\"local-pool\"")
+            || m.contains("extension=\"local-pool\",state=\"destroyed\""),
+        "{m}"
+    );
+
+    // SIGTERM: clean exit, the meter event is in the log.
+    assert!(h.terminate(), "host did not exit cleanly on SIGTERM");
+    let events = std::fs::read_to_string(setup.state().join("events.jsonl")).unwrap();
+    assert_eq!(
+        events.lines().filter(|l| l.contains(id)).count(),
+        1,
+        "{events}"
+    );
+    std::thread::sleep(Duration::from_millis(10));
+}
+
+#[test]
+fn the_readme_curl_walkthrough_works() {
+    let readme = std::fs::read_to_string(http_host::repo().join("README.md")).unwrap();
+    let begin = readme
+        .find("<!-- http-walkthrough:begin -->")
+        .expect("README walkthrough markers");
+    let end = readme.find("<!-- http-walkthrough:end -->").unwrap();
+    let block = &readme[begin..end];
+    let script = block
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+
+    // No config: the host generates the tokens into <state>/tokens and says where.
+    let setup = Setup::new();
+    let h = Host::start_with(&setup, &[]);
+    assert!(
+        h.log.lock().unwrap().contains("tokens/local.token"),
+        "{}",
+        h.log.lock().unwrap()
+    );
+    // The README runs from the folder holding `.sandboxer/`.
+    let cwd = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(setup.state(), cwd.path().join(".sandboxer")).unwrap();
+    let script = script.replace("http://127.0.0.1:7733", &h.base);
+    let out = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "walkthrough failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["extension_id"] == "local-pool" && v["state"] == "running"),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["state"] == "destroyed" && v["total"]["currency"] == "USD"),
+        "{stdout}"
+    );
+    let kinds: Vec<&str> = lines.iter().filter_map(|v| v["kind"].as_str()).collect();
+    assert_eq!(kinds, ["grant", "hold", "charge"], "{stdout}");
+    // The token files are owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(setup.state().join("tokens/local.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "token file readable by others: {mode:o}");
+}
