@@ -732,9 +732,9 @@ fn names_passed(report: &serde_json::Value) -> Vec<String> {
 }
 
 /// A service must not wait for a large guest to compile before serving the others: with
-/// `defer_uncompiled`, a host whose python-pool is not in the cache opens at once, routes
-/// to the (cached) saas-stub while python-pool compiles in the background, then routes to
-/// python-pool as soon as it is loaded.
+/// the service's `defer_compile_above_bytes` (4 MiB) and an empty cache, a host opens as
+/// soon as the small saas-stub is compiled, routes to it while the 18 MB python-pool
+/// compiles in the background, then routes to python-pool as soon as it is loaded.
 #[test]
 fn a_slow_compile_does_not_hold_up_the_other_extensions() {
     let dir = tempfile::tempdir().unwrap();
@@ -763,12 +763,8 @@ fn a_slow_compile_does_not_hold_up_the_other_extensions() {
         )
         .unwrap();
     }
-    // A fresh cache holding the saas-stub only.
+    // An empty cache: both components must be compiled.
     let cache = dir.path().join("cache");
-    runtime(&cache)
-        .load_spec(ExtensionSpec::from_sidecar(&ext.join("saas-stub.toml")).unwrap())
-        .unwrap();
-
     let settings = Settings {
         extensions_dir: ext.clone(),
         profiles_dir: prof,
@@ -776,7 +772,7 @@ fn a_slow_compile_does_not_hold_up_the_other_extensions() {
     };
     let options = HostOptions {
         runtime: RuntimeConfig::with_cache_dir(&cache),
-        defer_uncompiled: true,
+        defer_compile_above_bytes: Some(sandboxer_host::host::DEFER_COMPILE_ABOVE_BYTES),
         ..Default::default()
     };
     let started = std::time::Instant::now();

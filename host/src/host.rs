@@ -17,6 +17,10 @@ use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
 use crate::runtime::sidecar::discover;
 use crate::runtime::{ExtensionSpec, LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
 
+/// Uncached components larger than this (4 MiB) compile in the background in a service:
+/// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.
+pub const DEFER_COMPILE_ABOVE_BYTES: u64 = 4 << 20;
+
 /// How to build a [`Host`] beyond the folders.
 #[derive(Clone, Default)]
 pub struct HostOptions {
@@ -33,11 +37,13 @@ pub struct HostOptions {
     pub extra_sinks: Vec<Arc<dyn EventSink>>,
     /// Skip reconciliation at open (read-only inspection, tests of recovery itself).
     pub skip_reconcile: bool,
-    /// Load extensions whose compiled code is not cached yet in the background, adding
-    /// each to the manager's registry when ready, so a service starts serving the others
-    /// at once (a large Python guest compiles for tens of seconds). Off for the CLI,
-    /// whose commands need every extension.
-    pub defer_uncompiled: bool,
+    /// Load extensions whose compiled code is not cached yet and whose `.wasm` is larger
+    /// than this many bytes in the background, adding each to the manager's registry when
+    /// ready, so a service starts serving the others at once (a large Python guest
+    /// compiles for tens of seconds; a Rust one in well under a second). `None` (the CLI,
+    /// whose commands need every extension): load everything before answering.
+    /// [`DEFER_COMPILE_ABOVE_BYTES`] is the service's choice.
+    pub defer_compile_above_bytes: Option<u64>,
 }
 
 /// The host could not be assembled.
@@ -107,8 +113,8 @@ impl Host {
         // A missing folder means no extensions (listing and settling recorded sandboxes
         // still work); an unreadable one is an error.
         let (report, deferred) = if settings.extensions_dir.exists() {
-            if options.defer_uncompiled {
-                load_compiled(&runtime, &settings.extensions_dir)?
+            if let Some(above) = options.defer_compile_above_bytes {
+                load_compiled(&runtime, &settings.extensions_dir, above)?
             } else {
                 (runtime.load_dir(&settings.extensions_dir)?, Vec::new())
             }
@@ -195,7 +201,7 @@ impl Host {
         &self.skipped
     }
 
-    /// Ids still compiling in the background (see [`HostOptions::defer_uncompiled`]).
+    /// Ids still compiling in the background (see [`HostOptions::defer_compile_above_bytes`]).
     pub fn pending_extensions(&self) -> Vec<String> {
         self.loading.state.lock().pending.clone()
     }
@@ -207,7 +213,7 @@ impl Host {
         if pending.is_empty() {
             return self.runtime.load_dir(&self.settings.extensions_dir);
         }
-        let (mut report, later) = load_compiled(&self.runtime, &self.settings.extensions_dir)?;
+        let (mut report, later) = load_compiled(&self.runtime, &self.settings.extensions_dir, 0)?;
         // Uncompiled but not pending (a new file): load it now, as load_dir would.
         for spec in later.into_iter().filter(|s| !pending.contains(&s.id)) {
             match self.runtime.load_spec(spec) {
@@ -291,10 +297,12 @@ struct LoadingState {
     finished: u64,
 }
 
-/// Loads the extensions of `dir` whose compiled code is at hand; returns the others.
+/// Loads the extensions of `dir` whose compiled code is at hand or whose `.wasm` is at
+/// most `above` bytes; returns the others (large and not compiled yet).
 fn load_compiled(
     runtime: &Runtime,
     dir: &std::path::Path,
+    above: u64,
 ) -> Result<(LoadReport, Vec<ExtensionSpec>), RuntimeError> {
     let found = discover(dir).map_err(|source| RuntimeError::ReadDir {
         dir: dir.to_path_buf(),
@@ -309,7 +317,8 @@ fn load_compiled(
     }
     let mut deferred = Vec::new();
     for spec in found.specs {
-        if !runtime.is_compiled(&spec) {
+        let large = std::fs::metadata(&spec.component).is_ok_and(|m| m.len() > above);
+        if large && !runtime.is_compiled(&spec) {
             tracing::info!(extension = %spec.id, file = %spec.component.display(), "not compiled yet: loading in the background");
             deferred.push(spec);
             continue;
