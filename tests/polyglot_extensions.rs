@@ -12,6 +12,9 @@ use std::process::Command;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
+#[path = "support/http_host.rs"]
+mod http_host;
+
 use rust_decimal::Decimal;
 use sandboxer_host::config::Settings;
 use sandboxer_host::host::{Host, HostOptions};
@@ -825,4 +828,58 @@ fn a_slow_compile_does_not_hold_up_the_other_extensions() {
     println!(
         "host opened in {opened:?}, saas-stub lifecycle done at {served:?}, python-pool routed to at {compiled:?}"
     );
+}
+
+/// The same through the real `sandboxer-host run`: with python-pool not compiled yet, the
+/// service answers a saas-stub create at once, lists python-pool once compiled (its
+/// maintenance tick registers it), and then routes to it.
+#[test]
+fn the_service_serves_while_a_large_guest_compiles() {
+    let setup = http_host::Setup::with_extensions(&[
+        "saas-stub.wasm",
+        "python-pool.wasm",
+        "python-pool.toml",
+    ]);
+    std::fs::write(
+        setup.profiles().join("pool.toml"),
+        "id = \"pool\"\ndescription = \"python-pool only\"\ntemplate = \"base\"\nmax_duration_secs = 3600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"python-pool\"\nfallback = false\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let h = http_host::Host::start(&setup);
+    h.grant("a", "5.00");
+    let (status, sb) = h.post(
+        "/v1/sandboxes",
+        http_host::TOKEN_A,
+        r#"{"profile":"saas-stub"}"#,
+    );
+    assert_eq!(status, 201, "{sb}");
+    assert_eq!(sb["extension_id"], "saas-stub");
+    let served = started.elapsed();
+    let listed = |h: &http_host::Host| -> Vec<String> {
+        let (s, v) = h.get("/v1/extensions", http_host::TOKEN_A);
+        assert_eq!(s, 200, "{v}");
+        v["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        listed(&h),
+        ["saas-stub"],
+        "python-pool (cold compile: seconds) is not loaded yet after {served:?}"
+    );
+    h.wait_for(std::time::Duration::from_secs(180), || {
+        listed(&h).contains(&"python-pool".to_owned()).then_some(())
+    });
+    let ready = started.elapsed();
+    let (status, sb) = h.post("/v1/sandboxes", http_host::TOKEN_A, r#"{"profile":"pool"}"#);
+    assert_eq!(status, 201, "{sb}");
+    assert_eq!(sb["extension_id"], "python-pool");
+    println!(
+        "service: saas-stub sandbox created {served:?} after start; python-pool routed to after {ready:?}"
+    );
+    assert!(h.terminate(), "the service exits cleanly");
 }
