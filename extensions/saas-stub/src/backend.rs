@@ -329,8 +329,8 @@ mod tests {
 
     fn request() -> Request<'static> {
         Request {
-            sandbox_id: "sb-1".into(),
-            template: "base".into(),
+            sandbox_id: "sb-1",
+            template: "base",
             vcpus: 2,
             memory_mib: 512,
             max_duration_secs: 3600,
@@ -493,7 +493,7 @@ mod tests {
                 ..request()
             },
             Request {
-                template: " ".into(),
+                template: " ",
                 ..request()
             },
         ] {
@@ -507,14 +507,14 @@ mod tests {
             );
         }
         let elsewhere = Request {
-            region: Some("ap-south".into()),
+            region: Some("ap-south"),
             ..request()
         };
         assert!(
             matches!(create(&cfg, &elsewhere), Err(Error::Unsupported(m)) if m.contains("ap-south"))
         );
         let here = Request {
-            region: Some("us-east".into()),
+            region: Some("us-east"),
             ..request()
         };
         assert_eq!(
