@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     sandboxer_host::telemetry::init_cli();
     let cli = sandboxer_host::cli::Cli::parse();
     match sandboxer_host::cli::run(cli) {
@@ -13,5 +14,16 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `sandboxer … | head` would panic on the closed pipe. A command-line
+/// tool should end quietly instead, like other Unix tools. Every ledger write is committed
+/// before anything is printed, so ending on a closed pipe loses nothing.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -11,8 +11,8 @@ use crate::config::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_
 pub mod credits;
 pub mod extensions;
 pub mod output;
-pub mod sandbox;
 pub mod route;
+pub mod sandbox;
 
 /// Folders shared by every command.
 #[derive(Debug, Clone, Args)]

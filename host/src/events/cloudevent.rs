@@ -44,7 +44,10 @@ pub fn meter_event(
     time: DateTime<Utc>,
 ) -> Result<EventRecord, EventError> {
     let id = data.settlement_id.clone();
-    let build_err = |reason: String| EventError::Build { id: id.clone(), reason };
+    let build_err = |reason: String| EventError::Build {
+        id: id.clone(),
+        reason,
+    };
     let json = serde_json::to_value(data).map_err(|e| build_err(e.to_string()))?;
     let event = EventBuilderV10::new()
         .id(id.clone())

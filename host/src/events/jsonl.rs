@@ -19,7 +19,10 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// A sink writing to `path` (created on first delivery, with its folder).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), seen: Mutex::new(None) }
+        Self {
+            path: path.into(),
+            seen: Mutex::new(None),
+        }
     }
 
     /// The file this sink writes.
@@ -28,7 +31,10 @@ impl JsonlSink {
     }
 
     fn err(&self, reason: impl std::fmt::Display) -> EventError {
-        EventError::Sink { sink: self.name(), reason: reason.to_string() }
+        EventError::Sink {
+            sink: self.name(),
+            reason: reason.to_string(),
+        }
     }
 
     fn load_ids(&self) -> Result<HashSet<String>, EventError> {
@@ -71,7 +77,11 @@ impl EventSink for JsonlSink {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.err(e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| self.err(e))?;
         let mut buf = String::new();
         // Start on a fresh line if a previous crash left a torn one behind.
         if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 && !ends_with_newline(&self.path) {
@@ -92,7 +102,9 @@ impl EventSink for JsonlSink {
 
 fn ends_with_newline(path: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else { return true };
+    let Ok(mut f) = File::open(path) else {
+        return true;
+    };
     if f.seek(SeekFrom::End(-1)).is_err() {
         return true;
     }
@@ -105,7 +117,10 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> EventRecord {
-        EventRecord { id: id.into(), payload: format!("{{\"id\":\"{id}\",\"specversion\":\"1.0\"}}") }
+        EventRecord {
+            id: id.into(),
+            payload: format!("{{\"id\":\"{id}\",\"specversion\":\"1.0\"}}"),
+        }
     }
 
     #[test]
@@ -116,9 +131,19 @@ mod tests {
         sink.deliver(&[rec("a"), rec("b")]).unwrap();
         sink.deliver(&[rec("b"), rec("c")]).unwrap();
         // A new process (new sink) re-delivering after a crash.
-        JsonlSink::new(&path).deliver(&[rec("a"), rec("c"), rec("d")]).unwrap();
+        JsonlSink::new(&path)
+            .deliver(&[rec("a"), rec("c"), rec("d")])
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let ids: Vec<_> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_owned()).collect();
+        let ids: Vec<_> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
     }
 

@@ -145,18 +145,22 @@ impl SandboxManager {
             }
             // With leases on, only the first lease is held (see lease.rs).
             let amount = self.first_hold(backend.as_ref(), &st.request, &attempt.estimate.total);
-            let hold = match self.ledger.hold(tenant, &amount, &id, ext_id, &format!("{id}/hold/{n}")) {
-                Ok(h) => h,
-                Err(e) => {
-                    release_trial(&self.health, ext_id);
-                    return self.give_up(
-                        st,
-                        called_any,
-                        &e.to_string(),
-                        Some(ManagerError::Ledger(e)),
-                    );
-                }
-            };
+            let hold =
+                match self
+                    .ledger
+                    .hold(tenant, &amount, &id, ext_id, &format!("{id}/hold/{n}"))
+                {
+                    Ok(h) => h,
+                    Err(e) => {
+                        release_trial(&self.health, ext_id);
+                        return self.give_up(
+                            st,
+                            called_any,
+                            &e.to_string(),
+                            Some(ManagerError::Ledger(e)),
+                        );
+                    }
+                };
             st.extension_id = Some(ext_id.to_owned());
             st.extension_version = Some(backend.version_hash().to_owned());
             st.estimate = Some(attempt.estimate.clone());
