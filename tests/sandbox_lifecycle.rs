@@ -535,3 +535,50 @@ fn a_destroy_the_extension_fails_stays_tracked_and_a_retry_settles_it_once() {
     );
     assert_eq!(f.events().len(), 1);
 }
+
+#[test]
+fn concurrent_creates_from_several_processes_never_overfill_the_pool() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "10"]);
+    // Compile once, so the racers start together.
+    f.json(&["sandbox", "list"]);
+    let children: Vec<_> = (0..5)
+        .map(|_| {
+            let mut c = f.cmd(&[
+                "sandbox",
+                "create",
+                "--profile",
+                "burst-sandbox",
+                "--tenant",
+                "acme",
+                "--json",
+            ]);
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut on_pool = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["extension_id"] == "local-pool" {
+            on_pool += 1;
+        } else {
+            assert_eq!(v["extension_id"], "saas-stub");
+        }
+    }
+    assert_eq!(on_pool, 2, "the pool holds 2");
+    assert_eq!(
+        f.json(&["sandbox", "list", "--state", "running"])
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}

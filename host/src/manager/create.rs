@@ -54,42 +54,68 @@ impl SandboxManager {
         // Route and record the intent under one lock: the next create counts this one's
         // slot on a capacity-limited pool.
         let route_guard = self.route_lock.lock();
-        let view = self.route_view()?;
-        let decision = resolve_extension(&profile, &request, &view, &self.health)?;
-        drop(view);
-        let now = Utc::now();
-        let mut st = SandboxStatus {
-            id: id.clone(),
-            tenant: tenant.to_owned(),
-            profile: profile.id.clone(),
-            extension_id: decision.attempts.first().map(|a| a.extension_id.clone()),
-            extension_version: None,
-            handle: None,
-            state: SandboxState::Creating,
-            created_at: now,
-            started_at_ms: None,
-            destroy_at_ms: None,
-            request,
-            estimate: None,
-            hold_id: None,
-            held: None,
-            attempts: Vec::new(),
-            reading: None,
-            meter: None,
-            idempotency_key: idempotency_key.map(str::to_owned),
-            error: None,
-            updated_at: now,
-        };
-        // Not fsynced here: the hold below is the next write and its fsync covers this
-        // one (same WAL). Without a hold nothing needs recovering.
-        match self.store.insert(&st, &fingerprint, self.owner.id())? {
-            Inserted::New => {}
-            Inserted::Existing(existing, fp) => {
-                // Another process won the key between our lookup and insert.
-                let k = idempotency_key.unwrap_or_default();
-                return replay(*existing, &fp, &fingerprint, tenant, k);
+        let mut rounds = 0;
+        let (decision, mut st) = loop {
+            rounds += 1;
+            let view = self.route_view()?;
+            let decision = resolve_extension(&profile, &request, &view, &self.health)?;
+            drop(view);
+            let now = Utc::now();
+            let st = SandboxStatus {
+                id: id.clone(),
+                tenant: tenant.to_owned(),
+                profile: profile.id.clone(),
+                extension_id: decision.attempts.first().map(|a| a.extension_id.clone()),
+                extension_version: None,
+                handle: None,
+                state: SandboxState::Creating,
+                created_at: now,
+                started_at_ms: None,
+                destroy_at_ms: None,
+                request: request.clone(),
+                estimate: None,
+                hold_id: None,
+                held: None,
+                attempts: Vec::new(),
+                reading: None,
+                meter: None,
+                idempotency_key: idempotency_key.map(str::to_owned),
+                error: None,
+                updated_at: now,
+            };
+            // The pool slot is taken in the same transaction as the intent, so another
+            // process routing at the same moment cannot take it too.
+            let slot = st.extension_id.as_deref().and_then(|ext| {
+                decision
+                    .candidates
+                    .iter()
+                    .find(|c| c.extension_id == ext)
+                    .and_then(|c| c.capacity)
+                    .and_then(|cap| cap.max_sandboxes)
+                    .map(|max| (ext, max))
+            });
+            // Not fsynced here: the hold below is the next write and its fsync covers
+            // this one (same WAL). Without a hold nothing needs recovering.
+            let inserted = self
+                .store
+                .insert(&st, &fingerprint, self.owner.id(), slot)?;
+            match inserted {
+                Inserted::New => break (decision, st),
+                Inserted::Existing(existing, fp) => {
+                    // Another process won the key between our lookup and insert.
+                    let k = idempotency_key.unwrap_or_default();
+                    return replay(*existing, &fp, &fingerprint, tenant, k);
+                }
+                // Another process filled the pool since we counted: route again (the
+                // router now sees it full).
+                Inserted::PoolFull if rounds < 3 => continue,
+                Inserted::PoolFull => {
+                    return Err(ManagerError::Setup(format!(
+                        "sandbox {id}: the pool kept filling up while routing; try again"
+                    )));
+                }
             }
-        }
+        };
         drop(route_guard);
         tracing::debug!(sandbox_id = %id, tenant, profile = %profile.id, attempts = decision.attempts.len(), "create: intent recorded");
 

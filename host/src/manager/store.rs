@@ -65,6 +65,8 @@ pub enum Inserted {
     New,
     /// A row with the same tenant and idempotency key exists (another caller won).
     Existing(Box<SandboxStatus>, String),
+    /// The pool named in `slot` is already full (another process took the last slot).
+    PoolFull,
 }
 
 /// A row: the status and the instance with an operation in flight on it, if any.
@@ -194,12 +196,14 @@ impl StatusStore {
 
     /// Records a new sandbox (the create intent). When the tenant already used the
     /// idempotency key, nothing is written and the existing row is returned with its
-    /// request fingerprint.
+    /// request fingerprint. With `slot = (extension, max)`, nothing is written when that
+    /// extension already has `max` live sandboxes.
     pub fn insert(
         &self,
         st: &SandboxStatus,
         fingerprint: &str,
         owner: &str,
+        slot: Option<(&str, u32)>,
     ) -> Result<Inserted, StoreError> {
         let doc = self.doc(st)?;
         let path = &self.path;
@@ -218,6 +222,19 @@ impl StatusStore {
                 .at(path)?;
             if let Some((doc, fp)) = prior {
                 return Ok(Inserted::Existing(Box::new(self.parse(&doc)?), fp));
+            }
+        }
+        if let Some((ext, max)) = slot {
+            let live: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM manager_sandboxes \
+                     WHERE extension_id = ?1 AND state IN ('creating', 'running', 'destroying')",
+                    params![ext],
+                    |r| r.get(0),
+                )
+                .at(path)?;
+            if live >= i64::from(max) {
+                return Ok(Inserted::PoolFull);
             }
         }
         let res = tx.execute(

@@ -121,11 +121,13 @@ struct Warm {
 }
 
 /// Options an extension is built with (from the runtime's configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ExtensionOptions {
     pub limits: CallLimits,
     pub pool: PoolPolicy,
     pub quarantine: QuarantinePolicy,
+    /// Outbound hosts and secrets, resolved from the sidecar (see [`super::grants`]).
+    pub grants: Arc<Grants>,
 }
 
 /// A loaded extension: call it through the typed methods below.
@@ -144,8 +146,6 @@ struct Calls {
     options: ExtensionOptions,
     engine: Engine,
     pre: BackendExtensionPre<StoreData>,
-    /// Outbound hosts and secrets; scrubs secrets from every error it builds.
-    grants: Arc<Grants>,
     idle: Mutex<Vec<Warm>>,
     health: Mutex<HealthState>,
     /// Keeps the epoch advancing while the extension exists, even if its runtime is gone.
@@ -172,7 +172,6 @@ impl Extension {
         engine: Engine,
         pre: BackendExtensionPre<StoreData>,
         ticker: Arc<EpochTicker>,
-        grants: Arc<Grants>,
     ) -> Result<Self, ExtensionError> {
         let calls = Calls {
             id: spec.id.clone(),
@@ -180,7 +179,6 @@ impl Extension {
             options,
             engine,
             pre,
-            grants,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(HealthState::default()),
             _ticker: ticker,
@@ -360,7 +358,7 @@ impl Calls {
             &self.engine,
             &self.config,
             self.options.limits,
-            &self.grants,
+            &self.options.grants,
         );
         let mark = limits::begin_call(&mut store);
         match self.pre.instantiate(&mut store) {
@@ -454,7 +452,7 @@ impl Calls {
         ExtensionError {
             extension: self.id.clone(),
             function,
-            fault: self.grants.redact_fault(fault),
+            fault: self.options.grants.redact_fault(fault),
         }
     }
 }

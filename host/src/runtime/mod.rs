@@ -352,6 +352,7 @@ impl Runtime {
             },
             pool: self.inner.config.pool,
             quarantine: self.inner.config.quarantine,
+            grants: Arc::new(grants),
         };
         let id = spec.id.clone();
         let ext = Extension::load(
@@ -362,7 +363,6 @@ impl Runtime {
             self.inner.engine.clone(),
             pre,
             Arc::clone(&self.inner.ticker),
-            Arc::new(grants),
         )
         .map_err(|e: ExtensionError| LoadError {
             file: file.clone(),

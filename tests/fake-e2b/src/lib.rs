@@ -377,10 +377,10 @@ async fn gate(
 
 /// Records the status of the last request (the gate records 0 for calls it let through).
 fn finish(shared: &Shared, response: Response) -> Response {
-    if let Some(last) = shared.inner.lock().requests.last_mut() {
-        if last.status == 0 {
-            last.status = response.status().as_u16();
-        }
+    if let Some(last) = shared.inner.lock().requests.last_mut()
+        && last.status == 0
+    {
+        last.status = response.status().as_u16();
     }
     response
 }
