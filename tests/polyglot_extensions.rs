@@ -13,6 +13,12 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use rust_decimal::Decimal;
+use sandboxer_host::config::Settings;
+use sandboxer_host::host::{Host, HostOptions};
+use sandboxer_host::manager::SandboxState;
+use sandboxer_host::money::{Currency, Money};
+use sandboxer_host::payments::{CreditsStore, HoldState};
+use sandboxer_host::routing::RequestOverrides;
 use sandboxer_host::runtime::types::{
     BackendError, BackendState, Fault, Kind, Resources, SandboxContext, SandboxRequest,
 };
@@ -311,6 +317,8 @@ fn lowest_cost_compares_rust_python_and_javascript_estimates() {
         ))
         .unwrap();
     let candidates = [&rust, &python, &js];
+    let folder = polyglot_host_folder();
+    let host = polyglot_host(folder.path());
 
     // Flat rate wins on big machines, tiered on long runs, per-second on short ones.
     let mut winners = Vec::new();
@@ -329,8 +337,21 @@ fn lowest_cost_compares_rust_python_and_javascript_estimates() {
             1,
             "a tie proves nothing: {estimates:?}"
         );
-        // TODO(routing): once `routing` is on main, route a `lowest-cost` profile over these
-        // three and assert it chooses `id`; until then the estimates are compared here.
+        // The router, through the manager, picks the same one and the lifecycle settles there.
+        let overrides = RequestOverrides {
+            vcpus: Some(req.resources.vcpus),
+            memory_mib: Some(req.resources.memory_mib),
+            max_duration_secs: Some(req.max_duration_secs),
+            ..Default::default()
+        };
+        let (_, decision) = host
+            .manager()
+            .explain("acme", "polyglot", &overrides)
+            .unwrap();
+        let decision = decision.unwrap();
+        assert_eq!(decision.attempts[0].extension_id, id, "{decision:?}");
+        assert_eq!(decision.attempts[0].estimate.total.amount, cheapest);
+        settles_through_the_manager(&host, &overrides, id, cheapest);
         winners.push(id.to_owned());
     }
     winners.sort();
@@ -338,6 +359,126 @@ fn lowest_cost_compares_rust_python_and_javascript_estimates() {
         winners,
         vec!["js-tiered", "python-pool", "rust-stub"],
         "each language is cheapest once"
+    );
+}
+
+/// A host folder routing a `lowest-cost` profile over the three languages, configured as
+/// in `lowest_cost_compares_rust_python_and_javascript_estimates`.
+fn polyglot_host_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let ext = dir.path().join("extensions");
+    let prof = dir.path().join("profiles");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::create_dir_all(&prof).unwrap();
+    let component = |rel: &str| format!("component = {:?}\n", built(rel).display().to_string());
+    std::fs::write(
+        ext.join("rust-stub.toml"),
+        component("extensions/saas-stub.wasm")
+            + "id = \"rust-stub\"\n[config]\nprice_vcpu_second = \"0.00001\"\n",
+    )
+    .unwrap();
+    let shipped = std::fs::read_to_string(root().join("extensions/python-pool.toml")).unwrap();
+    std::fs::write(
+        ext.join("python-pool.toml"),
+        component("extensions/python-pool.wasm") + &shipped,
+    )
+    .unwrap();
+    std::fs::write(
+        ext.join("js-tiered.toml"),
+        component("extensions/js-tiered.wasm")
+            + "id = \"js-tiered\"\n[config]\nvcpu_tiers = \"3600:0.000014,0.000005\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        prof.join("polyglot.toml"),
+        r#"id = "polyglot"
+description = "The cheapest of three languages"
+template = "base"
+max_duration_secs = 36000
+[resources]
+vcpus = 1
+memory_mib = 512
+[route]
+strategy = "lowest-cost"
+candidates = ["rust-stub", "python-pool", "js-tiered"]
+fallback = false
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+/// The host over [`polyglot_host_folder`], with the shared precompiled cache and credits.
+fn polyglot_host(folder: &Path) -> Host {
+    let settings = Settings {
+        extensions_dir: folder.join("extensions"),
+        profiles_dir: folder.join("profiles"),
+        state_dir: folder.join("state"),
+    };
+    let options = HostOptions {
+        runtime: RuntimeConfig::with_cache_dir(root().join("target/test-cache/polyglot")),
+        ..Default::default()
+    };
+    let host = Host::open_with(&settings, options).unwrap();
+    assert!(
+        host.skipped_extensions().is_empty(),
+        "{:?}",
+        host.skipped_extensions()
+    );
+    let mut ids = host.manager().extensions().ids();
+    ids.sort();
+    assert_eq!(ids, ["js-tiered", "python-pool", "rust-stub"]);
+    host.ledger()
+        .grant("acme", &usd("100"), "test credits", "grant-acme")
+        .unwrap();
+    host
+}
+
+fn usd(amount: &str) -> Money {
+    Money {
+        amount: dec(amount),
+        currency: Currency::new("USD").unwrap(),
+    }
+}
+
+/// create → destroy → settle through the `SandboxManager`: served by `expected`, the
+/// estimate held, the meter equal to the extension's own price of the recorded usage, the
+/// hold posted and nothing left held.
+fn settles_through_the_manager(
+    host: &Host,
+    overrides: &RequestOverrides,
+    expected: &str,
+    estimate: Decimal,
+) {
+    let usd_currency = Currency::new("USD").unwrap();
+    let st = host
+        .manager()
+        .create("acme", "polyglot", overrides, None)
+        .unwrap();
+    assert_eq!(st.extension_id.as_deref(), Some(expected));
+    assert_eq!(st.estimate.as_ref().unwrap().total.amount, estimate);
+    assert_eq!(
+        host.ledger().balance("acme", &usd_currency).unwrap().held,
+        st.held.as_ref().unwrap().amount
+    );
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let done = host.manager().destroy(Some("acme"), &st.id).unwrap();
+    assert_eq!(done.state, SandboxState::Destroyed);
+    let meter = done.meter.as_ref().unwrap();
+    let lived = done.destroy_at_ms.unwrap() - done.started_at_ms.unwrap();
+    assert_eq!(meter.usage.duration_ms, lived, "{expected}");
+    let backend = host.manager().extensions().get(expected).unwrap();
+    let priced = backend.meter_actual(&done.request, &meter.usage).unwrap();
+    assert_eq!(meter.exact, priced.total.amount, "{expected}");
+    assert!(
+        meter.exact > Decimal::ZERO && meter.exact <= estimate,
+        "{expected}: {meter:?}"
+    );
+    let hold = host.ledger().hold_for_sandbox(&st.id).unwrap().unwrap();
+    assert_eq!(hold.state, HoldState::Posted, "{expected}");
+    assert_eq!(
+        host.ledger().balance("acme", &usd_currency).unwrap().held,
+        Decimal::ZERO
     );
 }
 
@@ -440,4 +581,248 @@ fn python_and_javascript_run_under_the_default_memory_cap() {
             "{wasm}: {err}"
         );
     }
+}
+
+/// `sandboxer extensions check FILE --json [ARGS]`: whether it passed, and the report.
+fn check_json(file: &Path, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+        .env(
+            "SANDBOXER_STATE_DIR",
+            root().join("target/test-cache/polyglot-state"),
+        )
+        .args(["extensions", "check", "--json"])
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+/// The checks of a report that failed, by name, with their detail.
+fn failed_checks(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The conformance suite an author relies on: every function checked and timed, malformed
+/// requests refused with `invalid-request`, idempotent destroy, estimate ≥ meter; a guest
+/// that accepts malformed requests, or prices with a float or without a currency, fails
+/// with a message naming the function and the value.
+#[test]
+fn the_check_holds_extensions_to_the_contract() {
+    let misbehave = built("tests/guests/misbehave.wasm");
+    let (passed, report) = check_json(&misbehave, &["--config", "mode=ok"]);
+    assert!(passed, "{report:#}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "load",
+        "info",
+        "estimate-cost",
+        "create",
+        "status",
+        "destroy",
+        "destroy-twice",
+        "meter-actual",
+        "estimate-covers-meter",
+        "invalid-requests",
+        "capacity",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    for c in report["checks"].as_array().unwrap() {
+        assert!(c["micros"].as_u64().is_some(), "untimed check {c}");
+    }
+    let invalid = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "invalid-requests")
+        .unwrap();
+    assert!(
+        invalid["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("6 malformed"),
+        "{invalid}"
+    );
+
+    // A backend that accepts malformed requests fails that check only, naming each case.
+    let (passed, report) = check_json(&misbehave, &["--config", "mode=lax"]);
+    assert!(!passed, "{report:#}");
+    let failed = failed_checks(&report);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (name, detail) = &failed[0];
+    assert_eq!(name, "invalid-requests");
+    for needle in [
+        "estimate-cost with resources.vcpus = 0",
+        "create with resources.vcpus = 0",
+        "create with max-duration-secs = 0",
+        "estimate-cost with resources.memory-mib = 0",
+    ] {
+        assert!(detail.contains(needle), "{needle:?} not in {detail}");
+    }
+
+    // Deliberate pricing bugs: the failing check names the function and the value.
+    for (mode, value) in [("float", "\"1e-5\""), ("no-currency", "currency: \"\"")] {
+        let (passed, report) = check_json(&misbehave, &["--config", &format!("mode={mode}")]);
+        assert!(!passed, "{mode}: {report:#}");
+        let failed = failed_checks(&report);
+        let (_, detail) = failed
+            .iter()
+            .find(|(name, _)| name == "estimate-cost")
+            .unwrap_or_else(|| panic!("{mode}: estimate-cost passed: {failed:?}"));
+        assert!(
+            detail.contains("estimate-cost") && detail.contains(value),
+            "{mode}: {detail}"
+        );
+        let (_, detail) = failed
+            .iter()
+            .find(|(name, _)| name == "meter-actual")
+            .unwrap_or_else(|| panic!("{mode}: meter-actual passed: {failed:?}"));
+        assert!(
+            detail.contains("meter-actual") && detail.contains(value),
+            "{mode}: {detail}"
+        );
+    }
+
+    // The real Python and JavaScript backends refuse malformed requests properly.
+    for file in [
+        root().join("extensions/python-pool.toml"),
+        built("extensions/js-tiered.wasm"),
+    ] {
+        let (passed, report) = check_json(&file, &[]);
+        assert!(passed, "{}: {report:#}", file.display());
+        assert!(
+            names_passed(&report).contains(&"invalid-requests".to_owned()),
+            "{report:#}"
+        );
+    }
+}
+
+fn names_passed(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == true)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A service must not wait for a large guest to compile before serving the others: with
+/// the service's `defer_compile_above_bytes` (4 MiB) and an empty cache, a host opens as
+/// soon as the small saas-stub is compiled, routes to it while the 18 MB python-pool
+/// compiles in the background, then routes to python-pool as soon as it is loaded.
+#[test]
+fn a_slow_compile_does_not_hold_up_the_other_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    let ext = dir.path().join("extensions");
+    let prof = dir.path().join("profiles");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::create_dir_all(&prof).unwrap();
+    let component = |rel: &str| format!("component = {:?}\n", built(rel).display().to_string());
+    std::fs::write(
+        ext.join("saas-stub.toml"),
+        component("extensions/saas-stub.wasm"),
+    )
+    .unwrap();
+    let shipped = std::fs::read_to_string(root().join("extensions/python-pool.toml")).unwrap();
+    std::fs::write(
+        ext.join("python-pool.toml"),
+        component("extensions/python-pool.wasm") + &shipped,
+    )
+    .unwrap();
+    for (id, target) in [("stub", "saas-stub"), ("pool", "python-pool")] {
+        std::fs::write(
+            prof.join(format!("{id}.toml")),
+            format!(
+                "id = \"{id}\"\ndescription = \"{target} only\"\ntemplate = \"base\"\nmax_duration_secs = 3600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"{target}\"\nfallback = false\n"
+            ),
+        )
+        .unwrap();
+    }
+    // An empty cache: both components must be compiled.
+    let cache = dir.path().join("cache");
+    let settings = Settings {
+        extensions_dir: ext.clone(),
+        profiles_dir: prof,
+        state_dir: dir.path().join("state"),
+    };
+    let options = HostOptions {
+        runtime: RuntimeConfig::with_cache_dir(&cache),
+        defer_compile_above_bytes: Some(sandboxer_host::host::DEFER_COMPILE_ABOVE_BYTES),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let host = Host::open_with(&settings, options).unwrap();
+    let opened = started.elapsed();
+    assert_eq!(host.pending_extensions(), ["python-pool"]);
+    assert_eq!(host.manager().extensions().ids(), ["saas-stub"]);
+    assert!(
+        host.profile_warnings().is_empty(),
+        "a pending extension is not reported missing: {:?}",
+        host.profile_warnings()
+    );
+    host.ledger()
+        .grant("acme", &usd("10"), "test credits", "grant-acme")
+        .unwrap();
+    let m = host.manager();
+    let st = m
+        .create("acme", "stub", &RequestOverrides::default(), None)
+        .unwrap();
+    assert_eq!(st.extension_id.as_deref(), Some("saas-stub"));
+    m.destroy(Some("acme"), &st.id).unwrap();
+    let served = started.elapsed();
+    assert_eq!(
+        host.pending_extensions(),
+        ["python-pool"],
+        "the stub served while python-pool was still compiling"
+    );
+    assert!(
+        m.create("acme", "pool", &RequestOverrides::default(), None)
+            .is_err(),
+        "python-pool is not routed to before it is loaded"
+    );
+
+    assert!(
+        host.wait_for_extensions(std::time::Duration::from_secs(300)),
+        "python-pool never finished loading"
+    );
+    let compiled = started.elapsed();
+    assert!(
+        host.deferred_skipped().is_empty(),
+        "{:?}",
+        host.deferred_skipped()
+    );
+    let st = m
+        .create("acme", "pool", &RequestOverrides::default(), None)
+        .unwrap();
+    assert_eq!(st.extension_id.as_deref(), Some("python-pool"));
+    let done = m.destroy(Some("acme"), &st.id).unwrap();
+    assert_eq!(done.state, SandboxState::Destroyed);
+    println!(
+        "host opened in {opened:?}, saas-stub lifecycle done at {served:?}, python-pool routed to at {compiled:?}"
+    );
 }

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use sandboxer_host::money::{Currency, Money};
+use sandboxer_host::money::{Currency, Money, parse_decimal};
+use sandboxer_host::runtime::bindings::{self, wit};
 use sandboxer_host::runtime::types::{Cost, LineItem, SandboxRequest};
 use sandboxer_host::runtime::{ArtifactSource, PoolPolicy, Runtime, RuntimeConfig, conformance};
 
@@ -62,6 +63,28 @@ fn native_estimate(prices: &PriceTable, request: &SandboxRequest) -> Option<Cost
         },
         line_items,
     })
+}
+
+/// The answer as the guest sent it: each decimal prints back to the guest's string (the
+/// parsed value keeps the written scale).
+fn wit_cost(c: &Cost) -> wit::Cost {
+    wit::Cost {
+        total: wit::Money {
+            amount: c.total.amount.to_string(),
+            currency: c.total.currency.as_str().to_owned(),
+        },
+        line_items: c
+            .line_items
+            .iter()
+            .map(|l| wit::LineItem {
+                description: l.description.clone(),
+                quantity: l.quantity.to_string(),
+                unit: l.unit.clone(),
+                unit_price: l.unit_price.to_string(),
+                amount: l.amount.to_string(),
+            })
+            .collect(),
+    }
 }
 
 /// Median over `ROUNDS` rounds of `per_round` runs of `f`, per run.
@@ -154,6 +177,20 @@ fn main() {
         wasm_cost.total, native_cost.total,
         "the native pricing must match the component's"
     );
+    if let Some(what) = std::env::var_os("RUNTIME_BENCH_PROFILE") {
+        // For a profiler (`perf record`): only warm calls, for three seconds.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            for _ in 0..1000 {
+                if what == "create" {
+                    black_box(ext.create(black_box(&request)).expect("create"));
+                } else {
+                    black_box(ext.estimate_cost(black_box(&request)).expect("estimate"));
+                }
+            }
+        }
+        return;
+    }
     let warm = per_call(20_000, || {
         black_box(ext.estimate_cost(black_box(&request)).expect("estimate"));
     });
@@ -166,6 +203,24 @@ fn main() {
     let native = per_call(200_000, || {
         black_box(native_estimate(black_box(&prices), black_box(&request)));
     });
+
+    // Where a warm call's time goes, host side: the answer's validation (every decimal
+    // parsed, every product and the sum checked) on the very strings the guest returned.
+    let answer = wit_cost(&wasm_cost);
+    let decimals = 1 + 3 * answer.line_items.len();
+    let copy = per_call(200_000, || {
+        black_box(black_box(&answer).clone());
+    });
+    let validate = per_call(200_000, || {
+        let c = black_box(&answer).clone();
+        black_box(bindings::cost_from_wit(c, &prices.currency).expect("valid"));
+    })
+    .saturating_sub(copy);
+    let parse = per_call(200_000, || {
+        for item in &black_box(&answer).line_items {
+            black_box(parse_decimal(&item.unit_price).expect("decimal"));
+        }
+    }) / u32::try_from(answer.line_items.len()).unwrap_or(1);
 
     // (c) cold: no warm instances kept, every call instantiates from the InstancePre.
     let cold_rt = Runtime::new(RuntimeConfig {
@@ -210,6 +265,18 @@ fn main() {
             ratio(warm, native),
             "< 10x".into(),
             verdict(warm < native * 10).into(),
+        ),
+        (
+            format!("    of which host validation ({decimals} decimals)"),
+            fmt(validate),
+            String::new(),
+            String::new(),
+        ),
+        (
+            "    parse_decimal, one unit price".into(),
+            fmt(parse),
+            String::new(),
+            String::new(),
         ),
         (
             "    bare component call (capacity), warm".into(),

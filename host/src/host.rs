@@ -14,7 +14,12 @@ use crate::manager::{
 use crate::payments::{CreditsStore, LedgerError, OverdraftPolicy, SqliteCreditsStore};
 use crate::routing::profile::{ProfileError, ProfileWarning, load_profiles};
 use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
-use crate::runtime::{LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
+use crate::runtime::sidecar::discover;
+use crate::runtime::{ExtensionSpec, LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
+
+/// Uncached components larger than this (4 MiB) compile in the background in a service:
+/// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.
+pub const DEFER_COMPILE_ABOVE_BYTES: u64 = 4 << 20;
 
 /// How to build a [`Host`] beyond the folders.
 #[derive(Clone, Default)]
@@ -32,6 +37,13 @@ pub struct HostOptions {
     pub extra_sinks: Vec<Arc<dyn EventSink>>,
     /// Skip reconciliation at open (read-only inspection, tests of recovery itself).
     pub skip_reconcile: bool,
+    /// Load extensions whose compiled code is not cached yet and whose `.wasm` is larger
+    /// than this many bytes in the background, adding each to the manager's registry when
+    /// ready, so a service starts serving the others at once (a large Python guest
+    /// compiles for tens of seconds; a Rust one in well under a second). `None` (the CLI,
+    /// whose commands need every extension): load everything before answering.
+    /// [`DEFER_COMPILE_ABOVE_BYTES`] is the service's choice.
+    pub defer_compile_above_bytes: Option<u64>,
 }
 
 /// The host could not be assembled.
@@ -70,6 +82,7 @@ pub enum HostError {
 pub struct Host {
     settings: Settings,
     runtime: Runtime,
+    loading: Arc<Loading>,
     skipped: Vec<Skipped>,
     profile_warnings: Vec<ProfileWarning>,
     ledger: Arc<SqliteCreditsStore>,
@@ -99,11 +112,15 @@ impl Host {
         let runtime = Runtime::new(runtime_config)?;
         // A missing folder means no extensions (listing and settling recorded sandboxes
         // still work); an unreadable one is an error.
-        let report = if settings.extensions_dir.exists() {
-            runtime.load_dir(&settings.extensions_dir)?
+        let (report, deferred) = if settings.extensions_dir.exists() {
+            if let Some(above) = options.defer_compile_above_bytes {
+                load_compiled(&runtime, &settings.extensions_dir, above)?
+            } else {
+                (runtime.load_dir(&settings.extensions_dir)?, Vec::new())
+            }
         } else {
             tracing::warn!(dir = %settings.extensions_dir.display(), "no extensions folder: no extension is loaded");
-            LoadReport::default()
+            (LoadReport::default(), Vec::new())
         };
         let backends: Vec<Arc<dyn Backend>> = report
             .loaded
@@ -121,7 +138,9 @@ impl Host {
             tracing::warn!(dir = %settings.profiles_dir.display(), "no profiles folder: no profile is loaded");
             ProfileSet::default()
         };
-        let profile_warnings = profiles.check_candidates(&extensions.ids());
+        let mut known = extensions.ids();
+        known.extend(deferred.iter().map(|s| s.id.clone()));
+        let profile_warnings = profiles.check_candidates(&known);
         for w in &profile_warnings {
             tracing::warn!(profile = %w.profile, file = %w.file.display(), "{}", w.message);
         }
@@ -149,13 +168,19 @@ impl Host {
         } else {
             manager.reconcile()?
         };
+        let manager = Arc::new(manager);
+        let loading = Arc::new(Loading::default());
+        if !deferred.is_empty() {
+            spawn_deferred_loads(&runtime, &manager, &loading, deferred);
+        }
         Ok(Self {
             settings: settings.clone(),
             runtime,
+            loading,
             skipped: report.skipped,
             profile_warnings,
             ledger,
-            manager: Arc::new(manager),
+            manager,
             reconciled,
         })
     }
@@ -170,9 +195,66 @@ impl Host {
         &self.runtime
     }
 
-    /// Extension files that were not loaded, with the reason.
+    /// Extension files that were not loaded, with the reason (those loaded in the
+    /// background are in [`Host::deferred_skipped`]).
     pub fn skipped_extensions(&self) -> &[Skipped] {
         &self.skipped
+    }
+
+    /// Ids still compiling in the background (see [`HostOptions::defer_compile_above_bytes`]).
+    pub fn pending_extensions(&self) -> Vec<String> {
+        self.loading.state.lock().pending.clone()
+    }
+
+    /// Re-reads the extensions folder as [`Runtime::load_dir`] does (hot reload), leaving
+    /// out the ids still compiling in the background, so a reload never waits on them.
+    pub fn load_extensions(&self) -> Result<LoadReport, RuntimeError> {
+        let pending = self.pending_extensions();
+        if pending.is_empty() {
+            return self.runtime.load_dir(&self.settings.extensions_dir);
+        }
+        let (mut report, later) = load_compiled(&self.runtime, &self.settings.extensions_dir, 0)?;
+        // Uncompiled but not pending (a new file): load it now, as load_dir would.
+        for spec in later.into_iter().filter(|s| !pending.contains(&s.id)) {
+            match self.runtime.load_spec(spec) {
+                Ok(ext) => report.loaded.push(ext),
+                Err(err) => report.skipped.push(Skipped {
+                    file: err.file,
+                    id: err.id,
+                    reason: err.failure.to_string(),
+                }),
+            }
+        }
+        Ok(report)
+    }
+
+    /// How many extensions finished loading in the background so far (a surface that
+    /// wraps extensions re-reads the folder when this grows).
+    pub fn loaded_in_background(&self) -> u64 {
+        self.loading.state.lock().finished
+    }
+
+    /// Background loads that failed, with the reason.
+    pub fn deferred_skipped(&self) -> Vec<Skipped> {
+        self.loading.state.lock().skipped.clone()
+    }
+
+    /// Waits until no extension is loading in the background, at most `timeout`;
+    /// whether they all finished.
+    pub fn wait_for_extensions(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = self.loading.state.lock();
+        while !state.pending.is_empty() {
+            if self
+                .loading
+                .done
+                .wait_until(&mut state, deadline)
+                .timed_out()
+            {
+                return state.pending.is_empty();
+            }
+        }
+        true
     }
 
     /// Profile candidates no loaded extension provides.
@@ -198,6 +280,108 @@ impl Host {
     /// What reconciliation did when the host was opened.
     pub fn reconciled(&self) -> &ReconcileReport {
         &self.reconciled
+    }
+}
+
+/// Extensions loading in the background.
+#[derive(Default)]
+struct Loading {
+    state: parking_lot::Mutex<LoadingState>,
+    done: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct LoadingState {
+    pending: Vec<String>,
+    skipped: Vec<Skipped>,
+    finished: u64,
+}
+
+/// Loads the extensions of `dir` whose compiled code is at hand or whose `.wasm` is at
+/// most `above` bytes; returns the others (large and not compiled yet).
+fn load_compiled(
+    runtime: &Runtime,
+    dir: &std::path::Path,
+    above: u64,
+) -> Result<(LoadReport, Vec<ExtensionSpec>), RuntimeError> {
+    let found = discover(dir).map_err(|source| RuntimeError::ReadDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut report = LoadReport {
+        loaded: Vec::new(),
+        skipped: found.skipped,
+    };
+    for s in &report.skipped {
+        tracing::warn!(file = %s.file.display(), reason = %s.reason, "extension skipped");
+    }
+    let mut deferred = Vec::new();
+    for spec in found.specs {
+        let large = std::fs::metadata(&spec.component).is_ok_and(|m| m.len() > above);
+        if large && !runtime.is_compiled(&spec) {
+            tracing::info!(extension = %spec.id, file = %spec.component.display(), "not compiled yet: loading in the background");
+            deferred.push(spec);
+            continue;
+        }
+        match runtime.load_spec(spec) {
+            Ok(ext) => report.loaded.push(ext),
+            Err(err) => {
+                tracing::warn!(file = %err.file.display(), reason = %err.failure, "extension skipped");
+                report.skipped.push(Skipped {
+                    file: err.file,
+                    id: err.id,
+                    reason: err.failure.to_string(),
+                });
+            }
+        }
+    }
+    report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok((report, deferred))
+}
+
+/// Compiles `specs` one after the other on a thread, adding each to the manager's
+/// registry as soon as it loads.
+fn spawn_deferred_loads(
+    runtime: &Runtime,
+    manager: &Arc<SandboxManager>,
+    loading: &Arc<Loading>,
+    specs: Vec<ExtensionSpec>,
+) {
+    loading.state.lock().pending = specs.iter().map(|s| s.id.clone()).collect();
+    let runtime = runtime.clone();
+    let manager = Arc::clone(manager);
+    let shared = Arc::clone(loading);
+    let spawned = std::thread::Builder::new()
+        .name("extension-loader".into())
+        .spawn(move || {
+            for spec in specs {
+                let id = spec.id.clone();
+                let started = std::time::Instant::now();
+                let outcome = runtime.load_spec(spec);
+                let mut state = shared.state.lock();
+                match outcome {
+                    Ok(ext) => {
+                        manager.extensions().upsert(ext as Arc<dyn Backend>);
+                        tracing::info!(extension = %id, ms = started.elapsed().as_millis() as u64, "extension loaded in the background: now routed to");
+                    }
+                    Err(err) => {
+                        tracing::warn!(extension = %id, file = %err.file.display(), reason = %err.failure, "extension skipped");
+                        state.skipped.push(Skipped {
+                            file: err.file,
+                            id: err.id,
+                            reason: err.failure.to_string(),
+                        });
+                    }
+                }
+                state.pending.retain(|p| *p != id);
+                state.finished += 1;
+                shared.done.notify_all();
+            }
+        });
+    if let Err(e) = spawned {
+        // No thread: nothing will load them; say so rather than wait forever.
+        tracing::error!(error = %e, "cannot start the extension loader thread");
+        loading.state.lock().pending.clear();
     }
 }
 

@@ -24,6 +24,48 @@ pub enum DecimalError {
 /// Parses the contract's decimal format: ASCII digits with at most one `.`, no sign, no
 /// exponent, no separators, at most 28 significant digits. `"0.000014"` → 0.000014.
 pub fn parse_decimal(s: &str) -> Result<Decimal, DecimalError> {
+    // Every string an extension returns passes here: the common case (up to 19 digits,
+    // which fit a u64 mantissa) is parsed in one pass; anything else takes the full path.
+    if let Some(d) = parse_short(s.as_bytes()) {
+        return Ok(d);
+    }
+    parse_decimal_slow(s)
+}
+
+/// One pass over `digits[.digits]` with at most 19 digits in all; `None` for anything
+/// else (including every malformed string, which [`parse_decimal_slow`] then explains).
+/// The result keeps the written scale (`"3.50"` is 350 × 10⁻²), as `from_str_exact` does.
+fn parse_short(bytes: &[u8]) -> Option<Decimal> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let mut mantissa: u64 = 0;
+    let mut digits = 0u32;
+    let mut dot: Option<usize> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'0'..=b'9' if digits < 19 => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if dot.is_none() && i > 0 && i + 1 < bytes.len() => dot = Some(i),
+            _ => return None,
+        }
+    }
+    let scale = dot.map_or(0, |i| bytes.len() - i - 1);
+    let scale = u32::try_from(scale).ok()?;
+    // 19 digits are below 10^19 < 2^64: no overflow above, and the scale is at most 18.
+    Some(Decimal::from_parts(
+        mantissa as u32,
+        (mantissa >> 32) as u32,
+        0,
+        false,
+        scale,
+    ))
+}
+
+/// The full check, with an error that says what is wrong.
+fn parse_decimal_slow(s: &str) -> Result<Decimal, DecimalError> {
     if s.is_empty() {
         return Err(DecimalError::Empty);
     }
@@ -44,7 +86,11 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, DecimalError> {
     if dots > 1 || s == "." || s.starts_with('.') || s.ends_with('.') {
         return Err(DecimalError::Malformed(s.to_owned()));
     }
-    let significant = s.trim_start_matches(['0', '.']).chars().filter(char::is_ascii_digit).count();
+    let significant = s
+        .trim_start_matches(['0', '.'])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
     if significant > 28 {
         return Err(DecimalError::TooLarge(s.to_owned()));
     }
@@ -65,8 +111,14 @@ impl Currency {
     /// Validates and wraps a currency code.
     pub fn new(code: &str) -> Result<Self, CurrencyError> {
         let ok = (3..=8).contains(&code.len())
-            && code.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
-        if ok { Ok(Self(code.to_owned())) } else { Err(CurrencyError(code.to_owned())) }
+            && code
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if ok {
+            Ok(Self(code.to_owned()))
+        } else {
+            Err(CurrencyError(code.to_owned()))
+        }
     }
 
     /// The code, e.g. `"USD"`.
@@ -122,13 +174,67 @@ mod tests {
 
     #[test]
     fn refuses_everything_else() {
-        for bad in ["", "abc", "-1", "1e-5", "1E3", "+1", "1.2.3", ".5", "5.", " 1", "1,000", "NaN"] {
+        for bad in [
+            "", "abc", "-1", "1e-5", "1E3", "+1", "1.2.3", ".5", "5.", " 1", "1,000", "NaN",
+        ] {
             assert!(parse_decimal(bad).is_err(), "{bad:?} was accepted");
         }
-        assert!(matches!(parse_decimal("1e-5"), Err(DecimalError::Exponent(_))));
-        assert!(matches!(parse_decimal("-1"), Err(DecimalError::Negative(_))));
+        assert!(matches!(
+            parse_decimal("1e-5"),
+            Err(DecimalError::Exponent(_))
+        ));
+        assert!(matches!(
+            parse_decimal("-1"),
+            Err(DecimalError::Negative(_))
+        ));
         let forty = "1".repeat(40);
-        assert!(matches!(parse_decimal(&forty), Err(DecimalError::TooLarge(_))));
+        assert!(matches!(
+            parse_decimal(&forty),
+            Err(DecimalError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_parser() {
+        let cases = [
+            "0",
+            "00",
+            "7",
+            "0.000014",
+            "3.50",
+            "1234567890123456789",
+            "9999999999999999999",
+            "18446744073709551615",
+            "0.1234567890123456789",
+            "123456789.0123456789",
+            "1.000000000000000000",
+            "0000000000000000000.1",
+            "12345678901234567890",
+        ];
+        for s in cases {
+            let fast = parse_decimal(s).unwrap();
+            let full = parse_decimal_slow(s).unwrap();
+            assert_eq!(fast, full, "{s}");
+            assert_eq!(fast.scale(), full.scale(), "{s}");
+            assert_eq!(fast.mantissa(), full.mantissa(), "{s}");
+        }
+        for bad in [
+            "", ".", "1.", ".1", "1..2", "1.2.3", "-0", "+0", "1e5", " 1", "1 ", "٣",
+        ] {
+            assert_eq!(parse_decimal(bad), parse_decimal_slow(bad), "{bad:?}");
+            assert!(parse_decimal(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn both_paths_parse_any_plain_decimal_alike(m in proptest::prelude::any::<u64>(), scale in 0u32..=24, pad in 0usize..3) {
+            let d = Decimal::from_i128_with_scale(i128::from(m), scale);
+            let s = format!("{}{d}", "0".repeat(pad));
+            let fast = parse_decimal(&s).unwrap();
+            let full = parse_decimal_slow(&s).unwrap();
+            proptest::prop_assert_eq!((fast.mantissa(), fast.scale()), (full.mantissa(), full.scale()));
+        }
     }
 
     #[test]

@@ -20,15 +20,16 @@ pub enum Error {
     Internal(String),
 }
 
-/// The parts of the WIT `sandbox-request` this backend looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub sandbox_id: String,
-    pub template: String,
+/// The parts of the WIT `sandbox-request` this backend looks at, borrowed from it (a
+/// call copies nothing it does not return).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub sandbox_id: &'a str,
+    pub template: &'a str,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub max_duration_secs: u64,
-    pub region: Option<String>,
+    pub region: Option<&'a str>,
 }
 
 /// One line of a price, as contract decimal strings.
@@ -144,7 +145,7 @@ pub fn create(config: &Config, request: &Request) -> Result<Created, Error> {
     // The pool's capacity is counted by the host; the simulator has nothing to allocate.
     let region = request
         .region
-        .clone()
+        .map(str::to_owned)
         .or_else(|| config.regions.first().cloned());
     Ok(Created {
         handle: format!("{HANDLE_PREFIX}{}", request.sandbox_id),
@@ -159,7 +160,7 @@ pub fn status(
     created_at_ms: u64,
     now_ms: u64,
 ) -> Result<(State, String), Error> {
-    if handle.strip_prefix(HANDLE_PREFIX) != Some(request.sandbox_id.as_str()) {
+    if handle.strip_prefix(HANDLE_PREFIX) != Some(request.sandbox_id) {
         return Err(Error::NotFound(format!(
             "handle {handle:?} does not name sandbox {:?}",
             request.sandbox_id
@@ -262,9 +263,9 @@ fn check_request(config: &Config, r: &Request) -> Result<(), Error> {
     if r.template.trim().is_empty() {
         return invalid("template is empty".to_owned());
     }
-    if let Some(region) = &r.region
+    if let Some(region) = r.region
         && !config.regions.is_empty()
-        && !config.regions.contains(region)
+        && !config.regions.iter().any(|r| r == region)
     {
         return Err(Error::Unsupported(format!(
             "region {region:?} is not served (regions: {})",
@@ -285,16 +286,20 @@ fn price(
     gib_seconds: Decimal,
     sandboxes: Decimal,
 ) -> Result<Cost, Error> {
-    let mut lines = vec![
+    let lines = [
         (VCPU, vcpu_seconds, config.price_vcpu_second),
         (MEMORY, gib_seconds, config.price_gib_second),
+        (SANDBOXES, sandboxes, config.price_per_sandbox),
     ];
-    if !config.price_per_sandbox.is_zero() {
-        lines.push((SANDBOXES, sandboxes, config.price_per_sandbox));
-    }
+    // The fee line only when a fee is configured.
+    let count = if config.price_per_sandbox.is_zero() {
+        2
+    } else {
+        3
+    };
     let mut total = Decimal::ZERO;
-    let mut line_items = Vec::with_capacity(lines.len());
-    for ((_, unit, description), quantity, unit_price) in lines {
+    let mut line_items = Vec::with_capacity(count);
+    for ((_, unit, description), quantity, unit_price) in lines.into_iter().take(count) {
         let amount = exact::mul(quantity, unit_price).ok_or_else(|| {
             Error::Internal(format!(
                 "{description}: {quantity} × {unit_price} is not exact within 28 digits"
@@ -322,7 +327,7 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn request() -> Request {
+    fn request() -> Request<'static> {
         Request {
             sandbox_id: "sb-1".into(),
             template: "base".into(),

@@ -38,14 +38,14 @@ fn config() -> Result<&'static Config, wit::BackendError> {
         .map_err(|e| wit::BackendError::Internal(e.clone()))
 }
 
-fn request(r: &wit::SandboxRequest) -> backend::Request {
+fn request(r: &wit::SandboxRequest) -> backend::Request<'_> {
     backend::Request {
-        sandbox_id: r.sandbox_id.clone(),
-        template: r.template.clone(),
+        sandbox_id: &r.sandbox_id,
+        template: &r.template,
         vcpus: r.resources.vcpus,
         memory_mib: r.resources.memory_mib,
         max_duration_secs: r.max_duration_secs,
-        region: r.region.clone(),
+        region: r.region.as_deref(),
     }
 }
 

@@ -39,6 +39,9 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     // Events are delivered by the service's delivery loop, not inside each destroy: many
     // settlements share one sink write, and a request never waits on a sink.
     options.manager.deliver_after_settle = false;
+    // Serve at once; a large uncached guest (tens of seconds to compile) joins when
+    // ready (picked up by `tick`).
+    options.defer_compile_above_bytes = Some(crate::host::DEFER_COMPILE_ABOVE_BYTES);
     options.manager.lease = Some(manager::LeasePolicy {
         chunk: cfg.leases.chunk,
         renew_before: cfg.leases.renew_before,
@@ -70,6 +73,9 @@ pub struct HostBackend {
     installed: Mutex<BTreeMap<String, Installed>>,
     gauge_series: Mutex<Vec<(String, String)>>,
     reload_lock: Mutex<()>,
+    // `Host::loaded_in_background` when last re-read: a growth means a deferred
+    // extension is ready and must be registered instrumented.
+    background_seen: std::sync::atomic::AtomicU64,
 }
 
 impl HostBackend {
@@ -80,6 +86,7 @@ impl HostBackend {
             installed: Mutex::new(BTreeMap::new()),
             gauge_series: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
+            background_seen: std::sync::atomic::AtomicU64::new(0),
         };
         b.reload_extensions();
         b
@@ -391,6 +398,13 @@ impl Maintenance for HostBackend {
     }
 
     fn tick(&self) {
+        let loaded = self.host.loaded_in_background();
+        let seen = self
+            .background_seen
+            .swap(loaded, std::sync::atomic::Ordering::Relaxed);
+        if loaded != seen {
+            self.reload_extensions();
+        }
         let leases = self.manager().keep_leases();
         for _ in &leases.renewed {
             metrics::lease_renewal("renewed");
@@ -418,7 +432,7 @@ impl Maintenance for HostBackend {
     fn reload_extensions(&self) {
         let _one = self.reload_lock.lock();
         let dir = &self.host.settings().extensions_dir;
-        let report = match self.host.runtime().load_dir(dir) {
+        let report = match self.host.load_extensions() {
             Ok(r) => r,
             Err(e) => {
                 metrics::reload("extension", "failed");

@@ -19,6 +19,9 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "backend-extension",
         path: "../wit",
+        // Requests and contexts are lowered straight from the host's values: the
+        // generated parameter types borrow (`&str`, slices) instead of owning copies.
+        ownership: Borrowing { duplicate_if_necessary: false },
     });
 }
 
@@ -45,35 +48,60 @@ pub const BACKEND_FUNCTIONS: [&str; 7] = [
 /// The largest handle the host agrees to persist.
 pub const MAX_HANDLE_BYTES: usize = 64 * 1024;
 
-/// A request as the guest sees it.
-pub fn request_to_wit(r: &SandboxRequest) -> wit::SandboxRequest {
-    wit::SandboxRequest {
-        sandbox_id: r.sandbox_id.clone(),
-        tenant: r.tenant.clone(),
-        profile: r.profile.clone(),
-        template: r.template.clone(),
-        resources: resources_to_wit(&r.resources),
-        max_duration_secs: r.max_duration_secs,
-        region: r.region.clone(),
-        env: r.env.clone(),
-        metadata: r.metadata.clone(),
+/// The `(key, value)` lists of a request as borrowed pairs, which the WIT request
+/// borrows in turn (no list: no allocation).
+pub struct RequestLists<'a> {
+    env: Vec<(&'a str, &'a str)>,
+    metadata: Vec<(&'a str, &'a str)>,
+}
+
+/// Borrows `r`'s lists for [`request_to_wit`].
+pub fn request_lists(r: &SandboxRequest) -> RequestLists<'_> {
+    fn pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+        v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+    RequestLists {
+        env: pairs(&r.env),
+        metadata: pairs(&r.metadata),
     }
 }
 
-fn resources_to_wit(r: &Resources) -> wit::Resources {
+/// A request as the guest sees it, borrowed from `r` (nothing is copied until wasmtime
+/// writes it into the guest's memory).
+pub fn request_to_wit<'a>(
+    r: &'a SandboxRequest,
+    lists: &'a RequestLists<'a>,
+) -> wit::SandboxRequest<'a> {
+    wit::SandboxRequest {
+        sandbox_id: &r.sandbox_id,
+        tenant: &r.tenant,
+        profile: &r.profile,
+        template: &r.template,
+        resources: resources_to_wit(&r.resources),
+        max_duration_secs: r.max_duration_secs,
+        region: r.region.as_deref(),
+        env: &lists.env,
+        metadata: &lists.metadata,
+    }
+}
+
+fn resources_to_wit(r: &Resources) -> wit::Resources<'_> {
     wit::Resources {
         vcpus: r.vcpus,
         memory_mib: r.memory_mib,
         disk_mib: r.disk_mib,
-        gpu: r.gpu.clone(),
+        gpu: r.gpu.as_deref(),
     }
 }
 
-/// A sandbox context as the guest sees it.
-pub fn context_to_wit(c: &SandboxContext) -> wit::SandboxContext {
+/// A sandbox context as the guest sees it, borrowed from `c` like [`request_to_wit`].
+pub fn context_to_wit<'a>(
+    c: &'a SandboxContext,
+    lists: &'a RequestLists<'a>,
+) -> wit::SandboxContext<'a> {
     wit::SandboxContext {
-        request: request_to_wit(&c.request),
-        handle: c.handle.clone(),
+        request: request_to_wit(&c.request, lists),
+        handle: &c.handle,
         created_at_ms: c.created_at_ms,
         now_ms: c.now_ms,
     }

@@ -3,7 +3,8 @@
 //! The checks call each function with a sample request and validate the answers beyond
 //! what every call already validates (decimals, currency, line items and totals): the
 //! destroy usage echoes the host-measured lifetime, destroying twice gives the same usage,
-//! and the estimate for the full duration covers the meter reading for the same usage.
+//! the estimate for the full duration covers the meter reading for the same usage, and
+//! malformed requests are refused with `invalid-request`. Every check is timed.
 //! Surfaces (CLI, HTTP) only render the [`ConformanceReport`].
 
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use serde::Serialize;
 use super::extension::{ArtifactSource, Extension};
 use super::sidecar::ExtensionSpec;
 use super::types::{
-    Capability, Cost, ExtensionInfo, Resources, SandboxContext, SandboxRequest, Usage,
+    BackendError, Capability, Cost, ExtensionError, ExtensionInfo, Fault, Resources,
+    SandboxContext, SandboxRequest, Usage,
 };
 use super::{LoadError, Runtime};
 
@@ -238,6 +240,8 @@ pub fn check_extension(ext: &Extension) -> Vec<Check> {
         }
     }));
 
+    checks.push(timed("invalid-requests", || check_invalid_requests(ext)));
+
     checks.push(timed("capacity", || {
         let capacity = ext.capacity().map_err(|e| e.to_string())?;
         let declared = ext.info().capabilities.contains(&Capability::Capacity);
@@ -248,6 +252,61 @@ pub fn check_extension(ext: &Extension) -> Vec<Check> {
         }
     }));
     checks
+}
+
+/// Malformed requests (no vCPU, no memory, no duration) must be refused by
+/// `estimate-cost` and `create` with `invalid-request`: not priced, not created, and not
+/// reported as a retryable failure the router would fail over on.
+fn check_invalid_requests(ext: &Extension) -> Result<String, String> {
+    type Breakage = (&'static str, fn(&mut SandboxRequest));
+    let breakages: [Breakage; 3] = [
+        ("resources.vcpus = 0", |r| r.resources.vcpus = 0),
+        ("resources.memory-mib = 0", |r| r.resources.memory_mib = 0),
+        ("max-duration-secs = 0", |r| r.max_duration_secs = 0),
+    ];
+    let mut problems = Vec::new();
+    let mut refused = 0;
+    for (what, breaks) in breakages {
+        let mut request = sample_request();
+        request.sandbox_id = "sbx-conformance-invalid".into();
+        breaks(&mut request);
+        let estimate = ext
+            .estimate_cost(&request)
+            .map(|c| format!("priced at {}", c.total));
+        let create = ext.create(&request).map(|c| {
+            // Undo what should not exist; the verdict is already failed.
+            let ctx = SandboxContext {
+                request: request.clone(),
+                handle: c.handle.clone(),
+                created_at_ms: SAMPLE_CREATED_AT_MS,
+                now_ms: SAMPLE_CREATED_AT_MS,
+            };
+            let _ = ext.destroy(&ctx);
+            format!("created (handle {:?})", shorten(&c.handle))
+        });
+        for (function, outcome) in [("estimate-cost", estimate), ("create", create)] {
+            match outcome {
+                Err(ExtensionError {
+                    fault: Fault::Backend(BackendError::InvalidRequest(_)),
+                    ..
+                }) => refused += 1,
+                Err(e) => problems.push(format!(
+                    "{function} with {what}: expected invalid-request, got {}",
+                    e.fault
+                )),
+                Ok(answer) => problems.push(format!(
+                    "{function} with {what}: expected invalid-request, got an answer ({answer})"
+                )),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "{refused} malformed requests refused with invalid-request (vcpus, memory-mib, max-duration-secs = 0)"
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn check_info(info: &ExtensionInfo) -> Result<String, String> {

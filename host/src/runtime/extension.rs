@@ -259,8 +259,9 @@ impl Extension {
     /// The price of `request` over its whole maximum duration.
     pub fn estimate_cost(&self, request: &SandboxRequest) -> Result<Cost, ExtensionError> {
         const F: Function = Function::EstimateCost;
-        let arg = bindings::request_to_wit(request);
-        let answer = self.calls.invoke(F, |g, s| g.call_estimate_cost(s, &arg))?;
+        let lists = bindings::request_lists(request);
+        let arg = bindings::request_to_wit(request, &lists);
+        let answer = self.calls.invoke(F, |g, s| g.call_estimate_cost(s, arg))?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -268,8 +269,9 @@ impl Extension {
     /// Starts a sandbox; the handle is for the host to persist.
     pub fn create(&self, request: &SandboxRequest) -> Result<Created, ExtensionError> {
         const F: Function = Function::Create;
-        let arg = bindings::request_to_wit(request);
-        let answer = self.calls.invoke(F, |g, s| g.call_create(s, &arg))?;
+        let lists = bindings::request_lists(request);
+        let arg = bindings::request_to_wit(request, &lists);
+        let answer = self.calls.invoke(F, |g, s| g.call_create(s, arg))?;
         let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -277,8 +279,9 @@ impl Extension {
     /// The sandbox's state as the backend sees it.
     pub fn status(&self, sandbox: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
         const F: Function = Function::Status;
-        let arg = bindings::context_to_wit(sandbox);
-        let answer = self.calls.invoke(F, |g, s| g.call_status(s, &arg))?;
+        let lists = bindings::request_lists(&sandbox.request);
+        let arg = bindings::context_to_wit(sandbox, &lists);
+        let answer = self.calls.invoke(F, |g, s| g.call_status(s, arg))?;
         let status = answer.map_err(|e| self.calls.backend_error(F, e))?;
         Ok(bindings::status_from_wit(status))
     }
@@ -286,8 +289,9 @@ impl Extension {
     /// Stops the sandbox and reports its usage.
     pub fn destroy(&self, sandbox: &SandboxContext) -> Result<Usage, ExtensionError> {
         const F: Function = Function::Destroy;
-        let arg = bindings::context_to_wit(sandbox);
-        let answer = self.calls.invoke(F, |g, s| g.call_destroy(s, &arg))?;
+        let lists = bindings::request_lists(&sandbox.request);
+        let arg = bindings::context_to_wit(sandbox, &lists);
+        let answer = self.calls.invoke(F, |g, s| g.call_destroy(s, arg))?;
         let usage = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::usage_from_wit(usage).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -299,11 +303,12 @@ impl Extension {
         usage: &Usage,
     ) -> Result<Cost, ExtensionError> {
         const F: Function = Function::MeterActual;
-        let req = bindings::request_to_wit(request);
+        let lists = bindings::request_lists(request);
+        let req = bindings::request_to_wit(request, &lists);
         let use_ = bindings::usage_to_wit(usage);
         let answer = self
             .calls
-            .invoke(F, |g, s| g.call_meter_actual(s, &req, &use_))?;
+            .invoke(F, |g, s| g.call_meter_actual(s, req, &use_))?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }

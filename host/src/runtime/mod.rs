@@ -200,6 +200,10 @@ struct Inner {
     cache: Option<ArtifactCache>,
     /// Components compiled in this process, by wasm sha256: one compile per component.
     components: Mutex<HashMap<String, Component>>,
+    /// One guard per component being looked up or compiled, so two ids on one new
+    /// component compile it once while other components load meanwhile (a 35 s compile
+    /// of a large guest must not hold up cached ones).
+    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     config: RuntimeConfig,
     counters: Counters,
     ticker: Arc<EpochTicker>,
@@ -230,6 +234,7 @@ impl Runtime {
                 linker,
                 cache,
                 components: Mutex::new(HashMap::new()),
+                compiling: Mutex::new(HashMap::new()),
                 config,
                 counters: Counters::default(),
                 ticker,
@@ -388,9 +393,29 @@ impl Runtime {
         sha: &str,
     ) -> Result<(Component, ArtifactSource), LoadFailure> {
         let inner = &self.inner;
-        // Held across the compile on purpose: two ids on one new component compile it once.
-        let mut components = inner.components.lock();
-        if let Some(component) = components.get(sha) {
+        if let Some(component) = inner.components.lock().get(sha) {
+            inner.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((component.clone(), ArtifactSource::Shared));
+        }
+        // Held across the lookup and compile of this component only: two ids on one new
+        // component compile it once; other components are not held up.
+        let guard = Arc::clone(inner.compiling.lock().entry(sha.to_owned()).or_default());
+        let _compiling = guard.lock();
+        let outcome = self.component_uncached(file, bytes, sha);
+        inner.compiling.lock().remove(sha);
+        outcome
+    }
+
+    /// [`Runtime::component_for`] past the first memory lookup, under the component's guard.
+    fn component_uncached(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        sha: &str,
+    ) -> Result<(Component, ArtifactSource), LoadFailure> {
+        let inner = &self.inner;
+        // Another thread may have finished it while this one waited for the guard.
+        if let Some(component) = inner.components.lock().get(sha) {
             inner.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((component.clone(), ArtifactSource::Shared));
         }
@@ -399,7 +424,10 @@ impl Runtime {
             match cache.lookup(&inner.engine, sha) {
                 Lookup::Hit(component) => {
                     inner.counters.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    components.insert(sha.to_owned(), component.clone());
+                    inner
+                        .components
+                        .lock()
+                        .insert(sha.to_owned(), component.clone());
                     return Ok((component, ArtifactSource::Cache));
                 }
                 Lookup::Miss => {}
@@ -411,8 +439,28 @@ impl Runtime {
             }
         }
         let component = self.compile(file, bytes, sha)?;
-        components.insert(sha.to_owned(), component.clone());
+        inner
+            .components
+            .lock()
+            .insert(sha.to_owned(), component.clone());
         Ok((component, source))
+    }
+
+    /// Whether `spec`'s component can be loaded without compiling: it is compiled in this
+    /// process already or an artifact for it is in the cache. Reads and hashes the file;
+    /// an unreadable file counts as compiled (loading it fails fast with the reason).
+    pub fn is_compiled(&self, spec: &ExtensionSpec) -> bool {
+        let Ok(bytes) = std::fs::read(&spec.component) else {
+            return true;
+        };
+        let sha = cache::sha256_hex(&bytes);
+        if self.inner.components.lock().contains_key(&sha) {
+            return true;
+        }
+        self.inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.artifact_path(&sha).is_file())
     }
 
     fn compile(&self, file: &Path, bytes: &[u8], sha: &str) -> Result<Component, LoadFailure> {

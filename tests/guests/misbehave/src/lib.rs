@@ -12,6 +12,8 @@
 //!   - `bad-sum`: line items 0.0001 + 0.0002 with a total of 0.0004.
 //!   - `fail-unavailable`, `fail-capacity`, `fail-unauthorized`: return `unavailable`,
 //!     `capacity-exhausted`, `unauthorized`.
+//!   - `lax`: as `ok`, but accepts malformed requests (vCPUs, memory or maximum duration
+//!     of 0) instead of refusing them with `invalid-request` as every other mode does.
 //! - `functions`: comma-separated WIT function names the mode applies to (`info`,
 //!   `estimate-cost`, `create`, `status`, `destroy`, `meter-actual`, `capacity`). Default:
 //!   `loop`/`alloc`/`panic` every function but `info` (so the extension loads, then fails
@@ -38,7 +40,7 @@ struct Misbehave;
 
 /// Every mode, for the error message on an unknown one.
 const MODES: &str = "ok, loop, alloc, panic, abc, negative, huge, float, no-currency, bad-sum, \
-                     fail-unavailable, fail-capacity, fail-unauthorized";
+                     fail-unavailable, fail-capacity, fail-unauthorized, lax";
 
 fn setting(key: &str) -> Option<String> {
     wasi::config::store::get(key).ok().flatten()
@@ -91,6 +93,22 @@ fn misbehave(mode: &str, function: &str) -> Result<(), BackendError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// Refuses malformed requests with `invalid-request`, as a real backend does; mode `lax`
+/// accepts anything (for proving that `extensions check` notices).
+fn validate(request: &SandboxRequest) -> Result<(), BackendError> {
+    if setting("mode").as_deref() == Some("lax") {
+        return Ok(());
+    }
+    let r = &request.resources;
+    if r.vcpus < 1 || r.memory_mib < 1 || request.max_duration_secs < 1 {
+        return Err(BackendError::InvalidRequest(format!(
+            "misbehave: vcpus {}, memory-mib {} and max-duration-secs {} must each be at least 1",
+            r.vcpus, r.memory_mib, request.max_duration_secs
+        )));
+    }
+    Ok(())
 }
 
 /// The bad decimal string of an amount mode.
@@ -180,11 +198,13 @@ impl Guest for Misbehave {
         }
     }
 
-    fn estimate_cost(_request: SandboxRequest) -> Result<Cost, BackendError> {
+    fn estimate_cost(request: SandboxRequest) -> Result<Cost, BackendError> {
+        validate(&request)?;
         cost("estimate-cost")
     }
 
     fn create(request: SandboxRequest) -> Result<Created, BackendError> {
+        validate(&request)?;
         misbehave(&mode_for("create")?, "create")?;
         Ok(Created {
             handle: format!("misbehave-{}", request.sandbox_id),
