@@ -304,9 +304,17 @@ fn the_same_create_five_times_makes_one_sandbox() {
 }
 
 #[test]
-fn metrics_health_and_graceful_shutdown() {
+fn metrics_health_json_logs_and_graceful_shutdown() {
     let setup = Setup::new();
-    let h = Host::start(&setup);
+    let h = Host::start_with(
+        &setup,
+        &[
+            "--config",
+            setup.config().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+    );
     let (s, v) = h.call("GET", "/healthz", None, None, &[]);
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
     h.grant("a", "5.00");
@@ -331,6 +339,14 @@ fn metrics_health_and_graceful_shutdown() {
             || m.contains("extension=\"local-pool\",state=\"destroyed\""),
         "{m}"
     );
+
+    // JSON logs: one object per line, with the sandbox id as a field.
+    let log = h.log.lock().unwrap().clone();
+    let created = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "sandbox created" && v["sandbox_id"] == id);
+    assert!(created.is_some_and(|v| v["tenant"] == "a"), "{log}");
 
     // SIGTERM: clean exit, the meter event is in the log.
     assert!(h.terminate(), "host did not exit cleanly on SIGTERM");

@@ -331,6 +331,42 @@ fn extensions_are_hot_reloaded_while_serving() {
         "the old sandbox was not metered by the saas-stub version"
     );
 
+    // A profile added while serving is routable; a broken profile file leaves the
+    // previous profiles serving.
+    std::fs::write(
+        setup.profiles().join("later.toml"),
+        "id = \"later\"\ntemplate = \"base\"\nmax_duration_secs = 60\n[resources]\nvcpus = 1\nmemory_mib = 512\n\
+         [route]\nstrategy = \"explicit\"\nexplicit = \"saas-stub\"\n",
+    )
+    .unwrap();
+    h.wait_for(Duration::from_secs(20), || {
+        let (s, _) = h.call(
+            "POST",
+            "/v1/route/explain",
+            Some(TOKEN_A),
+            Some(r#"{"profile":"later"}"#),
+            &[],
+        );
+        (s == 200).then_some(())
+    });
+    std::fs::write(
+        setup.profiles().join("broken.toml"),
+        "id = \"broken\"\nvcpus = \"many\"\n",
+    )
+    .unwrap();
+    h.wait_for(Duration::from_secs(20), || {
+        h.metrics()
+            .contains("sandboxer_reloads_total{kind=\"profile\",outcome=\"rejected\"}")
+            .then_some(())
+    });
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"later"}"#);
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = h.delete(
+        &format!("/v1/sandboxes/{}", v["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
+    assert_eq!(s, 200);
+
     // Removed: it leaves /v1/extensions and routing; its sandbox can still be destroyed.
     std::fs::remove_file(&file).unwrap();
     h.wait_for(Duration::from_secs(20), || {

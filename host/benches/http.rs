@@ -273,7 +273,7 @@ fn main() {
     let rate16 = n16 as f64 / secs.as_secs_f64();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "sandboxer-host over HTTP (loopback), saas-stub, SQLite ledger with fsync; {} components loaded: {}",
+        "sandboxer-host over HTTP (loopback), saas-stub, SQLite ledger with fsync; {} component files in the folder: {}",
         shipped.len(),
         shipped.join(", ")
     );

@@ -128,6 +128,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
         let mut resp = (status, axum::Json(self.body())).into_response();
+        if self.code == "body_too_large" {
+            // The rest of the body is not read, so this connection cannot carry another
+            // request: say so, or a client may reuse it and see it cut.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -126,6 +126,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Set when shutdown begins: `/healthz` answers 503 so load balancers drain.
     pub draining: Arc<AtomicBool>,
+    /// Bounds the requests that write (create, destroy, grant) running at once. SQLite
+    /// has one writer; queueing here, in arrival order, beats many threads sleeping in
+    /// SQLite's busy handler.
+    pub writers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every endpoint, the body limit and request metrics.
@@ -159,6 +163,20 @@ where
     tokio::task::spawn_blocking(move || f(backend.as_ref()))
         .await
         .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?
+}
+
+/// Like [`blocking`] for a call that writes, within the writers' limit.
+async fn writing<F>(state: &AppState, f: F) -> Result<Value, ApiError>
+where
+    F: FnOnce(&dyn Backend) -> Result<Value, ApiError> + Send + 'static,
+{
+    let _permit = state
+        .writers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(format!("writer limit closed: {e}")))?;
+    blocking(state, f).await
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -293,7 +311,7 @@ async fn add_credits(
             ),
         ));
     }
-    let v = blocking(&s, move |b| b.add_credits(&tenant, &body, key.as_deref())).await?;
+    let v = writing(&s, move |b| b.add_credits(&tenant, &body, key.as_deref())).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 

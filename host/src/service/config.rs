@@ -112,6 +112,7 @@ struct RawConfig {
     profiles_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_concurrent_writes: Option<usize>,
     #[serde(default)]
     tenants: BTreeMap<String, TokenSource>,
     admin: Option<TokenSource>,
@@ -175,6 +176,8 @@ pub struct ServiceConfig {
     pub state_dir: Option<PathBuf>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Writing requests (create, destroy, grant) served at once; the rest queue.
+    pub max_concurrent_writes: usize,
     /// Tenant id → where its token comes from. Empty with no config file.
     pub tenants: BTreeMap<String, TokenSource>,
     /// Where the admin token comes from.
@@ -200,6 +203,7 @@ impl Default for ServiceConfig {
             profiles_dir: None,
             state_dir: None,
             max_body_bytes: 64 * 1024,
+            max_concurrent_writes: 8,
             tenants: BTreeMap::new(),
             admin: None,
             leases: LeaseConfig::default(),
@@ -258,6 +262,16 @@ impl ServiceConfig {
                 ));
             }
             cfg.max_body_bytes = n;
+        }
+        if let Some(n) = raw.max_concurrent_writes {
+            if !(1..=1024).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "max_concurrent_writes",
+                    "expected 1 ..= 1024",
+                ));
+            }
+            cfg.max_concurrent_writes = n;
         }
         for (tenant, src) in raw.tenants {
             if !super::tokens::is_tenant_id(&tenant) {

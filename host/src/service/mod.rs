@@ -178,6 +178,7 @@ where
         tokens: Arc::new(tokens),
         metrics: handle.clone(),
         draining: draining.clone(),
+        writers: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_writes)),
     };
     let router = api::router(state, cfg.max_body_bytes);
 
