@@ -125,6 +125,7 @@ fn show(
     }
     println!("{}", balances_table(&balances));
     if let Some(entries) = entries {
+        // Transfer ids are in `--json`; without them the statement fits 100 columns.
         let mut t = table([
             "time (UTC)",
             "kind",
@@ -133,11 +134,10 @@ fn show(
             "exact",
             "sandbox",
             "note",
-            "transfer",
         ]);
         for e in &entries {
             t.add_row([
-                e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                e.at.format("%m-%d %H:%M:%S").to_string(),
                 e.kind.to_string(),
                 signed(e.posted_delta),
                 signed(e.held_delta),
@@ -146,8 +146,14 @@ fn show(
                     .unwrap_or_default(),
                 e.sandbox_id.clone().unwrap_or_default(),
                 e.note.clone().unwrap_or_default(),
-                e.transfer_id.clone(),
             ]);
+        }
+        // Times, amounts and sandbox ids (copied into the next command) are never wrapped;
+        // the note column takes what width is left.
+        for i in 0..6 {
+            if let Some(c) = t.column_mut(i) {
+                c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+            }
         }
         println!("{t}");
     }
