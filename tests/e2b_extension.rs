@@ -7,10 +7,11 @@
 //!
 //! `extensions/e2b.wasm` is built by `scripts/build-extensions.sh` (`make test` runs it).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_e2b::{FakeE2b, Fault as FakeFault, Route};
@@ -20,56 +21,12 @@ use sandboxer_host::runtime::types::{
     SandboxRequest,
 };
 use sandboxer_host::runtime::{Extension, ExtensionSpec, Runtime, RuntimeConfig};
+use support::logs::{captured_logs, logs};
 
 const KEY: &str = "e2b_test_key_4f9a1c";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn wasm() -> PathBuf {
-    let path = root().join("extensions/e2b.wasm");
-    assert!(
-        path.is_file(),
-        "extensions/e2b.wasm is missing: run `scripts/build-extensions.sh` (or `make extensions`) first"
-    );
-    path
-}
-
-/// Every log line of this test binary, for asserting on what was (not) logged.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let buf = Arc::clone(&buf);
-            move || LogWriter(Arc::clone(&buf))
-        };
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,sandboxer_host=debug,wasmtime_wasi_http=debug",
-            ))
-            .with_writer(writer)
-            .with_ansi(false)
-            .init();
-        buf
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured_logs() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+fn wasm() -> std::path::PathBuf {
+    support::built("extensions/e2b.wasm")
 }
 
 /// A folder with a sidecar `NAME.toml` pointing at the built component.

@@ -6,11 +6,11 @@
 //! instances of the component (SaaS and self-hosted) route per `prefer-self-hosted`; and
 //! the API key appears nowhere in what the real `sandboxer` CLI prints or logs.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fake_e2b::{FakeE2b, Fault as FakeFault, Route};
@@ -22,57 +22,9 @@ use sandboxer_host::money::{Currency, Money};
 use sandboxer_host::payments::{CreditsStore, HoldState};
 use sandboxer_host::routing::RequestOverrides;
 use sandboxer_host::runtime::RuntimeConfig;
+use support::logs::{captured_logs, logs};
 
 const KEY: &str = "e2b_manager_test_key_7c21";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn built(relative: &str) -> PathBuf {
-    let path = root().join(relative);
-    assert!(
-        path.is_file(),
-        "{relative} is missing: run `scripts/build-extensions.sh` (or `make extensions`) first"
-    );
-    path
-}
-
-/// Every log line of this test binary.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let buf = Arc::clone(&buf);
-            move || LogWriter(Arc::clone(&buf))
-        };
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,sandboxer_host=debug,wasmtime_wasi_http=debug",
-            ))
-            .with_writer(writer)
-            .with_ansi(false)
-            .init();
-        buf
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured_logs() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
-}
 
 /// An e2b-only route (no fallback).
 const E2B_ONLY: &str = r#"
@@ -137,7 +89,7 @@ impl Fixture {
         std::fs::create_dir_all(&ext).unwrap();
         std::fs::create_dir_all(&prof).unwrap();
         std::fs::copy(
-            built("extensions/saas-stub.wasm"),
+            support::built("extensions/saas-stub.wasm"),
             ext.join("saas-stub.wasm"),
         )
         .unwrap();
@@ -166,7 +118,7 @@ impl Fixture {
             ext.join(format!("{id}.toml")),
             format!(
                 "component = {:?}\nid = \"{id}\"\ncall_timeout_ms = 10000\nallowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n[secrets]\napi_key = {{ file = \"{id}.key\" }}\n[config]\nbase_url = \"{}\"\n{config}",
-                built("extensions/e2b.wasm").display().to_string(),
+                support::built("extensions/e2b.wasm").display().to_string(),
                 fake.base_url()
             ),
         )
@@ -184,7 +136,9 @@ impl Fixture {
     /// The host over this folder; compiled components are shared between tests.
     fn host(&self) -> Host {
         let options = HostOptions {
-            runtime: RuntimeConfig::with_cache_dir(root().join("target/test-cache/e2b-manager")),
+            runtime: RuntimeConfig::with_cache_dir(
+                support::root().join("target/test-cache/e2b-manager"),
+            ),
             ..Default::default()
         };
         let host = Host::open_with(&self.settings(), options).unwrap();
