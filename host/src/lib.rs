@@ -15,4 +15,5 @@ pub mod payments;
 pub mod routing;
 pub mod runtime;
 pub mod service;
+pub mod sqlite_gate;
 pub mod telemetry;

@@ -82,6 +82,9 @@ pub struct Row {
 pub struct StatusStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Held around every write transaction (see `crate::sqlite_gate`); always taken
+    /// after `conn`.
+    gate: std::sync::Arc<Mutex<()>>,
 }
 
 trait At<T> {
@@ -135,6 +138,7 @@ impl StatusStore {
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            gate: crate::sqlite_gate::writer_gate(path),
         })
     }
 
@@ -208,6 +212,7 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
+        let _writer = self.gate.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
@@ -278,6 +283,7 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
+        let _writer = self.gate.lock();
         if durable {
             conn.execute_batch("PRAGMA synchronous = FULL").at(path)?;
         }
@@ -319,6 +325,7 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
+        let _writer = self.gate.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;

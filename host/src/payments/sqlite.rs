@@ -39,6 +39,8 @@ pub struct SqliteCreditsStore {
     path: PathBuf,
     policy: OverdraftPolicy,
     idle: Mutex<Vec<Connection>>,
+    /// Held around every write transaction (see `crate::sqlite_gate`).
+    gate: std::sync::Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for SqliteCreditsStore {
@@ -414,12 +416,15 @@ impl SqliteCreditsStore {
         path: impl AsRef<Path>,
         policy: OverdraftPolicy,
     ) -> Result<Self, LedgerError> {
-        let store = Self {
+        let mut store = Self {
             path: path.as_ref().to_owned(),
             policy,
             idle: Mutex::new(Vec::new()),
+            gate: std::sync::Arc::default(),
         };
         let mut conn = store.connect()?;
+        // After connecting: the file exists, so every opener resolves the same gate.
+        store.gate = crate::sqlite_gate::writer_gate(&store.path);
         store.migrate(&mut conn)?;
         store.idle.lock().push(conn);
         Ok(store)
@@ -571,6 +576,7 @@ impl SqliteCreditsStore {
     ) -> Result<T, LedgerError> {
         check_text("idempotency key", key, 256, false)?;
         let path = self.path.clone();
+        let _writer = self.gate.lock();
         self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(&path)?;
             let prior: Option<(String, String, String)> = tx
@@ -1201,6 +1207,7 @@ impl CreditsStore for SqliteCreditsStore {
 
     fn mark_delivered(&self, ids: &[String]) -> Result<(), LedgerError> {
         let path = self.path.clone();
+        let _writer = self.gate.lock();
         self.with_conn(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
