@@ -4,11 +4,12 @@
 //! Each row is one [`SandboxStatus`]: the fields the manager queries by (tenant, state,
 //! extension, idempotency key, owner) as columns, the whole status as JSON beside them.
 //!
-//! Durability: the connection runs `synchronous=NORMAL` and a write asks for `FULL` only
-//! when nothing durable follows it before the caller is answered. In WAL mode all
-//! connections append to one WAL file, so the ledger's next `FULL` commit (a hold, a
-//! settlement) fsyncs every status write made before it. A `NORMAL` write survives a
-//! process crash in any case (it is in the OS page cache).
+//! Durability: the connection runs `synchronous=NORMAL`, and a write waits for the WAL's
+//! fsync (group commit, see `crate::sqlite_gate`) only when nothing durable follows it
+//! before the caller is answered. In WAL mode all connections append to one WAL file, so
+//! the ledger's next durable write (a hold, a settlement) covers every status write made
+//! before it. A `NORMAL` write survives a process crash in any case (it is in the OS page
+//! cache).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,9 +83,9 @@ pub struct Row {
 pub struct StatusStore {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Held around every write transaction (see `crate::sqlite_gate`); always taken
-    /// after `conn`.
-    gate: std::sync::Arc<Mutex<()>>,
+    /// The file's writer lock, held around every write transaction and always taken
+    /// after `conn`, and its group commit (see `crate::sqlite_gate`).
+    gate: std::sync::Arc<crate::sqlite_gate::DbGate>,
 }
 
 trait At<T> {
@@ -138,7 +139,7 @@ impl StatusStore {
         Ok(Self {
             path: path.to_owned(),
             conn: Mutex::new(conn),
-            gate: crate::sqlite_gate::writer_gate(path),
+            gate: crate::sqlite_gate::gate(path),
         })
     }
 
@@ -212,7 +213,7 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
-        let _writer = self.gate.lock();
+        let _writer = self.gate.writer();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
@@ -283,33 +284,34 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
-        let _writer = self.gate.lock();
-        if durable {
-            conn.execute_batch("PRAGMA synchronous = FULL").at(path)?;
+        let writer = self.gate.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let n = tx
+            .execute(
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
+                 WHERE id = ?1",
+                params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
+            )
+            .at(path)?;
+        if n != 1 {
+            return Err(StoreError {
+                path: path.clone(),
+                message: format!("sandbox {} is not recorded", st.id),
+            });
         }
-        let res = (|| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .at(path)?;
-            let n = tx
-                .execute(
-                    "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
-                     WHERE id = ?1",
-                    params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
-                )
-                .at(path)?;
-            if n != 1 {
-                return Err(StoreError {
-                    path: path.clone(),
-                    message: format!("sandbox {} is not recorded", st.id),
-                });
-            }
-            tx.commit().at(path)
-        })();
+        tx.commit().at(path)?;
+        let ticket = self.gate.committed(&writer);
+        drop(writer);
+        drop(conn);
         if durable {
-            conn.execute_batch("PRAGMA synchronous = NORMAL").at(path)?;
+            self.gate.wait_durable(ticket).map_err(|e| StoreError {
+                path: path.clone(),
+                message: format!("could not fsync the write-ahead log: {e}"),
+            })?;
         }
-        res
+        Ok(())
     }
 
     /// Writes `st` only if the row is still in state `from` with owner `from_owner`
@@ -325,7 +327,7 @@ impl StatusStore {
         let doc = self.doc(st)?;
         let path = &self.path;
         let mut conn = self.conn.lock();
-        let _writer = self.gate.lock();
+        let _writer = self.gate.writer();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
@@ -354,6 +356,7 @@ impl StatusStore {
     pub fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
+        let _writer = self.gate.writer();
         conn.execute(
             "UPDATE manager_sandboxes SET owner = NULL WHERE id = ?1 AND owner = ?2",
             params![id, owner],
@@ -367,6 +370,7 @@ impl StatusStore {
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
+        let _writer = self.gate.writer();
         conn.execute("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
             .at(path)?;
         Ok(())

@@ -110,6 +110,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A file's sha256 (lowercase hex) and its first 8 bytes (zero-padded when shorter),
+/// read in small chunks: a large component is hashed without holding it in memory, and
+/// read whole only when it has to be compiled.
+pub fn file_digest(path: &Path) -> std::io::Result<(String, [u8; 8], u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut head = [0u8; 8];
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Ok(start) = usize::try_from(len)
+            && start < head.len()
+        {
+            let take = (head.len() - start).min(n);
+            head[start..start + take].copy_from_slice(&buf[..take]);
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), head, len))
+}
+
 /// A stable hex digest of the engine's compilation settings and version.
 fn engine_hash(engine: &Engine) -> String {
     let mut hasher = ShaHasher(Sha256::new());

@@ -326,15 +326,13 @@ impl Runtime {
                     reason: e.to_string(),
                 },
             })?;
-        let bytes = std::fs::read(&file).map_err(|e| {
+        let (sha, head, len) = cache::file_digest(&file).map_err(|e| {
             fail(LoadFailure::Read {
                 reason: e.to_string(),
             })
         })?;
-        check_binary(&bytes).map_err(fail)?;
-        let sha = cache::sha256_hex(&bytes);
-        let (component, source) = self.component_for(&file, &bytes, &sha).map_err(fail)?;
-        drop(bytes);
+        check_binary(&head, len).map_err(fail)?;
+        let (component, source) = self.component_for(&file, &sha).map_err(fail)?;
         check_world(&self.inner.engine, &component)
             .map_err(|reason| fail(LoadFailure::WrongWorld { reason }))?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
@@ -385,11 +383,11 @@ impl Runtime {
         Ok(Arc::new(ext))
     }
 
-    /// The compiled component for these bytes: from memory, the disk cache, or a compile.
+    /// The compiled component for the file with digest `sha`: from memory, the disk
+    /// cache, or a compile (the only case that reads the whole file).
     fn component_for(
         &self,
         file: &Path,
-        bytes: &[u8],
         sha: &str,
     ) -> Result<(Component, ArtifactSource), LoadFailure> {
         let inner = &self.inner;
@@ -401,7 +399,7 @@ impl Runtime {
         // component compile it once; other components are not held up.
         let guard = Arc::clone(inner.compiling.lock().entry(sha.to_owned()).or_default());
         let _compiling = guard.lock();
-        let outcome = self.component_uncached(file, bytes, sha);
+        let outcome = self.component_uncached(file, sha);
         inner.compiling.lock().remove(sha);
         outcome
     }
@@ -410,7 +408,6 @@ impl Runtime {
     fn component_uncached(
         &self,
         file: &Path,
-        bytes: &[u8],
         sha: &str,
     ) -> Result<(Component, ArtifactSource), LoadFailure> {
         let inner = &self.inner;
@@ -438,7 +435,16 @@ impl Runtime {
                 }
             }
         }
-        let component = self.compile(file, bytes, sha)?;
+        let bytes = std::fs::read(file).map_err(|e| LoadFailure::Read {
+            reason: e.to_string(),
+        })?;
+        if cache::sha256_hex(&bytes) != sha {
+            return Err(LoadFailure::Read {
+                reason: "the file changed while it was being loaded; load it again".into(),
+            });
+        }
+        let component = self.compile(file, &bytes, sha)?;
+        drop(bytes);
         inner
             .components
             .lock()
@@ -450,10 +456,9 @@ impl Runtime {
     /// process already or an artifact for it is in the cache. Reads and hashes the file;
     /// an unreadable file counts as compiled (loading it fails fast with the reason).
     pub fn is_compiled(&self, spec: &ExtensionSpec) -> bool {
-        let Ok(bytes) = std::fs::read(&spec.component) else {
+        let Ok((sha, _, _)) = cache::file_digest(&spec.component) else {
             return true;
         };
-        let sha = cache::sha256_hex(&bytes);
         if self.inner.components.lock().contains_key(&sha) {
             return true;
         }
@@ -509,11 +514,11 @@ impl Runtime {
 }
 
 /// Tells a component from a core module or something that is not wasm at all.
-fn check_binary(bytes: &[u8]) -> Result<(), LoadFailure> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+fn check_binary(head: &[u8; 8], len: u64) -> Result<(), LoadFailure> {
+    if len < 8 || &head[..4] != b"\0asm" {
         return Err(LoadFailure::NotWasm);
     }
-    match &bytes[4..8] {
+    match &head[4..8] {
         [0x01, 0x00, 0x00, 0x00] => Err(LoadFailure::CoreModule),
         // Component binary: version 0x0d, layer 1.
         [_, _, 0x01, 0x00] => Ok(()),
@@ -574,18 +579,41 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// `check_binary` on a file with these contents, read the way loading reads it.
+    fn check(contents: &[u8]) -> Result<(), LoadFailure> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.wasm");
+        std::fs::write(&file, contents).unwrap();
+        let (sha, head, len) = cache::file_digest(&file).unwrap();
+        assert_eq!(sha, cache::sha256_hex(contents));
+        check_binary(&head, len)
+    }
+
     #[test]
     fn binaries_are_told_apart() {
-        assert_eq!(check_binary(b"hello world"), Err(LoadFailure::NotWasm));
-        assert_eq!(check_binary(b"\0asm"), Err(LoadFailure::NotWasm));
+        assert_eq!(check(b"hello world"), Err(LoadFailure::NotWasm));
+        assert_eq!(check(b"\0asm"), Err(LoadFailure::NotWasm));
         assert_eq!(
-            check_binary(b"\0asm\x01\0\0\0"),
-            Err(LoadFailure::CoreModule)
+            check(b"\0asm\0\0\0\0"[..6].as_ref()),
+            Err(LoadFailure::NotWasm)
         );
-        assert_eq!(check_binary(b"\0asm\x0d\0\x01\0"), Ok(()));
+        assert_eq!(check(b"\0asm\x01\0\0\0"), Err(LoadFailure::CoreModule));
+        assert_eq!(check(b"\0asm\x0d\0\x01\0"), Ok(()));
         assert!(matches!(
-            check_binary(b"\0asm\x02\0\x07\0"),
+            check(b"\0asm\x02\0\x07\0"),
             Err(LoadFailure::UnknownBinary { .. })
         ));
+    }
+
+    #[test]
+    fn a_large_file_is_hashed_in_chunks_to_the_same_digest() {
+        let contents: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("big.wasm");
+        std::fs::write(&file, &contents).unwrap();
+        let (sha, head, len) = cache::file_digest(&file).unwrap();
+        assert_eq!(sha, cache::sha256_hex(&contents));
+        assert_eq!(&head[..], &contents[..8]);
+        assert_eq!(len, 300_000);
     }
 }
