@@ -201,6 +201,71 @@ fn settle_and_void_racing_on_one_hold_exactly_one_wins() {
     assert_eq!(report.open_holds, 0);
 }
 
+#[test]
+fn replace_and_settle_racing_on_one_hold_exactly_one_wins() {
+    let (_dir, store) = fresh();
+    store.grant("acme", &usd("1000"), "", "g").unwrap();
+    let (mut settles_won, mut replaces_won) = (0, 0);
+    for round in 0..20 {
+        let sandbox = format!("sbx-{round}");
+        let before = store.balance("acme", &cur()).unwrap();
+        let hold = store
+            .hold("acme", &usd("10"), &sandbox, "ext", &format!("h{round}"))
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let settle = {
+            let (store, barrier, id) = (store.clone(), barrier.clone(), hold.id.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                store.settle(&id, &usd("7"), &format!("s{round}"), None)
+            })
+        };
+        let replace = {
+            let (store, barrier, id) = (store.clone(), barrier.clone(), hold.id.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                store.replace_hold(&id, &usd("15"), &format!("r{round}"))
+            })
+        };
+        let (s, r) = (settle.join().unwrap(), replace.join().unwrap());
+        let after = store.balance("acme", &cur()).unwrap();
+        match (s, r) {
+            (Ok(settlement), Err(LedgerError::HoldAlreadyResolved { state, .. })) => {
+                assert_eq!(state, "posted");
+                assert_eq!(settlement.charged, usd("7"));
+                assert_eq!(after.posted, before.posted - dec("7"), "charged once");
+                assert_eq!(after.held, before.held, "nothing left held");
+                settles_won += 1;
+            }
+            (Err(LedgerError::HoldAlreadyResolved { state, .. }), Ok(new)) => {
+                assert_eq!(state, "voided");
+                assert_eq!(after.posted, before.posted, "nothing charged");
+                assert_eq!(
+                    after.held,
+                    before.held + dec("15"),
+                    "only the new hold is held"
+                );
+                assert_eq!(store.hold_for_sandbox(&sandbox).unwrap().unwrap(), new);
+                // The sandbox's current hold settles normally.
+                store
+                    .settle(&new.id, &usd("7"), &format!("s{round}-new"), None)
+                    .unwrap();
+                replaces_won += 1;
+            }
+            (s, r) => panic!("round {round}: not exactly one winner: settle {s:?}, replace {r:?}"),
+        }
+    }
+    assert_eq!(settles_won + replaces_won, 20);
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.open_holds, 0);
+    let b = store.balance("acme", &cur()).unwrap();
+    assert_eq!(
+        (b.posted, b.held),
+        (dec("1000") - dec("7") * dec("20"), dec("0"))
+    );
+}
+
 /// Runs `op` five times with the same key (three in a row, then two at once) and
 /// checks it made exactly `transfers` transfers and gave the same answer every time.
 fn five_times<T, F>(store: &Arc<SqliteCreditsStore>, transfers: u64, op: F) -> T
@@ -268,6 +333,17 @@ fn every_operation_replayed_five_times_applies_once() {
         (b.posted, b.held, b.available),
         (dec("37.5"), dec("0"), dec("37.5"))
     );
+
+    // A replacement: one void and one new hold, however often it is replayed.
+    let hold3 = store
+        .hold("acme", &usd("5"), "sbx-3", "ext", "hold-3")
+        .unwrap();
+    let id = hold3.id.clone();
+    let renewed = five_times(&store, 2, move |s| {
+        s.replace_hold(&id, &usd("8"), "renew-3")
+    });
+    assert_eq!(renewed.amount, usd("8"));
+    store.void(&renewed.id, "void-3").unwrap();
 
     // The same keys for a different request are refused, and change nothing.
     let transfers = store.verify().unwrap().transfers;

@@ -441,6 +441,210 @@ fn bad_input_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, OverdraftPolicy::WriteOff);
+    store.grant("acme", &usd("10"), "", "g").unwrap();
+    let old = store.hold("acme", &usd("6"), "sbx-1", "ext", "h1").unwrap();
+    assert_eq!(balance(&store, "acme"), (dec("10"), dec("6"), dec("4")));
+
+    // The old two-step renewal (new hold first, then void the old) is refused: it needs
+    // the whole new amount available on top of the open hold.
+    let err = store
+        .hold("acme", &usd("10"), "sbx-1", "ext", "two-step")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "insufficient credits: need 10 USD, available 4 USD"
+    );
+
+    // Exact fit: available 4 + old hold 6 = 10.
+    let new = store.replace_hold(&old.id, &usd("10"), "r1").unwrap();
+    assert_ne!(new.id, old.id);
+    assert_eq!(
+        (
+            new.tenant.as_str(),
+            new.sandbox_id.as_str(),
+            new.extension.as_str()
+        ),
+        ("acme", "sbx-1", "ext")
+    );
+    assert_eq!(
+        (new.amount.clone(), new.state),
+        (usd("10"), HoldState::Open)
+    );
+    assert_eq!(balance(&store, "acme"), (dec("10"), dec("10"), dec("0")));
+    let current = store.hold_for_sandbox("sbx-1").unwrap().unwrap();
+    assert_eq!(current, new);
+    let open_ids: Vec<_> = store
+        .open_holds()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(open_ids, [new.id.clone()]);
+
+    // On the statement: the old hold's void, then the new hold.
+    let lines: Vec<_> = store
+        .statement("acme")
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.posted_delta,
+                e.held_delta,
+                e.hold_id,
+                e.sandbox_id,
+            )
+        })
+        .collect();
+    let sbx = Some("sbx-1".to_owned());
+    assert_eq!(
+        lines[1..],
+        [
+            (
+                EntryKind::Hold,
+                dec("0"),
+                dec("6"),
+                Some(old.id.clone()),
+                sbx.clone()
+            ),
+            (
+                EntryKind::Void,
+                dec("0"),
+                dec("-6"),
+                Some(old.id.clone()),
+                sbx.clone()
+            ),
+            (
+                EntryKind::Hold,
+                dec("0"),
+                dec("10"),
+                Some(new.id.clone()),
+                sbx.clone()
+            ),
+        ]
+    );
+    assert_verified(&store);
+
+    // The old hold is resolved: it can be neither settled, voided nor replaced again.
+    for r in [
+        store.settle(&old.id, &usd("1"), "s-old", None).map(|_| ()),
+        store.void(&old.id, "v-old").map(|_| ()),
+        store.replace_hold(&old.id, &usd("1"), "r-old").map(|_| ()),
+    ] {
+        assert!(
+            matches!(&r, Err(LedgerError::HoldAlreadyResolved { state, .. }) if state == "voided"),
+            "{r:?}"
+        );
+    }
+
+    // The new hold settles like any other.
+    let s = store.settle(&new.id, &usd("7"), "s", None).unwrap();
+    assert_eq!((s.held, s.released), (usd("10"), usd("3")));
+    assert_eq!(balance(&store, "acme"), (dec("3"), dec("0"), dec("3")));
+    assert_verified(&store);
+}
+
+#[test]
+fn a_refused_replacement_says_need_and_available_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, OverdraftPolicy::WriteOff);
+    store.grant("acme", &usd("10"), "", "g").unwrap();
+    let old = store.hold("acme", &usd("6"), "sbx", "ext", "h").unwrap();
+    let before = store.verify().unwrap();
+
+    let err = store
+        .replace_hold(&old.id, &usd("10.000000001"), "r")
+        .unwrap_err();
+    match &err {
+        LedgerError::InsufficientCredits { need, available } => {
+            assert_eq!((need, available), (&usd("10.000000001"), &usd("10")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "insufficient credits: need 10.000000001 USD, available 10 USD"
+    );
+    let eur = Money {
+        amount: dec("1"),
+        currency: Currency::new("EUR").unwrap(),
+    };
+    assert!(matches!(
+        store.replace_hold(&old.id, &eur, "r-eur"),
+        Err(LedgerError::InvalidInput { what: "amount", .. })
+    ));
+    assert!(matches!(
+        store.replace_hold("no-such-hold", &usd("1"), "r-ghost"),
+        Err(LedgerError::HoldNotFound(_))
+    ));
+    assert!(matches!(
+        store.replace_hold(&old.id, &usd("-1"), "r-neg"),
+        Err(LedgerError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store.replace_hold(&old.id, &usd("1"), ""),
+        Err(LedgerError::InvalidInput { .. })
+    ));
+    // A settled hold cannot be replaced either.
+    let other = store.hold("acme", &usd("1"), "sbx-2", "ext", "h2").unwrap();
+    store.settle(&other.id, &usd("1"), "s2", None).unwrap();
+    let after_settle = store.verify().unwrap();
+    assert!(matches!(
+        store.replace_hold(&other.id, &usd("1"), "r-settled"),
+        Err(LedgerError::HoldAlreadyResolved { state, .. }) if state == "posted"
+    ));
+
+    assert_eq!(store.verify().unwrap(), after_settle);
+    assert_eq!(after_settle.transfers, before.transfers + 2);
+    assert_eq!(balance(&store, "acme"), (dec("9"), dec("6"), dec("3")));
+    assert_eq!(store.hold_for_sandbox("sbx").unwrap().unwrap(), old);
+    // The refused request did not consume its key: with more credits it goes through.
+    store.grant("acme", &usd("2"), "", "g2").unwrap();
+    let new = store
+        .replace_hold(&old.id, &usd("10.000000001"), "r")
+        .unwrap();
+    assert_eq!(new.amount, usd("10.000000001"));
+    assert_verified(&store);
+}
+
+#[test]
+fn a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, OverdraftPolicy::WriteOff);
+    store.grant("acme", &usd("10"), "", "g").unwrap();
+    let old = store.hold("acme", &usd("2"), "sbx", "ext", "h").unwrap();
+    let first = store.replace_hold(&old.id, &usd("5"), "renew").unwrap();
+    let transfers = store.verify().unwrap().transfers;
+    for _ in 0..3 {
+        assert_eq!(
+            store.replace_hold(&old.id, &usd("5"), "renew").unwrap(),
+            first
+        );
+    }
+    assert_eq!(store.verify().unwrap().transfers, transfers);
+    assert_eq!(balance(&store, "acme"), (dec("10"), dec("5"), dec("5")));
+    for r in [
+        store.replace_hold(&old.id, &usd("6"), "renew"),
+        store.replace_hold(&first.id, &usd("5"), "renew"),
+    ] {
+        assert!(
+            matches!(&r, Err(LedgerError::IdempotencyConflict { operation, .. }) if operation == "replace_hold"),
+            "{r:?}"
+        );
+    }
+    // A key used by another operation conflicts too.
+    assert!(matches!(
+        store.replace_hold(&first.id, &usd("5"), "h"),
+        Err(LedgerError::IdempotencyConflict { .. })
+    ));
+    assert_eq!(store.verify().unwrap().transfers, transfers);
+    assert_verified(&store);
+}
+
+#[test]
 fn a_corrupt_or_foreign_database_file_is_refused_by_name_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.sqlite3");
@@ -545,6 +749,11 @@ enum Op {
     Void {
         hold: usize,
     },
+    /// Replaces a hold by one of `amount` (a lease renewal).
+    Replace {
+        hold: usize,
+        amount: Decimal,
+    },
     /// Replays an earlier successful operation with its key.
     Duplicate {
         op: usize,
@@ -576,6 +785,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<usize>(), prop_oneof![3 => amount(25, 12), 1 => tie()])
             .prop_map(|(hold, amount)| Op::Settle { hold, amount }),
         2 => any::<usize>().prop_map(|hold| Op::Void { hold }),
+        3 => (any::<usize>(), amount(25, 12)).prop_map(|(hold, amount)| Op::Replace { hold, amount }),
         2 => any::<usize>().prop_map(|op| Op::Duplicate { op }),
         1 => Just(Op::Reopen),
     ]
@@ -611,6 +821,7 @@ enum Done {
     Hold(usize, Decimal, String, String, String),
     Settle(String, Decimal, String, String),
     Void(String, String, String),
+    Replace(String, Decimal, String, String),
 }
 
 fn units(d: Decimal) -> i128 {
@@ -742,6 +953,54 @@ fn run_machine(policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseErro
                 transfers += 1;
                 done.push(Done::Void(id, key, serde_json::to_string(&v).unwrap()));
             }
+            Op::Replace { hold, amount } => {
+                if model.holds.is_empty() {
+                    continue;
+                }
+                let i = hold % model.holds.len();
+                let (id, tenant, old_units, open) = model.holds[i].clone();
+                let r = store.replace_hold(&id, &usd(&amount.to_string()), &key);
+                if !open {
+                    prop_assert!(
+                        matches!(r, Err(LedgerError::HoldAlreadyResolved { .. })),
+                        "{r:?}"
+                    );
+                    continue;
+                }
+                let need = model_units(amount, true);
+                let acct = model.accounts.get_mut(&tenant).unwrap();
+                // As if the old hold were released first.
+                let available = acct.0 - acct.1 + old_units;
+                if need > available {
+                    match r {
+                        Err(LedgerError::InsufficientCredits {
+                            need: n,
+                            available: a,
+                        }) => {
+                            prop_assert_eq!(units(n.amount), need);
+                            prop_assert_eq!(units(a.amount), available);
+                        }
+                        other => prop_assert!(false, "expected insufficient credits: {other:?}"),
+                    }
+                    continue;
+                }
+                let h = r.map_err(|e| TestCaseError::fail(format!("replace: {e}")))?;
+                prop_assert_eq!(units(h.amount.amount), need);
+                prop_assert_eq!(h.exact, amount);
+                prop_assert_eq!(h.state, HoldState::Open);
+                prop_assert_eq!(&h.tenant, TENANTS[tenant]);
+                acct.1 += need - old_units;
+                model.holds[i].3 = false;
+                model.holds.push((h.id.clone(), tenant, need, true));
+                // The void of the old hold and the new hold.
+                transfers += 2;
+                done.push(Done::Replace(
+                    id,
+                    amount,
+                    key,
+                    serde_json::to_string(&h).unwrap(),
+                ));
+            }
             Op::Duplicate { op } => {
                 if done.is_empty() {
                     continue;
@@ -774,6 +1033,13 @@ fn run_machine(policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseErro
                     ),
                     Done::Void(id, k, answer) => (
                         serde_json::to_string(&store.void(id, k).unwrap()).unwrap(),
+                        answer.clone(),
+                    ),
+                    Done::Replace(id, a, k, answer) => (
+                        serde_json::to_string(
+                            &store.replace_hold(id, &usd(&a.to_string()), k).unwrap(),
+                        )
+                        .unwrap(),
                         answer.clone(),
                     ),
                 };

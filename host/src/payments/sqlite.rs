@@ -976,6 +976,95 @@ impl CreditsStore for SqliteCreditsStore {
         })
     }
 
+    fn replace_hold(
+        &self,
+        old_hold_id: &str,
+        new_amount: &Money,
+        idempotency_key: &str,
+    ) -> Result<Hold, LedgerError> {
+        let rounded = to_units(new_amount.amount, Rounding::Hold)
+            .map_err(|e| invalid("amount", e.to_string()))?;
+        let cur = &new_amount.currency;
+        let fingerprint = format!("{old_hold_id}\n{cur}\n{}", new_amount.amount.normalize());
+        self.write("replace_hold", idempotency_key, &fingerprint, |tx| {
+            let at = now_ms();
+            let old = tx.hold(old_hold_id)?;
+            if old.state != HoldState::Open {
+                return Err(LedgerError::HoldAlreadyResolved {
+                    hold_id: old.uid,
+                    state: old.state.to_string(),
+                });
+            }
+            if &old.currency != cur {
+                return Err(invalid(
+                    "amount",
+                    format!(
+                        "hold {old_hold_id} is in {}, the new amount in {cur}",
+                        old.currency
+                    ),
+                ));
+            }
+            // What the tenant could hold once the old hold is released.
+            let available = tx
+                .sums(old.debit)?
+                .available()
+                .and_then(|a| a.checked_add(old.amount))
+                .ok_or_else(|| corrupt(tx.path, format!("balance of {} overflows", old.tenant)))?;
+            if rounded.units > available {
+                return Err(LedgerError::InsufficientCredits {
+                    need: money(rounded.units, cur),
+                    available: money(available, cur),
+                });
+            }
+            tx.insert(NewTransfer {
+                kind: "void",
+                ikey: format!("replace:{idempotency_key}#void"),
+                debit: old.debit,
+                credit: old.credit,
+                amount: old.amount,
+                exact: None,
+                currency: cur,
+                pending_id: Some(old.id),
+                hold_id: None,
+                sandbox_id: Some(&old.sandbox_id),
+                extension: Some(&old.extension),
+                note: None,
+                at,
+            })?;
+            let (_, uid) = tx.insert(NewTransfer {
+                kind: "hold",
+                ikey: format!("replace:{idempotency_key}#hold"),
+                debit: old.debit,
+                credit: old.credit,
+                amount: rounded.units,
+                exact: Some(new_amount.amount),
+                currency: cur,
+                pending_id: None,
+                hold_id: None,
+                sandbox_id: Some(&old.sandbox_id),
+                extension: Some(&old.extension),
+                note: None,
+                at,
+            })?;
+            tx.apply(old.debit, old.credit, rounded.units - old.amount, 0)?;
+            tracing::debug!(
+                tenant = %old.tenant, sandbox_id = %old.sandbox_id, extension = %old.extension,
+                old_hold = %old.uid, hold = %uid, amount = %money(rounded.units, cur),
+                "hold replaced"
+            );
+            Ok(Hold {
+                id: uid,
+                tenant: old.tenant.clone(),
+                sandbox_id: old.sandbox_id.clone(),
+                extension: old.extension.clone(),
+                amount: money(rounded.units, cur),
+                exact: new_amount.amount,
+                state: HoldState::Open,
+                at: parse_time(tx.path, at)?,
+            })
+        })
+    }
+
     fn balance(&self, tenant: &str, currency: &Currency) -> Result<Balance, LedgerError> {
         validate_tenant(tenant)?;
         let all = self.balances(Some(tenant))?;

@@ -278,6 +278,20 @@ pub trait CreditsStore: Send + Sync {
     /// Releases a hold in full (create failed).
     fn void(&self, hold_id: &str, idempotency_key: &str) -> Result<Void, LedgerError>;
 
+    /// Replaces an open hold by one of `new_amount` (exact; rounded up) for the same
+    /// tenant, sandbox and extension, in one transaction: the old hold is voided and the
+    /// new one opened, so the two are never open together (a lease renewal). The new
+    /// hold must fit as if the old one were released: `available + old ≥ new`, else
+    /// [`LedgerError::InsufficientCredits`] with that sum as `available`. A hold that is
+    /// not open is [`LedgerError::HoldAlreadyResolved`]; another currency than the old
+    /// hold's is [`LedgerError::InvalidInput`]. Refusals change nothing.
+    fn replace_hold(
+        &self,
+        old_hold_id: &str,
+        new_amount: &Money,
+        idempotency_key: &str,
+    ) -> Result<Hold, LedgerError>;
+
     /// A tenant's balance in `currency`.
     fn balance(&self, tenant: &str, currency: &Currency) -> Result<Balance, LedgerError>;
 
