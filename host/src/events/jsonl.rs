@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -10,10 +10,19 @@ use parking_lot::Mutex;
 use super::{EventError, EventRecord, EventSink};
 
 /// Appends events to a file and fsyncs before acknowledging. Keeps the ids already in the
-/// file (read once at open) so an event handed again after a crash is not written twice.
+/// file so an event handed again (after a crash, or by another process sharing the state
+/// folder: the service and the CLI both deliver the same outbox) is not written twice:
+/// each delivery takes an exclusive lock on the file and first reads what other processes
+/// appended since.
 pub struct JsonlSink {
     path: PathBuf,
-    seen: Mutex<Option<HashSet<String>>>,
+    seen: Mutex<Option<Seen>>,
+}
+
+/// The ids in the file up to `len` bytes.
+struct Seen {
+    ids: HashSet<String>,
+    len: u64,
 }
 
 impl JsonlSink {
@@ -37,14 +46,18 @@ impl JsonlSink {
         }
     }
 
-    fn load_ids(&self) -> Result<HashSet<String>, EventError> {
-        let mut ids = HashSet::new();
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
-            Err(e) => return Err(self.err(e)),
-        };
-        for line in BufReader::new(file).lines() {
+    /// Adds the ids of the lines from byte `from` to the end of `file` to `ids`.
+    fn read_ids(
+        &self,
+        file: &File,
+        from: u64,
+        ids: &mut HashSet<String>,
+    ) -> Result<(), EventError> {
+        let mut reader = BufReader::new(file);
+        reader
+            .seek(SeekFrom::Start(from))
+            .map_err(|e| self.err(e))?;
+        for line in reader.lines() {
             let line = line.map_err(|e| self.err(e))?;
             // A torn last line (crash mid-write) has no parsable id: it is rewritten whole.
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
@@ -53,7 +66,7 @@ impl JsonlSink {
                 ids.insert(id.to_owned());
             }
         }
-        Ok(ids)
+        Ok(())
     }
 }
 
@@ -64,24 +77,42 @@ impl EventSink for JsonlSink {
 
     fn deliver(&self, events: &[EventRecord]) -> Result<(), EventError> {
         let mut guard = self.seen.lock();
-        if guard.is_none() {
-            *guard = Some(self.load_ids()?);
-        }
-        let Some(seen) = guard.as_mut() else {
-            return Err(self.err("event id index missing"));
-        };
-        let fresh: Vec<&EventRecord> = events.iter().filter(|e| !seen.contains(&e.id)).collect();
-        if fresh.is_empty() {
-            return Ok(());
-        }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         }
         let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&self.path)
             .map_err(|e| self.err(e))?;
+        // Held until `file` is closed: other processes' deliveries wait, so reading the
+        // ids and appending are one step.
+        file.lock().map_err(|e| self.err(e))?;
+        let len = file.metadata().map_err(|e| self.err(e))?.len();
+        let seen = match guard.take() {
+            Some(mut seen) if seen.len <= len => {
+                if seen.len < len {
+                    self.read_ids(&file, seen.len, &mut seen.ids)?;
+                }
+                seen.len = len;
+                seen
+            }
+            // First delivery, or the file was replaced by a shorter one: read it all.
+            _ => {
+                let mut ids = HashSet::new();
+                self.read_ids(&file, 0, &mut ids)?;
+                Seen { ids, len }
+            }
+        };
+        let seen = guard.insert(seen);
+        let fresh: Vec<&EventRecord> = events
+            .iter()
+            .filter(|e| !seen.ids.contains(&e.id))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
         let mut buf = String::new();
         // Start on a fresh line if a previous crash left a torn one behind.
         if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 && !ends_with_newline(&self.path) {
@@ -94,14 +125,15 @@ impl EventSink for JsonlSink {
         file.write_all(buf.as_bytes()).map_err(|e| self.err(e))?;
         file.sync_data().map_err(|e| self.err(e))?;
         for e in fresh {
-            seen.insert(e.id.clone());
+            seen.ids.insert(e.id.clone());
         }
+        seen.len = file.metadata().map_err(|e| self.err(e))?.len();
         Ok(())
     }
 }
 
 fn ends_with_newline(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::Read;
     let Ok(mut f) = File::open(path) else {
         return true;
     };
@@ -145,6 +177,24 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn two_sinks_on_one_file_see_each_others_events() {
+        // As the service and the CLI: each delivers what the other may already have.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (a, b) = (JsonlSink::new(&path), JsonlSink::new(&path));
+        a.deliver(&[rec("x")]).unwrap();
+        b.deliver(&[rec("x"), rec("y")]).unwrap();
+        a.deliver(&[rec("y"), rec("z")]).unwrap();
+        b.deliver(&[rec("z")]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<_> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+            .collect();
+        assert_eq!(ids, ["x", "y", "z"]);
     }
 
     #[test]
