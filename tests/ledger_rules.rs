@@ -482,7 +482,7 @@ fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
         .into_iter()
         .map(|h| h.id)
         .collect();
-    assert_eq!(open_ids, [new.id.clone()]);
+    assert_eq!(open_ids, std::slice::from_ref(&new.id));
 
     // On the statement: the old hold's void, then the new hold.
     let lines: Vec<_> = store

@@ -8,11 +8,15 @@ use rust_decimal::Decimal;
 
 use super::backend::Backend;
 use super::status::{Meter, Reading, SandboxState, SandboxStatus};
-use super::{ManagerError, SandboxManager, ms_to_time, now_ms};
+use super::{HookPoint, ManagerError, SandboxManager, ms_to_time, now_ms};
 use crate::events::{MeterEventData, meter_event};
-use crate::payments::OutboxEvent;
+use crate::money::Money;
 use crate::payments::money::{Rounding, from_units, to_units};
+use crate::payments::{LedgerError, OutboxEvent, Settlement};
 use crate::runtime::types::SandboxContext;
+
+/// How often `destroy` re-reads a row whose claim it lost before reporting it busy.
+const CLAIM_TRIES: usize = 5;
 
 /// What a reaper pass did.
 #[derive(Debug, Default)]
@@ -34,72 +38,86 @@ impl SandboxManager {
     /// was fixed) and a later call or reconciliation finishes it.
     pub fn destroy(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
         let _stripe = self.stripe(&format!("sandbox\n{id}"));
-        let row = self
-            .store
-            .get(id)?
-            .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
-        if tenant.is_some_and(|t| t != row.status.tenant) {
-            return Err(ManagerError::NotFound { id: id.to_owned() });
-        }
-        let mut st = row.status;
-        match st.state {
-            SandboxState::Destroyed => Ok(st),
-            SandboxState::Failed => Err(ManagerError::WrongState {
-                id: st.id,
-                state: SandboxState::Failed,
-                hint: "it was never created; there is nothing to destroy or charge",
-            }),
-            SandboxState::Creating => Err(ManagerError::WrongState {
-                id: st.id,
-                state: SandboxState::Creating,
-                hint: "it is still being created; try again shortly",
-            }),
-            SandboxState::Running => {
-                let _busy = self.mark_busy(id);
-                // Checked before anything changes: a missing extension leaves it running.
-                self.backend_for(&st)?;
-                st.state = SandboxState::Destroying;
-                st.destroy_at_ms = Some(now_ms());
-                st.updated_at = Utc::now();
-                // Compare-and-set: of two processes destroying at once, one fixes the
-                // usage window and settles; the other is told it is busy. Not fsynced:
-                // the settlement's fsync covers it; if lost, nothing was charged and
-                // the sandbox is simply still running.
-                if !self.store.transition(
-                    &st,
-                    SandboxState::Running,
-                    row.owner.as_deref(),
-                    Some(self.owner.id()),
-                )? {
-                    return Err(self.busy_error(id));
-                }
-                self.finish_destroy(st)
+        // A claim is lost when the row changed since it was read (another process claimed
+        // it, or renewed its lease and so swapped its hold): read it again and retry with
+        // the fresh row; a row that keeps changing is reported busy.
+        for _ in 0..CLAIM_TRIES {
+            let row = self
+                .store
+                .get(id)?
+                .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
+            if tenant.is_some_and(|t| t != row.status.tenant) {
+                return Err(ManagerError::NotFound { id: id.to_owned() });
             }
-            SandboxState::Destroying => {
-                let me = self.owner.id();
-                if let Some(owner) = row.owner.as_deref()
-                    && owner != me
-                    && self.owner.is_alive(owner)
-                {
-                    return Err(ManagerError::Busy {
+            let mut st = row.status;
+            match st.state {
+                SandboxState::Destroyed => return Ok(st),
+                SandboxState::Failed => {
+                    return Err(ManagerError::WrongState {
                         id: st.id,
-                        owner: owner.to_owned(),
+                        state: SandboxState::Failed,
+                        hint: "it was never created; there is nothing to destroy or charge",
                     });
                 }
-                let _busy = self.mark_busy(id);
-                if row.owner.as_deref() != Some(me)
-                    && !self.store.transition(
-                        &st,
-                        SandboxState::Destroying,
-                        row.owner.as_deref(),
-                        Some(me),
-                    )?
-                {
-                    return Err(self.busy_error(id));
+                SandboxState::Creating => {
+                    return Err(ManagerError::WrongState {
+                        id: st.id,
+                        state: SandboxState::Creating,
+                        hint: "it is still being created; try again shortly",
+                    });
                 }
-                self.finish_or_release(st)
+                SandboxState::Running => {
+                    let _busy = self.mark_busy(id);
+                    // Checked before anything changes: a missing extension leaves it running.
+                    self.backend_for(&st)?;
+                    st.state = SandboxState::Destroying;
+                    st.destroy_at_ms = Some(now_ms());
+                    st.updated_at = Utc::now();
+                    self.hook(HookPoint::DestroyBeforeClaim, id);
+                    // Compare-and-set on state, owner and version: of two processes
+                    // destroying at once, one fixes the usage window and settles; the
+                    // other finds it `destroying` on its next read and is told it is busy.
+                    // Not fsynced: the settlement's fsync covers it; if lost, nothing was
+                    // charged and the sandbox is simply still running.
+                    if !self.store.transition(
+                        &st,
+                        SandboxState::Running,
+                        row.owner.as_deref(),
+                        row.version,
+                        Some(self.owner.id()),
+                    )? {
+                        continue;
+                    }
+                    return self.finish_destroy(st);
+                }
+                SandboxState::Destroying => {
+                    let me = self.owner.id();
+                    if let Some(owner) = row.owner.as_deref()
+                        && owner != me
+                        && self.owner.is_alive(owner)
+                    {
+                        return Err(ManagerError::Busy {
+                            id: st.id,
+                            owner: owner.to_owned(),
+                        });
+                    }
+                    let _busy = self.mark_busy(id);
+                    if row.owner.as_deref() != Some(me)
+                        && !self.store.transition(
+                            &st,
+                            SandboxState::Destroying,
+                            row.owner.as_deref(),
+                            row.version,
+                            Some(me),
+                        )?
+                    {
+                        continue;
+                    }
+                    return self.finish_or_release(st);
+                }
             }
         }
+        Err(self.busy_error(id))
     }
 
     /// [`Self::finish_destroy`]; on failure the claim is released so that any process
@@ -203,18 +221,83 @@ impl SandboxManager {
                 reading
             }
         };
+        let hold_id = st.hold_id.clone().ok_or_else(|| ManagerError::BadMeter {
+            id: st.id.clone(),
+            reason: "no hold is recorded for it".into(),
+        })?;
+        let held = st.held.clone().ok_or_else(|| ManagerError::BadMeter {
+            id: st.id.clone(),
+            reason: "no held amount is recorded for it".into(),
+        })?;
+        let (settlement, event_id) = match self.settle_hold(&st, &reading, &hold_id, &held) {
+            // The recorded hold was replaced by a lease renewal this status does not show
+            // (another process renewed between our read and our claim, or died between
+            // its replace and its status write): settle the sandbox's current hold.
+            Err(ManagerError::Ledger(LedgerError::HoldAlreadyResolved { state, .. }))
+                if state == "voided" =>
+            {
+                let Some(current) = self.replacement_hold(&st)? else {
+                    return Err(ManagerError::BadMeter {
+                        id: st.id.clone(),
+                        reason: format!(
+                            "its hold {hold_id} was released and it has no other hold to settle"
+                        ),
+                    });
+                };
+                tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, old_hold = %hold_id, hold = %current.id, "settling the hold that replaced the recorded one");
+                st.hold_id = Some(current.id.clone());
+                st.held = Some(current.amount.clone());
+                self.settle_hold(&st, &reading, &current.id, &current.amount)?
+            }
+            other => other?,
+        };
+        let total = &reading.cost.total;
+        st.meter = Some(Meter {
+            total: settlement.charged.clone(),
+            exact: total.amount,
+            line_items: reading.cost.line_items.clone(),
+            usage: reading.usage.clone(),
+            held: settlement.held.clone(),
+            released: settlement.released.clone(),
+            written_off: settlement.written_off.clone(),
+            debt: settlement.debt.clone(),
+            settlement_id: format!("settle-{}", st.id),
+            transfer_id: settlement.transfer_id.clone(),
+            event_id: settlement.event_id.clone().unwrap_or(event_id),
+            settled_at: Utc::now(),
+        });
+        st.state = SandboxState::Destroyed;
+        st.error = None;
+        st.updated_at = Utc::now();
+        // Not fsynced: the settlement is durable, and re-running this function after a
+        // lost write replays it (same key) to the same figures.
+        self.store.update(&st, None, false)?;
+        tracing::info!(
+            sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""),
+            charged = %settlement.charged,
+            "sandbox destroyed and settled"
+        );
+        if self.config.deliver_after_settle
+            && let Err(e) = self.deliver_outbox()
+        {
+            tracing::warn!(sandbox_id = %st.id, error = %e, "meter event stays in the outbox for a later delivery");
+        }
+        Ok(st)
+    }
+
+    /// Settles `hold_id` (holding `held`) with the reading, storing the meter event in the
+    /// same transaction. Returns the settlement and the event's id.
+    fn settle_hold(
+        &self,
+        st: &SandboxStatus,
+        reading: &Reading,
+        hold_id: &str,
+        held: &Money,
+    ) -> Result<(Settlement, String), ManagerError> {
         let bad = |reason: String| ManagerError::BadMeter {
             id: st.id.clone(),
             reason,
         };
-        let hold_id = st
-            .hold_id
-            .clone()
-            .ok_or_else(|| bad("no hold is recorded for it".into()))?;
-        let held = st
-            .held
-            .clone()
-            .ok_or_else(|| bad("no held amount is recorded for it".into()))?;
         let total = &reading.cost.total;
         if total.currency != held.currency {
             return Err(bad(format!(
@@ -226,6 +309,7 @@ impl SandboxManager {
         let charged = from_units(charged.units);
         let released = (held.amount - charged).max(Decimal::ZERO);
         let settlement_id = format!("settle-{}", st.id);
+        let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
         let data = MeterEventData {
             sandbox_id: st.id.clone(),
             tenant: st.tenant.clone(),
@@ -246,7 +330,7 @@ impl SandboxManager {
         // the very same event.
         let event = meter_event(&self.config.event_source, &data, ms_to_time(destroy_at))?;
         let settlement = self.ledger.settle(
-            &hold_id,
+            hold_id,
             total,
             &settlement_id,
             Some(OutboxEvent {
@@ -254,36 +338,6 @@ impl SandboxManager {
                 payload: event.payload,
             }),
         )?;
-        st.meter = Some(Meter {
-            total: settlement.charged.clone(),
-            exact: total.amount,
-            line_items: reading.cost.line_items.clone(),
-            usage: reading.usage.clone(),
-            held: settlement.held.clone(),
-            released: settlement.released.clone(),
-            written_off: settlement.written_off.clone(),
-            debt: settlement.debt.clone(),
-            settlement_id,
-            transfer_id: settlement.transfer_id.clone(),
-            event_id: settlement.event_id.clone().unwrap_or(event.id),
-            settled_at: Utc::now(),
-        });
-        st.state = SandboxState::Destroyed;
-        st.error = None;
-        st.updated_at = Utc::now();
-        // Not fsynced: the settlement is durable, and re-running this function after a
-        // lost write replays it (same key) to the same figures.
-        self.store.update(&st, None, false)?;
-        tracing::info!(
-            sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""),
-            charged = %settlement.charged,
-            "sandbox destroyed and settled"
-        );
-        if self.config.deliver_after_settle
-            && let Err(e) = self.deliver_outbox()
-        {
-            tracing::warn!(sandbox_id = %st.id, error = %e, "meter event stays in the outbox for a later delivery");
-        }
-        Ok(st)
+        Ok((settlement, event.id))
     }
 }

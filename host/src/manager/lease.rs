@@ -4,19 +4,35 @@
 //! sandbox is destroyed and settled once its paid time plus a grace period is over.
 //!
 //! A renewal replaces the sandbox's hold, never adds a second one, so destroy still
-//! settles exactly one hold and reconciliation's rule ("an open hold of a live sandbox
-//! that is not its recorded hold is stale") stays right:
+//! settles exactly one hold:
 //!
-//! 1. hold the estimate for the longer coverage (a new hold, fresh key),
-//! 2. record it as the sandbox's hold (compare-and-set on `running`; on a lost race the new
-//!    hold is voided at once),
-//! 3. void the previous hold.
+//! 1. read the row (state `running`, hold H1, version v) under the sandbox's lock,
+//! 2. `replace_hold(H1 → H2)`: ONE ledger transaction voids H1 and opens H2 for the longer
+//!    coverage, checked as if H1 were already released (`available + H1 ≥ H2`): a tenant
+//!    needs only the increment, and the two holds are never open together,
+//! 3. record H2 in the row: compare-and-set on (`running`, owner, version v). On a lost
+//!    race the row is read again: still `running`, the write is retried on the fresh row;
+//!    otherwise (a destroy in another process claimed it) H2 is left alone, it is the
+//!    sandbox's only open hold and the destroy settles it (below).
 //!
-//! A crash after 1 leaves the new hold stale (voided by reconciliation); after 2, the old
-//! one (same). Both writes of 2 and 3 share the ledger's WAL, so 3's fsync makes 2
-//! durable. Between 1 and 3 both holds are open: a renewal needs the new total available,
-//! not only the increment (conservative: it may end a sandbox a little early for a tenant
-//! on its last credits, never run one unbilled).
+//! Crash analysis. Before 2 nothing changed. 2 is atomic: H1 open and H2 absent, or H1
+//! voided and H2 open. After 2 and before 3 the row still names the voided H1; nothing
+//! depends on it being current:
+//!
+//! - "the sandbox's hold" is its newest hold in the ledger when the recorded one is not
+//!   open ([`SandboxManager::replacement_hold`]): reconciliation keeps H2 (it voids only
+//!   holds that are neither recorded nor that replacement) and records it in the row;
+//! - `finish_destroy` that finds its recorded hold voided settles the replacement;
+//! - the keeper's next pass, replacing H1 again, is told H1 is resolved and records H2.
+//!
+//! The replace's key is `<H1>/replace/<covered secs>`: a retried renewal of the same
+//! hold to the same coverage replays to the same H2.
+//!
+//! Why the version: a destroy in another process may read the row (H1) just before a
+//! renewal and claim it just after. Comparing state and owner alone, its claim would
+//! succeed and write H1 back; with the version it loses, reads again and destroys with
+//! H2. A renewal that runs after the claim loses its own compare-and-set instead and
+//! leaves H2 to the destroy.
 //!
 //! How far each sandbox is covered, and since when a renewal was refused, is kept in a
 //! small table of its own (`manager_leases`) beside the statuses.
@@ -27,9 +43,9 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::status::{SandboxState, SandboxStatus};
-use super::{ManagerError, SandboxManager, now_ms};
+use super::{HookPoint, ManagerError, SandboxManager, now_ms};
 use crate::money::Money;
-use crate::payments::LedgerError;
+use crate::payments::{Hold, HoldState, LedgerError};
 use crate::runtime::types::SandboxRequest;
 
 use super::backend::Backend;
@@ -169,9 +185,10 @@ impl SandboxManager {
 
         let _stripe = self.stripe(&format!("sandbox\n{}", st.id));
         // Re-read under the lock: a destroy may have started meanwhile.
-        let Some(current) = self.store.get(&st.id)?.map(|r| r.status) else {
+        let Some(fresh) = self.store.get(&st.id)? else {
             return Ok(());
         };
+        let (current, owner, version) = (fresh.status, fresh.owner, fresh.version);
         if current.state != SandboxState::Running || current.hold_id.is_none() {
             return Ok(());
         }
@@ -193,42 +210,30 @@ impl SandboxManager {
             write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
             return Ok(());
         }
-        let key = format!(
-            "{}/lease/{target}/{}",
-            current.id,
-            uuid::Uuid::now_v7().simple()
-        );
-        match self
-            .ledger
-            .hold(&current.tenant, &estimate.total, &current.id, &ext, &key)
-        {
+        let key = format!("{old_hold}/replace/{target}");
+        match self.ledger.replace_hold(&old_hold, &estimate.total, &key) {
             Ok(hold) => {
-                let mut next = current.clone();
-                next.hold_id = Some(hold.id.clone());
-                next.held = Some(hold.amount.clone());
-                if next
-                    .error
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with(LEASE_REFUSED))
+                self.hook(HookPoint::LeaseAfterReplace, &current.id);
+                if self.record_hold(&current.id, &old_hold, &hold)? {
+                    write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
+                    tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, covered_secs = target, held = %hold.amount, "lease renewed");
+                    report.renewed.push(current.id.clone());
+                } else {
+                    // A destroy claimed it meanwhile: it settles the new hold.
+                    tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, hold = %hold.id, "lease renewed while the sandbox was being destroyed; its destroy settles the new hold");
+                }
+            }
+            Err(
+                LedgerError::HoldAlreadyResolved { .. } | LedgerError::IdempotencyConflict { .. },
+            ) => {
+                // The recorded hold was already replaced (a renewal whose status write was
+                // lost) or settled (a destroy elsewhere): record the replacement, if any.
+                if let Some(hold) = self.replacement_hold(&current)?
+                    && hold.state == HoldState::Open
+                    && self.record_hold(&current.id, &old_hold, &hold)?
                 {
-                    next.error = None;
+                    tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, hold = %hold.id, "recorded the hold that replaced the sandbox's recorded one");
                 }
-                next.updated_at = Utc::now();
-                if !self
-                    .store
-                    .transition(&next, SandboxState::Running, None, None)?
-                {
-                    // Someone else took the sandbox (a destroy in another process).
-                    self.ledger.void(&hold.id, &format!("{}/void", hold.id))?;
-                    return Ok(());
-                }
-                match self.ledger.void(&old_hold, &format!("{old_hold}/void")) {
-                    Ok(_) | Err(LedgerError::HoldAlreadyResolved { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
-                tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, covered_secs = target, held = %hold.amount, "lease renewed");
-                report.renewed.push(current.id.clone());
             }
             Err(e @ (LedgerError::InsufficientCredits { .. } | LedgerError::UnknownTenant(_))) => {
                 let since = unpaid.unwrap_or(now);
@@ -242,9 +247,17 @@ impl SandboxManager {
                     super::ms_to_time(deadline).to_rfc3339()
                 ));
                 next.updated_at = Utc::now();
-                if unpaid.is_none() || current.error != next.error {
-                    self.store
-                        .transition(&next, SandboxState::Running, None, None)?;
+                // Only on the row as read: if it changed meanwhile, the next pass decides.
+                if (unpaid.is_none() || current.error != next.error)
+                    && !self.store.transition(
+                        &next,
+                        SandboxState::Running,
+                        owner.as_deref(),
+                        version,
+                        owner.as_deref(),
+                    )?
+                {
+                    return Ok(());
                 }
                 write_row(conn, &current.id, covered, Some(since)).map_err(|e| self.db_err(e))?;
                 if unpaid.is_none() {
@@ -255,6 +268,79 @@ impl SandboxManager {
             Err(e) => return Err(e.into()),
         }
         Ok(())
+    }
+
+    /// Records `hold` (which replaced `old_hold`) as the hold of the `running` sandbox
+    /// `id`: compare-and-set on the freshly read row, re-reading and retrying while it
+    /// stays `running` with `old_hold`. Returns false when the sandbox left `running` (its
+    /// destroy settles `hold`) or kept changing (reconciliation records it later).
+    fn record_hold(&self, id: &str, old_hold: &str, hold: &Hold) -> Result<bool, ManagerError> {
+        for _ in 0..RECORD_TRIES {
+            let Some(row) = self.store.get(id)? else {
+                return Ok(false);
+            };
+            if row.status.state != SandboxState::Running {
+                return Ok(false);
+            }
+            if row.status.hold_id.as_deref() == Some(hold.id.as_str()) {
+                return Ok(true);
+            }
+            if row.status.hold_id.as_deref() != Some(old_hold) {
+                // Someone recorded another hold: theirs is newer than what we know.
+                return Ok(false);
+            }
+            let mut next = row.status.clone();
+            next.hold_id = Some(hold.id.clone());
+            next.held = Some(hold.amount.clone());
+            if next
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with(LEASE_REFUSED))
+            {
+                next.error = None;
+            }
+            next.updated_at = Utc::now();
+            if self.store.transition(
+                &next,
+                SandboxState::Running,
+                row.owner.as_deref(),
+                row.version,
+                row.owner.as_deref(),
+            )? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The hold that replaced a sandbox's recorded hold, when the row missed it: the
+    /// sandbox's newest hold, if that is not the recorded one and was not voided. Only
+    /// meaningful once the recorded hold is known not to be open (a replacement voids
+    /// it in the same transaction).
+    pub(super) fn replacement_hold(
+        &self,
+        st: &SandboxStatus,
+    ) -> Result<Option<Hold>, ManagerError> {
+        Ok(self.ledger.hold_for_sandbox(&st.id)?.filter(|h| {
+            st.hold_id.as_deref() != Some(h.id.as_str()) && h.state != HoldState::Voided
+        }))
+    }
+
+    /// Records a replacement hold found by reconciliation in a `running` row (see the
+    /// module docs). A lost compare-and-set is left to the next pass.
+    pub(super) fn adopt_replacement(
+        &self,
+        st: &SandboxStatus,
+        hold: &Hold,
+    ) -> Result<bool, ManagerError> {
+        let Some(old) = st.hold_id.as_deref() else {
+            return Ok(false);
+        };
+        let adopted = self.record_hold(&st.id, old, hold)?;
+        if adopted {
+            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, old_hold = %old, hold = %hold.id, "reconcile: recorded the hold that replaced the sandbox's recorded one");
+        }
+        Ok(adopted)
     }
 
     fn lease_db(&self) -> Result<Connection, ManagerError> {
@@ -276,6 +362,10 @@ impl SandboxManager {
         })
     }
 }
+
+/// How often a renewal re-reads a row that changed before giving up recording its hold
+/// (reconciliation or the next pass records it).
+const RECORD_TRIES: usize = 5;
 
 /// How a refused renewal starts the status's `error`.
 pub const LEASE_REFUSED: &str = "credits lease renewal refused";

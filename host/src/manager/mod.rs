@@ -132,7 +132,23 @@ pub struct SandboxManager {
     busy: Mutex<HashSet<String>>,
     // One delivery at a time.
     delivery: Mutex<()>,
+    // Called at the named points of a race window, for tests only (see `set_test_hook`).
+    test_hook: RwLock<Option<TestHook>>,
 }
+
+/// Where a [`TestHook`] is called: between two steps that another process may interleave.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// `destroy` read a `running` row and is about to claim it (compare-and-set).
+    DestroyBeforeClaim,
+    /// The lease keeper replaced a sandbox's hold and is about to record the new one.
+    LeaseAfterReplace,
+}
+
+/// A test's callback at a [`HookPoint`], with the sandbox id.
+#[doc(hidden)]
+pub type TestHook = Arc<dyn Fn(HookPoint, &str) + Send + Sync>;
 
 impl SandboxManager {
     /// Opens the manager over an already opened ledger: creates or migrates its tables
@@ -155,7 +171,22 @@ impl SandboxManager {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             busy: Mutex::new(HashSet::new()),
             delivery: Mutex::new(()),
+            test_hook: RwLock::new(None),
         })
+    }
+
+    /// Installs (or with `None` removes) a callback run at each [`HookPoint`], so a test
+    /// can interleave another process's step deterministically. Not for production use.
+    #[doc(hidden)]
+    pub fn set_test_hook(&self, hook: Option<TestHook>) {
+        *self.test_hook.write() = hook;
+    }
+
+    fn hook(&self, point: HookPoint, id: &str) {
+        let hook = self.test_hook.read().clone();
+        if let Some(h) = hook {
+            h(point, id);
+        }
     }
 
     /// The loaded extensions (swap them on hot reload).

@@ -1,5 +1,7 @@
 //! Reconciliation: finish or roll back what a dead process left between two steps.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 use serde::Serialize;
 
@@ -72,6 +74,7 @@ impl SandboxManager {
                     &row.status,
                     row.status.state,
                     row.owner.as_deref(),
+                    row.version,
                     Some(me),
                 )?
             {
@@ -211,11 +214,16 @@ impl SandboxManager {
     }
 
     /// Releases open holds that no live sandbox needs: holds of unknown sandboxes (after
-    /// the grace period), of failed or destroyed ones, and stale holds of live ones.
+    /// the grace period), of failed or destroyed ones, and stale holds of live ones. A
+    /// live sandbox needs its recorded hold, or, when that one is no longer open, the
+    /// hold that replaced it (a lease renewal whose status write was lost or lost a race);
+    /// a `running` row is then updated to name it.
     fn void_unneeded_holds(&self, report: &mut ReconcileReport) -> Result<(), ManagerError> {
         let grace = chrono::Duration::from_std(self.config.orphan_hold_grace)
             .unwrap_or(chrono::Duration::zero());
-        for hold in self.ledger.open_holds()? {
+        let open = self.ledger.open_holds()?;
+        let open_ids: HashSet<&str> = open.iter().map(|h| h.id.as_str()).collect();
+        for hold in &open {
             let row = self.store.get(&hold.sandbox_id)?;
             let needed = match &row {
                 None => Utc::now() - hold.at < grace,
@@ -224,7 +232,22 @@ impl SandboxManager {
                     // for a later pass: that path resolves the hold.
                     SandboxState::Creating => true,
                     SandboxState::Running | SandboxState::Destroying => {
-                        r.status.hold_id.as_deref() == Some(hold.id.as_str())
+                        let recorded = r.status.hold_id.as_deref();
+                        if recorded == Some(hold.id.as_str()) {
+                            true
+                        } else if recorded.is_some_and(|h| open_ids.contains(h)) {
+                            false
+                        } else if self
+                            .replacement_hold(&r.status)?
+                            .is_some_and(|h| h.id == hold.id)
+                        {
+                            if r.status.state == SandboxState::Running {
+                                self.adopt_replacement(&r.status, hold)?;
+                            }
+                            true
+                        } else {
+                            false
+                        }
                     }
                     SandboxState::Destroyed | SandboxState::Failed => false,
                 },
@@ -238,7 +261,7 @@ impl SandboxManager {
             }
             self.void_once(&hold.id)?;
             tracing::info!(hold = %hold.id, sandbox_id = %hold.sandbox_id, tenant = %hold.tenant, "reconcile: released a hold no sandbox needs");
-            report.voided_holds.push(hold.id);
+            report.voided_holds.push(hold.id.clone());
         }
         Ok(())
     }

@@ -45,6 +45,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX manager_sandboxes_live ON manager_sandboxes (state, extension_id)
         WHERE state IN ('creating', 'running', 'destroying');
     "#,
+    // 2: a row version, incremented by every write: a compare-and-set compares it, so a
+    // writer that read the row before someone else's write (a lease renewal swapping the
+    // hold) loses and reads again instead of writing back stale fields.
+    r#"
+    ALTER TABLE manager_sandboxes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,13 +76,16 @@ pub enum Inserted {
     PoolFull,
 }
 
-/// A row: the status and the instance with an operation in flight on it, if any.
+/// A row: the status, the instance with an operation in flight on it, if any, and the
+/// row's version (what [`StatusStore::transition`] compares).
 #[derive(Debug, Clone)]
 pub struct Row {
     /// The status.
     pub status: SandboxStatus,
     /// The manager instance working on it.
     pub owner: Option<String>,
+    /// Incremented by every write of the row.
+    pub version: i64,
 }
 
 /// Sandbox statuses in SQLite.
@@ -290,8 +299,8 @@ impl StatusStore {
             .at(path)?;
         let n = tx
             .execute(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
-                 WHERE id = ?1",
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
+                 version = version + 1 WHERE id = ?1",
                 params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
             )
             .at(path)?;
@@ -314,14 +323,18 @@ impl StatusStore {
         Ok(())
     }
 
-    /// Writes `st` only if the row is still in state `from` with owner `from_owner`
-    /// (compare-and-set): how an instance claims a sandbox for an operation, so two
-    /// processes never work on one sandbox at once. Returns whether it was written.
+    /// Writes `st` only if the row is still in state `from` with owner `from_owner` at
+    /// version `from_version`, i.e. nobody wrote it since it was read (compare-and-set):
+    /// how an instance claims a sandbox for an operation, so two processes never work on
+    /// one sandbox at once, and how a writer avoids writing back fields that changed
+    /// meanwhile (a renewed hold). Returns whether it was written; on `false`, read the
+    /// row again.
     pub fn transition(
         &self,
         st: &SandboxStatus,
         from: SandboxState,
         from_owner: Option<&str>,
+        from_version: i64,
         owner: Option<&str>,
     ) -> Result<bool, StoreError> {
         let doc = self.doc(st)?;
@@ -333,8 +346,8 @@ impl StatusStore {
             .at(path)?;
         let n = tx
             .execute(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6 \
-                 WHERE id = ?1 AND state = ?7 AND owner IS ?8",
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
+                 version = version + 1 WHERE id = ?1 AND state = ?7 AND owner IS ?8 AND version = ?9",
                 params![
                     st.id,
                     st.state.as_str(),
@@ -343,7 +356,8 @@ impl StatusStore {
                     millis(st.updated_at),
                     doc,
                     from.as_str(),
-                    from_owner
+                    from_owner,
+                    from_version
                 ],
             )
             .at(path)?;
@@ -358,7 +372,7 @@ impl StatusStore {
         let conn = self.conn.lock();
         let _writer = self.gate.writer();
         conn.execute(
-            "UPDATE manager_sandboxes SET owner = NULL WHERE id = ?1 AND owner = ?2",
+            "UPDATE manager_sandboxes SET owner = NULL, version = version + 1 WHERE id = ?1 AND owner = ?2",
             params![id, owner],
         )
         .at(path)?;
@@ -380,17 +394,18 @@ impl StatusStore {
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
-        let row: Option<(String, Option<String>)> = conn
-            .prepare_cached("SELECT doc, owner FROM manager_sandboxes WHERE id = ?1")
+        let row: Option<(String, Option<String>, i64)> = conn
+            .prepare_cached("SELECT doc, owner, version FROM manager_sandboxes WHERE id = ?1")
             .at(path)?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()
             .at(path)?;
         drop(conn);
-        row.map(|(doc, owner)| {
+        row.map(|(doc, owner, version)| {
             Ok(Row {
                 status: self.parse(&doc)?,
                 owner,
+                version,
             })
         })
         .transpose()
@@ -442,22 +457,23 @@ impl StatusStore {
     pub fn in_flight(&self) -> Result<Vec<Row>, StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
-        let rows: Vec<(String, Option<String>)> = conn
+        let rows: Vec<(String, Option<String>, i64)> = conn
             .prepare_cached(
-                "SELECT doc, owner FROM manager_sandboxes WHERE state IN ('creating', 'destroying') \
+                "SELECT doc, owner, version FROM manager_sandboxes WHERE state IN ('creating', 'destroying') \
                  ORDER BY created_at, id",
             )
             .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .at(path)?
             .collect::<rusqlite::Result<_>>()
             .at(path)?;
         drop(conn);
         rows.into_iter()
-            .map(|(doc, owner)| {
+            .map(|(doc, owner, version)| {
                 Ok(Row {
                     status: self.parse(&doc)?,
                     owner,
+                    version,
                 })
             })
             .collect()
@@ -482,5 +498,153 @@ impl StatusStore {
             .into_iter()
             .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payments::SqliteCreditsStore;
+    use crate::runtime::types::{Resources, SandboxRequest};
+
+    fn status(id: &str) -> SandboxStatus {
+        let now = chrono::Utc::now();
+        SandboxStatus {
+            id: id.to_owned(),
+            tenant: "acme".into(),
+            profile: "p".into(),
+            extension_id: Some("ext".into()),
+            extension_version: None,
+            handle: None,
+            state: SandboxState::Running,
+            created_at: now,
+            started_at_ms: None,
+            destroy_at_ms: None,
+            request: SandboxRequest {
+                sandbox_id: id.to_owned(),
+                tenant: "acme".into(),
+                profile: "p".into(),
+                template: "base".into(),
+                resources: Resources {
+                    vcpus: 1,
+                    memory_mib: 512,
+                    disk_mib: 0,
+                    gpu: None,
+                },
+                max_duration_secs: 60,
+                region: None,
+                env: Vec::new(),
+                metadata: Vec::new(),
+            },
+            estimate: None,
+            hold_id: Some("h1".into()),
+            held: None,
+            attempts: Vec::new(),
+            reading: None,
+            meter: None,
+            idempotency_key: None,
+            error: None,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn a_writer_that_read_a_stale_row_loses_its_compare_and_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        SqliteCreditsStore::open(&path).unwrap();
+        let store = StatusStore::open(&path).unwrap();
+        let st = status("sb-1");
+        store.insert(&st, "fp", "mgr-a", None).unwrap();
+        store.release("sb-1", "mgr-a").unwrap();
+        // Two readers of the same row.
+        let a = store.get("sb-1").unwrap().unwrap();
+        let b = store.get("sb-1").unwrap().unwrap();
+        assert_eq!(a.version, 1, "insert, then the release");
+        // A renews: same state and owner, new hold, version bumped.
+        let mut renewed = a.status.clone();
+        renewed.hold_id = Some("h2".into());
+        assert!(
+            store
+                .transition(&renewed, SandboxState::Running, None, a.version, None)
+                .unwrap()
+        );
+        // B read before that write: its claim compares state and owner (still equal) and
+        // the version (not): it loses and nothing is written.
+        let mut claim = b.status.clone();
+        claim.state = SandboxState::Destroying;
+        assert!(
+            !store
+                .transition(
+                    &claim,
+                    SandboxState::Running,
+                    None,
+                    b.version,
+                    Some("mgr-b")
+                )
+                .unwrap()
+        );
+        let now = store.get("sb-1").unwrap().unwrap();
+        assert_eq!(now.status.hold_id.as_deref(), Some("h2"));
+        assert_eq!((now.status.state, now.version), (SandboxState::Running, 2));
+        // With the fresh row it wins.
+        let mut claim = now.status.clone();
+        claim.state = SandboxState::Destroying;
+        assert!(
+            store
+                .transition(
+                    &claim,
+                    SandboxState::Running,
+                    None,
+                    now.version,
+                    Some("mgr-b")
+                )
+                .unwrap()
+        );
+        store.update(&claim, Some("mgr-b"), false).unwrap();
+        assert_eq!(store.get("sb-1").unwrap().unwrap().version, 4);
+    }
+
+    #[test]
+    fn a_file_from_before_the_version_column_migrates_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        SqliteCreditsStore::open(&path).unwrap();
+        // The schema as the first release wrote it, with a row in it.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE manager_schema (version INTEGER NOT NULL) STRICT;
+                 INSERT INTO manager_schema (version) VALUES (1);",
+            )
+            .unwrap();
+            let st = status("sb-old");
+            conn.execute(
+                "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, fingerprint, created_at, updated_at, doc) \
+                 VALUES (?1, 'acme', 'running', 'ext', 'fp', 0, 0, ?2)",
+                params![st.id, serde_json::to_string(&st).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = StatusStore::open(&path).unwrap();
+        let row = store.get("sb-old").unwrap().unwrap();
+        assert_eq!((row.status.id.as_str(), row.version), ("sb-old", 0));
+        let mut next = row.status.clone();
+        next.hold_id = Some("h2".into());
+        assert!(
+            store
+                .transition(&next, SandboxState::Running, None, 0, None)
+                .unwrap()
+        );
+        assert_eq!(store.get("sb-old").unwrap().unwrap().version, 1);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT version FROM manager_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
+        // Opening again is a no-op.
+        drop(store);
+        StatusStore::open(&path).unwrap();
     }
 }

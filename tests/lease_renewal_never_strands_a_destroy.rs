@@ -1,0 +1,278 @@
+//! A lease renewal swaps a running sandbox's hold (one ledger transaction) and then
+//! records the new hold in its status (a compare-and-set on the row's version). A destroy
+//! in another process may interleave anywhere; whatever the order, the sandbox ends
+//! destroyed, settled once against the hold that is open, with nothing left held and the
+//! ledger verifying. Two managers (two `Host`s, as the service and the CLI) share one
+//! state folder; test hooks place the other's step exactly inside the race window. The
+//! real CLI settles what a keeper that died between its two steps left behind.
+
+#[path = "lifecycle_support/mod.rs"]
+mod lifecycle_support;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifecycle_support::Fixture;
+use rust_decimal::Decimal;
+use sandboxer_host::host::{Host, HostOptions};
+use sandboxer_host::manager::{
+    HookPoint, LeasePolicy, ManagerConfig, SandboxManager, SandboxState, SandboxStatus,
+};
+use sandboxer_host::money::{Currency, Money};
+use sandboxer_host::payments::{CreditsStore, EntryKind, HoldState};
+use sandboxer_host::routing::RequestOverrides;
+
+/// Every keeper pass renews a fresh sandbox at once: the first lease (60 s) is due for
+/// renewal as soon as it starts.
+fn keeper() -> HostOptions {
+    HostOptions {
+        manager: ManagerConfig {
+            lease: Some(LeasePolicy {
+                chunk: Duration::from_secs(60),
+                renew_before: Duration::from_secs(60),
+                grace: Duration::from_secs(60),
+            }),
+            ..ManagerConfig::default()
+        },
+        ..HostOptions::default()
+    }
+}
+
+fn usd(s: &str) -> Money {
+    Money {
+        amount: Decimal::from_str(s).unwrap(),
+        currency: Currency::new("USD").unwrap(),
+    }
+}
+
+fn create(host: &Host) -> SandboxStatus {
+    host.ledger()
+        .grant("acme", &usd("10"), "", &format!("g-{}", uuid()))
+        .unwrap();
+    let st = host
+        .manager()
+        .create("acme", "saas-stub", &RequestOverrides::default(), None)
+        .unwrap();
+    assert_eq!(st.state, SandboxState::Running);
+    st
+}
+
+fn uuid() -> String {
+    format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// The ledger after the race: the first hold voided by the renewal, the second settled
+/// once, nothing open, one meter event, and `verify` passes.
+fn assert_settled_on_the_renewed_hold(host: &Host, first: &SandboxStatus, done: &SandboxStatus) {
+    let ledger = host.ledger();
+    let first_hold = first.hold_id.clone().unwrap();
+    let hold = done.hold_id.clone().unwrap();
+    assert_ne!(hold, first_hold, "settled against the renewed hold");
+    assert_eq!(done.state, SandboxState::Destroyed);
+    let meter = done.meter.as_ref().unwrap();
+    assert_eq!(Some(&meter.held), done.held.as_ref());
+    assert!(
+        meter.held.amount > first.held.as_ref().unwrap().amount,
+        "the renewed hold covers more"
+    );
+    let current = ledger.hold_for_sandbox(&done.id).unwrap().unwrap();
+    assert_eq!(
+        (current.id.as_str(), current.state),
+        (hold.as_str(), HoldState::Posted)
+    );
+    assert!(ledger.open_holds().unwrap().is_empty());
+    let kinds: Vec<_> = ledger
+        .statement("acme")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.sandbox_id.as_deref() == Some(done.id.as_str()))
+        .map(|e| (e.kind, e.hold_id.unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EntryKind::Hold, first_hold.clone()),
+            (EntryKind::Void, first_hold),
+            (EntryKind::Hold, hold.clone()),
+            (EntryKind::Charge, hold),
+        ]
+    );
+    let report = ledger.verify().unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    // The stored status says the same.
+    let stored = host.manager().status(None, &done.id).unwrap();
+    assert_eq!(
+        (stored.state, stored.hold_id.as_deref()),
+        (SandboxState::Destroyed, done.hold_id.as_deref())
+    );
+}
+
+#[test]
+fn a_renewal_between_a_destroys_read_and_its_claim_makes_the_destroy_retry_with_the_new_hold() {
+    let f = Fixture::new();
+    let service = Host::open_with(&f.settings(), keeper()).unwrap();
+    let cli = Host::open(&f.settings()).unwrap();
+    let first = create(&service);
+
+    // The destroy (CLI) has read the row (`running`, first hold); before it claims it,
+    // the service's lease keeper renews: new hold, row version bumped.
+    let renewed = Arc::new(Mutex::new(Vec::new()));
+    let fired = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    {
+        let (keeper, renewed, fired, reads): (Arc<SandboxManager>, _, _, _) = (
+            service.manager().clone(),
+            renewed.clone(),
+            fired.clone(),
+            reads.clone(),
+        );
+        cli.manager()
+            .set_test_hook(Some(Arc::new(move |point, _id: &str| {
+                if point != HookPoint::DestroyBeforeClaim {
+                    return;
+                }
+                reads.fetch_add(1, Ordering::SeqCst);
+                if !fired.swap(true, Ordering::SeqCst) {
+                    let report = keeper.keep_leases();
+                    assert!(report.errors.is_empty(), "{:?}", report.errors);
+                    renewed.lock().unwrap().extend(report.renewed);
+                }
+            })));
+    }
+    let done = cli.manager().destroy(None, &first.id).unwrap();
+    assert!(
+        fired.load(Ordering::SeqCst),
+        "the hook ran inside the window"
+    );
+    // Its claim of the stale row lost (the version moved); it read the row again and
+    // claimed the fresh one.
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    assert_eq!(*renewed.lock().unwrap(), std::slice::from_ref(&first.id));
+    assert_settled_on_the_renewed_hold(&service, &first, &done);
+    assert_eq!(f.events().len(), 1, "one meter event");
+}
+
+#[test]
+fn a_destroy_between_a_renewals_replace_and_its_status_write_settles_the_new_hold() {
+    let f = Fixture::new();
+    let service = Host::open_with(&f.settings(), keeper()).unwrap();
+    let cli = Arc::new(Host::open(&f.settings()).unwrap());
+    let first = create(&service);
+
+    // The keeper has swapped the holds in the ledger but not yet recorded the new one;
+    // the CLI destroys now: it claims the row (still naming the first hold), finds that
+    // hold voided and settles the one that replaced it.
+    let destroyed = Arc::new(Mutex::new(None));
+    {
+        let (cli, destroyed) = (cli.clone(), destroyed.clone());
+        service
+            .manager()
+            .set_test_hook(Some(Arc::new(move |point, id: &str| {
+                if point == HookPoint::LeaseAfterReplace {
+                    *destroyed.lock().unwrap() = Some(cli.manager().destroy(None, id).unwrap());
+                }
+            })));
+    }
+    let report = service.manager().keep_leases();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        report.renewed.is_empty(),
+        "the renewal is not recorded on a destroyed sandbox"
+    );
+    let done = destroyed.lock().unwrap().take().expect("the hook ran");
+    assert_settled_on_the_renewed_hold(&service, &first, &done);
+    // A later keeper pass and reconciliation find nothing to do.
+    assert_eq!(service.manager().keep_leases(), Default::default());
+    let rec = service.manager().reconcile().unwrap();
+    assert!(
+        rec.voided_holds.is_empty() && rec.settled.is_empty(),
+        "{rec:?}"
+    );
+    assert_eq!(f.events().len(), 1, "one meter event");
+}
+
+fn dec(v: &serde_json::Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap_or_else(|| panic!("not a decimal: {v}"))).unwrap()
+}
+
+#[test]
+fn a_sandbox_whose_renewal_died_before_its_status_write_is_settled_on_the_new_hold() {
+    let f = Fixture::new();
+    let (a, b) = {
+        let service = Host::open_with(&f.settings(), keeper()).unwrap();
+        let (a, b) = (create(&service), create(&service));
+        // A keeper that died between its two steps: the ledger swapped each hold, the
+        // rows still name the first ones.
+        for st in [&a, &b] {
+            let old = st.hold_id.as_deref().unwrap();
+            service
+                .ledger()
+                .replace_hold(old, &usd("0.5"), &format!("{old}/replace/test"))
+                .unwrap();
+        }
+        (a, b)
+    };
+
+    // Before any reconciliation: a destroy claims `b` (its row names the voided hold),
+    // finds that hold voided and settles the one that replaced it.
+    {
+        let host = Host::open_with(
+            &f.settings(),
+            HostOptions {
+                skip_reconcile: true,
+                ..HostOptions::default()
+            },
+        )
+        .unwrap();
+        let done = host.manager().destroy(None, &b.id).unwrap();
+        assert_eq!(done.state, SandboxState::Destroyed);
+        assert_ne!(done.hold_id, b.hold_id);
+        assert_eq!(done.meter.as_ref().unwrap().held, usd("0.5"));
+    }
+
+    // Through the real CLI: any command reconciles first; it keeps `a`'s replacement hold
+    // (its only open hold) and records it in the row, and the destroy settles it.
+    let shown = f.json(&["sandbox", "status", &a.id]);
+    assert_eq!(shown["state"], "running");
+    assert_ne!(shown["hold_id"].as_str(), a.hold_id.as_deref());
+    let balance = f.json(&["credits", "show", "acme"]);
+    assert_eq!(
+        dec(&balance["balances"][0]["held"]),
+        Decimal::from_str("0.5").unwrap()
+    );
+    let done = f.json(&["sandbox", "destroy", &a.id]);
+    assert_eq!(done["state"], "destroyed", "{done}");
+    assert_eq!(done["hold_id"], shown["hold_id"]);
+    assert_eq!(
+        dec(&done["meter"]["held"]["amount"]),
+        Decimal::from_str("0.5").unwrap()
+    );
+
+    let statement = f.statement("acme");
+    let entries = statement["entries"].as_array().unwrap();
+    for st in [&a, &b] {
+        let kinds: Vec<_> = entries
+            .iter()
+            .filter(|e| e["sandbox_id"] == st.id.as_str())
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["hold", "void", "hold", "charge"], "{}", st.id);
+    }
+    let balance = f.json(&["credits", "show", "acme"]);
+    assert_eq!(dec(&balance["balances"][0]["held"]), Decimal::ZERO);
+    let verify = f.run(&["credits", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert_eq!(f.events().len(), 2, "one meter event per sandbox");
+}
