@@ -1,5 +1,6 @@
-//! A lease renewal swaps a running sandbox's hold (one ledger transaction) and then
-//! records the new hold in its status (a compare-and-set on the row's version). A destroy
+//! A lease renewal swaps a running sandbox's hold in one ledger transaction, so a tenant
+//! needs only the increment, not the new total beside the old hold. It then
+//! records the new hold in the status (a compare-and-set on the row's version). A destroy
 //! in another process may interleave anywhere; whatever the order, the sandbox ends
 //! destroyed, settled once against the hold that is open, with nothing left held and the
 //! ledger verifying. Two managers (two `Host`s, as the service and the CLI) share one
@@ -113,6 +114,72 @@ fn assert_settled_on_the_renewed_hold(host: &Host, first: &SandboxStatus, done: 
         (stored.state, stored.hold_id.as_deref()),
         (SandboxState::Destroyed, done.hold_id.as_deref())
     );
+}
+
+#[test]
+fn a_renewal_needs_only_the_increment_so_a_tenant_with_exactly_that_keeps_running() {
+    let f = Fixture::new();
+    // What 120 s of saas-stub cost: a sandbox of that maximum duration, held whole.
+    let whole = Host::open(&f.settings()).unwrap();
+    whole
+        .ledger()
+        .grant("probe", &usd("10"), "", "g-probe")
+        .unwrap();
+    let probe = whole
+        .manager()
+        .create(
+            "probe",
+            "saas-stub",
+            &RequestOverrides {
+                max_duration_secs: Some(120),
+                ..RequestOverrides::default()
+            },
+            None,
+        )
+        .unwrap();
+    let two_minutes = probe.held.clone().unwrap();
+    whole.manager().destroy(None, &probe.id).unwrap();
+    drop(whole);
+
+    // A tenant with exactly that much: the first lease holds 60 s, the renewal to
+    // 120 s needs the whole 120 s once the first hold is released, and nothing more.
+    let service = Host::open_with(&f.settings(), keeper()).unwrap();
+    service
+        .ledger()
+        .grant("exact", &two_minutes, "", "g-exact")
+        .unwrap();
+    let st = service
+        .manager()
+        .create("exact", "saas-stub", &RequestOverrides::default(), None)
+        .unwrap();
+    let first = st.held.clone().unwrap();
+    assert!(first.amount < two_minutes.amount);
+    let available = service
+        .ledger()
+        .balance("exact", &two_minutes.currency)
+        .unwrap()
+        .available;
+    assert!(
+        available < two_minutes.amount,
+        "holding a new 120 s beside the first lease would be refused"
+    );
+
+    let report = service.manager().keep_leases();
+    assert_eq!(report.renewed, std::slice::from_ref(&st.id), "{report:?}");
+    assert!(report.refused.is_empty() && report.errors.is_empty());
+    let now = service.manager().status(None, &st.id).unwrap();
+    assert_eq!(now.held.as_ref(), Some(&two_minutes));
+    assert_ne!(now.hold_id, st.hold_id);
+    assert!(now.error.is_none());
+    let b = service
+        .ledger()
+        .balance("exact", &two_minutes.currency)
+        .unwrap();
+    assert_eq!((b.held, b.available), (two_minutes.amount, Decimal::ZERO));
+    assert_eq!(service.ledger().open_holds().unwrap().len(), 1);
+    let done = service.manager().destroy(None, &st.id).unwrap();
+    assert_eq!(done.state, SandboxState::Destroyed);
+    assert!(service.ledger().verify().unwrap().ok);
 }
 
 #[test]
