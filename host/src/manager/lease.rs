@@ -20,7 +20,7 @@
 //! depends on it being current:
 //!
 //! - "the sandbox's hold" is its newest hold in the ledger when the recorded one is not
-//!   open ([`SandboxManager::replacement_hold`]): reconciliation keeps H2 (it voids only
+//!   open (`replacement_hold`): reconciliation keeps H2 (it voids only
 //!   holds that are neither recorded nor that replacement) and records it in the row;
 //! - `finish_destroy` that finds its recorded hold voided settles the replacement;
 //! - the keeper's next pass, replacing H1 again, is told H1 is resolved and records H2.
