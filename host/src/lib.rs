@@ -15,5 +15,6 @@ pub mod payments;
 pub mod routing;
 pub mod runtime;
 pub mod service;
+pub mod sqlite_cached;
 pub mod sqlite_gate;
 pub mod telemetry;

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::status::{SandboxState, SandboxStatus};
+use crate::sqlite_cached::CachedStatements;
 
 /// Migrations of the manager's own tables, tracked in `manager_schema` (the ledger owns
 /// `PRAGMA user_version`). Append only.
@@ -126,18 +127,19 @@ impl StatusStore {
         };
         let mut conn = Connection::open_with_flags(path, flags).at(path)?;
         conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+        conn.set_prepared_statement_cache_capacity(crate::sqlite_cached::STATEMENT_CACHE);
         let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .row_cached("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .at(path)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(err(format!(
                 "could not switch the journal to WAL (it is {mode:?})"
             )));
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -1024;")
             .at(path)?;
         let ledger_version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .row_cached("PRAGMA user_version", [], |r| r.get(0))
             .at(path)?;
         if ledger_version == 0 {
             return Err(err(
@@ -161,7 +163,7 @@ impl StatusStore {
         )
         .at(path)?;
         let version: Option<i64> = tx
-            .query_row("SELECT version FROM manager_schema", [], |r| r.get(0))
+            .row_cached("SELECT version FROM manager_schema", [], |r| r.get(0))
             .optional()
             .at(path)?;
         let version = version.unwrap_or(0);
@@ -180,8 +182,8 @@ impl StatusStore {
         {
             tx.execute_batch(sql).at(path)?;
         }
-        tx.execute("DELETE FROM manager_schema", []).at(path)?;
-        tx.execute(
+        tx.exec_cached("DELETE FROM manager_schema", []).at(path)?;
+        tx.exec_cached(
             "INSERT INTO manager_schema (version) VALUES (?1)",
             params![known],
         )
@@ -228,7 +230,7 @@ impl StatusStore {
             .at(path)?;
         if let Some(key) = &st.idempotency_key {
             let prior: Option<(String, String)> = tx
-                .query_row(
+                .row_cached(
                     "SELECT doc, fingerprint FROM manager_sandboxes WHERE tenant = ?1 AND idempotency_key = ?2",
                     params![st.tenant, key],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -241,7 +243,7 @@ impl StatusStore {
         }
         if let Some((ext, max)) = slot {
             let live: i64 = tx
-                .query_row(
+                .row_cached(
                     "SELECT COUNT(*) FROM manager_sandboxes \
                      WHERE extension_id = ?1 AND state IN ('creating', 'running', 'destroying')",
                     params![ext],
@@ -252,7 +254,7 @@ impl StatusStore {
                 return Ok(Inserted::PoolFull);
             }
         }
-        let res = tx.execute(
+        let res = tx.exec_cached(
             "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, idempotency_key, fingerprint, owner, \
              created_at, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -298,7 +300,7 @@ impl StatusStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
         let n = tx
-            .execute(
+            .exec_cached(
                 "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
                  version = version + 1 WHERE id = ?1",
                 params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
@@ -345,7 +347,7 @@ impl StatusStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
         let n = tx
-            .execute(
+            .exec_cached(
                 "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
                  version = version + 1 WHERE id = ?1 AND state = ?7 AND owner IS ?8 AND version = ?9",
                 params![
@@ -371,7 +373,7 @@ impl StatusStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let _writer = self.gate.writer();
-        conn.execute(
+        conn.exec_cached(
             "UPDATE manager_sandboxes SET owner = NULL, version = version + 1 WHERE id = ?1 AND owner = ?2",
             params![id, owner],
         )
@@ -385,7 +387,7 @@ impl StatusStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let _writer = self.gate.writer();
-        conn.execute("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
+        conn.exec_cached("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
             .at(path)?;
         Ok(())
     }
@@ -620,7 +622,7 @@ mod tests {
             )
             .unwrap();
             let st = status("sb-old");
-            conn.execute(
+            conn.exec_cached(
                 "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, fingerprint, created_at, updated_at, doc) \
                  VALUES (?1, 'acme', 'running', 'ext', 'fp', 0, 0, ?2)",
                 params![st.id, serde_json::to_string(&st).unwrap()],
@@ -640,7 +642,7 @@ mod tests {
         assert_eq!(store.get("sb-old").unwrap().unwrap().version, 1);
         let conn = Connection::open(&path).unwrap();
         let version: i64 = conn
-            .query_row("SELECT version FROM manager_schema", [], |r| r.get(0))
+            .row_cached("SELECT version FROM manager_schema", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
         // Opening again is a no-op.

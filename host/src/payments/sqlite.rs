@@ -26,6 +26,7 @@ use super::store::{
     Settlement, VerifyReport, Void, validate_tenant,
 };
 use crate::money::{Currency, Money};
+use crate::sqlite_cached::CachedStatements;
 use crate::sqlite_gate::DbGate;
 
 /// How long a writer waits for another writer's transaction before giving up.
@@ -216,7 +217,7 @@ impl Tx<'_> {
         currency: &Currency,
     ) -> Result<Option<i64>, LedgerError> {
         self.tx
-            .query_row(
+            .row_cached(
                 "SELECT id FROM accounts WHERE kind = ?1 AND name = ?2 AND currency = ?3",
                 params![kind, name, currency.as_str()],
                 |r| r.get(0),
@@ -236,7 +237,7 @@ impl Tx<'_> {
             return Ok(id);
         }
         self.tx
-            .execute(
+            .exec_cached(
                 "INSERT INTO accounts (kind, name, currency, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![kind, name, currency.as_str(), at],
             )
@@ -251,7 +252,7 @@ impl Tx<'_> {
     fn insert(&self, t: NewTransfer<'_>) -> Result<(i64, String), LedgerError> {
         let uid = uuid::Uuid::now_v7().to_string();
         self.tx
-            .execute(
+            .exec_cached(
                 "INSERT INTO transfers (uid, ikey, kind, debit_account, credit_account, amount, exact, \
                  currency, pending_id, hold_id, sandbox_id, extension, note, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -289,7 +290,7 @@ impl Tx<'_> {
             ),
         ] {
             self.tx
-                .execute(sql, params![account, pending, posted])
+                .exec_cached(sql, params![account, pending, posted])
                 .at(self.path)?;
         }
         Ok(())
@@ -309,14 +310,15 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).at(path)?;
     conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+    conn.set_prepared_statement_cache_capacity(crate::sqlite_cached::STATEMENT_CACHE);
     // Refuse a file that is not a ledger before anything (such as the switch to WAL)
     // writes to it. Reading the header also catches files that are not SQLite at all.
     let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .row_cached("PRAGMA user_version", [], |r| r.get(0))
         .at(path)?;
     if version == 0 {
         let tables: i64 = conn
-            .query_row(
+            .row_cached(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
                 [],
                 |r| r.get(0),
@@ -334,7 +336,7 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
     // after the writer lock is released and before answering (group commit), which is
     // what FULL would do inside the lock.
     let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .row_cached("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .at(path)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(LedgerError::Storage {
@@ -342,13 +344,18 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
             message: format!("could not switch the journal to WAL (it is {mode:?})"),
         });
     }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-        .at(path)?;
+    // A small page cache: another connection's commit empties it anyway (SQLite drops a
+    // connection's cache when the file changed under it), and the service keeps up to
+    // `MAX_IDLE` connections; the OS page cache holds the file.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -1024;",
+    )
+    .at(path)?;
     Ok(conn)
 }
 
 fn sums(conn: &Connection, path: &Path, account: i64) -> Result<Sums, LedgerError> {
-    conn.query_row(
+    conn.row_cached(
         "SELECT debits_pending, debits_posted, credits_posted FROM accounts WHERE id = ?1",
         params![account],
         |r| {
@@ -503,10 +510,10 @@ impl SqliteCreditsStore {
         let path = self.path.clone();
         self.with_conn(|c| {
             let mode: String = c
-                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .row_cached("PRAGMA journal_mode", [], |r| r.get(0))
                 .at(&path)?;
             let sync: i64 = c
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .row_cached("PRAGMA synchronous", [], |r| r.get(0))
                 .at(&path)?;
             Ok((mode, sync))
         })
@@ -515,7 +522,7 @@ impl SqliteCreditsStore {
     fn migrate(&self, conn: &mut Connection) -> Result<(), LedgerError> {
         let path = &self.path;
         let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .row_cached("PRAGMA user_version", [], |r| r.get(0))
             .at(path)?;
         let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
         if version == known {
@@ -532,11 +539,11 @@ impl SqliteCreditsStore {
             .at(path)?;
         // Re-read under the write lock: another process may have migrated meanwhile.
         let version: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .row_cached("PRAGMA user_version", [], |r| r.get(0))
             .at(path)?;
         if version == 0 {
             let tables: i64 = tx
-                .query_row(
+                .row_cached(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
                     [],
                     |r| r.get(0),
@@ -595,7 +602,7 @@ impl SqliteCreditsStore {
         let answer = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(&path)?;
             let prior: Option<(String, String, String)> = tx
-                .query_row(
+                .row_cached(
                     "SELECT operation, fingerprint, response FROM requests WHERE ikey = ?1",
                     params![key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -614,7 +621,7 @@ impl SqliteCreditsStore {
             let response = serde_json::to_string(&answer)
                 .map_err(|e| invalid("answer", e.to_string()))?;
             tx.tx
-                .execute(
+                .exec_cached(
                     "INSERT INTO requests (ikey, operation, fingerprint, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![key, operation, fingerprint, response, now_ms()],
                 )
@@ -648,7 +655,7 @@ impl SqliteCreditsStore {
     }
 
     fn tenant_exists(conn: &Connection, path: &Path, tenant: &str) -> Result<bool, LedgerError> {
-        conn.query_row(
+        conn.row_cached(
             "SELECT EXISTS (SELECT 1 FROM accounts WHERE kind = 'tenant' AND name = ?1)",
             params![tenant],
             |r| r.get(0),
@@ -912,13 +919,13 @@ impl CreditsStore for SqliteCreditsStore {
                 Some(ev) => {
                     let taken: bool = tx
                         .tx
-                        .query_row("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)", params![ev.id], |r| r.get(0))
+                        .row_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = ?1)", params![ev.id], |r| r.get(0))
                         .at(tx.path)?;
                     if taken {
                         return Err(invalid("event id", format!("{:?} is already in the outbox", ev.id)));
                     }
                     tx.tx
-                        .execute(
+                        .exec_cached(
                             "INSERT INTO outbox (id, payload, created_at) VALUES (?1, ?2, ?3)",
                             params![ev.id, ev.payload, at],
                         )
@@ -1162,7 +1169,7 @@ impl CreditsStore for SqliteCreditsStore {
     fn verify(&self) -> Result<VerifyReport, LedgerError> {
         self.read(|tx, path| {
             let mut problems = Vec::new();
-            let check: String = tx.query_row("PRAGMA quick_check", [], |r| r.get(0)).at(path)?;
+            let check: String = tx.row_cached("PRAGMA quick_check", [], |r| r.get(0)).at(path)?;
             if check != "ok" {
                 problems.push(format!("SQLite quick_check: {check}"));
             }
@@ -1272,7 +1279,7 @@ impl CreditsStore for SqliteCreditsStore {
                 }
             }
             let open_holds: i64 = tx
-                .query_row(
+                .row_cached(
                     "SELECT COUNT(*) FROM transfers t WHERE t.kind = 'hold' AND NOT EXISTS (SELECT 1 FROM transfers r WHERE r.pending_id = t.id)",
                     [],
                     |r| r.get(0),
@@ -1331,7 +1338,7 @@ impl CreditsStore for SqliteCreditsStore {
                 .at(&path)?;
             let at = now_ms();
             for id in ids {
-                tx.execute(
+                tx.exec_cached(
                     "UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
                     params![id, at],
                 )
@@ -1344,7 +1351,7 @@ impl CreditsStore for SqliteCreditsStore {
     fn outbox_lag(&self) -> Result<(u64, Option<Duration>), LedgerError> {
         self.read(|tx, path| {
             let (count, oldest): (i64, Option<i64>) = tx
-                .query_row(
+                .row_cached(
                     "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
