@@ -366,6 +366,54 @@ fn extensions_are_hot_reloaded_while_serving() {
         TOKEN_A,
     );
     assert_eq!(s, 200);
+    // Profiles reload file by file: with broken.toml still there, a new file is picked
+    // up, and a file broken in place keeps serving its previous version.
+    std::fs::write(
+        setup.profiles().join("later2.toml"),
+        "id = \"later2\"\ntemplate = \"base\"\nmax_duration_secs = 60\n[resources]\nvcpus = 1\nmemory_mib = 512\n\
+         [route]\nstrategy = \"explicit\"\nexplicit = \"saas-stub\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        setup.profiles().join("later.toml"),
+        "id = \"later\"\n[route\n",
+    )
+    .unwrap();
+    h.wait_for(Duration::from_secs(20), || {
+        let (s, _) = h.call(
+            "POST",
+            "/v1/route/explain",
+            Some(TOKEN_A),
+            Some(r#"{"profile":"later2"}"#),
+            &[],
+        );
+        (s == 200).then_some(())
+    });
+    for profile in ["later", "later2"] {
+        let (s, v) = h.post(
+            "/v1/sandboxes",
+            TOKEN_A,
+            &format!(r#"{{"profile":"{profile}"}}"#),
+        );
+        assert_eq!(s, 201, "{profile}: {v}");
+        let (s, _) = h.delete(
+            &format!("/v1/sandboxes/{}", v["id"].as_str().unwrap()),
+            TOKEN_A,
+        );
+        assert_eq!(s, 200);
+    }
+    // A profile whose file is removed leaves.
+    std::fs::remove_file(setup.profiles().join("later2.toml")).unwrap();
+    h.wait_for(Duration::from_secs(20), || {
+        let (s, _) = h.call(
+            "POST",
+            "/v1/route/explain",
+            Some(TOKEN_A),
+            Some(r#"{"profile":"later2"}"#),
+            &[],
+        );
+        (s == 400).then_some(())
+    });
 
     // Removed: it leaves /v1/extensions and routing; its sandbox can still be destroyed.
     std::fs::remove_file(&file).unwrap();

@@ -21,7 +21,8 @@ use crate::manager::{self, ManagerError, SandboxState, SandboxStatus};
 use crate::money::{Currency, Money};
 use crate::payments::money::parse_amount;
 use crate::payments::{CreditsStore, LedgerError};
-use crate::routing::{RequestOverrides, load_profiles};
+use crate::routing::RequestOverrides;
+use crate::routing::profile::reload_profiles;
 use crate::runtime::sidecar::ExtensionSpec;
 use crate::runtime::types::{
     BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function,
@@ -504,23 +505,31 @@ impl Maintenance for HostBackend {
 
     fn reload_profiles(&self) {
         let dir = &self.host.settings().profiles_dir;
-        match load_profiles(dir) {
-            Ok(set) => {
-                for w in set.check_candidates(&self.manager().extensions().ids()) {
-                    tracing::warn!(profile = %w.profile, "{}", w.message);
-                }
-                let n = set.len();
-                self.manager().set_profiles(Arc::new(set));
-                metrics::reload("profile", "replaced");
-                tracing::info!(profiles = n, dir = %dir.display(), "profiles reloaded");
-            }
-            Err(errors) => {
-                metrics::reload("profile", "rejected");
-                for e in errors {
-                    tracing::warn!(error = %e, "profile does not load; the previous profiles keep serving");
-                }
-            }
+        let previous = self.manager().profiles();
+        let reloaded = reload_profiles(dir, &previous);
+        for e in &reloaded.errors {
+            tracing::warn!(error = %e, "profile file does not load; its previous version (if any) keeps serving");
         }
+        if !reloaded.kept.is_empty() {
+            tracing::warn!(profiles = ?reloaded.kept, "kept at their previous version");
+        }
+        for w in reloaded
+            .set
+            .check_candidates(&self.manager().extensions().ids())
+        {
+            tracing::warn!(profile = %w.profile, "{}", w.message);
+        }
+        let n = reloaded.set.len();
+        self.manager().set_profiles(Arc::new(reloaded.set));
+        metrics::reload(
+            "profile",
+            if reloaded.errors.is_empty() {
+                "replaced"
+            } else {
+                "rejected"
+            },
+        );
+        tracing::info!(profiles = n, dir = %dir.display(), "profiles reloaded");
     }
 }
 
