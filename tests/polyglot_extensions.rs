@@ -878,6 +878,16 @@ fn the_service_serves_while_a_large_guest_compiles() {
     let (status, sb) = h.post("/v1/sandboxes", http_host::TOKEN_A, r#"{"profile":"pool"}"#);
     assert_eq!(status, 201, "{sb}");
     assert_eq!(sb["extension_id"], "python-pool");
+    // Loaded in the background, it is instrumented like the others: its calls show in
+    // /metrics.
+    let m = h.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("sandboxer_extension_call_seconds_count{")
+                && l.contains("extension=\"python-pool\"")
+                && l.contains("function=\"create\"")),
+        "python-pool's create is not in /metrics:\n{m}"
+    );
     println!(
         "service: saas-stub sandbox created {served:?} after start; python-pool routed to after {ready:?}"
     );

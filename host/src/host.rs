@@ -15,7 +15,9 @@ use crate::payments::{CreditsStore, LedgerError, OverdraftPolicy, SqliteCreditsS
 use crate::routing::profile::{ProfileError, ProfileWarning, load_profiles};
 use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
 use crate::runtime::sidecar::discover;
-use crate::runtime::{ExtensionSpec, LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped};
+use crate::runtime::{
+    Extension, ExtensionSpec, LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped,
+};
 
 /// Uncached components larger than this (4 MiB) compile in the background in a service:
 /// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.
@@ -44,6 +46,20 @@ pub struct HostOptions {
     /// whose commands need every extension): load everything before answering.
     /// [`DEFER_COMPILE_ABOVE_BYTES`] is the service's choice.
     pub defer_compile_above_bytes: Option<u64>,
+    /// Wraps each extension before it is registered with the manager, at open and when a
+    /// deferred one finishes loading (the service instruments them for `/metrics`).
+    pub wrap: Option<WrapExtension>,
+}
+
+/// See [`HostOptions::wrap`].
+pub type WrapExtension = Arc<dyn Fn(Arc<Extension>) -> Arc<dyn Backend> + Send + Sync>;
+
+/// How an extension is registered: wrapped when the options say so.
+fn register_as(wrap: Option<&WrapExtension>, ext: Arc<Extension>) -> Arc<dyn Backend> {
+    match wrap {
+        Some(w) => w(ext),
+        None => ext,
+    }
 }
 
 /// The host could not be assembled.
@@ -125,7 +141,7 @@ impl Host {
         let backends: Vec<Arc<dyn Backend>> = report
             .loaded
             .iter()
-            .map(|e| e.clone() as Arc<dyn Backend>)
+            .map(|e| register_as(options.wrap.as_ref(), e.clone()))
             .collect();
         let extensions = Arc::new(Extensions::new(backends));
 
@@ -170,8 +186,9 @@ impl Host {
         };
         let manager = Arc::new(manager);
         let loading = Arc::new(Loading::default());
+        loading.state.lock().loaded = report.loaded.clone();
         if !deferred.is_empty() {
-            spawn_deferred_loads(&runtime, &manager, &loading, deferred);
+            spawn_deferred_loads(&runtime, &manager, &loading, deferred, options.wrap);
         }
         Ok(Self {
             settings: settings.clone(),
@@ -226,6 +243,18 @@ impl Host {
             }
         }
         Ok(report)
+    }
+
+    /// The extensions this host registered (at open, then in the background) from index
+    /// `from` on: a surface that keeps its own record of what is installed catches up with
+    /// it without reading the folder again.
+    pub fn registered_extensions(&self, from: usize) -> Vec<Arc<Extension>> {
+        let state = self.loading.state.lock();
+        state
+            .loaded
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// How many extensions finished loading in the background so far (a surface that
@@ -295,6 +324,8 @@ struct LoadingState {
     pending: Vec<String>,
     skipped: Vec<Skipped>,
     finished: u64,
+    /// Every extension this host registered, at open and in the background, in order.
+    loaded: Vec<Arc<Extension>>,
 }
 
 /// Loads the extensions of `dir` whose compiled code is at hand or whose `.wasm` is at
@@ -346,6 +377,7 @@ fn spawn_deferred_loads(
     manager: &Arc<SandboxManager>,
     loading: &Arc<Loading>,
     specs: Vec<ExtensionSpec>,
+    wrap: Option<WrapExtension>,
 ) {
     loading.state.lock().pending = specs.iter().map(|s| s.id.clone()).collect();
     let runtime = runtime.clone();
@@ -361,7 +393,8 @@ fn spawn_deferred_loads(
                 let mut state = shared.state.lock();
                 match outcome {
                     Ok(ext) => {
-                        manager.extensions().upsert(ext as Arc<dyn Backend>);
+                        state.loaded.push(ext.clone());
+                        manager.extensions().upsert(register_as(wrap.as_ref(), ext));
                         tracing::info!(extension = %id, ms = started.elapsed().as_millis() as u64, "extension loaded in the background: now routed to");
                     }
                     Err(err) => {

@@ -43,6 +43,8 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     // Serve at once; a large uncached guest (tens of seconds to compile) joins when
     // ready (picked up by `tick`).
     options.defer_compile_above_bytes = Some(crate::host::DEFER_COMPILE_ABOVE_BYTES);
+    // Registered instrumented from the start (and when a deferred one finishes loading).
+    options.wrap = Some(Arc::new(|ext| Arc::new(Instrumented { inner: ext }) as _));
     options.manager.lease = Some(manager::LeasePolicy {
         chunk: cfg.leases.chunk,
         renew_before: cfg.leases.renew_before,
@@ -74,23 +76,40 @@ pub struct HostBackend {
     installed: Mutex<BTreeMap<String, Installed>>,
     gauge_series: Mutex<Vec<(String, String)>>,
     reload_lock: Mutex<()>,
-    // `Host::loaded_in_background` when last re-read: a growth means a deferred
-    // extension is ready and must be registered instrumented.
-    background_seen: std::sync::atomic::AtomicU64,
+    // How many of `Host::registered_extensions` are in `installed` already.
+    adopted: Mutex<usize>,
 }
 
 impl HostBackend {
-    /// Wraps `host`; re-registers its extensions instrumented for metrics.
+    /// Wraps `host` (opened by [`open`], so its extensions are registered instrumented).
     pub fn new(host: Host) -> Self {
         let b = Self {
             host,
             installed: Mutex::new(BTreeMap::new()),
             gauge_series: Mutex::new(Vec::new()),
             reload_lock: Mutex::new(()),
-            background_seen: std::sync::atomic::AtomicU64::new(0),
+            adopted: Mutex::new(0),
         };
-        b.reload_extensions();
+        b.adopt_registered();
         b
+    }
+
+    /// Records what `Host` registered since the last call (at open, or a deferred
+    /// extension that finished compiling) as installed, without reading the folder again.
+    fn adopt_registered(&self) {
+        let mut adopted = self.adopted.lock();
+        let fresh = self.host.registered_extensions(*adopted);
+        *adopted += fresh.len();
+        drop(adopted);
+        let mut installed = self.installed.lock();
+        for ext in fresh {
+            installed
+                .entry(ext.id().to_owned())
+                .or_insert_with(|| Installed {
+                    version: ext.version_hash().to_owned(),
+                    spec: ext.spec().clone(),
+                });
+        }
     }
 
     fn manager(&self) -> &manager::SandboxManager {
@@ -399,13 +418,7 @@ impl Maintenance for HostBackend {
     }
 
     fn tick(&self) {
-        let loaded = self.host.loaded_in_background();
-        let seen = self
-            .background_seen
-            .swap(loaded, std::sync::atomic::Ordering::Relaxed);
-        if loaded != seen {
-            self.reload_extensions();
-        }
+        self.adopt_registered();
         let leases = self.manager().keep_leases();
         for _ in &leases.renewed {
             metrics::lease_renewal("renewed");
@@ -433,6 +446,9 @@ impl Maintenance for HostBackend {
     fn reload_extensions(&self) {
         let _one = self.reload_lock.lock();
         let dir = &self.host.settings().extensions_dir;
+        // Before re-reading the folder: an extension that finishes compiling in between
+        // is then either adopted here or found in the folder, never taken for removed.
+        self.adopt_registered();
         let report = match self.host.load_extensions() {
             Ok(r) => r,
             Err(e) => {
@@ -444,7 +460,6 @@ impl Maintenance for HostBackend {
         let reg = self.manager().extensions();
         let mut installed = self.installed.lock();
         let mut seen = BTreeSet::new();
-        let first_pass = installed.is_empty();
         for ext in report.loaded {
             let id = ext.id().to_owned();
             seen.insert(id.clone());
@@ -461,16 +476,9 @@ impl Maintenance for HostBackend {
             } else {
                 "added"
             };
-            // The first pass at start re-registers what Host loaded, instrumented.
-            let first = first_pass
-                && reg
-                    .get(&id)
-                    .is_some_and(|b| b.version_hash() == now.version);
             reg.upsert(Arc::new(Instrumented { inner: ext }));
-            if !first {
-                metrics::reload("extension", verb);
-                tracing::info!(extension = %id, version = %now.version, "extension {verb}");
-            }
+            metrics::reload("extension", verb);
+            tracing::info!(extension = %id, version = %now.version, "extension {verb}");
             installed.insert(id, now);
         }
         for s in &report.skipped {
@@ -494,12 +502,6 @@ impl Maintenance for HostBackend {
             installed.remove(&id);
             metrics::reload("extension", "removed");
             tracing::info!(extension = %id, "extension removed; its running sandboxes are still destroyed and metered by it");
-        }
-        // Also drop ids Host loaded that the wrapper never saw (nothing at start).
-        for id in reg.ids() {
-            if !installed.contains_key(&id) {
-                reg.remove(&id);
-            }
         }
     }
 
