@@ -543,3 +543,60 @@ fn a_lease_that_cannot_be_renewed_ends_the_sandbox_and_settles_it() {
     let (ok, out, err) = setup.cli(&["credits", "verify"]);
     assert!(ok, "{out}{err}");
 }
+
+#[test]
+fn the_circuit_breaker_follows_the_health_settings() {
+    // One failure opens the circuit for ten minutes (the defaults: three failures, 30 s).
+    let setup = Setup::new();
+    let misbehave = http_host::repo().join("tests/guests/misbehave.wasm");
+    std::fs::copy(&misbehave, setup.extensions().join("misbehave.wasm")).unwrap();
+    std::fs::write(
+        setup.extensions().join("flaky.toml"),
+        "component = \"misbehave.wasm\"\n[config]\nmode = \"fail-unavailable\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        setup.profiles().join("flaky.toml"),
+        "id = \"flaky\"\ntemplate = \"base\"\nmax_duration_secs = 60\n[resources]\nvcpus = 1\nmemory_mib = 512\n\
+         [route]\nstrategy = \"explicit\"\nexplicit = \"flaky\"\nfallback = false\n",
+    )
+    .unwrap();
+    setup.write_config(
+        "[health]\nfailure_threshold = 1\ncool_down_secs = 600\nmax_cool_down_secs = 3600\n",
+    );
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"flaky"}"#);
+    assert_eq!(s, 503, "{v}");
+    let (s, v) = h.get("/v1/extensions", TOKEN_A);
+    assert_eq!(s, 200, "{v}");
+    let flaky = v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "flaky")
+        .cloned()
+        .unwrap_or_else(|| panic!("flaky not listed: {v}"));
+    assert_eq!(flaky["health"]["state"], "open", "{flaky}");
+    let retry = flaky["health"]["retry_in_ms"].as_u64().unwrap();
+    assert!(
+        retry > 500_000,
+        "cool-down {retry} ms: health.cool_down_secs = 600 not applied"
+    );
+    // The credits held for the attempt were released.
+    let (_, c) = h.get("/v1/credits", TOKEN_A);
+    let held: rust_decimal::Decimal = c["balances"][0]["held"].as_str().unwrap().parse().unwrap();
+    assert!(held.is_zero(), "{c}");
+
+    // A bad value stops the host with the key named.
+    setup.write_config("[health]\nfailure_threshold = 0\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer-host"))
+        .args(["--state-dir", setup.state().to_str().unwrap()])
+        .args(["run", "--config", setup.config().to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("health.failure_threshold"), "{err}");
+}

@@ -43,6 +43,7 @@ pub fn open(settings: &Settings, cfg: &ServiceConfig) -> Result<Arc<dyn App>, Se
     // Serve at once; a large uncached guest (tens of seconds to compile) joins when
     // ready (picked up by `tick`).
     options.defer_compile_above_bytes = Some(crate::host::DEFER_COMPILE_ABOVE_BYTES);
+    options.health = cfg.health;
     // Registered instrumented from the start (and when a deferred one finishes loading).
     options.wrap = Some(Arc::new(|ext| Arc::new(Instrumented { inner: ext }) as _));
     options.manager.lease = Some(manager::LeasePolicy {

@@ -99,6 +99,14 @@ struct RawReaper {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHealth {
+    failure_threshold: Option<u32>,
+    cool_down_secs: Option<u64>,
+    max_cool_down_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawReload {
     enabled: Option<bool>,
     debounce_ms: Option<u64>,
@@ -124,6 +132,8 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    health: RawHealth,
 }
 
 /// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
@@ -192,6 +202,8 @@ pub struct ServiceConfig {
     pub reload: bool,
     /// Quiet period after the last file change before a reload.
     pub reload_debounce: Duration,
+    /// The circuit breaker routing keeps per extension.
+    pub health: crate::routing::HealthConfig,
 }
 
 impl Default for ServiceConfig {
@@ -216,6 +228,7 @@ impl Default for ServiceConfig {
             },
             reload: true,
             reload_debounce: Duration::from_millis(250),
+            health: crate::routing::HealthConfig::default(),
         }
     }
 }
@@ -398,6 +411,36 @@ impl ServiceConfig {
         if let Some(ms) = raw.reload.debounce_ms {
             cfg.reload_debounce = Duration::from_millis(ms);
         }
+        let h = raw.health;
+        if let Some(n) = h.failure_threshold {
+            if !(1..=1000).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "health.failure_threshold",
+                    "expected 1 ..= 1000 consecutive failures",
+                ));
+            }
+            cfg.health.failure_threshold = n;
+        }
+        cfg.health.cool_down = secs(
+            h.cool_down_secs,
+            "health.cool_down_secs",
+            1,
+            cfg.health.cool_down,
+        )?;
+        cfg.health.max_cool_down = secs(
+            h.max_cool_down_secs,
+            "health.max_cool_down_secs",
+            1,
+            cfg.health.max_cool_down,
+        )?;
+        if cfg.health.max_cool_down < cfg.health.cool_down {
+            return Err(ConfigError::new(
+                path,
+                "health.max_cool_down_secs",
+                "expected at least health.cool_down_secs",
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -528,5 +571,20 @@ mod tests {
         assert_eq!(e.key, "events.http[0].url");
         let e = parse("[leases]\nchunk_secs = 5\nrenew_before_secs = 5\n").unwrap_err();
         assert_eq!(e.key, "leases.renew_before_secs");
+        let e = parse("[health]\nfailure_threshold = 0\n").unwrap_err();
+        assert_eq!(e.key, "health.failure_threshold");
+        let e = parse("[health]\ncool_down_secs = 60\nmax_cool_down_secs = 30\n").unwrap_err();
+        assert_eq!(e.key, "health.max_cool_down_secs");
+        let e = parse("[health]\ncooldown = 60\n").unwrap_err();
+        assert!(e.message.contains("cooldown"), "{e}");
+    }
+
+    #[test]
+    fn health_settings_reach_the_circuit_breaker_config() {
+        let c = parse("[health]\nfailure_threshold = 5\ncool_down_secs = 10\n").unwrap();
+        assert_eq!(c.health.failure_threshold, 5);
+        assert_eq!(c.health.cool_down, Duration::from_secs(10));
+        assert_eq!(c.health.max_cool_down, Duration::from_secs(600));
+        assert_eq!(parse("").unwrap().health.failure_threshold, 3);
     }
 }
