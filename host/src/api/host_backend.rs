@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{AddCredits, Backend, CreateSandbox, metrics};
+use super::{AddCredits, Backend, CreateSandbox, PageRequest, metrics, paging};
 use crate::config::Settings;
 use crate::host::{Host, HostOptions};
 use crate::manager::{self, ManagerError, SandboxState, SandboxStatus};
@@ -249,7 +249,12 @@ impl Backend for HostBackend {
         }
     }
 
-    fn list_sandboxes(&self, tenant: &str, state: Option<&str>) -> Result<Value, ApiError> {
+    fn list_sandboxes(
+        &self,
+        tenant: &str,
+        state: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Value, ApiError> {
         let state = match state {
             None => None,
             Some(s) => Some(
@@ -257,11 +262,16 @@ impl Backend for HostBackend {
                     .map_err(|e| ApiError::bad_request(Some("state"), e.to_string()))?,
             ),
         };
+        let after = match &page.after {
+            None => None,
+            Some(c) => Some(paging::sandbox_after(tenant, c)?),
+        };
         let list = self
             .manager()
-            .list(Some(tenant), state)
+            .list_page(Some(tenant), state, after.as_ref(), page.limit)
             .map_err(map_manager)?;
-        Ok(json!({ "sandboxes": to_json(&list)? }))
+        let next = list.next.map(|k| paging::sandbox_cursor(tenant, &k));
+        Ok(json!({ "sandboxes": to_json(&list.items)?, "next": next }))
     }
 
     fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Value, ApiError> {
@@ -313,13 +323,30 @@ impl Backend for HostBackend {
         Ok(json!({ "tenant": tenant, "balances": to_json(&balances)? }))
     }
 
-    fn credit_entries(&self, tenant: &str) -> Result<Value, ApiError> {
-        let entries = match self.host.ledger().statement(tenant) {
-            Ok(e) => e,
-            Err(LedgerError::UnknownTenant(_)) => Vec::new(),
-            Err(e) => return Err(map_ledger(e)),
+    fn credit_entries(&self, tenant: &str, page: &PageRequest) -> Result<Value, ApiError> {
+        let after = match &page.after {
+            None => None,
+            Some(c) => Some(paging::entries_after(tenant, c)?),
         };
-        Ok(json!({ "tenant": tenant, "entries": to_json(&entries)? }))
+        let (entries, next) =
+            match self
+                .host
+                .ledger()
+                .statement_page(tenant, after.as_deref(), page.limit)
+            {
+                Ok(p) => (p.entries, p.next),
+                // No account yet: nothing to list, and no transfer a cursor could name.
+                Err(LedgerError::UnknownTenant(_)) if after.is_none() => (Vec::new(), None),
+                Err(LedgerError::UnknownTenant(_)) => {
+                    return Err(ApiError::bad_request(
+                        Some("after"),
+                        "invalid query parameter after: not a line of this statement",
+                    ));
+                }
+                Err(e) => return Err(map_ledger(e)),
+            };
+        let next = next.map(|t| paging::entries_cursor(tenant, &t));
+        Ok(json!({ "tenant": tenant, "entries": to_json(&entries)?, "next": next }))
     }
 
     fn add_credits(
@@ -383,17 +410,22 @@ impl Backend for HostBackend {
     }
 
     fn refresh_metrics(&self) {
-        if let Ok(all) = self.manager().list(None, None) {
-            let mut counts: HashMap<(String, String), u64> = HashMap::new();
-            for st in &all {
-                let ext = st.extension_id.clone().unwrap_or_else(|| "none".to_owned());
-                *counts
-                    .entry((st.state.as_str().to_owned(), ext))
-                    .or_default() += 1;
+        match self.manager().counts_by_state() {
+            Ok(rows) => {
+                // Sandboxes never routed are labelled `none` (summed with an extension
+                // of that name, should one exist, as before).
+                let mut merged: HashMap<(&'static str, String), u64> = HashMap::new();
+                for (state, ext, n) in rows {
+                    let ext = ext.unwrap_or_else(|| "none".to_owned());
+                    *merged.entry((state.as_str(), ext)).or_default() += n;
+                }
+                let counts: Vec<(String, String, u64)> = merged
+                    .into_iter()
+                    .map(|((s, e), n)| (s.to_owned(), e, n))
+                    .collect();
+                metrics::sandboxes(&counts, &mut self.gauge_series.lock());
             }
-            let counts: Vec<(String, String, u64)> =
-                counts.into_iter().map(|((s, e), n)| (s, e, n)).collect();
-            metrics::sandboxes(&counts, &mut self.gauge_series.lock());
+            Err(e) => tracing::warn!(error = %e, "cannot count sandboxes for /metrics"),
         }
         if let Ok((n, age)) = self.host.ledger().outbox_lag() {
             metrics::outbox(n, age);

@@ -25,9 +25,11 @@ pub mod error;
 pub mod extract;
 pub mod host_backend;
 pub mod metrics;
+pub mod paging;
 
 pub use error::ApiError;
 use extract::{ApiJson, Auth, idempotency_key};
+pub use paging::{ListQuery, PageRequest};
 
 use crate::service::tokens::TokenSet;
 
@@ -71,14 +73,6 @@ fn default_currency() -> String {
     "USD".to_owned()
 }
 
-/// `GET /v1/sandboxes` query.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Only sandboxes in this state (`running`, `destroyed`, …).
-    pub state: Option<String>,
-}
-
 /// What the API needs from the application. Every method is synchronous and may block
 /// (extension calls, ledger writes); the router runs them on the blocking pool. Answers
 /// are the JSON bodies; errors are already mapped to the API's statuses and codes.
@@ -90,8 +84,14 @@ pub trait Backend: Send + Sync + 'static {
         req: &CreateSandbox,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ApiError>;
-    /// The tenant's sandboxes, optionally in one state.
-    fn list_sandboxes(&self, tenant: &str, state: Option<&str>) -> Result<Value, ApiError>;
+    /// One page of the tenant's sandboxes, newest first, optionally in one state:
+    /// `{"sandboxes": […], "next": cursor | null}`.
+    fn list_sandboxes(
+        &self,
+        tenant: &str,
+        state: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Value, ApiError>;
     /// One sandbox of the tenant (404 for another tenant's).
     fn get_sandbox(&self, tenant: &str, id: &str) -> Result<Value, ApiError>;
     /// Destroys and settles one sandbox of the tenant (idempotent).
@@ -100,8 +100,9 @@ pub trait Backend: Send + Sync + 'static {
     fn explain_route(&self, tenant: &str, req: &CreateSandbox) -> Result<Value, ApiError>;
     /// The tenant's balances.
     fn credits(&self, tenant: &str) -> Result<Value, ApiError>;
-    /// The tenant's statement lines.
-    fn credit_entries(&self, tenant: &str) -> Result<Value, ApiError>;
+    /// One page of the tenant's statement lines, oldest first:
+    /// `{"tenant", "entries": […], "next": cursor | null}`.
+    fn credit_entries(&self, tenant: &str, page: &PageRequest) -> Result<Value, ApiError>;
     /// Grants credits to a tenant (admin).
     fn add_credits(
         &self,
@@ -235,17 +236,27 @@ async fn create_sandbox(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// A list's query string: decoded pairs, then checked against the names it accepts.
+type RawPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn list_query(q: RawPairs, filters: &[&str]) -> Result<ListQuery, ApiError> {
+    let Query(pairs) =
+        q.map_err(|e| ApiError::bad_request(None, format!("invalid query: {}", e.body_text())))?;
+    ListQuery::parse(pairs, filters)
+}
+
 async fn list_sandboxes(
     State(s): State<AppState>,
     auth: Auth,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: RawPairs,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    let Query(q) =
-        q.map_err(|e| ApiError::bad_request(None, format!("invalid query: {}", e.body_text())))?;
-    blocking(&s, move |b| b.list_sandboxes(&tenant, q.state.as_deref()))
-        .await
-        .map(Json)
+    let q = list_query(q, &["state"])?;
+    blocking(&s, move |b| {
+        b.list_sandboxes(&tenant, q.filter("state"), &q.page)
+    })
+    .await
+    .map(Json)
 }
 
 async fn get_sandbox(
@@ -287,9 +298,14 @@ async fn credits(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, A
     blocking(&s, move |b| b.credits(&tenant)).await.map(Json)
 }
 
-async fn credit_entries(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
+async fn credit_entries(
+    State(s): State<AppState>,
+    auth: Auth,
+    q: RawPairs,
+) -> Result<Json<Value>, ApiError> {
     let tenant = auth.tenant()?.to_owned();
-    blocking(&s, move |b| b.credit_entries(&tenant))
+    let q = list_query(q, &[])?;
+    blocking(&s, move |b| b.credit_entries(&tenant, &q.page))
         .await
         .map(Json)
 }

@@ -20,9 +20,14 @@ pub enum CreditsCommand {
     Show {
         /// The tenant; all tenants when omitted.
         tenant: Option<String>,
-        /// Also list the tenant's statement (every grant, hold, charge and release).
+        /// Also list the tenant's statement (every grant, hold, charge and release),
+        /// oldest first.
         #[arg(long, requires = "tenant")]
         entries: bool,
+        /// Show at most N statement lines, the oldest (default: all).
+        #[arg(long, value_name = "N", requires = "entries",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// Add prepaid credits to a tenant (its account is created on first use).
     Add {
@@ -48,8 +53,13 @@ pub enum CreditsCommand {
 /// Runs a `sandboxer credits` subcommand.
 pub fn run(cmd: CreditsCommand, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        CreditsCommand::Show { tenant, entries } => {
-            show(settings, tenant.as_deref(), entries, json)
+        CreditsCommand::Show {
+            tenant,
+            entries,
+            limit,
+        } => {
+            let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            show(settings, tenant.as_deref(), entries, limit, json)
         }
         CreditsCommand::Add {
             tenant,
@@ -90,6 +100,7 @@ fn show(
     settings: &Settings,
     tenant: Option<&str>,
     with_entries: bool,
+    limit: Option<usize>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     if let Some(t) = tenant {
@@ -100,7 +111,7 @@ fn show(
         (Some(store), _) => {
             let balances = store.balances(tenant)?;
             let entries = match tenant {
-                Some(t) if with_entries => Some(store.statement(t)?),
+                Some(t) if with_entries => Some(statement(store, t, limit)?),
                 _ => None,
             };
             (balances, entries)
@@ -114,6 +125,7 @@ fn show(
         (None, None) => (Vec::new(), None),
     };
     if json {
+        let entries = entries.map(|(e, _)| e);
         print_json(&ShowOutput { balances, entries })?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -124,7 +136,7 @@ fn show(
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", balances_table(&balances));
-    if let Some(entries) = entries {
+    if let Some((entries, more)) = entries {
         // Transfer ids are in `--json`; without them the statement fits 100 columns.
         let mut t = table([
             "time (UTC)",
@@ -156,8 +168,36 @@ fn show(
             }
         }
         println!("{t}");
+        if more {
+            println!("More lines follow; raise --limit to see them.");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines read from the ledger per page: the statement is read in bounded pages, never
+/// in one unbounded query.
+const PAGE: usize = 1000;
+
+/// The tenant's statement, oldest first, at most `limit` lines (all without), and
+/// whether more lines follow.
+fn statement(
+    store: &SqliteCreditsStore,
+    tenant: &str,
+    limit: Option<usize>,
+) -> anyhow::Result<(Vec<Entry>, bool)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - out.len()).min(PAGE));
+        let page = store.statement_page(tenant, after.as_deref(), want)?;
+        out.extend(page.entries);
+        match page.next {
+            Some(n) if limit.is_none_or(|l| out.len() < l) => after = Some(n),
+            Some(_) => return Ok((out, true)),
+            None => return Ok((out, false)),
+        }
+    }
 }
 
 fn signed(d: rust_decimal::Decimal) -> String {

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::output::{print_json, table};
 use crate::config::Settings;
 use crate::host::Host;
-use crate::manager::{ManagerError, SandboxState, SandboxStatus};
+use crate::manager::{ManagerError, SandboxManager, SandboxState, SandboxStatus};
 use crate::money::Money;
 use crate::payments::money::display_decimal;
 use crate::routing::RequestOverrides;
@@ -34,6 +34,9 @@ pub enum SandboxCommand {
         /// Only in this state: creating, running, destroying, destroyed or failed.
         #[arg(long)]
         state: Option<SandboxState>,
+        /// Show at most N sandboxes, the newest (default: all).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
     },
     /// Destroy a sandbox, meter its usage, settle its credits and emit the meter event.
     /// Destroying it again shows the same settlement and charges nothing.
@@ -100,8 +103,13 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
         SandboxCommand::Destroy { id, tenant } => manager
             .destroy(tenant.as_deref(), &id)
             .map(|st| Shown::One(Box::new(st))),
-        SandboxCommand::List { tenant, state } => {
-            manager.list(tenant.as_deref(), state).map(Shown::Many)
+        SandboxCommand::List {
+            tenant,
+            state,
+            limit,
+        } => {
+            let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            list(manager, tenant.as_deref(), state, limit).map(|(l, more)| Shown::Many(l, more))
         }
     };
     // Whatever happened, hand settled meter events to the sinks before exiting.
@@ -117,11 +125,14 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Shown::Many(list)) => {
+        Ok(Shown::Many(list, more)) => {
             if json {
                 print_json(&list)?;
             } else {
                 print_list(&list);
+                if more {
+                    println!("More sandboxes follow; raise --limit to see them.");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -139,7 +150,33 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
 
 enum Shown {
     One(Box<SandboxStatus>),
-    Many(Vec<SandboxStatus>),
+    /// A list, and whether more rows follow it.
+    Many(Vec<SandboxStatus>, bool),
+}
+
+/// Rows read from the store per page: the list is read in bounded pages, never in one
+/// unbounded query.
+const PAGE: usize = 1000;
+
+/// Sandboxes newest first, at most `limit` (all without), and whether more follow.
+fn list(
+    manager: &SandboxManager,
+    tenant: Option<&str>,
+    state: Option<SandboxState>,
+    limit: Option<usize>,
+) -> Result<(Vec<SandboxStatus>, bool), ManagerError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let want = limit.map_or(PAGE, |l| (l - out.len()).min(PAGE));
+        let page = manager.list_page(tenant, state, after.as_ref(), want)?;
+        out.extend(page.items);
+        match page.next {
+            Some(k) if limit.is_none_or(|l| out.len() < l) => after = Some(k),
+            Some(_) => return Ok((out, true)),
+            None => return Ok((out, false)),
+        }
+    }
 }
 
 fn money(m: &Money) -> String {

@@ -37,7 +37,7 @@ pub use error::ManagerError;
 pub use lease::{LEASE_REFUSED, LeasePolicy, LeaseReport};
 pub use reconcile::ReconcileReport;
 pub use status::{AttemptRecord, Meter, Reading, SandboxState, SandboxStatus, UnknownState};
-pub use store::StoreError;
+pub use store::{Page, SandboxKey, StoreError};
 
 use crate::events::EventSink;
 use crate::payments::CreditsStore;
@@ -239,6 +239,28 @@ impl SandboxManager {
         state: Option<SandboxState>,
     ) -> Result<Vec<SandboxStatus>, ManagerError> {
         Ok(self.store.list(tenant, state)?)
+    }
+
+    /// One page of sandboxes, newest first, after `after` (the previous page's `next`),
+    /// optionally of one tenant and in one state: at most `limit` of them. A key from
+    /// another listing only positions this one in time; the filters decide which rows
+    /// can appear.
+    pub fn list_page(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+        after: Option<&SandboxKey>,
+        limit: usize,
+    ) -> Result<Page<SandboxStatus, SandboxKey>, ManagerError> {
+        Ok(self.store.list_page(tenant, state, after, limit)?)
+    }
+
+    /// How many sandboxes are in each (state, extension) pair; `None` for sandboxes that
+    /// never reached an extension. Counted in SQL, for gauges refreshed on every scrape.
+    pub fn counts_by_state(
+        &self,
+    ) -> Result<Vec<(SandboxState, Option<String>, u64)>, ManagerError> {
+        Ok(self.store.counts_by_state()?)
     }
 
     /// Sandboxes occupying a slot, per extension.

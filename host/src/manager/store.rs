@@ -52,6 +52,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE manager_sandboxes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: bounded lists. Pages are keyset scans on (created_at, id), newest first, per
+    // tenant (optionally in one state) and over every tenant (the CLI); `id` in the
+    // indexes makes the tie-break part of the order, so a page is a range scan that
+    // stops at its LIMIT. The metrics gauge counts by (state, extension) from a covering
+    // index over every state; that index also serves the live-slot counts, so the
+    // partial one goes.
+    r#"
+    DROP INDEX manager_sandboxes_by_tenant;
+    DROP INDEX manager_sandboxes_live;
+    CREATE INDEX manager_sandboxes_page ON manager_sandboxes (tenant, created_at, id);
+    CREATE INDEX manager_sandboxes_page_by_state
+        ON manager_sandboxes (tenant, state, created_at, id);
+    CREATE INDEX manager_sandboxes_page_all ON manager_sandboxes (created_at, id);
+    CREATE INDEX manager_sandboxes_by_state ON manager_sandboxes (state, extension_id);
+    "#,
 ];
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +90,27 @@ pub enum Inserted {
     Existing(Box<SandboxStatus>, String),
     /// The pool named in `slot` is already full (another process took the last slot).
     PoolFull,
+}
+
+/// Where a page of sandboxes stopped: the sort key (creation time, id) of its last row.
+/// The next page starts strictly after it, so rows inserted meanwhile (newer, hence
+/// before it in the order) neither repeat nor push rows out of later pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxKey {
+    /// `created_at` of the last row, in Unix milliseconds (as stored).
+    pub created_at_ms: i64,
+    /// Its id (the tie-break between rows created in the same millisecond).
+    pub id: String,
+}
+
+/// One page of a list: at most the asked number of items, and where the next page
+/// starts (`None`: this was the last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, K> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// The key of the last item when more follow it.
+    pub next: Option<K>,
 }
 
 /// A row: the status, the instance with an operation in flight on it, if any, and the
@@ -455,6 +491,109 @@ impl StatusStore {
         docs.iter().map(|d| self.parse(d)).collect()
     }
 
+    /// At most `limit` sandboxes, newest first, after `after` (exclusive), optionally of
+    /// one tenant and in one state: a keyset scan on (created_at, id) that reads
+    /// `limit + 1` rows (one more tells whether a next page exists). `limit` 0 answers an
+    /// empty page.
+    pub fn list_page(
+        &self,
+        tenant: Option<&str>,
+        state: Option<SandboxState>,
+        after: Option<&SandboxKey>,
+        limit: usize,
+    ) -> Result<Page<SandboxStatus, SandboxKey>, StoreError> {
+        if limit == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        // One statement text per filter combination: `?1 IS NULL OR tenant = ?1` would
+        // keep SQLite from using the indexes. Unused parameters are bound as NULL.
+        let mut conds: Vec<&str> = Vec::new();
+        if tenant.is_some() {
+            conds.push("tenant = ?1");
+        }
+        if state.is_some() {
+            conds.push("state = ?2");
+        }
+        if after.is_some() {
+            conds.push("(created_at, id) < (?3, ?4)");
+        }
+        let filter = if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT doc, created_at, id FROM manager_sandboxes {filter} \
+             ORDER BY created_at DESC, id DESC LIMIT ?5"
+        );
+        let fetch = i64::try_from(limit)
+            .unwrap_or(i64::MAX - 1)
+            .saturating_add(1);
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let mut rows: Vec<(String, i64, String)> = conn
+            .prepare_cached(&sql)
+            .at(path)?
+            .query_map(
+                params![
+                    tenant,
+                    state.map(SandboxState::as_str),
+                    after.map(|k| k.created_at_ms),
+                    after.map(|k| k.id.as_str()),
+                    fetch
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        drop(conn);
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next = match rows.last() {
+            Some((_, created_at_ms, id)) if more => Some(SandboxKey {
+                created_at_ms: *created_at_ms,
+                id: id.clone(),
+            }),
+            _ => None,
+        };
+        let items = rows
+            .iter()
+            .map(|(doc, _, _)| self.parse(doc))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// How many sandboxes are in each (state, extension) pair, counted by SQLite from an
+    /// index (no row is read or parsed). Sandboxes never routed have no extension.
+    pub fn counts_by_state(&self) -> Result<Vec<(SandboxState, Option<String>, u64)>, StoreError> {
+        let path = &self.path;
+        let conn = self.conn.lock();
+        let rows: Vec<(String, Option<String>, i64)> = conn
+            .prepare_cached(
+                "SELECT state, extension_id, COUNT(*) FROM manager_sandboxes \
+                 GROUP BY state, extension_id",
+            )
+            .at(path)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .at(path)?
+            .collect::<rusqlite::Result<_>>()
+            .at(path)?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(state, ext, n)| {
+                let state = state.parse::<SandboxState>().map_err(|e| StoreError {
+                    path: path.clone(),
+                    message: format!("unreadable sandbox row: {e}"),
+                })?;
+                Ok((state, ext, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Rows caught between two steps (`creating`, `destroying`), oldest first.
     pub fn in_flight(&self) -> Result<Vec<Row>, StoreError> {
         let path = &self.path;
@@ -548,6 +687,147 @@ mod tests {
             error: None,
             updated_at: now,
         }
+    }
+
+    fn open_store() -> (tempfile::TempDir, StatusStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        SqliteCreditsStore::open(&path).unwrap();
+        let store = StatusStore::open(&path).unwrap();
+        (dir, store)
+    }
+
+    fn insert_at(store: &StatusStore, id: &str, tenant: &str, ms: i64, state: SandboxState) {
+        let mut st = status(id);
+        st.tenant = tenant.to_owned();
+        st.state = state;
+        st.created_at = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        store.insert(&st, "fp", "mgr", None).unwrap();
+    }
+
+    fn ids(page: &Page<SandboxStatus, SandboxKey>) -> Vec<String> {
+        page.items.iter().map(|s| s.id.clone()).collect()
+    }
+
+    #[test]
+    fn pages_are_keyset_ranges_that_new_rows_do_not_disturb() {
+        let (_dir, store) = open_store();
+        // 25 rows of acme, three per millisecond (ties broken by id), and some of globex.
+        let mut expected = Vec::new();
+        for i in 0..25 {
+            let id = format!("sb-{i:03}");
+            let state = if i % 2 == 0 {
+                SandboxState::Running
+            } else {
+                SandboxState::Destroyed
+            };
+            insert_at(&store, &id, "acme", 1_000 + i / 3, state);
+            expected.push(id);
+            insert_at(&store, &format!("sb-g{i:03}"), "globex", 1_000 + i, state);
+        }
+        expected.reverse();
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = store
+                .list_page(Some("acme"), None, after.as_ref(), 10)
+                .unwrap();
+            pages += 1;
+            seen.extend(ids(&page));
+            if pages == 1 {
+                // Newer rows created between pages come before the cursor: never seen
+                // by the later pages, and they push nothing out of them.
+                insert_at(&store, "sb-new1", "acme", 5_000, SandboxState::Running);
+                insert_at(&store, "sb-new2", "acme", 1_008, SandboxState::Running);
+            }
+            match page.next {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen, expected);
+        // An exact multiple of the page size ends with `next` = None on the last full page.
+        let all = store.list_page(Some("globex"), None, None, 25).unwrap();
+        assert_eq!((all.items.len(), all.next), (25, None));
+        // Filters combine with the cursor; another tenant's key only positions in time.
+        let running = store
+            .list_page(Some("acme"), Some(SandboxState::Running), None, 100)
+            .unwrap();
+        assert!(
+            running
+                .items
+                .iter()
+                .all(|s| s.state == SandboxState::Running)
+        );
+        assert_eq!(running.items.len(), 13 + 2);
+        let key = SandboxKey {
+            created_at_ms: 1_010,
+            id: "sb-g010".into(),
+        };
+        let p = store
+            .list_page(Some("acme"), None, Some(&key), 100)
+            .unwrap();
+        assert!(p.items.iter().all(|s| s.tenant == "acme"));
+        assert!(
+            p.items
+                .iter()
+                .all(|s| s.created_at.timestamp_millis() <= 1_010)
+        );
+        // Every tenant, as the CLI lists without --tenant.
+        let everyone = store.list_page(None, None, None, 1000).unwrap();
+        assert_eq!(everyone.items.len(), 52);
+    }
+
+    #[test]
+    fn pages_and_counts_read_indexes_not_sorts() {
+        let (_dir, store) = open_store();
+        let conn = store.conn.lock();
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows: Vec<String> = stmt
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            rows.join("; ")
+        };
+        for sql in [
+            "SELECT doc FROM manager_sandboxes WHERE tenant = 'a' AND (created_at, id) < (1, 'x') \
+             ORDER BY created_at DESC, id DESC LIMIT 101",
+            "SELECT doc FROM manager_sandboxes WHERE tenant = 'a' AND state = 'running' \
+             AND (created_at, id) < (1, 'x') ORDER BY created_at DESC, id DESC LIMIT 101",
+            "SELECT doc FROM manager_sandboxes ORDER BY created_at DESC, id DESC LIMIT 101",
+            "SELECT state, extension_id, COUNT(*) FROM manager_sandboxes GROUP BY state, extension_id",
+        ] {
+            let p = plan(sql);
+            assert!(p.contains("INDEX"), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+        assert!(plan("SELECT state, extension_id, COUNT(*) FROM manager_sandboxes GROUP BY state, extension_id").contains("COVERING INDEX"));
+    }
+
+    #[test]
+    fn counts_by_state_group_in_sql() {
+        let (_dir, store) = open_store();
+        insert_at(&store, "sb-1", "acme", 1, SandboxState::Running);
+        insert_at(&store, "sb-2", "acme", 2, SandboxState::Running);
+        insert_at(&store, "sb-3", "globex", 3, SandboxState::Destroyed);
+        let mut st = status("sb-4");
+        st.extension_id = None;
+        st.state = SandboxState::Failed;
+        store.insert(&st, "fp", "mgr", None).unwrap();
+        let mut counts = store.counts_by_state().unwrap();
+        counts.sort_by_key(|(s, e, _)| (s.as_str(), e.clone()));
+        assert_eq!(
+            counts,
+            vec![
+                (SandboxState::Destroyed, Some("ext".to_owned()), 1),
+                (SandboxState::Failed, None, 1),
+                (SandboxState::Running, Some("ext".to_owned()), 2),
+            ]
+        );
     }
 
     #[test]

@@ -17,5 +17,5 @@ pub use error::LedgerError;
 pub use sqlite::SqliteCreditsStore;
 pub use store::{
     Balance, CreditsStore, Entry, EntryKind, Grant, Hold, HoldState, OutboxEvent, OverdraftPolicy,
-    Settlement, VerifyReport, Void, validate_tenant,
+    Settlement, StatementPage, VerifyReport, Void, validate_tenant,
 };

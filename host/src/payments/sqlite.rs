@@ -23,7 +23,7 @@ use super::money::{Rounding, Units, from_units, to_units};
 use super::schema::MIGRATIONS;
 use super::store::{
     Balance, CreditsStore, Entry, EntryKind, Grant, Hold, HoldState, OutboxEvent, OverdraftPolicy,
-    Settlement, VerifyReport, Void, validate_tenant,
+    Settlement, StatementPage, VerifyReport, Void, validate_tenant,
 };
 use crate::money::{Currency, Money};
 use crate::sqlite_cached::CachedStatements;
@@ -1101,25 +1101,66 @@ impl CreditsStore for SqliteCreditsStore {
     }
 
     fn statement(&self, tenant: &str) -> Result<Vec<Entry>, LedgerError> {
+        Ok(self.statement_page(tenant, None, usize::MAX)?.entries)
+    }
+
+    fn statement_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StatementPage, LedgerError> {
         validate_tenant(tenant)?;
+        if let Some(a) = after {
+            check_text("after", a, 200, false)?;
+        }
+        let limit = limit.max(1);
+        // One row more than asked tells whether another page follows.
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         self.read(|tx, path| {
             if !Self::tenant_exists(tx, path, tenant)? {
                 return Err(LedgerError::UnknownTenant(tenant.to_owned()));
             }
+            // The page starts after the sequence number of the transfer it is given,
+            // which must be a line of this tenant's statement: another tenant's transfer
+            // id positions nothing here.
+            let after_seq: i64 = match after {
+                None => 0,
+                Some(uid) => tx
+                    .row_cached(
+                        "SELECT t.id FROM transfers t WHERE t.uid = ?1 AND t.kind <> 'write_off' \
+                         AND (t.debit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?2) \
+                            OR t.credit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?2))",
+                        params![uid, tenant],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .at(path)?
+                    .ok_or_else(|| {
+                        invalid("after", format!("{uid:?} is not a transfer on the statement of {tenant}"))
+                    })?,
+            };
             type Raw = (i64, String, String, i64, Option<String>, String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+            // Each side of the OR is a range scan of its account index (which ends in the
+            // transfer's rowid) that stops at the LIMIT; the union of the two is sorted.
             let mut stmt = tx
-                .prepare(
-                    "SELECT t.created_at, t.kind, t.uid, t.amount, t.exact, t.currency, t.sandbox_id, t.note, \
+                .prepare_cached(
+                    "WITH acct AS (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?1), \
+                     page AS ( \
+                        SELECT id FROM (SELECT id FROM transfers WHERE debit_account IN (SELECT id FROM acct) \
+                            AND kind <> 'write_off' AND id > ?2 ORDER BY id LIMIT ?3) \
+                        UNION \
+                        SELECT id FROM (SELECT id FROM transfers WHERE credit_account IN (SELECT id FROM acct) \
+                            AND kind <> 'write_off' AND id > ?2 ORDER BY id LIMIT ?3)) \
+                     SELECT t.created_at, t.kind, t.uid, t.amount, t.exact, t.currency, t.sandbox_id, t.note, \
                      COALESCE(p.uid, h.uid), p.amount, NULL \
-                     FROM transfers t LEFT JOIN transfers p ON p.id = t.pending_id \
+                     FROM page JOIN transfers t ON t.id = page.id LEFT JOIN transfers p ON p.id = t.pending_id \
                      LEFT JOIN transfers h ON h.id = t.hold_id \
-                     WHERE t.kind <> 'write_off' AND (t.debit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?1) \
-                        OR t.credit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?1)) \
-                     ORDER BY t.id",
+                     ORDER BY t.id LIMIT ?3",
                 )
                 .at(path)?;
-            let raws: Vec<Raw> = stmt
-                .query_map(params![tenant], |r| {
+            let mut raws: Vec<Raw> = stmt
+                .query_map(params![tenant, after_seq, fetch], |r| {
                     Ok((
                         r.get(0)?,
                         r.get(1)?,
@@ -1137,7 +1178,10 @@ impl CreditsStore for SqliteCreditsStore {
                 .at(path)?
                 .collect::<rusqlite::Result<_>>()
                 .at(path)?;
-            raws.into_iter()
+            let more = raws.len() > limit;
+            raws.truncate(limit);
+            let next = if more { raws.last().map(|r| r.2.clone()) } else { None };
+            let entries = raws.into_iter()
                 .map(|(at, kind, uid, amount, exact, cur, sandbox, note, related, pending_amount, _)| {
                     let a = from_units(amount);
                     let (kind, posted, held, hold_id) = match kind.as_str() {
@@ -1162,7 +1206,8 @@ impl CreditsStore for SqliteCreditsStore {
                         note,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<Entry>, LedgerError>>()?;
+            Ok(StatementPage { entries, next })
         })
     }
 

@@ -222,6 +222,16 @@ pub struct Entry {
     pub note: Option<String>,
 }
 
+/// One page of a tenant's statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementPage {
+    /// The lines, oldest first.
+    pub entries: Vec<Entry>,
+    /// The transfer id of the last line when more lines follow it: pass it as `after`
+    /// for the next page. `None`: this was the last page.
+    pub next: Option<String>,
+}
+
 /// The outcome of re-deriving every balance from the transfers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
@@ -301,6 +311,17 @@ pub trait CreditsStore: Send + Sync {
     /// Every transfer touching the tenant, oldest first.
     fn statement(&self, tenant: &str) -> Result<Vec<Entry>, LedgerError>;
 
+    /// At most `limit` (at least 1) lines of the tenant's statement, oldest first, after
+    /// the line of transfer `after` (exclusive): a keyset on the transfer sequence, so
+    /// transfers recorded between pages only ever appear at the end. An `after` that is
+    /// not a line of this tenant's statement is [`LedgerError::InvalidInput`] (`after`).
+    fn statement_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StatementPage, LedgerError>;
+
     /// Re-derives every balance from the transfers and checks the invariants.
     fn verify(&self) -> Result<VerifyReport, LedgerError>;
 
@@ -344,6 +365,58 @@ mod tests {
         fn shareable<T: Send + Sync + 'static>() {}
         shareable::<std::sync::Arc<dyn CreditsStore>>();
         shareable::<crate::payments::SqliteCreditsStore>();
+    }
+
+    #[test]
+    fn statement_pages_follow_the_transfer_sequence_of_one_tenant() {
+        use crate::payments::SqliteCreditsStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteCreditsStore::open(dir.path().join("ledger.sqlite3")).unwrap();
+        let usd = |a: i64| Money {
+            amount: Decimal::new(a, 0),
+            currency: Currency::new("USD").unwrap(),
+        };
+        // Interleaved with another tenant's transfers, so the sequence has gaps.
+        for i in 1..=23 {
+            store.grant("acme", &usd(i), "", &format!("a{i}")).unwrap();
+            store
+                .grant("globex", &usd(i), "", &format!("g{i}"))
+                .unwrap();
+        }
+        let all = store.statement("acme").unwrap();
+        assert_eq!(all.len(), 23);
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = store.statement_page("acme", after.as_deref(), 10).unwrap();
+            pages += 1;
+            paged.extend(page.entries);
+            if pages == 1 {
+                // Recorded between pages: it comes last, once.
+                store.grant("acme", &usd(99), "late", "a99").unwrap();
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(paged[..23], all[..]);
+        assert_eq!(paged.len(), 24);
+        assert_eq!(paged[23].note.as_deref(), Some("late"));
+        // Another tenant's transfer is no position on this statement.
+        let theirs = store.statement_page("globex", None, 1).unwrap().entries[0]
+            .transfer_id
+            .clone();
+        assert!(matches!(
+            store.statement_page("acme", Some(&theirs), 10),
+            Err(LedgerError::InvalidInput { what: "after", .. })
+        ));
+        assert!(matches!(
+            store.statement_page("acme", Some("nope"), 10),
+            Err(LedgerError::InvalidInput { what: "after", .. })
+        ));
     }
 
     #[test]
