@@ -160,9 +160,7 @@ fn lifecycles_survive_repeated_sigkill() {
     // A last clean run: destroy what is left running, then stop gracefully.
     host.kill();
     let host = Host::start(&setup);
-    let (s, v) = host.get("/v1/sandboxes", TOKEN_A);
-    assert_eq!(s, 200);
-    for sb in v["sandboxes"].as_array().unwrap() {
+    for sb in &host.get_all("/v1/sandboxes", "sandboxes", "", TOKEN_A) {
         if sb["state"] == "running" {
             let (s, v) = host.delete(
                 &format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()),
@@ -171,8 +169,7 @@ fn lifecycles_survive_repeated_sigkill() {
             assert_eq!(s, 200, "{v}");
         }
     }
-    let (_, v) = host.get("/v1/sandboxes", TOKEN_A);
-    let all = v["sandboxes"].as_array().unwrap().clone();
+    let all = host.get_all("/v1/sandboxes", "sandboxes", "", TOKEN_A);
     assert!(host.terminate(), "graceful stop failed");
 
     // Every sandbox ended: destroyed (settled) or failed (never created, hold released).

@@ -212,6 +212,29 @@ impl Host {
     pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call("GET", path, Some(token), None, &[])
     }
+    /// Every item of a paged list (`GET /v1/sandboxes`, `/v1/credits/entries`), following
+    /// `next` with the largest page; `query` is e.g. `state=running` or empty.
+    pub fn get_all(&self, list: &str, key: &str, query: &str, token: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("{list}?limit=1000");
+            if !query.is_empty() {
+                path.push('&');
+                path.push_str(query);
+            }
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let (s, v) = self.get(&path, token);
+            assert_eq!(s, 200, "{path}: {v}");
+            out.extend(v[key].as_array().unwrap().iter().cloned());
+            match v["next"].as_str() {
+                Some(n) => after = Some(n.to_owned()),
+                None => return out,
+            }
+        }
+    }
     pub fn post(&self, path: &str, token: &str, body: &str) -> (u16, Value) {
         self.call("POST", path, Some(token), Some(body), &[])
     }
