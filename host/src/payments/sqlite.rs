@@ -304,15 +304,9 @@ impl Tx<'_> {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection, LedgerError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).at(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
-    conn.set_prepared_statement_cache_capacity(crate::sqlite_cached::STATEMENT_CACHE);
-    // Refuse a file that is not a ledger before anything (such as the switch to WAL)
-    // writes to it. Reading the header also catches files that are not SQLite at all.
+/// The ledger schema version of the open database, refusing a database that has tables
+/// but is not a ledger (version 0 with tables).
+fn refuse_foreign(conn: &Connection, path: &Path) -> Result<i64, LedgerError> {
     let version: i64 = conn
         .row_cached("PRAGMA user_version", [], |r| r.get(0))
         .at(path)?;
@@ -331,6 +325,19 @@ fn connect(path: &Path) -> Result<Connection, LedgerError> {
             ));
         }
     }
+    Ok(version)
+}
+
+fn connect(path: &Path) -> Result<Connection, LedgerError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).at(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+    conn.set_prepared_statement_cache_capacity(crate::sqlite_cached::STATEMENT_CACHE);
+    // Refuse a file that is not a ledger before anything (such as the switch to WAL)
+    // writes to it. Reading the header also catches files that are not SQLite at all.
+    refuse_foreign(&conn, path)?;
     // WAL: readers never block the writer and a commit is one sequential append.
     // synchronous=NORMAL: the commit itself does not fsync; `write` fsyncs the WAL
     // after the writer lock is released and before answering (group commit), which is
@@ -538,24 +545,7 @@ impl SqliteCreditsStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .at(path)?;
         // Re-read under the write lock: another process may have migrated meanwhile.
-        let version: i64 = tx
-            .row_cached("PRAGMA user_version", [], |r| r.get(0))
-            .at(path)?;
-        if version == 0 {
-            let tables: i64 = tx
-                .row_cached(
-                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
-                    [],
-                    |r| r.get(0),
-                )
-                .at(path)?;
-            if tables > 0 {
-                return Err(corrupt(
-                    path,
-                    "an SQLite database, but not a sandboxer ledger",
-                ));
-            }
-        }
+        let version = refuse_foreign(&tx, path)?;
         for (i, sql) in MIGRATIONS
             .iter()
             .enumerate()

@@ -231,34 +231,11 @@ impl ProfileSet {
 /// Loads every `*.toml` in `dir` (sorted by name). All errors of all files are returned
 /// together; on any error nothing is loaded.
 pub fn load_profiles(dir: &Path) -> Result<ProfileSet, Vec<ProfileError>> {
-    let files = profile_files(dir)?;
-    let mut set = ProfileSet::default();
-    let mut errors = Vec::new();
-    for file in files {
-        match load_profile_file(&file) {
-            Ok(p) => {
-                if let Some(first) = set.profiles.get(&p.id) {
-                    errors.push(ProfileError {
-                        file: file.clone(),
-                        key: Some("id".into()),
-                        line: None,
-                        message: format!(
-                            "duplicate profile id {:?}: already defined in {}",
-                            p.id,
-                            first.file.display()
-                        ),
-                    });
-                } else {
-                    set.profiles.insert(p.id.clone(), p);
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(set)
+    let loaded = reload_profiles(dir, &ProfileSet::default());
+    if loaded.errors.is_empty() {
+        Ok(loaded.set)
     } else {
-        Err(errors)
+        Err(loaded.errors)
     }
 }
 
