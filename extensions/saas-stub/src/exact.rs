@@ -46,6 +46,16 @@ fn from_parts(m: u128, scale: u32) -> Option<Decimal> {
     if scale > 28 || m > MAX_MANTISSA {
         return None;
     }
+    if let Ok(small) = u64::try_from(m) {
+        // The common case, without the 128-bit checks.
+        return Some(Decimal::from_parts(
+            small as u32,
+            (small >> 32) as u32,
+            0,
+            false,
+            scale,
+        ));
+    }
     Decimal::try_from_i128_with_scale(i128::try_from(m).ok()?, scale).ok()
 }
 
@@ -69,9 +79,22 @@ pub fn add(a: Decimal, b: Decimal) -> Option<Decimal> {
     let (ma, sa) = raw(a)?;
     let (mb, sb) = raw(b)?;
     let scale = sa.max(sb);
+    if let (Ok(a), Ok(b)) = (u64::try_from(ma), u64::try_from(mb))
+        && let Some(sum) = pow10_u64(scale - sa)
+            .and_then(|p| a.checked_mul(p))
+            .zip(pow10_u64(scale - sb).and_then(|p| b.checked_mul(p)))
+            .and_then(|(a, b)| a.checked_add(b))
+    {
+        return from_parts(u128::from(sum), scale);
+    }
     let ma = ma.checked_mul(10u128.checked_pow(scale - sa)?)?;
     let mb = mb.checked_mul(10u128.checked_pow(scale - sb)?)?;
     from_parts(ma.checked_add(mb)?, scale)
+}
+
+/// `10^exp` when it fits 64 bits.
+fn pow10_u64(exp: u32) -> Option<u64> {
+    10u64.checked_pow(exp)
 }
 
 /// `mib / 1024` exactly: 1024 divides 10^10, so the quotient has at most 10 decimals.
@@ -107,20 +130,29 @@ pub fn to_contract_string(d: Decimal) -> String {
     }
     let digits = &digits[start..];
     let scale = scale as usize;
-    let mut out = String::with_capacity(digits.len() + scale + 2);
-    if scale == 0 {
-        out.extend(digits.iter().map(|&b| b as char));
+    // Written as bytes into a buffer and copied into the string once: at most 20 digits,
+    // a point, and a scale of at most 28 ("0." and leading zeros), 30 bytes in all.
+    let mut text = [b'0'; 32];
+    let len = if scale == 0 {
+        text[..digits.len()].copy_from_slice(digits);
+        digits.len()
     } else if digits.len() > scale {
         let (int, frac) = digits.split_at(digits.len() - scale);
-        out.extend(int.iter().map(|&b| b as char));
-        out.push('.');
-        out.extend(frac.iter().map(|&b| b as char));
+        text[..int.len()].copy_from_slice(int);
+        text[int.len()] = b'.';
+        text[int.len() + 1..=digits.len()].copy_from_slice(frac);
+        digits.len() + 1
     } else {
-        out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', scale - digits.len()));
-        out.extend(digits.iter().map(|&b| b as char));
+        // "0." then zeros (already in the buffer) then the digits.
+        text[1] = b'.';
+        let len = 2 + scale;
+        text[len - digits.len()..len].copy_from_slice(digits);
+        len
+    };
+    match text.get(..len).map(std::str::from_utf8) {
+        Some(Ok(s)) => s.to_owned(),
+        _ => d.normalize().to_string(),
     }
-    out
 }
 
 /// Parses the contract's strict decimal format: ASCII digits with at most one inner `.`,

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod config;
 pub mod exact;
+pub mod small_alloc;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

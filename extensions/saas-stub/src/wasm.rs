@@ -15,6 +15,11 @@ use crate::config::{Config, Kind};
 
 struct SaasStub;
 
+/// Small blocks from per-size free lists instead of dlmalloc (see [`crate::small_alloc`]).
+#[cfg(not(target_feature = "atomics"))]
+#[global_allocator]
+static ALLOCATOR: crate::small_alloc::SizeClasses = crate::small_alloc::SizeClasses::new();
+
 /// The configuration, read and parsed once per instance: the host grants it when it
 /// instantiates the component and it cannot change during the instance's life, so this
 /// is a cache of an input, not sandbox state (reading it costs several µs per call).
