@@ -2,7 +2,7 @@
 //! compiling; a corrupt cache artifact is recompiled, not fatal; sidecars load one
 //! component under two ids with two configurations (each seeing only its own); a sidecar
 //! with an unknown key is skipped naming the file and the key; `sandboxer extensions
-//! list` and `check` report all of it.
+//! list` and `check` report all of it; `prune-cache` deletes only unusable artifacts.
 
 mod support;
 
@@ -247,4 +247,75 @@ fn the_cli_lists_from_the_cache_on_the_second_run_and_checks_the_shipped_extensi
         out.status.success() && stdout.contains("7 sandboxes"),
         "{stdout}"
     );
+}
+
+#[test]
+fn prune_cache_deletes_only_what_no_current_component_can_use() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = folder_with(&[(&saas_stub(), "saas-stub.wasm")]);
+    let out = sandboxer(state.path(), dir.path(), &["extensions", "list"]);
+    assert!(out.status.success());
+    let cache = state.path().join("cache");
+    let current = cache_files(&cache);
+    assert_eq!(current.len(), 1, "{current:?}");
+    let name = current[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (_, engine) = name.split_once('-').unwrap();
+    // An older version of a component, an artifact of another engine, an interrupted
+    // write an hour old, a fresh one (maybe another process writing now), and a file
+    // that is not the cache's.
+    let stale = cache.join(format!("{}-{engine}", "ab".repeat(32)));
+    let other_engine = cache.join(format!(
+        "{}-0123456789abcdef.cwasm",
+        name.split_once('-').unwrap().0
+    ));
+    let old_tmp = cache.join(".tmp-old.cwasm");
+    let new_tmp = cache.join(".tmp-new.cwasm");
+    let foreign = cache.join("notes.txt");
+    for f in [&stale, &other_engine, &old_tmp, &new_tmp, &foreign] {
+        std::fs::write(f, vec![0u8; 1000]).unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_tmp)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+
+    let out = sandboxer(
+        state.path(),
+        dir.path(),
+        &["extensions", "prune-cache", "--dry-run"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("would delete 3 artifact(s)"), "{stdout}");
+    assert!(stale.exists(), "a dry run deleted something");
+
+    let out = sandboxer(
+        state.path(),
+        dir.path(),
+        &["extensions", "prune-cache", "--json"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["kept"], 1, "{stdout}");
+    assert_eq!(report["removed"].as_array().unwrap().len(), 3, "{stdout}");
+    for gone in [&stale, &other_engine, &old_tmp] {
+        assert!(!gone.exists(), "{} was kept", gone.display());
+    }
+    for kept in [&current[0], &new_tmp, &foreign] {
+        assert!(kept.exists(), "{} was deleted", kept.display());
+    }
+    // The current component still loads from the cache, without compiling.
+    let out = sandboxer(state.path(), dir.path(), &["extensions", "list", "--json"]);
+    let (stdout, _) = text(&out);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["cache"]["compiled"], 0, "{stdout}");
+    assert_eq!(json["cache"]["disk_hits"], 1, "{stdout}");
 }

@@ -27,6 +27,21 @@ pub enum ExtensionsCommand {
     List,
     /// Load one component, call each function with a sample request and validate the answers.
     Check(CheckArgs),
+    /// Delete compiled artifacts no extension in the folder can use any more: earlier
+    /// versions of replaced components, artifacts of another wasmtime version, writes a
+    /// crash interrupted. The folder's current components stay compiled.
+    #[command(
+        after_help = "Examples:\n  sandboxer extensions prune-cache --dry-run\n  sandboxer extensions prune-cache"
+    )]
+    PruneCache(PruneArgs),
+}
+
+/// `sandboxer extensions prune-cache`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `sandboxer extensions check`.
@@ -58,7 +73,56 @@ pub fn run(cmd: ExtensionsCommand, settings: &Settings, json: bool) -> anyhow::R
     match cmd {
         ExtensionsCommand::List => list(settings, json),
         ExtensionsCommand::Check(args) => check(args, settings, json),
+        ExtensionsCommand::PruneCache(args) => prune_cache(&args, settings, json),
     }
+}
+
+fn prune_cache(args: &PruneArgs, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = runtime_for(
+        settings,
+        RuntimeConfig::with_cache_dir(settings.cache_dir()),
+    )?;
+    let pruned = runtime
+        .prune_cache(&settings.extensions_dir, args.dry_run)
+        .context("pass the --extensions-dir the host serves, so its components stay compiled")?;
+    if json {
+        print_json(&pruned)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let freed: u64 = pruned.removed.iter().map(|f| f.bytes).sum();
+    if !pruned.removed.is_empty() {
+        let mut t = table(["artifact", "MB", "why"]);
+        for f in &pruned.removed {
+            let name = f
+                .path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            // The content hash is 64 hex digits: its head is enough to tell files apart.
+            let short = match name.split_once('-') {
+                Some((sha, rest)) if sha.len() > 12 => format!("{}…-{rest}", &sha[..12]),
+                _ => name,
+            };
+            t.add_row(vec![
+                short,
+                format!("{:.1}", f.bytes as f64 / 1e6),
+                f.reason.to_owned(),
+            ]);
+        }
+        println!("{t}");
+    }
+    println!(
+        "{} {} artifact(s), {:.1} MB, from {}; kept {} in use",
+        if args.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        },
+        pruned.removed.len(),
+        freed as f64 / 1e6,
+        settings.cache_dir().display(),
+        pruned.kept
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One row of `extensions list`.

@@ -105,6 +105,93 @@ impl ArtifactCache {
     }
 }
 
+/// What [`ArtifactCache::prune`] removed (or, dry, would remove).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Pruned {
+    /// Files removed, with their size in bytes and why.
+    pub removed: Vec<PrunedFile>,
+    /// Artifacts kept (they belong to a component in the extensions folder).
+    pub kept: usize,
+}
+
+/// One file [`ArtifactCache::prune`] removed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrunedFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Why it went.
+    pub reason: &'static str,
+}
+
+impl ArtifactCache {
+    /// Removes what no current component can use: artifacts of components whose sha256
+    /// is not in `keep`, artifacts of another engine version or configuration, and
+    /// temporary files older than an hour (a write interrupted by a crash). Files that
+    /// are not the cache's own are left alone. With `dry_run`, only reports.
+    pub fn prune(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        dry_run: bool,
+    ) -> std::io::Result<Pruned> {
+        let mut out = Pruned::default();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        let engine = &self.engine_hash[..16];
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".cwasm") else {
+                continue;
+            };
+            let meta = entry.metadata()?;
+            if !meta.is_file() {
+                continue;
+            }
+            let reason = if stem.starts_with(".tmp-") {
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                old.then_some("unfinished write (older than an hour)")
+            } else {
+                match stem.split_once('-') {
+                    Some((sha, eng))
+                        if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                    {
+                        if eng != engine {
+                            Some("compiled by another engine version or configuration")
+                        } else if !keep.contains(sha) {
+                            Some("no component in the extensions folder has this content")
+                        } else {
+                            out.kept += 1;
+                            None
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(reason) = reason {
+                if !dry_run {
+                    std::fs::remove_file(entry.path())?;
+                }
+                out.removed.push(PrunedFile {
+                    path: entry.path(),
+                    bytes: meta.len(),
+                    reason,
+                });
+            }
+        }
+        out.removed.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
 /// The sha256 of some bytes, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -42,6 +42,7 @@ pub use sidecar::{ExtensionSpec, Skipped};
 
 use bindings::{BACKEND_EXPORT, BACKEND_FUNCTIONS, BackendExtensionPre};
 use cache::{ArtifactCache, Lookup};
+pub use cache::{Pruned, PrunedFile};
 use engine::EpochTicker;
 use extension::ExtensionOptions;
 use limits::StoreData;
@@ -107,6 +108,12 @@ pub enum RuntimeError {
     Ticker(#[source] std::io::Error),
     #[error("cannot read the extensions folder {}: {source}", dir.display())]
     ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prune the compile cache {}: {source}", dir.display())]
+    Cache {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
@@ -292,6 +299,40 @@ impl Runtime {
         }
         report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(report)
+    }
+
+    /// Removes from the compile cache what no component of `dir` can use any more
+    /// (older versions of replaced components, other engine versions, interrupted
+    /// writes); see [`cache::ArtifactCache::prune`]. Kept: the artifact of every `.wasm`
+    /// in `dir` and of every component a sidecar there names. Without a cache, nothing.
+    pub fn prune_cache(&self, dir: &Path, dry_run: bool) -> Result<cache::Pruned, RuntimeError> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(cache::Pruned::default());
+        };
+        let read_err = |source| RuntimeError::ReadDir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut components: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_err)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        let found = sidecar::discover(dir).map_err(read_err)?;
+        components.extend(found.specs.into_iter().map(|s| s.component));
+        // An unreadable component keeps nothing: its artifact is useless until it is
+        // readable again, and then it compiles anew.
+        let keep: std::collections::HashSet<String> = components
+            .iter()
+            .filter_map(|c| cache::file_digest(c).ok().map(|(sha, _, _)| sha))
+            .collect();
+        cache
+            .prune(&keep, dry_run)
+            .map_err(|source| RuntimeError::Cache {
+                dir: cache.dir().to_path_buf(),
+                source,
+            })
     }
 
     /// Loads one component with no sidecar, its id taken from the file name.
