@@ -14,7 +14,6 @@ use crate::manager::{
 use crate::payments::{CreditsStore, LedgerError, OverdraftPolicy, SqliteCreditsStore};
 use crate::routing::profile::{ProfileError, ProfileWarning, load_profiles};
 use crate::routing::{HealthConfig, HealthTracker, ProfileSet};
-use crate::runtime::sidecar::discover;
 use crate::runtime::{
     Extension, ExtensionSpec, LoadReport, Runtime, RuntimeConfig, RuntimeError, Skipped,
 };
@@ -227,21 +226,10 @@ impl Host {
     /// out the ids still compiling in the background, so a reload never waits on them.
     pub fn load_extensions(&self) -> Result<LoadReport, RuntimeError> {
         let pending = self.pending_extensions();
-        if pending.is_empty() {
-            return self.runtime.load_dir(&self.settings.extensions_dir);
-        }
-        let (mut report, later) = load_compiled(&self.runtime, &self.settings.extensions_dir, 0)?;
-        // Uncompiled but not pending (a new file): load it now, as load_dir would.
-        for spec in later.into_iter().filter(|s| !pending.contains(&s.id)) {
-            match self.runtime.load_spec(spec) {
-                Ok(ext) => report.loaded.push(ext),
-                Err(err) => report.skipped.push(Skipped {
-                    file: err.file,
-                    id: err.id,
-                    reason: err.failure.to_string(),
-                }),
-            }
-        }
+        let runtime = &self.runtime;
+        let (report, _) = runtime.load_dir_deferring(&self.settings.extensions_dir, |spec| {
+            pending.contains(&spec.id) && !runtime.is_compiled(spec)
+        })?;
         Ok(report)
     }
 
@@ -335,39 +323,14 @@ fn load_compiled(
     dir: &std::path::Path,
     above: u64,
 ) -> Result<(LoadReport, Vec<ExtensionSpec>), RuntimeError> {
-    let found = discover(dir).map_err(|source| RuntimeError::ReadDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let mut report = LoadReport {
-        loaded: Vec::new(),
-        skipped: found.skipped,
-    };
-    for s in &report.skipped {
-        tracing::warn!(file = %s.file.display(), reason = %s.reason, "extension skipped");
-    }
-    let mut deferred = Vec::new();
-    for spec in found.specs {
+    runtime.load_dir_deferring(dir, |spec| {
         let large = std::fs::metadata(&spec.component).is_ok_and(|m| m.len() > above);
-        if large && !runtime.is_compiled(&spec) {
+        let later = large && !runtime.is_compiled(spec);
+        if later {
             tracing::info!(extension = %spec.id, file = %spec.component.display(), "not compiled yet: loading in the background");
-            deferred.push(spec);
-            continue;
         }
-        match runtime.load_spec(spec) {
-            Ok(ext) => report.loaded.push(ext),
-            Err(err) => {
-                tracing::warn!(file = %err.file.display(), reason = %err.failure, "extension skipped");
-                report.skipped.push(Skipped {
-                    file: err.file,
-                    id: err.id,
-                    reason: err.failure.to_string(),
-                });
-            }
-        }
-    }
-    report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok((report, deferred))
+        later
+    })
 }
 
 /// Compiles `specs` one after the other on a thread, adding each to the manager's

@@ -273,6 +273,17 @@ impl Runtime {
     /// Loads every extension in `dir` (see [`sidecar`] for the rules). A file that cannot
     /// be loaded is skipped with its reason and logged; the others load regardless.
     pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, RuntimeError> {
+        Ok(self.load_dir_deferring(dir, |_| false)?.0)
+    }
+
+    /// [`Runtime::load_dir`], except that the extensions `defer` picks are not loaded
+    /// but returned, for the caller to load later (e.g. large ones not compiled yet, on a
+    /// background thread).
+    pub fn load_dir_deferring(
+        &self,
+        dir: &Path,
+        defer: impl Fn(&ExtensionSpec) -> bool,
+    ) -> Result<(LoadReport, Vec<ExtensionSpec>), RuntimeError> {
         let found = sidecar::discover(dir).map_err(|source| RuntimeError::ReadDir {
             dir: dir.to_path_buf(),
             source,
@@ -284,7 +295,12 @@ impl Runtime {
         for skipped in &report.skipped {
             tracing::warn!(file = %skipped.file.display(), reason = %skipped.reason, "extension skipped");
         }
+        let mut deferred = Vec::new();
         for spec in found.specs {
+            if defer(&spec) {
+                deferred.push(spec);
+                continue;
+            }
             match self.load_spec(spec) {
                 Ok(ext) => report.loaded.push(ext),
                 Err(err) => {
@@ -298,7 +314,7 @@ impl Runtime {
             }
         }
         report.skipped.sort_by(|a, b| a.file.cmp(&b.file));
-        Ok(report)
+        Ok((report, deferred))
     }
 
     /// Removes from the compile cache what no component of `dir` can use any more
