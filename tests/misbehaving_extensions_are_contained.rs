@@ -75,7 +75,7 @@ fn a_component_of_another_world_names_the_missing_export() {
         panic!("expected WrongWorld, got {err}")
     };
     assert!(
-        reason.contains("sandboxer:extension/backend@0.1.0"),
+        reason.contains("sandboxer:extension/backend@0.1.1"),
         "{reason}"
     );
     assert!(
@@ -270,7 +270,7 @@ fn extensions_check_fails_clearly_on_each_bad_guest() {
         (vec![notes.to_str().unwrap()], "not a WebAssembly file"),
         (
             vec![wrong.to_str().unwrap()],
-            "does not export sandboxer:extension/backend@0.1.0",
+            "does not export sandboxer:extension/backend@0.1.1",
         ),
         (
             vec![m, "--config", "mode=loop", "--timeout-ms", "100"],
@@ -337,7 +337,7 @@ fn extensions_list_loads_the_good_and_explains_the_bad() {
     for (id, reason) in [
         ("notes", "not a WebAssembly file"),
         ("core", "not a component"),
-        ("wrong-world", "backend@0.1.0"),
+        ("wrong-world", "backend@0.1.1"),
     ] {
         assert_eq!(row(id)["status"], "skipped", "{id}");
         assert!(

@@ -32,7 +32,7 @@ pub use generated::{BackendExtension, BackendExtensionPre};
 pub use generated::exports::sandboxer::extension::backend as wit;
 
 /// The export every extension must provide.
-pub const BACKEND_EXPORT: &str = "sandboxer:extension/backend@0.1.0";
+pub const BACKEND_EXPORT: &str = "sandboxer:extension/backend@0.1.1";
 
 /// The functions of [`BACKEND_EXPORT`], by WIT name.
 pub const BACKEND_FUNCTIONS: [&str; 7] = [

@@ -585,6 +585,13 @@ fn check_binary(head: &[u8; 8], len: u64) -> Result<(), LoadFailure> {
     }
 }
 
+/// Whether `name` is an export of the backend interface this host can call: any 0.1.x
+/// version (semver-compatible with [`BACKEND_EXPORT`]; wasmtime resolves it the same way).
+fn is_backend_export(name: &str) -> bool {
+    name.strip_prefix("sandboxer:extension/backend@0.1.")
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Checks the component exports the backend interface with all its functions, naming
 /// what is missing (type mismatches are reported by the bindings afterwards).
 fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
@@ -593,7 +600,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
         .exports(engine)
         .map(|(n, e)| (n.to_owned(), e.ty))
         .collect();
-    let Some((_, item)) = exports.iter().find(|(name, _)| name == BACKEND_EXPORT) else {
+    let Some((_, item)) = exports.iter().find(|(name, _)| is_backend_export(name)) else {
         let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
         let other_version = names
             .iter()
