@@ -47,6 +47,7 @@ impl Record {
             memory_mib: self.request.memory_mib,
             disk_mib: self.request.disk_mib,
             max_duration_secs: self.request.max_duration_secs,
+            uid: self.uid,
             created_at_ms: self.created_at_ms,
             ended_at_ms: self.ended_at_ms,
             usage: self.usage,

@@ -94,6 +94,8 @@ pub struct SandboxInfo {
     pub memory_mib: u32,
     pub disk_mib: u32,
     pub max_duration_secs: u64,
+    /// The host uid its processes run as (`ps -u UID` on the machine).
+    pub uid: u32,
     pub created_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub usage: Option<Usage>,

@@ -1,1 +1,81 @@
-//! placeholder
+//! The agent dies with sandboxes running (kill -9) or is stopped (SIGTERM): the sandboxes
+//! end with it, and a restarted agent reports them stopped with the usage the cgroup
+//! recorded; nothing leaks (processes, cgroups, slots).
+
+mod support;
+
+use std::time::Duration;
+
+use sandboxer_agent::wire::{State, UsageSource};
+use support::{Agent, Setup};
+
+#[test]
+fn kill_9_with_sandboxes_running_then_restart_settles_them_from_the_cgroup() {
+    let mut a = Agent::start(Setup {
+        slots: 3,
+        ..Setup::default()
+    });
+    a.create("busy", 1, 256);
+    a.create("idle", 1, 256);
+    a.sh(
+        "busy",
+        "(setsid sh -c 'while :; do :; done' > /dev/null 2>&1 &); echo ok",
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!support::live_processes(a.uid_base..a.uid_base + 3).is_empty());
+
+    a.kill9();
+    // The sandboxes died with the agent, daemon included; their cgroups are left behind.
+    assert!(
+        a.live_processes_settle().is_empty(),
+        "{:?}",
+        a.live_processes_settle()
+    );
+    assert!(!a.cgroup_dirs("busy").is_empty());
+    let cgroup_cpu_us = a.cgroup_value("busy", "cpuacct", "cpuacct.usage") / 1000;
+    assert!(cgroup_cpu_us > 400_000, "{cgroup_cpu_us}");
+
+    a.spawn();
+    assert!(a.log().contains("recovered: sandbox busy"), "{}", a.log());
+    let busy = a.info("busy");
+    assert_eq!(busy.state, State::Stopped, "{busy:?}");
+    assert!(busy.detail.contains("agent stopped"), "{}", busy.detail);
+    let usage = busy.usage.expect("usage recorded");
+    assert_eq!(usage.source, UsageSource::Cgroup);
+    assert_eq!(usage.cpu_us, cgroup_cpu_us);
+    // The wall time ends at the dead agent's last heartbeat, not at the restart.
+    assert!(usage.wall_ms <= 3000, "{usage:?}");
+    for id in ["busy", "idle"] {
+        assert!(
+            a.cgroup_dirs(id).is_empty(),
+            "{id}: {:?}",
+            a.cgroup_dirs(id)
+        );
+    }
+    assert_eq!(a.health().free, 3);
+    // Destroy settles from the record, the same every time.
+    let d = a.destroy("busy");
+    assert_eq!(d.usage, usage);
+    assert_eq!(a.destroy("busy"), d);
+    assert_eq!(a.info("busy").state, State::Destroyed);
+    assert_eq!(a.info("idle").state, State::Stopped);
+    // And the restarted agent runs new sandboxes.
+    a.create("after", 1, 256);
+    assert_eq!(a.sh("after", "echo back").stdout, b"back\n");
+}
+
+#[test]
+fn sigterm_stops_the_sandboxes_and_records_their_usage() {
+    let mut a = Agent::start(Setup::default());
+    a.create("t", 1, 256);
+    a.sh("t", "timeout 0.3 sh -c 'while :; do :; done'; true");
+    let status = a.terminate();
+    assert!(status.success(), "{status}\n{}", a.log());
+    assert!(a.live_processes_settle().is_empty());
+    assert!(a.cgroup_dirs("t").is_empty());
+    a.spawn();
+    let info = a.info("t");
+    assert_eq!(info.state, State::Stopped);
+    assert_eq!(info.detail, "the agent was shut down");
+    assert!(info.usage.unwrap().cpu_us >= 200_000, "{info:?}");
+}
