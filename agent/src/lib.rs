@@ -29,7 +29,9 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod spawn;
 pub mod store;
-pub mod wire;
+
+/// The API's JSON bodies (the `sandboxer-agent-wire` crate, shared with the extension).
+pub use sandboxer_agent_wire as wire;
 
 /// Milliseconds since the Unix epoch (the agent's wall clock).
 pub fn now_ms() -> u64 {

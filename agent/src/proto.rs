@@ -14,13 +14,7 @@ pub const MAX_HEADER: usize = 1 << 20;
 /// The largest payload accepted in one frame.
 pub const MAX_PAYLOAD: usize = 64 << 20;
 
-/// Which output stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
+pub use crate::wire::{DirEntry, Stream};
 
 /// The agent's requests to init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,16 +93,6 @@ pub enum FileError {
     NoSpace,
     /// Anything else.
     Other,
-}
-
-/// One folder entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirEntry {
-    pub name: String,
-    /// `file`, `directory`, `symlink` or `other`.
-    pub kind: String,
-    pub size: u64,
-    pub modified_ms: Option<u64>,
 }
 
 /// A frame that could not be read.

@@ -1,11 +1,10 @@
-//! The JSON bodies of the agent's HTTP API (docs/agent.md). Bytes travel as standard
-//! base64 in fields named `*_b64`; file content travels raw.
+//! The JSON bodies of `sandboxer-agent`'s HTTP API (docs/agent.md), shared by the agent
+//! and the `local` extension (it builds for wasm32 too). Bytes travel as standard base64 in
+//! fields named `*_b64`; file content travels raw.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-pub use crate::proto::DirEntry;
 
 /// `serde(with = "b64")`: `Vec<u8>` as a standard, padded base64 string.
 pub mod b64 {
@@ -190,8 +189,23 @@ pub struct Started {
     pub process_id: String,
 }
 
-/// Which stream a chunk came from.
-pub use crate::proto::Stream;
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One folder entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    /// `file`, `directory`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub modified_ms: Option<u64>,
+}
 
 /// A piece of output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
