@@ -49,10 +49,11 @@ fn measure(name: &'static str, n: usize, mut f: impl FnMut()) -> Figures {
     }
 }
 
-/// One bare `bwrap <the agent's flags> true`, as the agent starts a sandbox.
-fn bare_bwrap(uid: u32, cgroups: &Cgroups) {
-    let cg = cgroups
-        .create(
+/// One bare `bwrap <the agent's flags> true`, as the agent starts a sandbox; in a fresh
+/// cgroup (created, joined, emptied and removed) when `cgroups` is given.
+fn bare_bwrap(uid: u32, cgroups: Option<&Cgroups>) {
+    let cg = cgroups.map(|c| {
+        c.create(
             "bench-bare",
             Limits {
                 vcpus: 1,
@@ -60,7 +61,8 @@ fn bare_bwrap(uid: u32, cgroups: &Cgroups) {
                 pids: 128,
             },
         )
-        .unwrap();
+        .unwrap()
+    });
     let mut inherit: Vec<OwnedFd> = seccomp::programs()
         .unwrap()
         .iter()
@@ -86,7 +88,7 @@ fn bare_bwrap(uid: u32, cgroups: &Cgroups) {
         bwrap: "bwrap".into(),
         args,
         command: vec!["true".into()],
-        join: cg.procs_files(),
+        join: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
         ids: Some((uid, uid)),
         inherit,
     })
@@ -94,8 +96,10 @@ fn bare_bwrap(uid: u32, cgroups: &Cgroups) {
     .status()
     .unwrap();
     assert!(status.success());
-    cg.kill_all().unwrap();
-    cg.remove().unwrap();
+    if let Some(cg) = cg {
+        cg.kill_all().unwrap();
+        cg.remove().unwrap();
+    }
 }
 
 fn main() {
@@ -107,9 +111,14 @@ fn main() {
         sandboxer_agent::cgroup::detect().unwrap(),
         &agent.cgroup_parent,
     );
-    let floor = measure("bare bwrap … true (same flags)", ROUNDS, || {
-        bare_bwrap(agent.uid_base + 3, &cgroups)
+    let floor = measure("bare bwrap … true (same flags, uid drop)", ROUNDS, || {
+        bare_bwrap(agent.uid_base + 3, None)
     });
+    let with_cgroup = measure(
+        "  … in a new cgroup (create, join, remove)",
+        ROUNDS,
+        || bare_bwrap(agent.uid_base + 3, Some(&cgroups)),
+    );
 
     agent.create("bench", 1, 256);
     let exec = measure("exec `true` via the agent's HTTP API", ROUNDS, || {
@@ -122,29 +131,50 @@ fn main() {
     agent.destroy("bench");
 
     let mut n = 0;
+    let mut steps: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     let lifecycle = measure("create → exec `true` → destroy", LIFECYCLES, || {
         n += 1;
         let id = format!("life-{n}");
+        let t = Instant::now();
         agent.create(&id, 1, 256);
+        steps[0].push(t.elapsed());
         let r = agent.exec(
             &id,
             json!({"argv": ["true"], "timeout_ms": 5000, "output_limit_bytes": 1024}),
         );
         assert_eq!(r.exit.exit_code, Some(0));
+        let t = Instant::now();
         agent.destroy(&id);
+        steps[1].push(t.elapsed());
     });
+    let step = |name, mut v: Vec<Duration>| {
+        v.sort();
+        Figures {
+            name,
+            p50: percentile(&v, 0.5),
+            p99: percentile(&v, 0.99),
+        }
+    };
+    let [c, d] = steps;
+    let create = step("  of which create (state fsynced, init ready)", c);
+    let destroy = step("  of which destroy (killed, measured, removed)", d);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\nsandboxer-agent bench ({ROUNDS} rounds, lifecycles {LIFECYCLES}; one run, side by side)"
+        "\nsandboxer-agent bench ({ROUNDS} rounds, {LIFECYCLES} lifecycles; one run, side by side; load average {})",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
-        "{:<42} {:>9} {:>9} {:>12}",
+        "{:<48} {:>9} {:>9} {:>12}",
         "", "p50 ms", "p99 ms", "p50 / floor"
     );
-    for f in [&floor, &exec, &lifecycle] {
+    for f in [&floor, &with_cgroup, &exec, &lifecycle, &create, &destroy] {
         println!(
-            "{:<42} {:>9.2} {:>9.2} {:>11.2}x",
+            "{:<48} {:>9.2} {:>9.2} {:>11.2}x",
             f.name,
             ms(f.p50),
             ms(f.p99),
