@@ -67,12 +67,6 @@ impl From<AgentError> for ApiError {
     }
 }
 
-impl From<crate::sandbox::SandboxError> for ApiError {
-    fn from(e: crate::sandbox::SandboxError) -> Self {
-        AgentError::from(e).into()
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

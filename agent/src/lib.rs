@@ -21,6 +21,7 @@ pub mod bwrap;
 pub mod cgroup;
 pub mod check;
 pub mod config;
+pub mod error;
 pub mod fsops;
 pub mod init;
 pub mod manager;

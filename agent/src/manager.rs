@@ -18,11 +18,12 @@ use std::time::Duration;
 use crate::bwrap;
 use crate::cgroup::{Cgroups, Limits, Measured, SandboxCgroup};
 use crate::config::Config;
+pub use crate::error::AgentError;
 use crate::fsops::WORKSPACE;
 use crate::now_ms;
-use crate::sandbox::{Live, RequestLimits, SandboxError};
+use crate::sandbox::{Live, RequestLimits};
 use crate::spawn::{self, Launch, Spawner};
-use crate::store::{Checkpoint, Record, Store, StoreError};
+use crate::store::{Checkpoint, Record, Store};
 use crate::wire::{CreateRequest, Health, SandboxInfo, State, Usage, UsageSource};
 
 /// How often the heartbeat file is written (its time ends sandboxes a crash interrupted).
@@ -31,43 +32,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINT_EVERY: u32 = 5;
 /// The longest max duration accepted (30 days).
 const MAX_DURATION_SECS: u64 = 30 * 86_400;
-
-/// Why a request failed; the API maps each case to a status and a code.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Capacity(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    NoSpace(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<SandboxError> for AgentError {
-    fn from(e: SandboxError) -> Self {
-        match e {
-            SandboxError::Invalid(m) => AgentError::Invalid(m),
-            SandboxError::NotFound(m) => AgentError::NotFound(m),
-            SandboxError::Conflict(m) => AgentError::Conflict(m),
-            SandboxError::NoSpace(m) => AgentError::NoSpace(m),
-            SandboxError::Internal(m) => AgentError::Internal(m),
-        }
-    }
-}
-
-impl From<StoreError> for AgentError {
-    fn from(e: StoreError) -> Self {
-        AgentError::Internal(e.to_string())
-    }
-}
 
 /// One sandbox the agent knows.
 struct Entry {
@@ -489,7 +453,7 @@ impl Agent {
         .map_err(|(e, live)| {
             let live = live.clone();
             tokio::spawn(async move { live.kill_and_wait().await });
-            e.into()
+            e
         })
     }
 

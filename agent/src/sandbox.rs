@@ -10,6 +10,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::cgroup::SandboxCgroup;
+use crate::error::AgentError;
 use crate::proto::{self, Event, FileError, FileResult, Request, Stream};
 use crate::wire::{Chunk, ExecRequest, ExecResponse, Exit, ExitStatus, Output};
 
@@ -21,21 +22,6 @@ const FILE_TIMEOUT: Duration = Duration::from_secs(60);
 const KEEP_ENDED: Duration = Duration::from_secs(600);
 /// The most processes one sandbox may have started and not yet forgotten.
 const MAX_PROCESSES: usize = 256;
-
-/// Why an operation on a sandbox failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NoSpace(String),
-    #[error("{0}")]
-    Internal(String),
-}
 
 /// Output and end of one process.
 #[derive(Default)]
@@ -146,12 +132,12 @@ impl Proc {
         cursor: &str,
         wait: Duration,
         max: usize,
-    ) -> Result<Output, SandboxError> {
+    ) -> Result<Output, AgentError> {
         let from: u64 = if cursor.is_empty() {
             0
         } else {
             cursor.parse().map_err(|_| {
-                SandboxError::Invalid(format!("cursor {cursor:?} is not one this agent issued"))
+                AgentError::Invalid(format!("cursor {cursor:?} is not one this agent issued"))
             })?
         };
         let deadline = tokio::time::Instant::now() + wait;
@@ -162,7 +148,7 @@ impl Proc {
             {
                 let st = self.lock();
                 if from > st.total {
-                    return Err(SandboxError::Invalid(format!(
+                    return Err(AgentError::Invalid(format!(
                         "cursor {from} is past the output ({} bytes)",
                         st.total
                     )));
@@ -272,7 +258,7 @@ impl Live {
         memory_mib: u32,
         base_env: Vec<(String, String)>,
         limits: RequestLimits,
-    ) -> Result<Arc<Live>, (SandboxError, Arc<Live>)> {
+    ) -> Result<Arc<Live>, (AgentError, Arc<Live>)> {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -306,7 +292,7 @@ impl Live {
         }
         let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
             return Err((
-                SandboxError::Internal("bwrap's pipes were not created".into()),
+                AgentError::Internal("bwrap's pipes were not created".into()),
                 live,
             ));
         };
@@ -326,7 +312,7 @@ impl Live {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ex.wait_for(|e| *e)).await;
                 let why = live.stderr_tail();
                 Err((
-                    SandboxError::Internal(format!(
+                    AgentError::Internal(format!(
                         "the sandbox did not start: {}",
                         if why.is_empty() {
                             "init closed its channel"
@@ -338,7 +324,7 @@ impl Live {
                 ))
             }
             Err(_) => Err((
-                SandboxError::Internal(format!(
+                AgentError::Internal(format!(
                     "the sandbox's init did not answer within {} s",
                     READY_TIMEOUT.as_secs()
                 )),
@@ -379,48 +365,46 @@ impl Live {
         let _ = tokio::time::timeout(Duration::from_secs(10), ex.wait_for(|e| *e)).await;
     }
 
-    fn send(&self, req: Request, payload: Vec<u8>) -> Result<(), SandboxError> {
+    fn send(&self, req: Request, payload: Vec<u8>) -> Result<(), AgentError> {
         if let Some(why) = self.ended() {
-            return Err(SandboxError::Conflict(format!(
+            return Err(AgentError::Conflict(format!(
                 "the sandbox has ended: {why}"
             )));
         }
         self.tx
             .send((req, payload))
-            .map_err(|_| SandboxError::Conflict("the sandbox has ended".into()))
+            .map_err(|_| AgentError::Conflict("the sandbox has ended".into()))
     }
 
     /// Starts a command; returns its process number.
     pub fn start_process(
         self: &Arc<Self>,
         req: &ExecRequest,
-    ) -> Result<(u64, Arc<Proc>), SandboxError> {
+    ) -> Result<(u64, Arc<Proc>), AgentError> {
         let argv = match (&req.argv, &req.shell) {
             (Some(a), None) if !a.is_empty() => a.clone(),
-            (Some(_), None) => return Err(SandboxError::Invalid("argv is empty".into())),
+            (Some(_), None) => return Err(AgentError::Invalid("argv is empty".into())),
             (None, Some(line)) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
             (None, None) => {
-                return Err(SandboxError::Invalid(
-                    "give a command: argv or shell".into(),
-                ));
+                return Err(AgentError::Invalid("give a command: argv or shell".into()));
             }
             (Some(_), Some(_)) => {
-                return Err(SandboxError::Invalid("give argv or shell, not both".into()));
+                return Err(AgentError::Invalid("give argv or shell, not both".into()));
             }
         };
         if argv.iter().any(|a| a.contains('\0')) {
-            return Err(SandboxError::Invalid(
+            return Err(AgentError::Invalid(
                 "an argument contains a NUL byte".into(),
             ));
         }
         if req.timeout_ms == 0 || req.timeout_ms > self.limits.max_exec_timeout_ms {
-            return Err(SandboxError::Invalid(format!(
+            return Err(AgentError::Invalid(format!(
                 "timeout_ms {} is outside 1..={} (the agent's max_exec_timeout_secs)",
                 req.timeout_ms, self.limits.max_exec_timeout_ms
             )));
         }
         if req.output_limit_bytes > self.limits.max_output_bytes {
-            return Err(SandboxError::Invalid(format!(
+            return Err(AgentError::Invalid(format!(
                 "output_limit_bytes {} is above the agent's max_output_bytes {}",
                 req.output_limit_bytes, self.limits.max_output_bytes
             )));
@@ -428,7 +412,7 @@ impl Live {
         let mut env = self.base_env.clone();
         for (k, v) in &req.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(SandboxError::Invalid(format!(
+                return Err(AgentError::Invalid(format!(
                     "environment variable {k:?}: names must be non-empty without '=' or NUL"
                 )));
             }
@@ -437,7 +421,7 @@ impl Live {
         }
         let cwd = req.cwd.clone().unwrap_or_default();
         if cwd.contains('\0') {
-            return Err(SandboxError::Invalid("cwd contains a NUL byte".into()));
+            return Err(AgentError::Invalid("cwd contains a NUL byte".into()));
         }
         let proc = Arc::new(Proc {
             st: Mutex::new(ProcState {
@@ -452,7 +436,7 @@ impl Live {
         let pid = {
             let mut inner = lock_inner(&self.inner);
             if inner.procs.len() >= MAX_PROCESSES {
-                return Err(SandboxError::Conflict(format!(
+                return Err(AgentError::Conflict(format!(
                     "the sandbox has {MAX_PROCESSES} processes whose output is kept; read or kill some first"
                 )));
             }
@@ -495,7 +479,7 @@ impl Live {
     }
 
     /// Runs a command to its end.
-    pub async fn exec(self: &Arc<Self>, req: &ExecRequest) -> Result<ExecResponse, SandboxError> {
+    pub async fn exec(self: &Arc<Self>, req: &ExecRequest) -> Result<ExecResponse, AgentError> {
         let (pid, proc) = self.start_process(req)?;
         proc.wait().await;
         lock_inner(&self.inner).procs.remove(&pid);
@@ -503,29 +487,29 @@ impl Live {
     }
 
     /// A started process.
-    pub fn process(&self, pid: &str) -> Result<(u64, Arc<Proc>), SandboxError> {
+    pub fn process(&self, pid: &str) -> Result<(u64, Arc<Proc>), AgentError> {
         let n: u64 = pid
             .strip_prefix('p')
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| SandboxError::NotFound(format!("no process {pid:?} in {}", self.id)))?;
+            .ok_or_else(|| AgentError::NotFound(format!("no process {pid:?} in {}", self.id)))?;
         lock_inner(&self.inner)
             .procs
             .get(&n)
             .cloned()
             .map(|p| (n, p))
-            .ok_or_else(|| SandboxError::NotFound(format!("no process {pid:?} in {}", self.id)))
+            .ok_or_else(|| AgentError::NotFound(format!("no process {pid:?} in {}", self.id)))
     }
 
     /// Writes to a started process's stdin.
-    pub fn write_stdin(&self, pid: &str, data: Vec<u8>, close: bool) -> Result<(), SandboxError> {
+    pub fn write_stdin(&self, pid: &str, data: Vec<u8>, close: bool) -> Result<(), AgentError> {
         let (n, proc) = self.process(pid)?;
         {
             let mut st = proc.lock();
             if st.exit.is_some() {
-                return Err(SandboxError::Conflict(format!("process {pid} has ended")));
+                return Err(AgentError::Conflict(format!("process {pid} has ended")));
             }
             if !st.stdin_open {
-                return Err(SandboxError::Conflict(format!(
+                return Err(AgentError::Conflict(format!(
                     "process {pid}'s stdin is closed (start it with keep_stdin_open to write later)"
                 )));
             }
@@ -537,7 +521,7 @@ impl Live {
     }
 
     /// Kills a started process (an ended one is not an error).
-    pub fn kill(&self, pid: &str) -> Result<(), SandboxError> {
+    pub fn kill(&self, pid: &str) -> Result<(), AgentError> {
         let (n, proc) = self.process(pid)?;
         {
             let mut st = proc.lock();
@@ -554,7 +538,7 @@ impl Live {
         &self,
         req: Request,
         payload: Vec<u8>,
-    ) -> Result<(FileResult, Vec<u8>), SandboxError> {
+    ) -> Result<(FileResult, Vec<u8>), AgentError> {
         let (tx, rx) = oneshot::channel();
         let n = {
             let mut inner = lock_inner(&self.inner);
@@ -586,16 +570,16 @@ impl Live {
         }
         match tokio::time::timeout(FILE_TIMEOUT, rx).await {
             Ok(Ok((FileResult::Failed { kind, message }, _))) => Err(match kind {
-                FileError::NotFound => SandboxError::NotFound(message),
-                FileError::Invalid => SandboxError::Invalid(message),
-                FileError::NoSpace => SandboxError::NoSpace(message),
-                FileError::Other => SandboxError::Internal(message),
+                FileError::NotFound => AgentError::NotFound(message),
+                FileError::Invalid => AgentError::Invalid(message),
+                FileError::NoSpace => AgentError::NoSpace(message),
+                FileError::Other => AgentError::Internal(message),
             }),
             Ok(Ok(r)) => Ok(r),
-            Ok(Err(_)) => Err(SandboxError::Conflict("the sandbox ended".into())),
+            Ok(Err(_)) => Err(AgentError::Conflict("the sandbox ended".into())),
             Err(_) => {
                 lock_inner(&self.inner).files.remove(&n);
-                Err(SandboxError::Internal(format!(
+                Err(AgentError::Internal(format!(
                     "the file operation took longer than {} s",
                     FILE_TIMEOUT.as_secs()
                 )))
@@ -609,8 +593,8 @@ impl Live {
         path: &str,
         data: Vec<u8>,
         append: bool,
-    ) -> Result<(), SandboxError> {
-        crate::fsops::relative(path).map_err(|e| SandboxError::Invalid(e.message))?;
+    ) -> Result<(), AgentError> {
+        crate::fsops::relative(path).map_err(|e| AgentError::Invalid(e.message))?;
         self.file(
             Request::WriteFile {
                 req: 0,
@@ -629,8 +613,8 @@ impl Live {
         path: &str,
         offset: u64,
         max: u32,
-    ) -> Result<(Vec<u8>, u64), SandboxError> {
-        crate::fsops::relative(path).map_err(|e| SandboxError::Invalid(e.message))?;
+    ) -> Result<(Vec<u8>, u64), AgentError> {
+        crate::fsops::relative(path).map_err(|e| AgentError::Invalid(e.message))?;
         match self
             .file(
                 Request::ReadFile {
@@ -644,15 +628,15 @@ impl Live {
             .await?
         {
             (FileResult::Read { size }, data) => Ok((data, size)),
-            _ => Err(SandboxError::Internal(
+            _ => Err(AgentError::Internal(
                 "init answered a read with something else".into(),
             )),
         }
     }
 
     /// Lists a folder of the workspace.
-    pub async fn list(&self, path: &str) -> Result<Vec<proto::DirEntry>, SandboxError> {
-        crate::fsops::relative(path).map_err(|e| SandboxError::Invalid(e.message))?;
+    pub async fn list(&self, path: &str) -> Result<Vec<proto::DirEntry>, AgentError> {
+        crate::fsops::relative(path).map_err(|e| AgentError::Invalid(e.message))?;
         match self
             .file(
                 Request::ListDir {
@@ -664,7 +648,7 @@ impl Live {
             .await?
         {
             (FileResult::Listed { entries }, _) => Ok(entries),
-            _ => Err(SandboxError::Internal(
+            _ => Err(AgentError::Internal(
                 "init answered a listing with something else".into(),
             )),
         }

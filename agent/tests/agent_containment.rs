@@ -177,7 +177,13 @@ fn a_busy_loop_is_held_to_its_cpu_limit() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(n > 0, "the quota never throttled: {throttled}");
+    // The quota throttles only a sandbox that reaches it: on a machine busy enough that
+    // two loops get less than a core between them, the bound above is all there is to see.
+    if cpu >= 1500 * 90 / 100 {
+        assert!(n > 0, "the quota never throttled: {throttled}");
+    } else {
+        eprintln!("the machine is busy: {cpu} ms of CPU in 1.5 s; throttling not exercised");
+    }
 }
 
 #[test]
@@ -190,13 +196,25 @@ fn an_escaped_daemon_is_killed_at_destroy_and_its_cpu_billed_and_nothing_remains
     );
     assert_eq!(r.stdout, b"left-running\n");
     assert!(r.exit.duration_ms < 2000, "{:?}", r.exit);
-    std::thread::sleep(Duration::from_millis(1200));
+    // Wait until the daemon has burned half a second of CPU (by the cgroup's own counter).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before_us = loop {
+        let us = a.cgroup_value("d", "cpuacct", "cpuacct.usage") / 1000;
+        if us >= 500_000 || Instant::now() > deadline {
+            break us;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        before_us >= 500_000,
+        "the daemon burned only {before_us} us"
+    );
     let alive = support::live_processes(info.uid..info.uid + 1);
     assert!(alive.iter().any(|p| p.contains("while")), "{alive:?}");
     let u = a.destroy("d").usage;
     assert!(
-        u.cpu_us >= 700_000,
-        "the daemon's CPU was not billed: {u:?}"
+        u.cpu_us >= before_us,
+        "the daemon's CPU was not billed: {u:?} < {before_us} us"
     );
     assert!(
         a.live_processes_settle().is_empty(),
@@ -211,10 +229,15 @@ fn an_escaped_daemon_is_killed_at_destroy_and_its_cpu_billed_and_nothing_remains
 fn cpu_time_is_measured_within_ten_percent_of_the_cgroup() {
     let a = Agent::start(Setup::default());
     a.create("m", 1, 256);
-    let r = a.sh("m", "timeout 1 sh -c 'while :; do :; done'; true");
+    // About one second of CPU however busy the machine is (CPU time, not wall time).
+    let r = a.sh(
+        "m",
+        "python3 -c 'import time\nwhile time.process_time() < 1.0: pass'",
+    );
+    assert_eq!(r.exit.exit_code, Some(0), "{:?}", r.exit);
     let cgroup_us = a.cgroup_value("m", "cpuacct", "cpuacct.usage") / 1000;
     let exec_us = r.exit.cpu_ms.unwrap() * 1000;
-    assert!(cgroup_us > 500_000, "burned only {cgroup_us} us");
+    assert!(cgroup_us > 900_000, "burned only {cgroup_us} us");
     let billed = a.destroy("m").usage.cpu_us;
     for (what, v) in [("exec cpu_ms", exec_us), ("destroy usage", billed)] {
         let diff = v.abs_diff(cgroup_us);

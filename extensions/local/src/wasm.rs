@@ -120,6 +120,23 @@ fn call(
     .map_err(|f| transport(&agent.url, what, f))
 }
 
+/// A call whose success is `204 No Content` (`ok` also accepted, e.g. 404 for a kill).
+fn empty_call(
+    agent: &AgentConfig,
+    method: Method,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    what: &str,
+    ok: &[u16],
+) -> Result<(), BackendError> {
+    let r = call(agent, method, path, body, LIFECYCLE_MS, what)?;
+    if r.status == 204 || ok.contains(&r.status) {
+        Ok(())
+    } else {
+        Err(answer_error(&agent.url, what, &r))
+    }
+}
+
 /// A call whose success is one of `ok`, with a JSON answer.
 fn json_call<T: for<'de> serde::Deserialize<'de>>(
     agent: &AgentConfig,
@@ -609,37 +626,28 @@ impl process::Guest for Local {
         let (agent, h) = located(&ctx)?;
         let pid = checked_pid(&pid)?;
         let body = encode(&api::StdinRequest { data, close })?;
-        let r = call(
+        empty_call(
             agent,
             Method::Post,
             &format!("/v1/sandboxes/{}/processes/{pid}/stdin", h.id),
             Some(("application/json", &body)),
-            LIFECYCLE_MS,
             "write stdin",
-        )?;
-        if r.status == 204 {
-            Ok(())
-        } else {
-            Err(answer_error(&h.agent, "write stdin", &r))
-        }
+            &[],
+        )
     }
 
     fn kill(ctx: SandboxContext, pid: String) -> Result<(), BackendError> {
         let (agent, h) = located(&ctx)?;
         let pid = checked_pid(&pid)?;
-        let r = call(
+        // 404: ended long ago and forgotten; killing it is not an error.
+        empty_call(
             agent,
             Method::Post,
             &format!("/v1/sandboxes/{}/processes/{pid}/kill", h.id),
             None,
-            LIFECYCLE_MS,
             "kill",
-        )?;
-        match r.status {
-            // 404: ended long ago and forgotten; killing it is not an error.
-            204 | 404 => Ok(()),
-            _ => Err(answer_error(&h.agent, "kill", &r)),
-        }
+            &[404],
+        )
     }
 }
 
@@ -651,7 +659,7 @@ impl files::Guest for Local {
         append: bool,
     ) -> Result<(), BackendError> {
         let (agent, h) = located(&ctx)?;
-        let r = call(
+        empty_call(
             agent,
             Method::Put,
             &format!(
@@ -660,14 +668,9 @@ impl files::Guest for Local {
                 query_escape(&path)
             ),
             Some(("application/octet-stream", &data)),
-            LIFECYCLE_MS,
             "write file",
-        )?;
-        if r.status == 204 {
-            Ok(())
-        } else {
-            Err(answer_error(&h.agent, "write file", &r))
-        }
+            &[],
+        )
     }
 
     fn read_file(
