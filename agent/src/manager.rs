@@ -288,11 +288,10 @@ impl Agent {
         }
         let entry = self.admit(&req)?;
         let _op = entry.op.lock().await;
-        let started = self.store.save(&entry.record());
-        let started = match started {
-            Ok(()) => self.launch(&entry).await,
-            Err(e) => Err(e.into()),
-        };
+        // No record is written before the sandbox runs: a create is acknowledged only once
+        // its `running` record is on disk, and a crash before that leaves at most a cgroup
+        // with no record, which the next start kills and removes.
+        let started = self.launch(&entry).await;
         let live = match started {
             Ok(live) => live,
             Err(e) => {

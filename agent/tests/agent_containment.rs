@@ -197,14 +197,7 @@ fn an_escaped_daemon_is_killed_at_destroy_and_its_cpu_billed_and_nothing_remains
     assert_eq!(r.stdout, b"left-running\n");
     assert!(r.exit.duration_ms < 2000, "{:?}", r.exit);
     // Wait until the daemon has burned half a second of CPU (by the cgroup's own counter).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let before_us = loop {
-        let us = a.cgroup_value("d", "cpuacct", "cpuacct.usage") / 1000;
-        if us >= 500_000 || Instant::now() > deadline {
-            break us;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let before_us = a.wait_for_cpu("d", 500_000);
     assert!(
         before_us >= 500_000,
         "the daemon burned only {before_us} us"

@@ -23,12 +23,7 @@ fn kill_9_with_sandboxes_running_then_restart_settles_them_from_the_cgroup() {
         "(setsid sh -c 'while :; do :; done' > /dev/null 2>&1 &); echo ok",
     );
     // Let the daemon burn some CPU (by the cgroup's own counter), however busy the machine.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while a.cgroup_value("busy", "cpuacct", "cpuacct.usage") < 400_000_000
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    a.wait_for_cpu("busy", 400_000);
     assert!(!support::live_processes(a.uid_base..a.uid_base + 3).is_empty());
 
     let lived = created.elapsed();

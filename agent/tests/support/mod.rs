@@ -265,6 +265,19 @@ impl Agent {
             .unwrap()
     }
 
+    /// Waits (up to 20 s) until sandbox `id`'s cgroup has counted `min_us` of CPU time;
+    /// returns what it counted (robust on a busy machine, where wall time says little).
+    pub fn wait_for_cpu(&self, id: &str, min_us: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let us = self.cgroup_value(id, "cpuacct", "cpuacct.usage") / 1000;
+            if us >= min_us || Instant::now() > deadline {
+                return us;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Live (not zombie) processes of this agent's uid range, waiting up to 2 s for them to
     /// go (a killed tree's last members are reaped a moment later).
     pub fn live_processes_settle(&self) -> Vec<String> {
