@@ -2,7 +2,7 @@
 # Guests (WebAssembly components) are built by scripts/build-extensions.sh; the host by cargo.
 
 # Rust crates with native unit tests besides the host (the guests' pure logic).
-NATIVE_TEST_PACKAGES := -p saas-stub
+NATIVE_TEST_PACKAGES := -p saas-stub -p local
 
 .PHONY: extensions run test bench lint
 
