@@ -1,5 +1,5 @@
 //! Crash safety: a child process runs sandbox lifecycles (create, fail over, destroy,
-//! settle, deliver) through the real `Host` on the real SQLite file; the harness
+//! settle, deliver) through the real `App` on the real SQLite file; the harness
 //! SIGKILLs it at random moments, again and again, and restarts it (each start
 //! reconciles). At the end every sandbox is settled exactly once or still running and
 //! tracked, no hold is dangling, the ledger verifies, and the event file holds exactly
@@ -18,34 +18,37 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lifecycle_support::Fixture;
-use sandboxer_host::host::{Host, HostOptions};
-use sandboxer_host::manager::{ManagerConfig, SandboxState};
-use sandboxer_host::payments::{CreditsStore, EntryKind};
-use sandboxer_host::routing::RequestOverrides;
+use sandboxer_host::app::{App, AppOptions};
+use sandboxer_host::domain::{EntryKind, SandboxSpec, SandboxState, Scope, TenantId};
+use sandboxer_host::layers::payments::{CreditsStore, SqliteCreditsStore};
 
 const CHILD_DIR: &str = "SANDBOXER_CRASH_CHILD_DIR";
 const CHILD_MODE: &str = "SANDBOXER_CRASH_CHILD_MODE";
 const KILLS: usize = 20;
 const LIFECYCLES: usize = 200;
 
-fn settings(dir: &Path) -> sandboxer_host::config::Settings {
-    sandboxer_host::config::Settings {
+fn settings(dir: &Path) -> sandboxer_host::Settings {
+    sandboxer_host::Settings {
         extensions_dir: dir.join("extensions"),
         profiles_dir: dir.join("profiles"),
         state_dir: dir.join("state"),
     }
 }
 
-fn open(dir: &Path) -> Host {
-    let options = HostOptions {
+/// The app over `dir`, opened (and so reconciled) as a service opens it.
+fn open(dir: &Path) -> App {
+    let options = AppOptions {
         // One process at a time here: a hold without a sandbox record is an orphan.
-        manager: ManagerConfig {
-            orphan_hold_grace: Duration::ZERO,
-            ..ManagerConfig::default()
-        },
-        ..HostOptions::default()
+        orphan_hold_grace: Duration::ZERO,
+        ..AppOptions::default()
     };
-    Host::open_with(&settings(dir), options).unwrap()
+    let app = App::open(&settings(dir), options);
+    app.start().unwrap();
+    app
+}
+
+fn acme() -> TenantId {
+    TenantId::parse("acme").unwrap()
 }
 
 /// Small deterministic-enough generator (no extra dependency).
@@ -78,9 +81,8 @@ fn child_process_entry_point() {
         return;
     };
     let dir = Path::new(&dir);
-    let host = open(dir);
-    let mgr = host.manager();
-    let r = host.reconciled();
+    let app = open(dir);
+    let r = app.reconciled();
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -97,8 +99,11 @@ fn child_process_entry_point() {
     )
     .unwrap();
     if std::env::var(CHILD_MODE).as_deref() == Ok("finish") {
-        for st in mgr.list(None, Some(SandboxState::Running)).unwrap() {
-            mgr.destroy(None, &st.id).unwrap();
+        let (running, _) = app
+            .all_sandboxes(&Scope::Operator, Some(SandboxState::Running), None)
+            .unwrap();
+        for st in running {
+            app.destroy_sandbox(&Scope::Operator, &st.id).unwrap();
         }
         return;
     }
@@ -113,11 +118,14 @@ fn child_process_entry_point() {
         let profile = profiles[rng.below(3) as usize];
         let key = format!("{}-{i}", std::process::id());
         // Errors are part of the game (e.g. a pool momentarily full); keep going.
-        let _ = mgr.create("acme", profile, &RequestOverrides::default(), Some(&key));
-        let running = mgr.list(Some("acme"), Some(SandboxState::Running)).unwrap();
+        let _ = app.create_sandbox(&acme(), &SandboxSpec::of_profile(profile), Some(&key));
+        let tenant = Scope::Tenant(acme());
+        let (running, _) = app
+            .all_sandboxes(&tenant, Some(SandboxState::Running), None)
+            .unwrap();
         if running.len() > 2 {
             let victim = &running[rng.below(running.len() as u64) as usize];
-            if mgr.destroy(Some("acme"), &victim.id).is_ok() {
+            if app.destroy_sandbox(&tenant, &victim.id).is_ok() {
                 writeln!(progress, "{}", victim.id).unwrap();
             }
         }
@@ -195,9 +203,8 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
     );
     assert_eq!(found[4], 0, "something could not be reconciled");
 
-    let host = open(dir);
-    let mgr = host.manager();
-    let all = mgr.list(None, None).unwrap();
+    let app = open(dir);
+    let (all, _) = app.all_sandboxes(&Scope::Operator, None, None).unwrap();
     let by_state = |s: SandboxState| all.iter().filter(|st| st.state == s).count();
     assert_eq!(
         by_state(SandboxState::Creating) + by_state(SandboxState::Destroying),
@@ -228,8 +235,9 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
 
     // Ledger: exactly one charge per destroyed sandbox, none for the others; no open hold
     // except those of running sandboxes (none are left running).
-    let ledger = host.ledger();
-    let statement = ledger.statement("acme").unwrap();
+    let (statement, _) = app.statement_lines(&acme(), None).unwrap();
+    // Holds and the outbox are the ledger's own records: read them from the ledger file.
+    let ledger = SqliteCreditsStore::open(settings(dir).ledger_path()).unwrap();
     let mut charges: HashMap<String, usize> = HashMap::new();
     for e in statement.iter().filter(|e| e.kind == EntryKind::Charge) {
         *charges.entry(e.sandbox_id.clone().unwrap()).or_default() += 1;
@@ -259,7 +267,7 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
             h.sandbox_id
         );
     }
-    let verify = ledger.verify().unwrap();
+    let verify = app.verify_ledger().unwrap();
     assert!(verify.ok, "{:?}", verify.problems);
     let cli = f.json(&["credits", "verify"]);
     assert_eq!(cli["ok"], true);

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_e2b::{FakeE2b, Fault as FakeFault, Route};
 use rust_decimal::Decimal;
-use sandboxer_host::runtime::types::{
+use sandboxer_host::domain::{
     BackendError, BackendState, ExtensionError, Fault, Kind, Resources, SandboxContext,
     SandboxRequest,
 };
-use sandboxer_host::runtime::{Extension, ExtensionSpec, Runtime, RuntimeConfig};
+use sandboxer_host::layers::runtime::{Extension, ExtensionSpec, Runtime, RuntimeConfig};
 use support::logs::{captured_logs, logs};
 
 const KEY: &str = "e2b_test_key_4f9a1c";

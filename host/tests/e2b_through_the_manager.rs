@@ -1,4 +1,4 @@
-//! The real E2B component (`extensions/e2b.wasm`) behind the `SandboxManager`, against the
+//! The real E2B component (`extensions/e2b.wasm`) behind the app's lifecycle, against the
 //! fake E2B API on loopback, loaded from sidecars that grant `http://127.0.0.1:*`: a
 //! lifecycle is routed, held, created, destroyed and settled from the host-measured
 //! lifetime; a wrong key is final (no failover, hold voided); 429 and 503 fail over to the
@@ -15,13 +15,12 @@ use std::time::Duration;
 
 use fake_e2b::{FakeE2b, Fault as FakeFault, Route};
 use rust_decimal::Decimal;
-use sandboxer_host::config::Settings;
-use sandboxer_host::host::{Host, HostOptions};
-use sandboxer_host::manager::{ManagerError, SandboxState, SandboxStatus};
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::{CreditsStore, HoldState};
-use sandboxer_host::routing::RequestOverrides;
-use sandboxer_host::runtime::RuntimeConfig;
+use sandboxer_host::Settings;
+use sandboxer_host::app::{App, AppError, AppOptions, GrantRequest};
+use sandboxer_host::domain::{
+    Currency, Money, SandboxSpec, SandboxState, SandboxStatus, Scope, TenantId,
+};
+use sandboxer_host::layers::payments::{CreditsStore, HoldState, SqliteCreditsStore};
 use support::logs::{captured_logs, logs};
 
 const KEY: &str = "e2b_manager_test_key_7c21";
@@ -133,24 +132,27 @@ impl Fixture {
         }
     }
 
-    /// The host over this folder; compiled components are shared between tests.
+    /// The app over this folder (compiled components are shared between tests), opened,
+    /// with 10 USD for `acme`.
     fn host(&self) -> Host {
-        let options = HostOptions {
-            runtime: RuntimeConfig::with_cache_dir(
-                support::root().join("target/test-cache/e2b-manager"),
-            ),
+        let options = AppOptions {
+            cache_dir: Some(support::root().join("target/test-cache/e2b-manager")),
             ..Default::default()
         };
-        let host = Host::open_with(&self.settings(), options).unwrap();
-        assert!(
-            host.skipped_extensions().is_empty(),
-            "{:?}",
-            host.skipped_extensions()
-        );
-        host.ledger()
-            .grant("acme", &usd("10"), "test credits", "grant-acme")
-            .unwrap();
-        host
+        let app = App::open(&self.settings(), options);
+        let started = app.start().unwrap();
+        assert!(started.skipped.is_empty(), "{:?}", started.skipped);
+        app.grant_credits(
+            &tenant(),
+            &GrantRequest {
+                amount: usd("10"),
+                note: "test credits".into(),
+                idempotency_key: Some("grant-acme".into()),
+            },
+        )
+        .unwrap();
+        let ledger = SqliteCreditsStore::open(self.settings().ledger_path()).unwrap();
+        Host { app, ledger }
     }
 
     /// Runs the real `sandboxer` binary on this folder with debug logs on stderr.
@@ -185,9 +187,29 @@ fn dec(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
-fn create(host: &Host, profile: &str) -> Result<SandboxStatus, ManagerError> {
-    host.manager()
-        .create("acme", profile, &RequestOverrides::default(), None)
+/// The app, and the ledger file it writes (for what only the ledger records: holds).
+struct Host {
+    app: App,
+    ledger: SqliteCreditsStore,
+}
+
+impl Host {
+    fn ledger(&self) -> &SqliteCreditsStore {
+        &self.ledger
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn acme() -> Scope {
+    Scope::Tenant(tenant())
+}
+
+fn create(host: &Host, profile: &str) -> Result<SandboxStatus, AppError> {
+    host.app
+        .create_sandbox(&tenant(), &SandboxSpec::of_profile(profile), None)
 }
 
 fn e2b_id(handle: &str) -> String {
@@ -239,7 +261,6 @@ fn create_status_destroy_settles_the_lifetime() {
     let fake = FakeE2b::start(KEY).unwrap();
     let f = Fixture::new(&fake, KEY);
     let host = f.host();
-    let m = host.manager();
 
     let st = create(&host, "e2b-only").unwrap();
     assert_eq!(st.state, SandboxState::Running);
@@ -258,12 +279,12 @@ fn create_status_destroy_settles_the_lifetime() {
         Some("acme")
     );
     assert_eq!(
-        m.status(Some("acme"), &st.id).unwrap().state,
+        host.app.sandbox(&acme(), &st.id).unwrap().state,
         SandboxState::Running
     );
 
     std::thread::sleep(Duration::from_millis(1200));
-    let done = m.destroy(Some("acme"), &st.id).unwrap();
+    let done = host.app.destroy_sandbox(&acme(), &st.id).unwrap();
     assert_eq!(done.state, SandboxState::Destroyed);
     assert!(
         fake.sandbox(&e2b).unwrap().killed_at.is_some(),
@@ -288,7 +309,10 @@ fn create_status_destroy_settles_the_lifetime() {
     );
     assert!(host.ledger().verify().unwrap().ok, "ledger verifies");
     // A second destroy answers the same and charges nothing more.
-    assert_eq!(m.destroy(Some("acme"), &st.id).unwrap().meter, done.meter);
+    assert_eq!(
+        host.app.destroy_sandbox(&acme(), &st.id).unwrap().meter,
+        done.meter
+    );
     assert_eq!(
         host.ledger()
             .balance("acme", &Currency::new("USD").unwrap())
@@ -311,7 +335,7 @@ fn a_wrong_key_is_final_no_failover_and_the_hold_is_voided() {
         text.contains("[redacted]") && !text.contains("e2b_not_the_key"),
         "{text}"
     );
-    let ManagerError::CreateFailed { status } = err else {
+    let AppError::CreateFailed { status, .. } = err else {
         panic!("expected CreateFailed, got {err}");
     };
     assert_eq!(status.state, SandboxState::Failed);
@@ -335,13 +359,14 @@ fn a_wrong_key_is_final_no_failover_and_the_hold_is_voided() {
     assert_eq!(held(&host), Decimal::ZERO);
     assert!(host.ledger().open_holds().unwrap().is_empty());
     let recorded =
-        serde_json::to_string(&host.manager().status(None, &status.id).unwrap()).unwrap();
+        serde_json::to_string(&host.app.sandbox(&Scope::Operator, &status.id).unwrap()).unwrap();
     assert!(!recorded.contains("e2b_not_the_key"), "{recorded}");
     assert!(!captured_logs().contains("e2b_not_the_key"));
     assert!(
-        host.manager()
-            .list(Some("acme"), Some(SandboxState::Running))
+        host.app
+            .all_sandboxes(&acme(), Some(SandboxState::Running), None)
             .unwrap()
+            .0
             .is_empty()
     );
 }
@@ -364,7 +389,7 @@ fn rate_limits_and_outages_fail_over_to_the_next_candidate() {
         let open = host.ledger().open_holds().unwrap();
         assert!(open.iter().all(|h| h.id != first_hold));
         assert_eq!(open.iter().filter(|h| h.sandbox_id == st.id).count(), 1);
-        host.manager().destroy(Some("acme"), &st.id).unwrap();
+        host.app.destroy_sandbox(&acme(), &st.id).unwrap();
     }
     assert_eq!(fake.created_count(), 0);
     assert!(host.ledger().open_holds().unwrap().is_empty());
@@ -383,7 +408,7 @@ fn a_vanished_sandbox_is_settled_from_the_recorded_lifetime() {
     // E2B killed it on its own (timeout, crash): DELETE and GET now answer 404.
     assert!(fake.vanish(&e2b_id(st.handle.as_deref().unwrap())));
     std::thread::sleep(Duration::from_millis(300));
-    let done = host.manager().destroy(Some("acme"), &st.id).unwrap();
+    let done = host.app.destroy_sandbox(&acme(), &st.id).unwrap();
     assert_eq!(done.state, SandboxState::Destroyed);
     assert_billed_for_lifetime(&done);
     assert!(done.meter.as_ref().unwrap().exact > Decimal::ZERO);
@@ -425,7 +450,7 @@ fn saas_and_self_hosted_instances_route_per_prefer_self_hosted() {
     // The own cluster's price: 2 × 3600 × 0.000002.
     assert_eq!(a.estimate.as_ref().unwrap().total.amount, dec("0.0144"));
     // A slot frees: the next one goes back to the own cluster.
-    host.manager().destroy(Some("acme"), &a.id).unwrap();
+    host.app.destroy_sandbox(&acme(), &a.id).unwrap();
     let d = create(&host, "burst-e2b").unwrap();
     assert_eq!(d.extension_id.as_deref(), Some("e2b-own"));
 }

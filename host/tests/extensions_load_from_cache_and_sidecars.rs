@@ -7,8 +7,8 @@
 mod support;
 
 use rust_decimal::Decimal;
-use sandboxer_host::runtime::types::Kind;
-use sandboxer_host::runtime::{ArtifactSource, CacheStats};
+use sandboxer_host::domain::Kind;
+use sandboxer_host::layers::runtime::{ArtifactSource, CacheStats};
 use support::*;
 
 fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

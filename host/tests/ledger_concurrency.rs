@@ -7,8 +7,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use rust_decimal::Decimal;
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::{CreditsStore, HoldState, LedgerError, SqliteCreditsStore};
+use sandboxer_host::domain::{Currency, Money};
+use sandboxer_host::layers::payments::{CreditsStore, HoldState, LedgerError, SqliteCreditsStore};
 
 fn usd(s: &str) -> Money {
     Money {

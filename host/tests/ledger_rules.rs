@@ -8,9 +8,9 @@ use std::str::FromStr;
 
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::money::{Rounding, SCALE, to_units};
-use sandboxer_host::payments::{
+use sandboxer_host::domain::money::{Rounding, SCALE, to_units};
+use sandboxer_host::domain::{Currency, Money};
+use sandboxer_host::layers::payments::{
     CreditsStore, EntryKind, HoldState, LedgerError, OutboxEvent, OverdraftPolicy,
     SqliteCreditsStore,
 };

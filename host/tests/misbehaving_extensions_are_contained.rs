@@ -10,8 +10,8 @@ mod support;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sandboxer_host::runtime::types::{ExtensionError, Fault, Function};
-use sandboxer_host::runtime::{Extension, LoadFailure, QuarantinePolicy, Runtime};
+use sandboxer_host::domain::{ExtensionError, Fault, Function};
+use sandboxer_host::layers::runtime::{Extension, LoadFailure, QuarantinePolicy, Runtime};
 use support::*;
 
 /// One runtime for the whole file, as in a host process; saas-stub loaded in it.
@@ -357,8 +357,8 @@ fn extensions_list_loads_the_good_and_explains_the_bad() {
     );
 }
 
-fn usage() -> sandboxer_host::runtime::types::Usage {
-    sandboxer_host::runtime::types::Usage {
+fn usage() -> sandboxer_host::domain::Usage {
+    sandboxer_host::domain::Usage {
         duration_ms: 60_000,
         measures: Vec::new(),
     }

@@ -16,16 +16,18 @@ use std::sync::{Arc, OnceLock};
 mod http_host;
 
 use rust_decimal::Decimal;
-use sandboxer_host::config::Settings;
-use sandboxer_host::host::{Host, HostOptions};
-use sandboxer_host::manager::SandboxState;
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::{CreditsStore, HoldState};
-use sandboxer_host::routing::RequestOverrides;
-use sandboxer_host::runtime::types::{
-    BackendError, BackendState, Fault, Kind, Resources, SandboxContext, SandboxRequest,
+use sandboxer_host::Settings;
+use sandboxer_host::app::{
+    App, AppOptions, DEFER_COMPILE_ABOVE_BYTES, ExtensionStatus, GrantRequest,
 };
-use sandboxer_host::runtime::{ArtifactSource, Extension, ExtensionSpec, Runtime, RuntimeConfig};
+use sandboxer_host::domain::{
+    BackendError, BackendState, Currency, Fault, Kind, Money, Resources, SandboxContext,
+    SandboxRequest, SandboxSpec, SandboxState, Scope, TenantId,
+};
+use sandboxer_host::layers::payments::{CreditsStore, HoldState, SqliteCreditsStore};
+use sandboxer_host::layers::runtime::{
+    ArtifactSource, Extension, ExtensionSpec, Runtime, RuntimeConfig,
+};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -100,7 +102,7 @@ fn dec(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
 
-fn backend_error(err: sandboxer_host::runtime::types::ExtensionError) -> BackendError {
+fn backend_error(err: sandboxer_host::domain::ExtensionError) -> BackendError {
     match err.fault {
         Fault::Backend(e) => e,
         other => panic!("expected the extension's error variant, got {other}"),
@@ -340,21 +342,19 @@ fn lowest_cost_compares_rust_python_and_javascript_estimates() {
             1,
             "a tie proves nothing: {estimates:?}"
         );
-        // The router, through the manager, picks the same one and the lifecycle settles there.
-        let overrides = RequestOverrides {
+        // The router, through the app, picks the same one and the lifecycle settles there.
+        let spec = SandboxSpec {
             vcpus: Some(req.resources.vcpus),
             memory_mib: Some(req.resources.memory_mib),
             max_duration_secs: Some(req.max_duration_secs),
-            ..Default::default()
+            ..SandboxSpec::of_profile("polyglot")
         };
-        let (_, decision) = host
-            .manager()
-            .explain("acme", "polyglot", &overrides)
-            .unwrap();
-        let decision = decision.unwrap();
+        let explained = host.app.explain_route(&acme(), &spec).unwrap();
+        let decision = explained.decision.unwrap();
         assert_eq!(decision.attempts[0].extension_id, id, "{decision:?}");
         assert_eq!(decision.attempts[0].estimate.total.amount, cheapest);
-        settles_through_the_manager(&host, &overrides, id, cheapest);
+        let priced_by = candidates.iter().find(|e| e.id() == id).unwrap();
+        settles_through_the_manager(&host, &spec, priced_by, cheapest);
         winners.push(id.to_owned());
     }
     winners.sort();
@@ -411,30 +411,58 @@ fallback = false
     dir
 }
 
-/// The host over [`polyglot_host_folder`], with the shared precompiled cache and credits.
+/// The app over a polyglot folder, and the ledger file it writes.
+struct Host {
+    app: App,
+    ledger: SqliteCreditsStore,
+}
+
+fn acme() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn give(app: &App, amount: &str) {
+    app.grant_credits(
+        &acme(),
+        &GrantRequest {
+            amount: usd(amount),
+            note: "test credits".into(),
+            idempotency_key: Some("grant-acme".into()),
+        },
+    )
+    .unwrap();
+}
+
+/// The loaded extensions' ids, as the operator's list shows them.
+fn loaded_ids(app: &App) -> Vec<String> {
+    let list = app.extensions(&Scope::Operator).unwrap();
+    list.extensions
+        .iter()
+        .filter(|r| r.status != ExtensionStatus::Skipped)
+        .filter_map(|r| r.id.clone())
+        .collect()
+}
+
+/// The app over [`polyglot_host_folder`], with the shared precompiled cache and credits.
 fn polyglot_host(folder: &Path) -> Host {
     let settings = Settings {
         extensions_dir: folder.join("extensions"),
         profiles_dir: folder.join("profiles"),
         state_dir: folder.join("state"),
     };
-    let options = HostOptions {
-        runtime: RuntimeConfig::with_cache_dir(root().join("target/test-cache/polyglot")),
+    let options = AppOptions {
+        cache_dir: Some(root().join("target/test-cache/polyglot")),
         ..Default::default()
     };
-    let host = Host::open_with(&settings, options).unwrap();
-    assert!(
-        host.skipped_extensions().is_empty(),
-        "{:?}",
-        host.skipped_extensions()
-    );
-    let mut ids = host.manager().extensions().ids();
+    let app = App::open(&settings, options);
+    let started = app.start().unwrap();
+    assert!(started.skipped.is_empty(), "{:?}", started.skipped);
+    let mut ids = loaded_ids(&app);
     ids.sort();
     assert_eq!(ids, ["js-tiered", "python-pool", "rust-stub"]);
-    host.ledger()
-        .grant("acme", &usd("100"), "test credits", "grant-acme")
-        .unwrap();
-    host
+    give(&app, "100");
+    let ledger = SqliteCreditsStore::open(settings.ledger_path()).unwrap();
+    Host { app, ledger }
 }
 
 fn usd(amount: &str) -> Money {
@@ -444,45 +472,41 @@ fn usd(amount: &str) -> Money {
     }
 }
 
-/// create → destroy → settle through the `SandboxManager`: served by `expected`, the
-/// estimate held, the meter equal to the extension's own price of the recorded usage, the
-/// hold posted and nothing left held.
+/// create → destroy → settle through the app: served by `expected`, the estimate held,
+/// the meter equal to the extension's own price of the recorded usage, the hold posted
+/// and nothing left held.
 fn settles_through_the_manager(
     host: &Host,
-    overrides: &RequestOverrides,
-    expected: &str,
+    spec: &SandboxSpec,
+    expected: &Extension,
     estimate: Decimal,
 ) {
     let usd_currency = Currency::new("USD").unwrap();
-    let st = host
-        .manager()
-        .create("acme", "polyglot", overrides, None)
-        .unwrap();
-    assert_eq!(st.extension_id.as_deref(), Some(expected));
+    let held = || host.app.balance(&acme(), &usd_currency).unwrap().held;
+    let expected_id = expected.id();
+    let st = host.app.create_sandbox(&acme(), spec, None).unwrap();
+    assert_eq!(st.extension_id.as_deref(), Some(expected_id));
     assert_eq!(st.estimate.as_ref().unwrap().total.amount, estimate);
-    assert_eq!(
-        host.ledger().balance("acme", &usd_currency).unwrap().held,
-        st.held.as_ref().unwrap().amount
-    );
+    assert_eq!(held(), st.held.as_ref().unwrap().amount);
     std::thread::sleep(std::time::Duration::from_millis(50));
-    let done = host.manager().destroy(Some("acme"), &st.id).unwrap();
+    let done = host
+        .app
+        .destroy_sandbox(&Scope::Tenant(acme()), &st.id)
+        .unwrap();
     assert_eq!(done.state, SandboxState::Destroyed);
     let meter = done.meter.as_ref().unwrap();
     let lived = done.destroy_at_ms.unwrap() - done.started_at_ms.unwrap();
-    assert_eq!(meter.usage.duration_ms, lived, "{expected}");
-    let backend = host.manager().extensions().get(expected).unwrap();
-    let priced = backend.meter_actual(&done.request, &meter.usage).unwrap();
-    assert_eq!(meter.exact, priced.total.amount, "{expected}");
+    assert_eq!(meter.usage.duration_ms, lived, "{expected_id}");
+    // The same component with the same configuration prices the recorded usage alike.
+    let priced = expected.meter_actual(&done.request, &meter.usage).unwrap();
+    assert_eq!(meter.exact, priced.total.amount, "{expected_id}");
     assert!(
         meter.exact > Decimal::ZERO && meter.exact <= estimate,
-        "{expected}: {meter:?}"
+        "{expected_id}: {meter:?}"
     );
-    let hold = host.ledger().hold_for_sandbox(&st.id).unwrap().unwrap();
-    assert_eq!(hold.state, HoldState::Posted, "{expected}");
-    assert_eq!(
-        host.ledger().balance("acme", &usd_currency).unwrap().held,
-        Decimal::ZERO
-    );
+    let hold = host.ledger.hold_for_sandbox(&st.id).unwrap().unwrap();
+    assert_eq!(hold.state, HoldState::Posted, "{expected_id}");
+    assert_eq!(held(), Decimal::ZERO);
 }
 
 #[test]
@@ -773,57 +797,66 @@ fn a_slow_compile_does_not_hold_up_the_other_extensions() {
         profiles_dir: prof,
         state_dir: dir.path().join("state"),
     };
-    let options = HostOptions {
-        runtime: RuntimeConfig::with_cache_dir(&cache),
-        defer_compile_above_bytes: Some(sandboxer_host::host::DEFER_COMPILE_ABOVE_BYTES),
+    let options = AppOptions {
+        cache_dir: Some(cache.clone()),
+        defer_compile_above_bytes: Some(DEFER_COMPILE_ABOVE_BYTES),
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let host = Host::open_with(&settings, options).unwrap();
+    let app = App::open(&settings, options);
+    app.start().unwrap();
     let opened = started.elapsed();
-    assert_eq!(host.pending_extensions(), ["python-pool"]);
-    assert_eq!(host.manager().extensions().ids(), ["saas-stub"]);
-    assert!(
-        host.profile_warnings().is_empty(),
-        "a pending extension is not reported missing: {:?}",
-        host.profile_warnings()
-    );
-    host.ledger()
-        .grant("acme", &usd("10"), "test credits", "grant-acme")
-        .unwrap();
-    let m = host.manager();
-    let st = m
-        .create("acme", "stub", &RequestOverrides::default(), None)
+    let pending = || app.extensions(&Scope::Operator).unwrap().pending;
+    assert_eq!(pending(), ["python-pool"]);
+    assert_eq!(loaded_ids(&app), ["saas-stub"]);
+    for profile in ["stub", "pool"] {
+        let warnings = app
+            .explain_route(&acme(), &SandboxSpec::of_profile(profile))
+            .unwrap()
+            .warnings;
+        assert!(
+            warnings.is_empty(),
+            "a pending extension is not reported missing: {warnings:?}"
+        );
+    }
+    give(&app, "10");
+    let acme_scope = Scope::Tenant(acme());
+    let st = app
+        .create_sandbox(&acme(), &SandboxSpec::of_profile("stub"), None)
         .unwrap();
     assert_eq!(st.extension_id.as_deref(), Some("saas-stub"));
-    m.destroy(Some("acme"), &st.id).unwrap();
+    app.destroy_sandbox(&acme_scope, &st.id).unwrap();
     let served = started.elapsed();
     assert_eq!(
-        host.pending_extensions(),
+        pending(),
         ["python-pool"],
         "the stub served while python-pool was still compiling"
     );
     assert!(
-        m.create("acme", "pool", &RequestOverrides::default(), None)
+        app.create_sandbox(&acme(), &SandboxSpec::of_profile("pool"), None)
             .is_err(),
         "python-pool is not routed to before it is loaded"
     );
 
     assert!(
-        host.wait_for_extensions(std::time::Duration::from_secs(300)),
+        app.wait_for_extensions(std::time::Duration::from_secs(300))
+            .unwrap(),
         "python-pool never finished loading"
     );
     let compiled = started.elapsed();
-    assert!(
-        host.deferred_skipped().is_empty(),
-        "{:?}",
-        host.deferred_skipped()
-    );
-    let st = m
-        .create("acme", "pool", &RequestOverrides::default(), None)
+    let skipped: Vec<_> = app
+        .extensions(&Scope::Operator)
+        .unwrap()
+        .extensions
+        .into_iter()
+        .filter(|r| r.status == ExtensionStatus::Skipped)
+        .collect();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let st = app
+        .create_sandbox(&acme(), &SandboxSpec::of_profile("pool"), None)
         .unwrap();
     assert_eq!(st.extension_id.as_deref(), Some("python-pool"));
-    let done = m.destroy(Some("acme"), &st.id).unwrap();
+    let done = app.destroy_sandbox(&acme_scope, &st.id).unwrap();
     assert_eq!(done.state, SandboxState::Destroyed);
     println!(
         "host opened in {opened:?}, saas-stub lifecycle done at {served:?}, python-pool routed to at {compiled:?}"

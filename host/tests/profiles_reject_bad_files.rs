@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use sandboxer_host::routing::profile::{Candidates, Strategy, load_profile_file, load_profiles};
+use sandboxer_host::domain::Strategy;
+use sandboxer_host::layers::routing::{Candidates, load_profile_file, load_profiles};
 
 const BASE: &str = r#"
 description = "test"

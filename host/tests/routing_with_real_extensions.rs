@@ -8,14 +8,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sandboxer_host::routing::health::{HealthConfig, ManualClock};
-use sandboxer_host::routing::loaded::LoadedExtensions;
-use sandboxer_host::routing::profile::load_profile_file;
-use sandboxer_host::routing::{
-    DropReason, HealthStatus, HealthTracker, Outcome, Profile, RequestOverrides, RouteDecision,
-    RouteError, resolve_extension,
+use sandboxer_host::domain::{
+    DropReason, HealthStatus, Outcome, RouteDecision, RouteError, SandboxSpec,
 };
-use sandboxer_host::runtime::{Runtime, RuntimeConfig};
+use sandboxer_host::layers::routing::{
+    HealthConfig, HealthTracker, LoadedExtensions, ManualClock, Profile, load_profile_file,
+    resolve_extension,
+};
+use sandboxer_host::layers::runtime::{Runtime, RuntimeConfig};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -143,7 +143,7 @@ fn route(
     health: &HealthTracker,
 ) -> Result<RouteDecision, RouteError> {
     let req = p
-        .request("acme", "sb-test", &RequestOverrides::default())
+        .request("acme", "sb-test", &SandboxSpec::default())
         .unwrap();
     resolve_extension(p, &req, view, health)
 }
@@ -152,10 +152,7 @@ fn order(d: &RouteDecision) -> Vec<&str> {
     d.attempts.iter().map(|a| a.extension_id.as_str()).collect()
 }
 
-fn outcome<'a>(
-    candidates: &'a [sandboxer_host::routing::CandidateReport],
-    id: &str,
-) -> &'a Outcome {
+fn outcome<'a>(candidates: &'a [sandboxer_host::domain::CandidateReport], id: &str) -> &'a Outcome {
     &candidates
         .iter()
         .find(|c| c.extension_id == id)
@@ -172,7 +169,7 @@ fn create_like_the_manager(
     health: &HealthTracker,
 ) -> Option<String> {
     let req = p
-        .request("acme", "sb-test", &RequestOverrides::default())
+        .request("acme", "sb-test", &SandboxSpec::default())
         .unwrap();
     for attempt in &d.attempts {
         if !health.acquire(&attempt.extension_id) {

@@ -9,8 +9,8 @@ use std::str::FromStr;
 
 use lifecycle_support::Fixture;
 use rust_decimal::Decimal;
-use sandboxer_host::runtime::types::{LineItem, SandboxContext, SandboxRequest};
-use sandboxer_host::runtime::{Runtime, RuntimeConfig};
+use sandboxer_host::domain::{LineItem, SandboxContext, SandboxRequest};
+use sandboxer_host::layers::runtime::{Runtime, RuntimeConfig};
 use serde_json::Value;
 
 fn dec(v: &Value) -> Decimal {
@@ -470,13 +470,16 @@ fn the_reaper_settles_sandboxes_past_their_maximum_duration_only() {
         "acme",
     ]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let host = sandboxer_host::host::Host::open(&f.settings()).unwrap();
-    let reaped = host.manager().reap_overdue().unwrap();
+    let app = sandboxer_host::app::App::open(&f.settings(), Default::default());
+    let reaped = app.reap_once().unwrap();
     let (reaped, left) = (reaped.destroyed, reaped.left);
     assert!(left.is_empty());
     assert_eq!(reaped.len(), 1);
-    assert_eq!(reaped[0].id, short["id"].as_str().unwrap());
-    let meter = reaped[0].meter.as_ref().unwrap();
+    assert_eq!(reaped[0], short["id"].as_str().unwrap());
+    let reaped = app
+        .sandbox(&sandboxer_host::domain::Scope::Operator, &reaped[0])
+        .unwrap();
+    let meter = reaped.meter.as_ref().unwrap();
     // The stub stops metering at the maximum duration: 1 vCPU-second at most.
     assert_eq!(meter.usage.measures[0].quantity, Decimal::from(1));
     assert_eq!(

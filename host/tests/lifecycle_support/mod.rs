@@ -96,8 +96,8 @@ impl Fixture {
         self.path().join("state")
     }
 
-    pub fn settings(&self) -> sandboxer_host::config::Settings {
-        sandboxer_host::config::Settings {
+    pub fn settings(&self) -> sandboxer_host::Settings {
+        sandboxer_host::Settings {
             extensions_dir: self.extensions(),
             profiles_dir: self.path().join("profiles"),
             state_dir: self.state(),

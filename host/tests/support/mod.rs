@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use sandboxer_host::runtime::types::SandboxRequest;
-use sandboxer_host::runtime::{Extension, ExtensionSpec, Runtime, RuntimeConfig, conformance};
+use sandboxer_host::domain::SandboxRequest;
+use sandboxer_host::layers::runtime::{
+    Extension, ExtensionSpec, Runtime, RuntimeConfig, conformance,
+};
 
 /// The repository root.
 pub fn root() -> PathBuf {
