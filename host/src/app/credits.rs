@@ -2,8 +2,8 @@
 //! open the ledger only (no runtime, no extension); reading ones never create it.
 //!
 //! One idempotency rule for grants on both surfaces: a caller's key is scoped to the
-//! tenant it grants to (stored as `grant\n<tenant>\n<key>`), and a grant without a key
-//! gets a fresh one (so repeating the command grants again).
+//! tenant it grants to (stored as `grant:<tenant>:<key>`; a tenant id has no `:`), and a
+//! grant without a key gets a fresh one (so repeating the command grants again).
 
 use serde::Serialize;
 
@@ -137,7 +137,7 @@ impl App {
         request: &GrantRequest,
     ) -> Result<Granted, AppError> {
         let key = match &request.idempotency_key {
-            Some(k) => format!("grant\n{tenant}\n{k}"),
+            Some(k) => format!("grant:{tenant}:{k}"),
             None => format!("grant-{}", uuid::Uuid::now_v7()),
         };
         let ledger = self.ledger_for_writes()?;
