@@ -152,6 +152,11 @@ async fn send(
     )
 }
 
+/// A request without a body or extra headers.
+async fn bare(s: &AppState, method: Method, path: &str, token: &str) -> (StatusCode, Value) {
+    send(s, method, path, Some(token), None, &[]).await
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -333,7 +338,7 @@ async fn a_missing_malformed_or_unknown_token_is_401_and_the_wrong_kind_403() {
     let resp = router(s.clone(), 4096).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.headers().contains_key("www-authenticate"));
-    let (st, v) = send(&s, Method::GET, "/v1/credits", Some(ADMIN), None, &[]).await;
+    let (st, v) = bare(&s, Method::GET, "/v1/credits", ADMIN).await;
     assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "forbidden"), "{v}");
     let (st, v) = send(
         &s,
@@ -376,7 +381,7 @@ async fn credits_that_do_not_cover_the_hold_are_402_with_need_and_available() {
     assert_eq!(v["error"]["available"]["amount"], "0.001", "{v}");
     assert_eq!(v["error"]["need"]["currency"], "USD", "{v}");
     // Nothing was created or held.
-    let (_, c) = send(&s, Method::GET, "/v1/credits", Some(TENANT), None, &[]).await;
+    let (_, c) = bare(&s, Method::GET, "/v1/credits", TENANT).await;
     assert_eq!(c["balances"][0]["held"], "0", "{c}");
 }
 
@@ -401,7 +406,7 @@ async fn unknown_ids_other_tenants_sandboxes_and_endpoints_are_404_and_methods_4
             );
         }
     }
-    let (st, v) = send(&s, Method::GET, "/v1/nothing", Some(TENANT), None, &[]).await;
+    let (st, v) = bare(&s, Method::GET, "/v1/nothing", TENANT).await;
     assert_eq!((st, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
     let (st, v) = send(
         &s,
@@ -460,13 +465,11 @@ async fn conflicts_are_409_idempotency_wrong_state_and_busy() {
     );
     let failed = v["error"]["sandbox"]["id"].as_str().unwrap().to_owned();
     assert_eq!(v["error"]["sandbox"]["state"], "failed", "{v}");
-    let (st, v) = send(
+    let (st, v) = bare(
         &s,
         Method::DELETE,
         &format!("/v1/sandboxes/{failed}"),
-        Some(TENANT),
-        None,
-        &[],
+        TENANT,
     )
     .await;
     assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "wrong_state"), "{v}");
@@ -490,15 +493,7 @@ async fn conflicts_are_409_idempotency_wrong_state_and_busy() {
         },
         Some(("destroying", &owner)),
     );
-    let (st, v) = send(
-        &s,
-        Method::DELETE,
-        &format!("/v1/sandboxes/{id}"),
-        Some(TENANT),
-        None,
-        &[],
-    )
-    .await;
+    let (st, v) = bare(&s, Method::DELETE, &format!("/v1/sandboxes/{id}"), TENANT).await;
     assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "busy"), "{v}");
     drop(other);
 }
@@ -512,29 +507,13 @@ async fn extension_failures_are_502_and_unavailable_backends_503() {
     let (st, sb) = create(&s, "frail").await;
     assert_eq!(st, StatusCode::CREATED, "{sb}");
     let id = sb["id"].as_str().unwrap();
-    let (st, v) = send(
-        &s,
-        Method::DELETE,
-        &format!("/v1/sandboxes/{id}"),
-        Some(TENANT),
-        None,
-        &[],
-    )
-    .await;
+    let (st, v) = bare(&s, Method::DELETE, &format!("/v1/sandboxes/{id}"), TENANT).await;
     assert_eq!(
         (st, code(&v)),
         (StatusCode::BAD_GATEWAY, "extension_failed"),
         "{v}"
     );
-    let (st, v) = send(
-        &s,
-        Method::GET,
-        &format!("/v1/sandboxes/{id}"),
-        Some(TENANT),
-        None,
-        &[],
-    )
-    .await;
+    let (st, v) = bare(&s, Method::GET, &format!("/v1/sandboxes/{id}"), TENANT).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["state"], "destroying", "{v}");
 
@@ -559,13 +538,11 @@ async fn extension_failures_are_502_and_unavailable_backends_503() {
     let id = sb["id"].as_str().unwrap();
     std::fs::remove_file(f.settings().extensions_dir.join("gone.toml")).unwrap();
     let later = state(f.app());
-    let (st, v) = send(
+    let (st, v) = bare(
         &later,
         Method::DELETE,
         &format!("/v1/sandboxes/{id}"),
-        Some(TENANT),
-        None,
-        &[],
+        TENANT,
     )
     .await;
     assert_eq!(
@@ -597,15 +574,7 @@ async fn a_storage_failure_is_500_with_the_details_only_in_the_log() {
         [id],
     )
     .unwrap();
-    let (st, v) = send(
-        &s,
-        Method::GET,
-        &format!("/v1/sandboxes/{id}"),
-        Some(TENANT),
-        None,
-        &[],
-    )
-    .await;
+    let (st, v) = bare(&s, Method::GET, &format!("/v1/sandboxes/{id}"), TENANT).await;
     assert_eq!(
         (st, code(&v)),
         (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

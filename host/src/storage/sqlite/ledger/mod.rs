@@ -539,3 +539,6 @@ fn check_tenant(tenant: &str) -> Result<(), LedgerError> {
     TenantId::parse(tenant)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
