@@ -316,3 +316,58 @@ fn killed_writers_lose_no_acknowledged_grant_and_retries_apply_once() {
         17
     );
 }
+
+#[test]
+fn credits_commands_answer_with_a_broken_component_in_the_extensions_folder() {
+    // They open the ledger only: no runtime starts and no component is compiled, so a
+    // broken `.wasm` (or a half-copied one) beside a good one cannot stop them.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let extensions = dir.path().join("extensions");
+    std::fs::create_dir_all(&extensions).unwrap();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../extensions/saas-stub.wasm");
+    assert!(good.is_file(), "run `make extensions` first");
+    std::fs::copy(&good, extensions.join("saas-stub.wasm")).unwrap();
+    std::fs::write(
+        extensions.join("broken.wasm"),
+        b"\0asm\x01\0\0\0 half a component",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--extensions-dir")
+            .arg(&extensions)
+            .args(args)
+            .env_remove("SANDBOXER_STATE_DIR")
+            .output()
+            .unwrap()
+    };
+    ok(&run(&["credits", "add", "acme", "10"]));
+    let shown = ok(&run(&["credits", "show", "acme"]));
+    assert!(shown.contains("10.00"), "{shown}");
+    let shown = json(&run(&["--json", "credits", "show", "acme"]));
+    assert_eq!(shown["tenant"], "acme");
+    assert_eq!(shown["balances"][0]["posted"], "10");
+    assert_eq!(json(&run(&["--json", "credits", "verify"]))["ok"], true);
+    assert!(
+        !state.join("cache").exists(),
+        "a credits command compiled an extension"
+    );
+    // The same folder, for a command that does load it: the good one loads, the broken
+    // one is reported.
+    let listed = json(&run(&["--json", "extensions", "list"]));
+    let rows = listed["extensions"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == "saas-stub" && r["status"] == "loaded"),
+        "{listed}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["id"] == "broken" && r["status"] == "skipped"),
+        "{listed}"
+    );
+    assert!(state.join("cache").exists());
+}

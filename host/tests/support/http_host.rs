@@ -190,6 +190,19 @@ impl Host {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
+        let (status, text) = self.raw(method, path, token, body, headers);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Sends a request; returns status and the body's text as sent.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.client.request(m, self.url(path));
         if let Some(t) = token {
@@ -205,8 +218,7 @@ impl Host {
         }
         let resp = req.send().unwrap();
         let status = resp.status().as_u16();
-        let text = resp.text().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (status, resp.text().unwrap())
     }
 
     pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
