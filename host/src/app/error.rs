@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::domain::{CandidateReport, InvalidTenant, Money, SandboxState, SandboxStatus};
-use crate::manager::ManagerError;
+use crate::manager::{ManagerError, StoreError};
 use crate::payments::LedgerError;
 
 /// A failed use case. `Display` is the message for people.
@@ -173,6 +173,12 @@ impl From<LedgerError> for AppError {
                 AppError::Internal { message }
             }
         }
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        AppError::internal(e)
     }
 }
 

@@ -268,7 +268,7 @@ impl App {
             }
             // The ledger first: it creates the database the status store adds its tables to.
             let ledger = self.ledger_for_writes()?.clone();
-            let store = self.inner.database.sandboxes().map_err(AppError::from_store)?;
+            let store = self.inner.database.sandboxes()?;
             let options = self.options();
             let mut config = ManagerConfig {
                 deliver_after_settle: options.deliver_after_settle,
@@ -340,12 +340,6 @@ impl App {
     pub fn set_test_hook(&self, hook: Option<crate::manager::TestHook>) -> Result<(), AppError> {
         self.manager()?.set_test_hook(hook);
         Ok(())
-    }
-}
-
-impl AppError {
-    fn from_store(e: crate::manager::StoreError) -> Self {
-        AppError::internal(e)
     }
 }
 

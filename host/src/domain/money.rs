@@ -308,21 +308,6 @@ pub fn parse_amount(input: &str) -> Result<LedgerAmount, AmountError> {
     to_units(exact, Rounding::Exact)
 }
 
-/// An amount in ledger units with its currency, for messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitsIn {
-    /// Ledger units.
-    pub units: Units,
-    /// Currency code.
-    pub currency: Currency,
-}
-
-impl fmt::Display for UnitsIn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", display_units(self.units), self.currency)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
