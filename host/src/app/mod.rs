@@ -4,10 +4,10 @@
 //! both surfaces render that answer (a table, or the same JSON bytes via [`to_json`]), so
 //! they cannot drift. Errors are one [`AppError`].
 //!
-//! By use case: [`sandboxes`] (create, get, list, destroy, explain), [`credits`]
-//! (balances, statement, grant, verify), [`extensions`] (list, check, prune, reload),
-//! [`jobs`] (the background work a service schedules: reaper, lease keeper, event
-//! delivery, gauges). New verbs (exec, files, keys) are new modules of `impl App`
+//! By use case: `sandboxes.rs` (create, get, list, destroy, explain), `credits.rs`
+//! (balances, statement, grant, verify), `extensions.rs` (list, check, prune, reload),
+//! `jobs.rs` (the background work a service schedules: reaper, lease keeper, event
+//! delivery, gauges); `registry.rs` loads the extensions folder. New verbs (exec, files, keys) are new modules of `impl App`
 //! blocks, next to these.
 //!
 //! Opening is lazy: [`App::open`] does no I/O, and each use case opens only the parts it

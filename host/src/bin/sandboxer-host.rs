@@ -45,7 +45,7 @@ enum Command {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    server::config::parse_listen(s)
+    server::parse_listen(s)
 }
 
 fn explicit(m: &ArgMatches, id: &str) -> bool {

@@ -16,11 +16,11 @@ use parking_lot::Mutex;
 use crate::app::{App, AppOptions, CompileEvent, CompileHook};
 use crate::settings::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_DIR, Settings};
 
-pub mod credits;
-pub mod extensions;
-pub mod output;
-pub mod route;
-pub mod sandbox;
+mod credits;
+mod extensions;
+mod output;
+mod route;
+mod sandbox;
 mod spec;
 
 /// Folders shared by every command.

@@ -75,11 +75,6 @@ impl TokenSet {
         t
     }
 
-    /// Whether an admin token exists.
-    pub fn has_admin(&self) -> bool {
-        self.entries.iter().any(|(_, p)| *p == Principal::Admin)
-    }
-
     /// The principal a presented token belongs to. Looks at every entry whatever the
     /// outcome, and compares digests without early exit.
     pub fn authenticate(&self, presented: &str) -> Option<Principal> {

@@ -9,7 +9,7 @@ use super::{ManagerError, SandboxManager, now_ms};
 use crate::domain::{BackendError, Fault, SandboxContext, SandboxState, SandboxStatus};
 use crate::payments::{HoldState, LedgerError};
 
-/// What [`SandboxManager::reconcile`] did.
+/// What reconciliation (`SandboxManager::reconcile`) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
     /// Creates whose outcome was unknown and whose backend reports the sandbox: now `running`.

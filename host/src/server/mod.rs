@@ -1,13 +1,13 @@
 //! `sandboxer-host run`: the process around the HTTP surface. It reads the config file
-//! ([`config`]) and the tokens ([`tokens`]), binds the listener, opens the [`App`], and
+//! (`config.rs`) and the tokens (`tokens.rs`), binds the listener, opens the [`App`], and
 //! schedules the app's background jobs on timers (event delivery, the reaper and the
-//! lease keeper, gauge upkeep) and hot reload on folder changes ([`watch`]). At SIGTERM
+//! lease keeper, gauge upkeep) and hot reload on folder changes (`watch.rs`). At SIGTERM
 //! or SIGINT it finishes the requests in flight, stops the timers and drains the events.
 //! What each job does is app code; this module only decides when.
 
-pub mod config;
-pub mod tokens;
-pub mod watch;
+mod config;
+mod tokens;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +25,7 @@ use config::{ConfigError, DEFAULT_LISTEN, ServiceConfig};
 use tokens::TokenError;
 
 pub use crate::telemetry::logging::LogFormat;
+pub use config::parse_listen;
 
 /// Logs to stderr as `format`, `info` and above unless `RUST_LOG` says otherwise.
 pub fn init_logging(format: LogFormat) {
