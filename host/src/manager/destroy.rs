@@ -42,13 +42,7 @@ impl SandboxManager {
         // it, or renewed its lease and so swapped its hold): read it again and retry with
         // the fresh row; a row that keeps changing is reported busy.
         for _ in 0..CLAIM_TRIES {
-            let row = self
-                .store
-                .get(id)?
-                .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
-            if tenant.is_some_and(|t| t != row.status.tenant) {
-                return Err(ManagerError::NotFound { id: id.to_owned() });
-            }
+            let row = self.visible_row(tenant, id)?;
             let mut st = row.status;
             match st.state {
                 SandboxState::Destroyed => return Ok(st),

@@ -207,6 +207,11 @@ impl SandboxManager {
     /// One sandbox's status. With `tenant`, another tenant's sandbox is reported as not
     /// found (never reveal that it exists).
     pub fn status(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
+        Ok(self.visible_row(tenant, id)?.status)
+    }
+
+    /// The row of sandbox `id`, as `tenant` may see it: another tenant's is not found.
+    fn visible_row(&self, tenant: Option<&str>, id: &str) -> Result<store::Row, ManagerError> {
         let row = self
             .store
             .get(id)?
@@ -214,7 +219,7 @@ impl SandboxManager {
         if tenant.is_some_and(|t| t != row.status.tenant) {
             return Err(ManagerError::NotFound { id: id.to_owned() });
         }
-        Ok(row.status)
+        Ok(row)
     }
 
     /// One page of sandboxes, newest first, after `after` (the previous page's `next`),
