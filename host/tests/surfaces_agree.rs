@@ -86,23 +86,31 @@ fn route_explain_is_the_same_decision() {
     }
 }
 
-#[test]
-fn create_status_and_destroy_answer_the_same_sandbox() {
-    let setup = Setup::new();
-    let h = Host::start(&setup);
+/// A host with credits for tenant `a` and one sandbox created over HTTP with the
+/// idempotency key `agree-1`: its answer, and its id.
+fn with_a_sandbox(setup: &Setup) -> (Host, String, String) {
+    let h = Host::start(setup);
     h.grant("a", "5.00");
-    // Create over HTTP; the same key from the CLI (one key space per tenant on both
-    // surfaces) replays that very sandbox.
-    let key = [("idempotency-key", "agree-1")];
     let created = http(
         &h,
         "POST",
         "/v1/sandboxes",
         TOKEN_A,
         Some(r#"{"profile":"saas-stub"}"#),
-        &key,
+        &[("idempotency-key", "agree-1")],
         201,
     );
+    let v: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = v["id"].as_str().unwrap().to_owned();
+    (h, created, id)
+}
+
+#[test]
+fn create_answers_the_same_sandbox() {
+    let setup = Setup::new();
+    let (_h, created, _) = with_a_sandbox(&setup);
+    // The same key from the CLI (one key space per tenant on both surfaces) replays the
+    // sandbox the HTTP create made.
     let replayed = cli(
         &setup,
         &[
@@ -117,9 +125,12 @@ fn create_status_and_destroy_answer_the_same_sandbox() {
         ],
     );
     same(&replayed, &created);
-    let v: serde_json::Value = serde_json::from_str(&created).unwrap();
-    let id = v["id"].as_str().unwrap();
+}
 
+#[test]
+fn status_is_the_same_record() {
+    let setup = Setup::new();
+    let (h, _, id) = with_a_sandbox(&setup);
     let status = http(
         &h,
         "GET",
@@ -129,8 +140,13 @@ fn create_status_and_destroy_answer_the_same_sandbox() {
         &[],
         200,
     );
-    same(&cli(&setup, &["sandbox", "status", id]), &status);
+    same(&cli(&setup, &["sandbox", "status", &id]), &status);
+}
 
+#[test]
+fn destroy_answers_the_same_settlement() {
+    let setup = Setup::new();
+    let (h, _, id) = with_a_sandbox(&setup);
     // Destroy over HTTP; destroying again from the CLI answers the same settlement.
     let destroyed = http(
         &h,
@@ -141,7 +157,7 @@ fn create_status_and_destroy_answer_the_same_sandbox() {
         &[],
         200,
     );
-    same(&cli(&setup, &["sandbox", "destroy", id]), &destroyed);
+    same(&cli(&setup, &["sandbox", "destroy", &id]), &destroyed);
     let v: serde_json::Value = serde_json::from_str(&destroyed).unwrap();
     assert_eq!(v["state"], "destroyed", "{v}");
 }
