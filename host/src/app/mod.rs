@@ -7,8 +7,8 @@
 //! By use case: `sandboxes.rs` (create, get, list, destroy, explain), `credits.rs`
 //! (balances, statement, grant, verify), `extensions.rs` (list, check, prune, reload),
 //! `jobs.rs` (the background work a service schedules: reaper, lease keeper, event
-//! delivery, gauges); `registry.rs` loads the extensions folder. New verbs (exec, files, keys) are new modules of `impl App`
-//! blocks, next to these.
+//! delivery, gauges); `registry.rs` loads the extensions folder. New verbs (exec, files,
+//! keys) are new modules of `impl App` blocks, next to these.
 //!
 //! Opening is lazy: [`App::open`] does no I/O, and each use case opens only the parts it
 //! needs, once: the ledger (credits), the runtime and the extensions (listing), or the
