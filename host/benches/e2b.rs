@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fake_e2b::FakeE2b;
-use sandboxer_host::runtime::types::{Resources, SandboxRequest};
-use sandboxer_host::runtime::{ExtensionSpec, Runtime, RuntimeConfig};
+use sandboxer_host::domain::{Resources, SandboxRequest};
+use sandboxer_host::layers::runtime::{ExtensionSpec, Runtime, RuntimeConfig};
 
 const KEY: &str = "e2b_bench_key";
 const WARMUP: usize = 30;

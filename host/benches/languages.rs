@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sandboxer_host::runtime::types::{Resources, SandboxRequest};
-use sandboxer_host::runtime::{ArtifactSource, ExtensionSpec, PoolPolicy, Runtime, RuntimeConfig};
+use sandboxer_host::domain::{Resources, SandboxRequest};
+use sandboxer_host::layers::runtime::{
+    ArtifactSource, ExtensionSpec, PoolPolicy, Runtime, RuntimeConfig,
+};
 
 const FRESH_CALLS: u32 = 10;
 

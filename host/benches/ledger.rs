@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use rust_decimal::Decimal;
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::{CreditsStore, SqliteCreditsStore};
+use sandboxer_host::domain::{Currency, Money};
+use sandboxer_host::layers::payments::{CreditsStore, SqliteCreditsStore};
 
 /// How long each measurement round runs.
 const RUN: Duration = Duration::from_secs(1);

@@ -1,5 +1,6 @@
 //! Sandbox lifecycles (create + destroy + settle + meter event) per second through the
-//! `SandboxManager` with the real saas-stub component and the SQLite ledger, from 1 and 8
+//! app's use cases (the manager underneath, extensions instrumented as in a service) with
+//! the real saas-stub component and the SQLite ledger, from 1 and 8
 //! threads, beside the ledger's own hold+settle pairs per second measured in the same run
 //! on the same disk. Run: `cargo bench --profile dev --bench manager`.
 //!
@@ -16,12 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use sandboxer_host::config::Settings;
-use sandboxer_host::host::{Host, HostOptions};
-use sandboxer_host::manager::ManagerConfig;
-use sandboxer_host::money::{Currency, Money};
-use sandboxer_host::payments::{CreditsStore, SqliteCreditsStore};
-use sandboxer_host::routing::RequestOverrides;
+use sandboxer_host::Settings;
+use sandboxer_host::app::{App, AppOptions, GrantRequest};
+use sandboxer_host::domain::{Currency, Money, SandboxSpec, Scope, TenantId};
+use sandboxer_host::layers::payments::{CreditsStore, SqliteCreditsStore};
 
 const RUN: Duration = Duration::from_secs(3);
 const THREADS: usize = 8;
@@ -117,44 +116,48 @@ fn host_dir(dir: &Path, name: &str) -> Settings {
     }
 }
 
-/// Full lifecycles through the manager.
+/// Full lifecycles through the app.
 fn lifecycles(dir: &Path, threads: usize, deliver_inline: bool) -> f64 {
     let settings = host_dir(dir, &format!("host-{threads}-{deliver_inline}"));
-    let options = HostOptions {
-        manager: ManagerConfig {
-            deliver_after_settle: deliver_inline,
-            ..ManagerConfig::default()
-        },
-        ..HostOptions::default()
+    let options = AppOptions {
+        deliver_after_settle: deliver_inline,
+        ..AppOptions::default()
     };
-    let host = Host::open_with(&settings, options).unwrap();
-    host.ledger()
-        .grant("bench", &usd("1000000000"), "bench", "grant")
-        .unwrap();
-    let mgr = host.manager().clone();
+    let app = App::open(&settings, options);
+    app.start().unwrap();
+    let tenant = TenantId::parse("bench").unwrap();
+    app.grant_credits(
+        &tenant,
+        &GrantRequest {
+            amount: usd("1000000000"),
+            note: "bench".into(),
+            idempotency_key: Some("grant".into()),
+        },
+    )
+    .unwrap();
     let deliverer = (!deliver_inline).then(|| {
         // What a service does instead: deliver on a timer.
-        let mgr = mgr.clone();
+        let app = app.clone();
         thread::spawn(move || {
             let start = Instant::now();
             while start.elapsed() < RUN {
                 thread::sleep(Duration::from_millis(100));
-                mgr.deliver_outbox().unwrap();
+                app.deliver_once().unwrap();
             }
         })
     });
-    let m = mgr.clone();
+    let a = app.clone();
+    let spec = SandboxSpec::of_profile("bench");
     let rate = measure(threads, move |_, _| {
-        let st = m
-            .create("bench", "bench", &RequestOverrides::default(), None)
-            .unwrap();
-        m.destroy(None, &st.id).unwrap();
+        let st = a.create_sandbox(&tenant, &spec, None).unwrap();
+        a.destroy_sandbox(&Scope::Operator, &st.id).unwrap();
     });
     if let Some(d) = deliverer {
         d.join().unwrap();
     }
-    mgr.deliver_outbox().unwrap();
-    assert_eq!(host.ledger().outbox_lag().unwrap().0, 0);
+    app.deliver_once().unwrap();
+    let ledger = SqliteCreditsStore::open(settings.ledger_path()).unwrap();
+    assert_eq!(ledger.outbox_lag().unwrap().0, 0);
     rate
 }
 

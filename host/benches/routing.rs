@@ -10,13 +10,13 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sandboxer_host::routing::loaded::LoadedExtensions;
-use sandboxer_host::routing::profile::parse_profile;
-use sandboxer_host::routing::{ExtensionView, HealthTracker, RequestOverrides, resolve_extension};
-use sandboxer_host::runtime::types::{
-    Capacity, Cost, ExtensionError, ExtensionInfo, SandboxRequest,
+use sandboxer_host::domain::{
+    Capacity, Cost, ExtensionError, ExtensionInfo, SandboxRequest, SandboxSpec,
 };
-use sandboxer_host::runtime::{Runtime, RuntimeConfig};
+use sandboxer_host::layers::routing::{
+    ExtensionView, HealthTracker, LoadedExtensions, parse_profile, resolve_extension,
+};
+use sandboxer_host::layers::runtime::{Runtime, RuntimeConfig};
 
 /// Wraps a view and adds up the time spent inside extension calls.
 struct Timed<'a> {
@@ -116,7 +116,7 @@ fn measure(runtime: &Runtime, n: usize) -> Row {
     );
     let profile = parse_profile(&text, Path::new("bench.toml")).expect("profile");
     let req = profile
-        .request("bench", "sb-bench", &RequestOverrides::default())
+        .request("bench", "sb-bench", &SandboxSpec::default())
         .expect("request");
     let health = HealthTracker::default();
 

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
-use sandboxer_host::money::{Currency, Money, parse_decimal};
-use sandboxer_host::runtime::bindings::{self, wit};
-use sandboxer_host::runtime::types::{Cost, LineItem, SandboxRequest};
-use sandboxer_host::runtime::{ArtifactSource, PoolPolicy, Runtime, RuntimeConfig, conformance};
+use sandboxer_host::domain::{Cost, LineItem, SandboxRequest};
+use sandboxer_host::domain::{Currency, Money, parse_decimal};
+use sandboxer_host::layers::runtime::bindings::{self, wit};
+use sandboxer_host::layers::runtime::{
+    ArtifactSource, PoolPolicy, Runtime, RuntimeConfig, conformance,
+};
 
 /// Rounds per measurement; the median round is reported.
 const ROUNDS: usize = 7;

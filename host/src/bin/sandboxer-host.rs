@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sandboxer_host::cli::DirArgs;
-use sandboxer_host::service::logging::{self, LogFormat};
-use sandboxer_host::service::{self, RunOptions};
+use sandboxer_host::server::{self, LogFormat, RunOptions};
 
 /// The sandboxer host: routes code-sandbox requests between WebAssembly backend
 /// extensions and bills them on prepaid credits, over an HTTP API.
@@ -46,7 +45,7 @@ enum Command {
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    service::config::parse_listen(s)
+    server::parse_listen(s)
 }
 
 fn explicit(m: &ArgMatches, id: &str) -> bool {
@@ -87,7 +86,7 @@ fn main() -> ExitCode {
         listen,
         log_format,
     } = cli.command;
-    logging::init(log_format);
+    server::init_logging(log_format);
     let opts = RunOptions {
         config,
         listen,
@@ -108,7 +107,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(service::run(opts, sandboxer_host::api::host_backend::open)) {
+    match rt.block_on(server::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandboxer-host: {e}");

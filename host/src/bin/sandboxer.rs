@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    sandboxer_host::telemetry::init_cli();
+    sandboxer_host::cli::init_logging();
     let cli = sandboxer_host::cli::Cli::parse();
     match sandboxer_host::cli::run(cli) {
         Ok(code) => code,

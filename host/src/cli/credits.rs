@@ -1,17 +1,17 @@
-//! `sandboxer credits`: show, add and verify tenants' prepaid credits on the ledger in
-//! the state folder (`<state>/ledger.sqlite3`).
+//! `sandboxer credits`: show, add and verify tenants' prepaid credits, and page through a
+//! tenant's statement, on the ledger in the state folder. Reading commands never create a
+//! ledger and load no extension.
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::cli::output::{print_json, table};
-use crate::config::Settings;
-use crate::money::{Currency, Money};
-use crate::payments::money::{display_decimal, parse_amount};
-use crate::payments::{Balance, CreditsStore, Entry, SqliteCreditsStore, validate_tenant};
+use super::output::{print_json, signed, table};
+use crate::app::{App, Balances, GrantRequest, MAX_LIMIT, PageRequest};
+use crate::domain::money::{LedgerAmount, parse_amount};
+use crate::domain::{Balance, Currency, Entry, Money, TenantId, display_decimal};
 
 /// `sandboxer credits` subcommands.
 #[derive(Debug, Subcommand)]
@@ -19,7 +19,8 @@ pub enum CreditsCommand {
     /// Show balances (posted, held, available) of one tenant, or of every tenant.
     Show {
         /// The tenant; all tenants when omitted.
-        tenant: Option<String>,
+        #[arg(value_parser = parse_tenant)]
+        tenant: Option<TenantId>,
         /// Also list the tenant's statement (every grant, hold, charge and release),
         /// oldest first.
         #[arg(long, requires = "tenant")]
@@ -29,13 +30,31 @@ pub enum CreditsCommand {
               value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
     },
+    /// One page of a tenant's statement, oldest first, as `GET /v1/credits/entries`
+    /// answers it: pass the answer's `next` as `--after` for the page after it.
+    #[command(
+        after_help = "Examples:\n  sandboxer credits statement acme --limit 20\n  sandboxer credits statement acme --json --after 65310a3c…"
+    )]
+    Statement {
+        /// The tenant.
+        #[arg(value_parser = parse_tenant)]
+        tenant: TenantId,
+        /// Lines per page, 1 to 1000.
+        #[arg(long, value_name = "N", default_value_t = crate::app::DEFAULT_LIMIT as u64,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_LIMIT as u64))]
+        limit: u64,
+        /// The `next` of the previous page.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+    },
     /// Add prepaid credits to a tenant (its account is created on first use).
     Add {
         /// The tenant: lowercase letters, digits, '-' and '_'.
-        tenant: String,
+        #[arg(value_parser = parse_tenant)]
+        tenant: TenantId,
         /// Amount in currency units, e.g. 100 or 12.50 (at most 9 decimal places).
-        #[arg(allow_hyphen_values = true)]
-        amount: String,
+        #[arg(allow_hyphen_values = true, value_parser = parse_amount_arg)]
+        amount: LedgerAmount,
         /// Free text recorded with the grant.
         #[arg(long, default_value = "")]
         note: String,
@@ -43,24 +62,46 @@ pub enum CreditsCommand {
         #[arg(long)]
         idempotency_key: Option<String>,
         /// Currency code.
-        #[arg(long, default_value = "USD")]
-        currency: String,
+        #[arg(long, default_value = "USD", value_parser = parse_currency)]
+        currency: Currency,
     },
     /// Re-derive every balance from the transfers and check the ledger's invariants.
     Verify,
 }
 
+fn parse_tenant(s: &str) -> Result<TenantId, String> {
+    TenantId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_amount_arg(s: &str) -> Result<LedgerAmount, String> {
+    parse_amount(s).map_err(|e| e.to_string())
+}
+
+fn parse_currency(s: &str) -> Result<Currency, String> {
+    Currency::new(s).map_err(|e| e.to_string())
+}
+
 /// Runs a `sandboxer credits` subcommand.
-pub fn run(cmd: CreditsCommand, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: CreditsCommand, app: &App, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
         CreditsCommand::Show {
-            tenant,
+            tenant: None,
+            entries: _,
+            limit: _,
+        } => show_all(app, json),
+        CreditsCommand::Show {
+            tenant: Some(tenant),
             entries,
             limit,
         } => {
             let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-            show(settings, tenant.as_deref(), entries, limit, json)
+            show(app, &tenant, entries.then_some(limit), json)
         }
+        CreditsCommand::Statement {
+            tenant,
+            limit,
+            after,
+        } => statement(app, &tenant, limit, after, json),
         CreditsCommand::Add {
             tenant,
             amount,
@@ -68,106 +109,79 @@ pub fn run(cmd: CreditsCommand, settings: &Settings, json: bool) -> anyhow::Resu
             idempotency_key,
             currency,
         } => add(
-            settings,
+            app,
             &tenant,
-            &amount,
-            &note,
-            idempotency_key,
-            &currency,
+            GrantRequest {
+                amount: Money {
+                    amount: amount.exact,
+                    currency,
+                },
+                note,
+                idempotency_key,
+            },
             json,
         ),
-        CreditsCommand::Verify => verify(settings, json),
+        CreditsCommand::Verify => verify(app, json),
     }
 }
 
-/// Opens the ledger only if it exists: reading commands never create one.
-fn open_existing(settings: &Settings) -> anyhow::Result<Option<SqliteCreditsStore>> {
-    let path = settings.ledger_path();
-    if !path.exists() {
-        return Ok(None);
-    }
-    Ok(Some(SqliteCreditsStore::open(&path)?))
-}
-
+/// Every tenant's balances, as `credits show --json` prints them.
 #[derive(Serialize)]
-struct ShowOutput {
+struct AllBalances {
     balances: Vec<Balance>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entries: Option<Vec<Entry>>,
 }
 
-fn show(
-    settings: &Settings,
-    tenant: Option<&str>,
-    with_entries: bool,
-    limit: Option<usize>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    if let Some(t) = tenant {
-        validate_tenant(t)?;
-    }
-    let store = open_existing(settings)?;
-    let (balances, entries) = match (&store, tenant) {
-        (Some(store), _) => {
-            let balances = store.balances(tenant)?;
-            let entries = match tenant {
-                Some(t) if with_entries => Some(statement(store, t, limit)?),
-                _ => None,
-            };
-            (balances, entries)
-        }
-        (None, Some(t)) => {
-            bail!(
-                "unknown tenant {t:?}: there is no ledger yet at {} (add credits with `sandboxer credits add {t} AMOUNT`)",
-                settings.ledger_path().display()
-            )
-        }
-        (None, None) => (Vec::new(), None),
-    };
+fn show_all(app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let balances = app.all_balances()?;
     if json {
-        let entries = entries.map(|(e, _)| e);
-        print_json(&ShowOutput { balances, entries })?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if balances.is_empty() {
+        print_json(&AllBalances { balances })?;
+    } else if balances.is_empty() {
         println!(
             "No tenants have credits yet (add some with `sandboxer credits add TENANT AMOUNT`)."
         );
+    } else {
+        println!("{}", balances_table(&balances));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A tenant's balances with its statement, as `credits show T --entries --json` prints it.
+#[derive(Serialize)]
+struct WithEntries {
+    #[serde(flatten)]
+    balances: Balances,
+    entries: Vec<Entry>,
+}
+
+/// One tenant: its balances, and with `entries` (`Some(limit)`) its statement.
+fn show(
+    app: &App,
+    tenant: &TenantId,
+    entries: Option<Option<usize>>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let balances = app.balances(tenant)?;
+    if balances.balances.is_empty() {
+        // For an operator typing a tenant, nothing on record is most likely a typo.
+        bail!(
+            "unknown tenant {:?}: no credits were ever added for it (add credits with `sandboxer credits add {tenant} AMOUNT`)",
+            tenant.as_str()
+        );
+    }
+    let lines = match entries {
+        Some(limit) => Some(app.statement_lines(tenant, limit)?),
+        None => None,
+    };
+    if json {
+        match lines {
+            Some((entries, _)) => print_json(&WithEntries { balances, entries })?,
+            None => print_json(&balances)?,
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", balances_table(&balances));
-    if let Some((entries, more)) = entries {
-        // Transfer ids are in `--json`; without them the statement fits 100 columns.
-        let mut t = table([
-            "time (UTC)",
-            "kind",
-            "posted",
-            "held",
-            "exact",
-            "sandbox",
-            "note",
-        ]);
-        for e in &entries {
-            t.add_row([
-                e.at.format("%m-%d %H:%M:%S").to_string(),
-                e.kind.to_string(),
-                signed(e.posted_delta),
-                signed(e.held_delta),
-                e.exact
-                    .map(|d| d.normalize().to_string())
-                    .unwrap_or_default(),
-                e.sandbox_id.clone().unwrap_or_default(),
-                e.note.clone().unwrap_or_default(),
-            ]);
-        }
-        // Times, amounts and sandbox ids (copied into the next command) are never wrapped;
-        // the note column takes what width is left.
-        for i in 0..6 {
-            if let Some(c) = t.column_mut(i) {
-                c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
-            }
-        }
-        println!("{t}");
+    println!("{}", balances_table(&balances.balances));
+    if let Some((entries, more)) = lines {
+        println!("{}", entries_table(&entries));
         if more {
             println!("More lines follow; raise --limit to see them.");
         }
@@ -175,39 +189,65 @@ fn show(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Lines read from the ledger per page: the statement is read in bounded pages, never
-/// in one unbounded query.
-const PAGE: usize = 1000;
-
-/// The tenant's statement, oldest first, at most `limit` lines (all without), and
-/// whether more lines follow.
 fn statement(
-    store: &SqliteCreditsStore,
-    tenant: &str,
-    limit: Option<usize>,
-) -> anyhow::Result<(Vec<Entry>, bool)> {
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let want = limit.map_or(PAGE, |l| (l - out.len()).min(PAGE));
-        let page = store.statement_page(tenant, after.as_deref(), want)?;
-        out.extend(page.entries);
-        match page.next {
-            Some(n) if limit.is_none_or(|l| out.len() < l) => after = Some(n),
-            Some(_) => return Ok((out, true)),
-            None => return Ok((out, false)),
-        }
+    app: &App,
+    tenant: &TenantId,
+    limit: u64,
+    after: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let page = PageRequest {
+        limit: usize::try_from(limit).unwrap_or(MAX_LIMIT),
+        after,
+    };
+    let statement = app.statement(tenant, &page)?;
+    if json {
+        print_json(&statement)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    if statement.entries.is_empty() {
+        println!("No statement lines for {tenant}.");
+    } else {
+        println!("{}", entries_table(&statement.entries));
+    }
+    if let Some(next) = &statement.next {
+        println!("More lines follow: --after {next}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn signed(d: rust_decimal::Decimal) -> String {
-    if d.is_zero() {
-        String::new()
-    } else if d.is_sign_positive() {
-        format!("+{}", display_decimal(d))
-    } else {
-        display_decimal(d)
+fn entries_table(entries: &[Entry]) -> comfy_table::Table {
+    // Transfer ids are in `--json`; without them the statement fits 100 columns.
+    let mut t = table([
+        "time (UTC)",
+        "kind",
+        "posted",
+        "held",
+        "exact",
+        "sandbox",
+        "note",
+    ]);
+    for e in entries {
+        t.add_row([
+            e.at.format("%m-%d %H:%M:%S").to_string(),
+            e.kind.to_string(),
+            signed(e.posted_delta),
+            signed(e.held_delta),
+            e.exact
+                .map(|d| d.normalize().to_string())
+                .unwrap_or_default(),
+            e.sandbox_id.clone().unwrap_or_default(),
+            e.note.clone().unwrap_or_default(),
+        ]);
     }
+    // Times, amounts and sandbox ids (copied into the next command) are never wrapped;
+    // the note column takes what width is left.
+    for i in 0..6 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+    }
+    t
 }
 
 fn balances_table(balances: &[Balance]) -> comfy_table::Table {
@@ -224,67 +264,34 @@ fn balances_table(balances: &[Balance]) -> comfy_table::Table {
     t
 }
 
-#[derive(Serialize)]
-struct AddOutput {
-    grant: crate::payments::Grant,
-    balance: Balance,
-}
-
 fn add(
-    settings: &Settings,
-    tenant: &str,
-    amount: &str,
-    note: &str,
-    key: Option<String>,
-    currency: &str,
+    app: &App,
+    tenant: &TenantId,
+    request: GrantRequest,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    // Every argument is checked before the ledger is touched: bad input changes nothing.
-    validate_tenant(tenant)?;
-    let amount = parse_amount(amount).context("invalid AMOUNT")?;
-    let currency = Currency::new(currency).context("invalid --currency")?;
-    let key = key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
-    let state = &settings.state_dir;
-    std::fs::create_dir_all(state)
-        .with_context(|| format!("cannot create the state folder {}", state.display()))?;
-    let store = SqliteCreditsStore::open(settings.ledger_path())?;
-    let grant = store.grant(
-        tenant,
-        &Money {
-            amount: amount.exact,
-            currency: currency.clone(),
-        },
-        note,
-        &key,
-    )?;
-    let balance = store.balance(tenant, &currency)?;
+    let granted = app.grant_credits(tenant, &request)?;
     if json {
-        print_json(&AddOutput { grant, balance })?;
+        print_json(&granted)?;
     } else {
         println!(
             "Added {} to {tenant} (transfer {}).",
-            grant.amount, grant.transfer_id
+            granted.grant.amount, granted.grant.transfer_id
         );
-        println!("{}", balances_table(&[balance]));
+        println!("{}", balances_table(&[granted.balance]));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(store) = open_existing(settings)? else {
-        bail!(
-            "there is no ledger at {} to verify",
-            settings.ledger_path().display()
-        );
-    };
-    let report = store.verify()?;
+fn verify(app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let report = app.verify_ledger()?;
     if json {
         print_json(&report)?;
     } else {
         let mut t = table(["check", "result"]);
         t.add_row([
             "ledger".to_owned(),
-            settings.ledger_path().display().to_string(),
+            app.settings().ledger_path().display().to_string(),
         ]);
         t.add_row(["accounts".to_owned(), report.accounts.to_string()]);
         t.add_row(["transfers".to_owned(), report.transfers.to_string()]);

@@ -1,24 +1,15 @@
-//! `sandboxer extensions list|check`: render what the runtime reports.
+//! `sandboxer extensions list|check|prune-cache`: the live extensions (the same answer
+//! as `GET /v1/extensions` with the admin token), a component's conformance check, and
+//! cleaning the compile cache.
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use parking_lot::Mutex;
-use serde::Serialize;
 
-use crate::cli::output::{print_json, table};
-use crate::config::Settings;
-use crate::runtime::conformance::{self, ConformanceReport};
-use crate::runtime::{
-    ArtifactSource, CacheStats, CallLimits, CompileEvent, CompileHook, ExtensionSpec, Health,
-    QuarantinePolicy, Runtime, RuntimeConfig,
-};
+use super::output::{print_json, table};
+use crate::app::{App, CheckOptions, ConformanceReport, ExtensionStatus};
+use crate::domain::Scope;
 
 /// `sandboxer extensions` subcommands.
 #[derive(Debug, Subcommand)]
@@ -69,22 +60,16 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 /// Runs a `sandboxer extensions` subcommand.
-pub fn run(cmd: ExtensionsCommand, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: ExtensionsCommand, app: &App, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        ExtensionsCommand::List => list(settings, json),
-        ExtensionsCommand::Check(args) => check(args, settings, json),
-        ExtensionsCommand::PruneCache(args) => prune_cache(&args, settings, json),
+        ExtensionsCommand::List => list(app, json),
+        ExtensionsCommand::Check(args) => check(args, app, json),
+        ExtensionsCommand::PruneCache(args) => prune_cache(&args, app, json),
     }
 }
 
-fn prune_cache(args: &PruneArgs, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let runtime = runtime_for(
-        settings,
-        RuntimeConfig::with_cache_dir(settings.cache_dir()),
-    )?;
-    let pruned = runtime
-        .prune_cache(&settings.extensions_dir, args.dry_run)
-        .context("pass the --extensions-dir the host serves, so its components stay compiled")?;
+fn prune_cache(args: &PruneArgs, app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let pruned = app.prune_cache(args.dry_run)?;
     if json {
         print_json(&pruned)?;
         return Ok(ExitCode::SUCCESS);
@@ -119,145 +104,69 @@ fn prune_cache(args: &PruneArgs, settings: &Settings, json: bool) -> anyhow::Res
         },
         pruned.removed.len(),
         freed as f64 / 1e6,
-        settings.cache_dir().display(),
+        app.cache_dir().display(),
         pruned.kept
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// One row of `extensions list`.
-#[derive(Debug, Serialize)]
-struct Row {
-    id: Option<String>,
-    status: &'static str,
-    kind: Option<String>,
-    name: Option<String>,
-    version: Option<String>,
-    currency: Option<String>,
-    file: PathBuf,
-    sidecar: Option<PathBuf>,
-    version_hash: Option<String>,
-    artifact: Option<ArtifactSource>,
-    health: Option<Health>,
-    reason: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ListOutput {
-    extensions_dir: PathBuf,
-    extensions: Vec<Row>,
-    cache: CacheStats,
-}
-
-fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let runtime = runtime_for(
-        settings,
-        RuntimeConfig::with_cache_dir(settings.cache_dir()),
-    )?;
-    let report = runtime.load_dir(&settings.extensions_dir).context(
-        "run from the repository root after `make extensions`, or pass --extensions-dir",
-    )?;
-    let mut rows: Vec<Row> = report
-        .loaded
-        .iter()
-        .map(|ext| {
-            let health = ext.health();
-            let info = ext.info();
-            Row {
-                id: Some(ext.id().to_owned()),
-                status: if health.quarantine.is_some() {
-                    "quarantined"
-                } else {
-                    "loaded"
-                },
-                kind: Some(info.kind.to_string()),
-                name: Some(info.name.clone()),
-                version: Some(info.version.clone()),
-                currency: Some(info.currency.to_string()),
-                file: ext.file().to_path_buf(),
-                sidecar: ext.sidecar().map(Path::to_path_buf),
-                version_hash: Some(ext.version_hash().to_owned()),
-                artifact: Some(ext.artifact_source().clone()),
-                reason: health.quarantine.as_ref().map(|q| q.reason.clone()),
-                health: Some(health),
-            }
-        })
-        .collect();
-    rows.extend(report.skipped.iter().map(|s| Row {
-        id: s.id.clone(),
-        status: "skipped",
-        kind: None,
-        name: None,
-        version: None,
-        currency: None,
-        file: s.file.clone(),
-        sidecar: None,
-        version_hash: None,
-        artifact: None,
-        health: None,
-        reason: Some(s.reason.clone()),
-    }));
-    let cache = runtime.cache_stats();
+fn list(app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let list = app.extensions(&Scope::Operator).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (run from the repository root after `make extensions`, or pass --extensions-dir)"
+        )
+    })?;
     if json {
-        print_json(&ListOutput {
-            extensions_dir: settings.extensions_dir.clone(),
-            extensions: rows,
-            cache,
-        })?;
+        print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = table(["id", "kind", "version", "file", "status", "reason"]);
-    for r in &rows {
+    for r in &list.extensions {
         let file = match &r.sidecar {
-            Some(sidecar) => format!("{} ({})", file_name(&r.file), file_name(sidecar)),
-            None => file_name(&r.file),
+            Some(sidecar) => format!("{} ({sidecar})", r.file.as_deref().unwrap_or("-")),
+            None => r.file.clone().unwrap_or_else(|| "-".into()),
+        };
+        let status = match r.status {
+            ExtensionStatus::Loaded => "loaded",
+            ExtensionStatus::Quarantined => "quarantined",
+            ExtensionStatus::Skipped => "skipped",
         };
         t.add_row([
             r.id.clone().unwrap_or_else(|| "-".into()),
-            r.kind.clone().unwrap_or_else(|| "-".into()),
+            r.kind.map_or_else(|| "-".into(), |k| k.to_string()),
             r.version.clone().unwrap_or_else(|| "-".into()),
             file,
-            r.status.to_owned(),
+            status.to_owned(),
             r.reason.clone().unwrap_or_default(),
         ]);
     }
     println!("{t}");
+    let skipped = list
+        .extensions
+        .iter()
+        .filter(|r| r.status == ExtensionStatus::Skipped)
+        .count();
+    let cache = list.cache.unwrap_or_default();
     println!(
-        "{} loaded, {} skipped from {} (compiled {}, from cache {})",
-        report.loaded.len(),
-        report.skipped.len(),
-        settings.extensions_dir.display(),
+        "{} loaded, {skipped} skipped from {} (compiled {}, from cache {})",
+        list.extensions.len() - skipped,
+        app.settings().extensions_dir.display(),
         cache.compiled,
         cache.disk_hits
     );
+    for id in &list.pending {
+        println!("{id}: still compiling");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(args: CheckArgs, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let is_sidecar = args.file.extension().is_some_and(|e| e == "toml");
-    let spec = if is_sidecar {
-        ExtensionSpec::from_sidecar(&args.file)
-    } else {
-        ExtensionSpec::from_file(&args.file)
+fn check(args: CheckArgs, app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let options = CheckOptions {
+        config: args.config,
+        timeout_ms: args.timeout_ms,
+        memory_mib: args.memory_mib,
     };
-    let mut spec = spec.map_err(anyhow::Error::new)?;
-    spec.config.extend(args.config);
-    let defaults = CallLimits::default();
-    spec.memory_limit_mib = args
-        .memory_mib
-        .or(spec.memory_limit_mib)
-        .or(Some(defaults.memory_limit_mib));
-    spec.call_timeout_ms = args.timeout_ms.or(spec.call_timeout_ms);
-    let config = RuntimeConfig {
-        // Every function gets its own verdict: no quarantine in a check.
-        quarantine: QuarantinePolicy {
-            after_traps: 0,
-            ..QuarantinePolicy::default()
-        },
-        ..RuntimeConfig::with_cache_dir(settings.cache_dir())
-    };
-    let runtime = runtime_for(settings, config)?;
-    let report = conformance::check_spec(&runtime, spec);
+    let report = app.check_extension(&args.file, &options)?;
     if json {
         print_json(&report)?;
     } else {
@@ -303,43 +212,4 @@ fn format_micros(us: u64) -> String {
     } else {
         format!("{:.2} ms", us as f64 / 1000.0)
     }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name().map_or_else(
-        || p.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    )
-}
-
-/// A runtime with a spinner on stderr (when it is a terminal) while components compile.
-fn runtime_for(_settings: &Settings, mut config: RuntimeConfig) -> anyhow::Result<Runtime> {
-    if std::io::stderr().is_terminal() {
-        config.on_compile = Some(spinner_hook());
-    }
-    Runtime::new(config).map_err(anyhow::Error::new)
-}
-
-fn spinner_hook() -> CompileHook {
-    let current: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
-    Arc::new(move |event: &CompileEvent| match event {
-        CompileEvent::Started { file, size_bytes } => {
-            let bar = ProgressBar::new_spinner();
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
-                bar.set_style(style);
-            }
-            bar.set_message(format!(
-                "compiling {} ({:.1} MB)…",
-                file_name(file),
-                *size_bytes as f64 / 1e6
-            ));
-            bar.enable_steady_tick(Duration::from_millis(100));
-            *current.lock() = Some(bar);
-        }
-        CompileEvent::Finished { .. } => {
-            if let Some(bar) = current.lock().take() {
-                bar.finish_and_clear();
-            }
-        }
-    })
 }

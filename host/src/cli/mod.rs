@@ -1,18 +1,27 @@
-//! Command-line surfaces of the `sandboxer` binary. Each subcommand lives in its own
-//! module and renders a table by default or JSON with `--json`.
+//! The `sandboxer` command line: a surface. Each command group parses its arguments
+//! into domain types (clap value parsers, so bad input is refused before anything
+//! opens), calls one use case on the [`App`], and renders the typed answer as a table or,
+//! with `--json`, as the app's JSON (the same bytes as the HTTP API's answer).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
 
-use crate::config::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_DIR, Settings};
+use crate::app::{App, AppOptions, CompileEvent, CompileHook};
+use crate::settings::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STATE_DIR, Settings};
 
-pub mod credits;
-pub mod extensions;
-pub mod output;
-pub mod route;
-pub mod sandbox;
+mod credits;
+mod extensions;
+mod output;
+mod route;
+mod sandbox;
+mod spec;
 
 /// Folders shared by every command.
 #[derive(Debug, Clone, Args)]
@@ -48,7 +57,7 @@ impl DirArgs {
 pub struct Cli {
     #[command(flatten)]
     pub dirs: DirArgs,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (one line: the same JSON the HTTP API answers).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -74,11 +83,53 @@ pub enum Command {
 
 /// Runs a parsed command line; errors are printed by the binary.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = cli.dirs.settings();
+    let app = App::open(&cli.dirs.settings(), options());
     match cli.command {
-        Command::Extensions(cmd) => extensions::run(cmd, &settings, cli.json),
-        Command::Credits(cmd) => credits::run(cmd, &settings, cli.json),
-        Command::Sandbox(cmd) => sandbox::run(cmd, &settings, cli.json),
-        Command::Route(cmd) => route::run(cmd, &settings, cli.json),
+        Command::Extensions(cmd) => extensions::run(cmd, &app, cli.json),
+        Command::Credits(cmd) => credits::run(cmd, &app, cli.json),
+        Command::Sandbox(cmd) => sandbox::run(cmd, &app, cli.json),
+        Command::Route(cmd) => route::run(cmd, &app, cli.json),
     }
+}
+
+/// The CLI's app: the defaults (every event delivered at once, everything compiled
+/// before answering), with a spinner on stderr while a component compiles.
+fn options() -> AppOptions {
+    AppOptions {
+        on_compile: std::io::stderr().is_terminal().then(spinner_hook),
+        ..AppOptions::default()
+    }
+}
+
+fn spinner_hook() -> CompileHook {
+    let current: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
+    Arc::new(move |event: &CompileEvent| match event {
+        CompileEvent::Started { file, size_bytes } => {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+                bar.set_style(style);
+            }
+            let name = file.file_name().map_or_else(
+                || file.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            bar.set_message(format!(
+                "compiling {name} ({:.1} MB)…",
+                *size_bytes as f64 / 1e6
+            ));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            *current.lock() = Some(bar);
+        }
+        CompileEvent::Finished { .. } => {
+            if let Some(bar) = current.lock().take() {
+                bar.finish_and_clear();
+            }
+        }
+    })
+}
+
+/// Logs to stderr: warnings and errors unless `RUST_LOG` says otherwise (answers go to
+/// stdout).
+pub fn init_logging() {
+    crate::telemetry::logging::init_cli();
 }

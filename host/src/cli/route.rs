@@ -1,19 +1,15 @@
 //! `sandboxer route explain`: how a profile would be routed right now, candidate by
-//! candidate. Runs the same `resolve_extension` as real routing; creates and holds nothing.
+//! candidate. The same use case as `POST /v1/route/explain` (and the very code a create
+//! routes with); creates and holds nothing.
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde::Serialize;
 use std::process::ExitCode;
 
 use super::output::{print_json, table};
-use crate::config::Settings;
-use crate::host::Host;
-use crate::routing::profile::Strategy;
-use crate::routing::{
-    CandidateReport, LatencySource, Outcome, RequestOverrides, RouteDecision, RouteError,
-};
-use crate::runtime::types::SandboxRequest;
+use super::sandbox::parse_tenant;
+use super::spec::SpecArgs;
+use crate::app::{App, Explanation, ExtensionStatus};
+use crate::domain::{CandidateReport, LatencySource, Outcome, Scope, Strategy, TenantId};
 
 /// `sandboxer route` subcommands.
 #[derive(Debug, Subcommand)]
@@ -27,102 +23,47 @@ pub enum RouteCommand {
 /// Arguments of `sandboxer route explain`.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Profile id (a file in the profiles folder), e.g. burst-sandbox.
-    #[arg(long)]
-    pub profile: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Tenant the request is made for.
-    #[arg(long, default_value = "explain")]
-    pub tenant: String,
-    /// vCPUs instead of the profile's.
-    #[arg(long)]
-    pub vcpus: Option<u32>,
-    /// Memory in MiB instead of the profile's.
-    #[arg(long)]
-    pub memory_mib: Option<u32>,
-    /// Maximum duration in seconds (at most the profile's).
-    #[arg(long = "max-duration")]
-    pub max_duration_secs: Option<u64>,
-    /// Pin a region.
-    #[arg(long)]
-    pub region: Option<String>,
+    #[arg(long, default_value = "explain", value_parser = parse_tenant)]
+    pub tenant: TenantId,
 }
 
 /// Runs a `sandboxer route` subcommand.
-pub fn run(cmd: RouteCommand, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: RouteCommand, app: &App, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        RouteCommand::Explain(args) => explain(args, settings, json),
+        RouteCommand::Explain(args) => explain(args, app, json),
     }
 }
 
-#[derive(Serialize)]
-struct ExplainJson<'a> {
-    request: &'a SandboxRequest,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<&'a RouteDecision>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a RouteError>,
-    warnings: Vec<String>,
-    skipped_extensions: Vec<String>,
-}
-
-fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    // The same host (extensions, profiles, health, in-use counts from the sandbox store)
-    // and the same call as real routing and the HTTP API's `POST /v1/route/explain`.
-    let host = Host::open(settings).context("cannot open the host")?;
-    let overrides = RequestOverrides {
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        max_duration_secs: args.max_duration_secs,
-        region: args.region,
-        ..RequestOverrides::default()
+fn explain(args: ExplainArgs, app: &App, json: bool) -> anyhow::Result<ExitCode> {
+    let x = app.explain_route(&args.tenant, &args.spec.spec())?;
+    let code = if x.routable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     };
-    let (request, result) = host
-        .manager()
-        .explain(&args.tenant, &args.profile, &overrides)?;
-    let profiles = host.profiles();
-    let profile = profiles
-        .get(&args.profile)
-        .context("the profile disappeared while explaining")?;
-    let skipped: Vec<String> = host
-        .skipped_extensions()
-        .iter()
-        .map(|s| format!("{}: {}", s.file.display(), s.reason))
-        .collect();
-    let warnings: Vec<String> = host
-        .profile_warnings()
-        .iter()
-        .filter(|w| w.profile == profile.id)
-        .map(|w| w.message.clone())
-        .collect();
-
     if json {
-        let (decision, error) = match &result {
-            Ok(d) => (Some(d), None),
-            Err(e) => (None, Some(e)),
-        };
-        print_json(&ExplainJson {
-            request: &request,
-            decision,
-            error,
-            warnings,
-            skipped_extensions: skipped,
-        })?;
-        return Ok(if result.is_ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(2)
-        });
+        print_json(&x)?;
+        return Ok(code);
     }
+    render_text(app, &x)?;
+    Ok(code)
+}
 
+fn render_text(app: &App, x: &Explanation) -> anyhow::Result<()> {
+    let p = &x.profile;
+    let request = &x.request;
     let r = &request.resources;
     println!(
         "Profile {} ({}): {}",
-        profile.id,
-        profile.route.strategy,
-        if profile.description.is_empty() {
+        p.id,
+        p.strategy,
+        if p.description.is_empty() {
             "-"
         } else {
-            &profile.description
+            &p.description
         }
     );
     println!(
@@ -133,21 +74,17 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
         request.region.as_deref().unwrap_or("any"),
         request.tenant
     );
-    let spec = &profile.route;
     println!(
         "Route: fallback {}, max {} attempt(s){}",
-        if spec.fallback { "on" } else { "off" },
-        spec.attempt_limit(),
-        spec.max_cost_per_hour
-            .map(|c| format!(", max {} {}/h", c.normalize(), spec.currency))
+        if p.fallback { "on" } else { "off" },
+        p.max_attempts,
+        p.max_cost_per_hour
+            .map(|c| format!(", max {} {}/h", c.normalize(), p.currency))
             .unwrap_or_default()
     );
-    let candidates = match &result {
-        Ok(d) => d.candidates.as_slice(),
-        Err(e) => e.candidates(),
-    };
+    let candidates = x.all_candidates();
     println!("{}", render(candidates));
-    println!("Order: {}", order_rule(spec.strategy));
+    println!("Order: {}", order_rule(p.strategy));
     for c in candidates {
         match &c.outcome {
             Outcome::Dropped { reason } => println!("  {} dropped: {reason}", c.extension_id),
@@ -156,32 +93,38 @@ fn explain(args: ExplainArgs, settings: &Settings, json: bool) -> anyhow::Result
                 attempted: false,
             } => println!(
                 "  {} ordered #{rank} but not attempted: the route stops after {} attempt(s)",
-                c.extension_id,
-                spec.attempt_limit()
+                c.extension_id, p.max_attempts
             ),
             Outcome::Ordered { .. } => {}
         }
     }
-    for w in &warnings {
+    for w in &x.warnings {
         eprintln!("warning: {w}");
     }
-    for s in &skipped {
-        eprintln!("warning: extension skipped: {s}");
+    // The operator's view of the folder: files that did not load.
+    let list = app.extensions(&Scope::Operator)?;
+    let skipped = list
+        .extensions
+        .iter()
+        .filter(|r| r.status == ExtensionStatus::Skipped);
+    for row in skipped {
+        eprintln!(
+            "warning: extension skipped: {}: {}",
+            row.file.as_deref().unwrap_or("?"),
+            row.reason.as_deref().unwrap_or_default()
+        );
     }
-    match result {
-        Ok(d) => {
+    match (&x.decision, &x.reason) {
+        (Some(d), _) => {
             let order: Vec<&str> = d.attempts.iter().map(|a| a.extension_id.as_str()).collect();
             println!(
                 "Would try: {}. Nothing was created and no credits were held.",
                 order.join(" → ")
             );
-            Ok(ExitCode::SUCCESS)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Ok(ExitCode::from(2))
-        }
+        (None, reason) => eprintln!("error: {}", reason.as_deref().unwrap_or("not routable")),
     }
+    Ok(())
 }
 
 /// The strategy's ordering rule, in words.

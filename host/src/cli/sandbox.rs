@@ -1,18 +1,14 @@
 //! `sandboxer sandbox create|status|list|destroy`: sandbox lifecycles on the local state,
-//! through the same `Host` and `SandboxManager` the HTTP service uses.
+//! through the same [`App`] use cases the HTTP API calls.
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::output::{print_json, table};
-use crate::config::Settings;
-use crate::host::Host;
-use crate::manager::{ManagerError, SandboxManager, SandboxState, SandboxStatus};
-use crate::money::Money;
-use crate::payments::money::display_decimal;
-use crate::routing::RequestOverrides;
+use super::output::{money, print_json, table};
+use super::spec::SpecArgs;
+use crate::app::{App, AppError};
+use crate::domain::{SandboxState, SandboxStatus, Scope, TenantId};
 
 /// `sandboxer sandbox` subcommands.
 #[derive(Debug, Subcommand)]
@@ -29,8 +25,8 @@ pub enum SandboxCommand {
     /// List sandboxes, newest first.
     List {
         /// Only this tenant's.
-        #[arg(long)]
-        tenant: Option<String>,
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: Option<TenantId>,
         /// Only in this state: creating, running, destroying, destroyed or failed.
         #[arg(long)]
         state: Option<SandboxState>,
@@ -44,64 +40,44 @@ pub enum SandboxCommand {
         /// Sandbox id (`sb-…`).
         id: String,
         /// Refuse unless the sandbox belongs to this tenant.
-        #[arg(long)]
-        tenant: Option<String>,
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: Option<TenantId>,
     },
 }
 
 /// Arguments of `sandboxer sandbox create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Profile id, e.g. burst-sandbox.
-    #[arg(long)]
-    pub profile: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Tenant whose credits pay for it.
-    #[arg(long)]
-    pub tenant: String,
-    /// vCPUs instead of the profile's.
-    #[arg(long)]
-    pub vcpus: Option<u32>,
-    /// Memory in MiB instead of the profile's.
-    #[arg(long)]
-    pub memory_mib: Option<u32>,
-    /// Maximum lifetime in seconds (at most the profile's); the estimate covers it.
-    #[arg(long = "max-duration")]
-    pub max_duration_secs: Option<u64>,
-    /// Pin a region (one the profile allows).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Repeat-safe key: the same key and request returns the same sandbox, charged once.
+    #[arg(long, value_parser = parse_tenant)]
+    pub tenant: TenantId,
+    /// Repeat-safe key: the same key and request returns the same sandbox, charged once
+    /// (the same key space as the HTTP API's `Idempotency-Key` for this tenant).
     #[arg(long)]
     pub idempotency_key: Option<String>,
 }
 
+pub(super) fn parse_tenant(s: &str) -> Result<TenantId, String> {
+    TenantId::parse(s).map_err(|e| e.to_string())
+}
+
+fn scope(tenant: Option<TenantId>) -> Scope {
+    tenant.map_or(Scope::Operator, Scope::Tenant)
+}
+
 /// Runs a `sandboxer sandbox` subcommand.
-pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let host = Host::open(settings).context("cannot open the host")?;
-    let manager = host.manager();
+pub fn run(cmd: SandboxCommand, app: &App, json: bool) -> anyhow::Result<ExitCode> {
     let result = match cmd {
-        SandboxCommand::Create(a) => {
-            let overrides = RequestOverrides {
-                vcpus: a.vcpus,
-                memory_mib: a.memory_mib,
-                max_duration_secs: a.max_duration_secs,
-                region: a.region,
-                ..RequestOverrides::default()
-            };
-            manager
-                .create(
-                    &a.tenant,
-                    &a.profile,
-                    &overrides,
-                    a.idempotency_key.as_deref(),
-                )
-                .map(|st| Shown::One(Box::new(st)))
-        }
-        SandboxCommand::Status { id } => {
-            manager.status(None, &id).map(|st| Shown::One(Box::new(st)))
-        }
-        SandboxCommand::Destroy { id, tenant } => manager
-            .destroy(tenant.as_deref(), &id)
+        SandboxCommand::Create(a) => app
+            .create_sandbox(&a.tenant, &a.spec.spec(), a.idempotency_key.as_deref())
+            .map(|st| Shown::One(Box::new(st))),
+        SandboxCommand::Status { id } => app
+            .sandbox(&Scope::Operator, &id)
+            .map(|st| Shown::One(Box::new(st))),
+        SandboxCommand::Destroy { id, tenant } => app
+            .destroy_sandbox(&scope(tenant), &id)
             .map(|st| Shown::One(Box::new(st))),
         SandboxCommand::List {
             tenant,
@@ -109,13 +85,12 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
             limit,
         } => {
             let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-            list(manager, tenant.as_deref(), state, limit).map(|(l, more)| Shown::Many(l, more))
+            app.all_sandboxes(&scope(tenant), state, limit)
+                .map(|(l, more)| Shown::Many(l, more))
         }
     };
     // Whatever happened, hand settled meter events to the sinks before exiting.
-    if let Err(e) = manager.deliver_outbox() {
-        tracing::warn!(error = %e, "meter events stay in the outbox for the next run");
-    }
+    app.deliver_before_exit();
     match result {
         Ok(Shown::One(st)) => {
             if json {
@@ -136,13 +111,13 @@ pub fn run(cmd: SandboxCommand, settings: &Settings, json: bool) -> anyhow::Resu
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(ManagerError::CreateFailed { status }) => {
+        Err(AppError::CreateFailed { status, message }) => {
             if json {
                 print_json(&status)?;
             } else {
                 print_status(&status);
             }
-            Err(anyhow::anyhow!(ManagerError::CreateFailed { status }))
+            Err(anyhow::anyhow!(AppError::CreateFailed { status, message }))
         }
         Err(e) => Err(e.into()),
     }
@@ -152,35 +127,6 @@ enum Shown {
     One(Box<SandboxStatus>),
     /// A list, and whether more rows follow it.
     Many(Vec<SandboxStatus>, bool),
-}
-
-/// Rows read from the store per page: the list is read in bounded pages, never in one
-/// unbounded query.
-const PAGE: usize = 1000;
-
-/// Sandboxes newest first, at most `limit` (all without), and whether more follow.
-fn list(
-    manager: &SandboxManager,
-    tenant: Option<&str>,
-    state: Option<SandboxState>,
-    limit: Option<usize>,
-) -> Result<(Vec<SandboxStatus>, bool), ManagerError> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let want = limit.map_or(PAGE, |l| (l - out.len()).min(PAGE));
-        let page = manager.list_page(tenant, state, after.as_ref(), want)?;
-        out.extend(page.items);
-        match page.next {
-            Some(k) if limit.is_none_or(|l| out.len() < l) => after = Some(k),
-            Some(_) => return Ok((out, true)),
-            None => return Ok((out, false)),
-        }
-    }
-}
-
-fn money(m: &Money) -> String {
-    format!("{} {}", display_decimal(m.amount), m.currency)
 }
 
 fn print_status(st: &SandboxStatus) {

@@ -5,7 +5,7 @@ use cloudevents::{EventBuilder, EventBuilderV10};
 use serde::{Deserialize, Serialize};
 
 use super::{EventError, EventRecord};
-use crate::runtime::types::{LineItem, Measure};
+use crate::domain::{LineItem, Measure};
 
 /// The CloudEvents `type` of a settlement.
 pub const METER_EVENT_TYPE: &str = "sandboxer.sandbox.metered";

@@ -34,11 +34,6 @@ impl JsonlSink {
         }
     }
 
-    /// The file this sink writes.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn err(&self, reason: impl std::fmt::Display) -> EventError {
         EventError::Sink {
             sink: self.name(),

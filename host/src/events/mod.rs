@@ -8,8 +8,8 @@ mod http;
 mod jsonl;
 mod relay;
 
-pub use cloudevent::{METER_EVENT_TYPE, MeterEventData, meter_event};
-pub use http::{BATCH_CONTENT_TYPE, HttpSink, HttpSinkOptions};
+pub use cloudevent::{MeterEventData, meter_event};
+pub use http::{HttpSink, HttpSinkOptions};
 pub use jsonl::JsonlSink;
 pub use relay::{LogRelay, cursor_path};
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::routing::ExtensionView;
-use crate::runtime::types::{
-    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, SandboxContext,
-    SandboxRequest, Usage,
+use crate::domain::{
+    BackendError, BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault,
+    Function, SandboxContext, SandboxRequest, Usage,
 };
+use crate::routing::ExtensionView;
+use crate::runtime::Extension;
 
 /// One loaded extension, as the manager calls it. Implemented for the runtime's
 /// extensions (`runtime::Extension`); a trait so the manager's sequencing does not depend
@@ -34,6 +35,11 @@ pub trait Backend: Send + Sync {
     fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError>;
     /// `capacity`.
     fn capacity(&self) -> Result<Capacity, ExtensionError>;
+    /// The loaded component behind it, when it is one: what the registry's listing and
+    /// hot reload read (file, sidecar settings, compiled-code source, trap record).
+    fn component(&self) -> Option<&Extension> {
+        None
+    }
 }
 
 #[derive(Default)]
@@ -51,27 +57,8 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    /// A registry holding `loaded`.
-    pub fn new(loaded: impl IntoIterator<Item = Arc<dyn Backend>>) -> Self {
-        let reg = Self::default();
-        reg.replace_all(loaded);
-        reg
-    }
-
-    /// Makes `loaded` the current set (ids not in it are no longer routed to); earlier
-    /// versions stay reachable by version for sandboxes created on them.
-    pub fn replace_all(&self, loaded: impl IntoIterator<Item = Arc<dyn Backend>>) {
-        let mut inner = self.inner.write();
-        inner.current.clear();
-        for b in loaded {
-            inner
-                .by_version
-                .insert((b.id().to_owned(), b.version_hash().to_owned()), b.clone());
-            inner.current.insert(b.id().to_owned(), b);
-        }
-    }
-
-    /// Adds or replaces one extension.
+    /// Adds or replaces one extension; earlier versions stay reachable by version for
+    /// the sandboxes created on them.
     pub fn upsert(&self, backend: Arc<dyn Backend>) {
         let mut inner = self.inner.write();
         inner.by_version.insert(
@@ -136,17 +123,14 @@ impl ExtensionView for RouteView {
     fn estimate_cost(&self, id: &str, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
         match self.current.get(id) {
             Some(b) => b.estimate_cost(req),
-            None => Err(not_loaded(
-                id,
-                crate::runtime::types::Function::EstimateCost,
-            )),
+            None => Err(not_loaded(id, Function::EstimateCost)),
         }
     }
 
     fn capacity(&self, id: &str) -> Result<Capacity, ExtensionError> {
         match self.current.get(id) {
             Some(b) => b.capacity(),
-            None => Err(not_loaded(id, crate::runtime::types::Function::Capacity)),
+            None => Err(not_loaded(id, Function::Capacity)),
         }
     }
 
@@ -155,8 +139,7 @@ impl ExtensionView for RouteView {
     }
 }
 
-fn not_loaded(id: &str, function: crate::runtime::types::Function) -> ExtensionError {
-    use crate::runtime::types::{BackendError, Fault};
+fn not_loaded(id: &str, function: Function) -> ExtensionError {
     ExtensionError {
         extension: id.to_owned(),
         function,
@@ -165,32 +148,35 @@ fn not_loaded(id: &str, function: crate::runtime::types::Function) -> ExtensionE
 }
 
 /// The runtime's extensions, called directly.
-impl Backend for crate::runtime::Extension {
+impl Backend for Extension {
     fn id(&self) -> &str {
-        crate::runtime::Extension::id(self)
+        Extension::id(self)
     }
     fn version_hash(&self) -> &str {
-        crate::runtime::Extension::version_hash(self)
+        Extension::version_hash(self)
     }
     fn info(&self) -> &ExtensionInfo {
-        crate::runtime::Extension::info(self)
+        Extension::info(self)
     }
     fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
-        crate::runtime::Extension::estimate_cost(self, req)
+        Extension::estimate_cost(self, req)
     }
     fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError> {
-        crate::runtime::Extension::create(self, req)
+        Extension::create(self, req)
     }
     fn status(&self, ctx: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
-        crate::runtime::Extension::status(self, ctx)
+        Extension::status(self, ctx)
     }
     fn destroy(&self, ctx: &SandboxContext) -> Result<Usage, ExtensionError> {
-        crate::runtime::Extension::destroy(self, ctx)
+        Extension::destroy(self, ctx)
     }
     fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
-        crate::runtime::Extension::meter_actual(self, req, usage)
+        Extension::meter_actual(self, req, usage)
     }
     fn capacity(&self) -> Result<Capacity, ExtensionError> {
-        crate::runtime::Extension::capacity(self)
+        Extension::capacity(self)
+    }
+    fn component(&self) -> Option<&Extension> {
+        Some(self)
     }
 }

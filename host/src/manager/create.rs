@@ -5,15 +5,18 @@ use std::time::Instant;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use super::status::{AttemptRecord, SandboxState, SandboxStatus};
 use super::store::Inserted;
 use super::{ManagerError, SandboxManager, now_ms};
+use crate::domain::{
+    AttemptRecord, BackendError, ExtensionError, Fault, Function, SandboxSpec, SandboxState,
+    SandboxStatus,
+};
 use crate::payments::validate_tenant;
-use crate::routing::{HealthTracker, RequestOverrides, resolve_extension};
-use crate::runtime::types::{BackendError, ExtensionError, Fault, Function};
+use crate::routing::{HealthTracker, resolve_extension};
+use crate::telemetry::metrics;
 
 impl SandboxManager {
-    /// Creates a sandbox for `tenant` from `profile_id` with `overrides`.
+    /// Creates a sandbox for `tenant` from `spec` (its profile and overrides).
     ///
     /// Routes the request, then for each attempt of the route decision in order: holds
     /// its estimate on the tenant's credits, calls the extension's `create`; on a
@@ -27,10 +30,36 @@ impl SandboxManager {
     pub fn create(
         &self,
         tenant: &str,
-        profile_id: &str,
-        overrides: &RequestOverrides,
+        spec: &SandboxSpec,
         idempotency_key: Option<&str>,
     ) -> Result<SandboxStatus, ManagerError> {
+        let profile_id = spec.profile.as_str();
+        let result = self.create_inner(tenant, spec, idempotency_key);
+        // Counted at the decision: creates that routed, found no backend, or failed on
+        // every attempt (refusals before routing, such as bad input, are not decisions).
+        let outcome = match &result {
+            Ok(_) => Some("routed"),
+            Err(ManagerError::NoRoute(_)) => Some("no_backend"),
+            Err(ManagerError::CreateFailed { .. }) => Some("failed"),
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            let strategy = self
+                .profiles()
+                .get(profile_id)
+                .map_or("unknown", |p| p.route.strategy.as_str());
+            metrics::route_decision(strategy, outcome);
+        }
+        result
+    }
+
+    fn create_inner(
+        &self,
+        tenant: &str,
+        spec: &SandboxSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<SandboxStatus, ManagerError> {
+        let profile_id = spec.profile.as_str();
         validate_tenant(tenant)?;
         if let Some(k) = idempotency_key
             && (k.is_empty() || k.len() > 200 || k.chars().any(char::is_control))
@@ -38,7 +67,7 @@ impl SandboxManager {
             return Err(ManagerError::InvalidKey(k.to_owned()));
         }
         let profile = self.profile(profile_id)?;
-        let fingerprint = fingerprint(profile_id, overrides);
+        let fingerprint = fingerprint(spec);
         // Same key in this process: one at a time, so the second sees the first's row.
         let _key_guard = idempotency_key.map(|k| self.stripe(&format!("create\n{tenant}\n{k}")));
         if let Some(k) = idempotency_key
@@ -48,7 +77,7 @@ impl SandboxManager {
         }
 
         let id = new_sandbox_id();
-        let request = profile.request(tenant, &id, overrides)?;
+        let request = profile.request(tenant, &id, spec)?;
         let _busy = self.mark_busy(&id);
 
         // Route and record the intent under one lock: the next create counts this one's
@@ -287,7 +316,7 @@ fn replay(
 }
 
 fn failed_attempt(
-    attempt: &crate::routing::Attempt,
+    attempt: &crate::domain::Attempt,
     version: &str,
     started: chrono::DateTime<Utc>,
     error: String,
@@ -305,12 +334,31 @@ fn failed_attempt(
     }
 }
 
-/// What makes two create requests "the same" for an idempotency key.
-fn fingerprint(profile_id: &str, overrides: &RequestOverrides) -> String {
+/// What makes two create requests "the same" for an idempotency key: the profile and the
+/// overrides, hashed in the shape the overrides had before [`SandboxSpec`] existed
+/// (maps as lists of pairs), so keys stored by earlier builds keep matching.
+fn fingerprint(spec: &SandboxSpec) -> String {
+    #[derive(serde::Serialize)]
+    struct Overrides<'a> {
+        vcpus: Option<u32>,
+        memory_mib: Option<u32>,
+        max_duration_secs: Option<u64>,
+        region: &'a Option<String>,
+        env: Vec<(&'a String, &'a String)>,
+        metadata: Vec<(&'a String, &'a String)>,
+    }
+    let overrides = Overrides {
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        max_duration_secs: spec.max_duration_secs,
+        region: &spec.region,
+        env: spec.env.iter().collect(),
+        metadata: spec.metadata.iter().collect(),
+    };
     let mut h = Sha256::new();
-    h.update(profile_id.as_bytes());
+    h.update(spec.profile.as_bytes());
     h.update([0]);
-    h.update(serde_json::to_vec(overrides).unwrap_or_default());
+    h.update(serde_json::to_vec(&overrides).unwrap_or_default());
     hex::encode(h.finalize())
 }
 

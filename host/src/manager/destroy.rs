@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 
 use super::backend::Backend;
-use super::status::{Meter, Reading, SandboxState, SandboxStatus};
 use super::{HookPoint, ManagerError, SandboxManager, ms_to_time, now_ms};
+use crate::domain::{
+    ExtensionError, Meter, Money, Reading, SandboxContext, SandboxState, SandboxStatus,
+};
 use crate::events::{MeterEventData, meter_event};
-use crate::money::Money;
-use crate::payments::money::{Rounding, from_units, to_units};
-use crate::payments::{LedgerError, OutboxEvent, Settlement};
-use crate::runtime::types::SandboxContext;
+use crate::payments::{LedgerError, OutboxEvent, Settlement, settlement};
+use crate::telemetry::metrics;
 
 /// How often `destroy` re-reads a row whose claim it lost before reporting it busy.
 const CLAIM_TRIES: usize = 5;
@@ -42,13 +42,7 @@ impl SandboxManager {
         // it, or renewed its lease and so swapped its hold): read it again and retry with
         // the fresh row; a row that keeps changing is reported busy.
         for _ in 0..CLAIM_TRIES {
-            let row = self
-                .store
-                .get(id)?
-                .ok_or_else(|| ManagerError::NotFound { id: id.to_owned() })?;
-            if tenant.is_some_and(|t| t != row.status.tenant) {
-                return Err(ManagerError::NotFound { id: id.to_owned() });
-            }
+            let row = self.visible_row(tenant, id)?;
             let mut st = row.status;
             match st.state {
                 SandboxState::Destroyed => return Ok(st),
@@ -165,7 +159,10 @@ impl SandboxManager {
             }
             tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
             match self.destroy(None, &st.id) {
-                Ok(s) => done.push(s),
+                Ok(s) => {
+                    metrics::reaped("max_duration");
+                    done.push(s);
+                }
                 Err(e) => left.push((st.id.clone(), e)),
             }
         }
@@ -203,7 +200,7 @@ impl SandboxManager {
                     created_at_ms: st.started_at_ms.unwrap_or(destroy_at),
                     now_ms: destroy_at,
                 };
-                let ext_err = |e: crate::runtime::types::ExtensionError| {
+                let ext_err = |e: ExtensionError| {
                     self.health.record_failure(backend.id(), &e);
                     ManagerError::Extension {
                         id: st.id.clone(),
@@ -272,6 +269,12 @@ impl SandboxManager {
         // Not fsynced: the settlement is durable, and re-running this function after a
         // lost write replays it (same key) to the same figures.
         self.store.update(&st, None, false)?;
+        // Counted here, where the sandbox becomes destroyed: a destroy repeated on a
+        // destroyed sandbox returns before this, so each settlement counts once per host.
+        metrics::settlement(
+            settlement.charged.currency.as_str(),
+            settlement.charged.amount.to_f64().unwrap_or(0.0),
+        );
         tracing::info!(
             sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""),
             charged = %settlement.charged,
@@ -305,9 +308,8 @@ impl SandboxManager {
                 total.currency, held.currency
             )));
         }
-        let charged = to_units(total.amount, Rounding::Charge).map_err(|e| bad(e.to_string()))?;
-        let charged = from_units(charged.units);
-        let released = (held.amount - charged).max(Decimal::ZERO);
+        let (charged, released) =
+            settlement::preview(held.amount, total.amount).map_err(|e| bad(e.to_string()))?;
         let settlement_id = format!("settle-{}", st.id);
         let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
         let data = MeterEventData {

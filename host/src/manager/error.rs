@@ -1,14 +1,11 @@
 //! Why a manager call failed. Every variant says what and which sandbox; none carries a
 //! secret.
 
+use super::store::StoreError;
+use crate::domain::{ExtensionError, RouteError, SandboxState, SandboxStatus};
 use crate::events::EventError;
 use crate::payments::LedgerError;
-use crate::routing::RouteError;
 use crate::routing::profile::RequestError;
-use crate::runtime::types::ExtensionError;
-
-use super::status::{SandboxState, SandboxStatus};
-use super::store::StoreError;
 
 /// A failed manager call.
 #[derive(Debug, thiserror::Error)]

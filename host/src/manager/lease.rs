@@ -34,21 +34,19 @@
 //! H2. A renewal that runs after the claim loses its own compare-and-set instead and
 //! leaves H2 to the destroy.
 //!
-//! How far each sandbox is covered, and since when a renewal was refused, is kept in a
-//! small table of its own (`manager_leases`) beside the statuses.
+//! How far each sandbox is covered, and since when a renewal was refused, is kept by the
+//! status store beside the statuses ([`LeaseRow`]).
 
 use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{Connection, OptionalExtension, params};
-
-use super::status::{SandboxState, SandboxStatus};
-use super::{HookPoint, ManagerError, SandboxManager, now_ms};
-use crate::money::Money;
-use crate::payments::{Hold, HoldState, LedgerError};
-use crate::runtime::types::SandboxRequest;
 
 use super::backend::Backend;
+use super::store::LeaseRow;
+use super::{HookPoint, ManagerError, SandboxManager, now_ms};
+use crate::domain::{Money, SandboxRequest, SandboxState, SandboxStatus};
+use crate::payments::{Hold, HoldState, LedgerError};
+use crate::telemetry::metrics;
 
 /// Lease settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +70,6 @@ pub struct LeaseReport {
     pub ended: Vec<String>,
     /// Sandboxes the keeper could not handle this pass, with the reason.
     pub errors: Vec<(String, String)>,
-}
-
-struct LeaseRow {
-    covered_secs: u64,
-    unpaid_since_ms: Option<u64>,
 }
 
 impl SandboxManager {
@@ -110,13 +103,6 @@ impl SandboxManager {
         let Some(policy) = self.config.lease else {
             return report;
         };
-        let conn = match self.lease_db() {
-            Ok(c) => c,
-            Err(e) => {
-                report.errors.push((String::new(), e.to_string()));
-                return report;
-            }
-        };
         let running = match self.store.list(None, Some(SandboxState::Running)) {
             Ok(l) => l,
             Err(e) => {
@@ -125,21 +111,25 @@ impl SandboxManager {
             }
         };
         for st in running {
-            if let Err(e) = self.keep_lease(&conn, &policy, &st, &mut report) {
+            if let Err(e) = self.keep_lease(&policy, &st, &mut report) {
                 report.errors.push((st.id.clone(), e.to_string()));
             }
         }
         // Forget finished sandboxes.
-        let _ = conn.execute(
-            "DELETE FROM manager_leases WHERE sandbox_id NOT IN (SELECT id FROM manager_sandboxes WHERE state = 'running')",
-            [],
-        );
+        if let Err(e) = self.store.forget_finished_leases() {
+            tracing::debug!(error = %e, "finished leases stay recorded until the next pass");
+        }
+        for _ in &report.renewed {
+            metrics::lease_renewal("renewed");
+        }
+        for _ in &report.refused {
+            metrics::lease_renewal("refused");
+        }
         report
     }
 
     fn keep_lease(
         &self,
-        conn: &Connection,
         policy: &LeasePolicy,
         st: &SandboxStatus,
         report: &mut LeaseReport,
@@ -152,7 +142,7 @@ impl SandboxManager {
         if chunk >= max {
             return Ok(());
         }
-        let row = read_row(conn, &st.id).map_err(|e| self.db_err(e))?;
+        let row = self.store.lease(&st.id)?;
         let covered = row.as_ref().map_or(chunk, |r| r.covered_secs).min(max);
         let unpaid = row.as_ref().and_then(|r| r.unpaid_since_ms);
         let now = now_ms();
@@ -164,6 +154,7 @@ impl SandboxManager {
             if now >= deadline {
                 // Paid time and grace are over: end it like a DELETE (settled once).
                 self.destroy(None, &st.id)?;
+                metrics::reaped("lease_unpaid");
                 tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "lease unpaid past its grace period: sandbox destroyed and settled");
                 report.ended.push(st.id.clone());
                 return Ok(());
@@ -207,7 +198,7 @@ impl SandboxManager {
             h.currency == estimate.total.currency && h.amount >= estimate.total.amount
         }) {
             // Already held (e.g. created without leases): nothing to grow.
-            write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
+            self.store.set_lease(&current.id, lease_row(target, None))?;
             return Ok(());
         }
         let key = format!("{old_hold}/replace/{target}");
@@ -215,7 +206,7 @@ impl SandboxManager {
             Ok(hold) => {
                 self.hook(HookPoint::LeaseAfterReplace, &current.id);
                 if self.record_hold(&current.id, &old_hold, &hold)? {
-                    write_row(conn, &current.id, target, None).map_err(|e| self.db_err(e))?;
+                    self.store.set_lease(&current.id, lease_row(target, None))?;
                     tracing::info!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, covered_secs = target, held = %hold.amount, "lease renewed");
                     report.renewed.push(current.id.clone());
                 } else {
@@ -259,7 +250,8 @@ impl SandboxManager {
                 {
                     return Ok(());
                 }
-                write_row(conn, &current.id, covered, Some(since)).map_err(|e| self.db_err(e))?;
+                self.store
+                    .set_lease(&current.id, lease_row(covered, Some(since)))?;
                 if unpaid.is_none() {
                     tracing::warn!(sandbox_id = %current.id, tenant = %current.tenant, extension = %ext, error = %e, "lease renewal refused: the sandbox ends after its grace period");
                 }
@@ -342,25 +334,6 @@ impl SandboxManager {
         }
         Ok(adopted)
     }
-
-    fn lease_db(&self) -> Result<Connection, ManagerError> {
-        let conn = Connection::open(self.store.path()).map_err(|e| self.db_err(e))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| self.db_err(e))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS manager_leases (\
-               sandbox_id TEXT PRIMARY KEY, covered_secs INTEGER NOT NULL, unpaid_since_ms INTEGER)",
-        )
-        .map_err(|e| self.db_err(e))?;
-        Ok(conn)
-    }
-
-    fn db_err(&self, e: rusqlite::Error) -> ManagerError {
-        ManagerError::Store(super::StoreError {
-            path: self.store.path().to_path_buf(),
-            message: format!("leases: {e}"),
-        })
-    }
 }
 
 /// How often a renewal re-reads a row that changed before giving up recording its hold
@@ -370,32 +343,9 @@ const RECORD_TRIES: usize = 5;
 /// How a refused renewal starts the status's `error`.
 pub const LEASE_REFUSED: &str = "credits lease renewal refused";
 
-fn read_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<LeaseRow>> {
-    conn.query_row(
-        "SELECT covered_secs, unpaid_since_ms FROM manager_leases WHERE sandbox_id = ?1",
-        params![id],
-        |r| {
-            Ok(LeaseRow {
-                covered_secs: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                unpaid_since_ms: r
-                    .get::<_, Option<i64>>(1)?
-                    .and_then(|v| u64::try_from(v).ok()),
-            })
-        },
-    )
-    .optional()
-}
-
-fn write_row(
-    conn: &Connection,
-    id: &str,
-    covered: u64,
-    unpaid_since: Option<u64>,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO manager_leases (sandbox_id, covered_secs, unpaid_since_ms) VALUES (?1, ?2, ?3) \
-         ON CONFLICT(sandbox_id) DO UPDATE SET covered_secs = ?2, unpaid_since_ms = ?3",
-        params![id, i64::try_from(covered).unwrap_or(i64::MAX), unpaid_since.map(|v| i64::try_from(v).unwrap_or(i64::MAX))],
-    )?;
-    Ok(())
+fn lease_row(covered_secs: u64, unpaid_since_ms: Option<u64>) -> LeaseRow {
+    LeaseRow {
+        covered_secs,
+        unpaid_since_ms,
+    }
 }

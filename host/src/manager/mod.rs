@@ -20,34 +20,29 @@ mod lease;
 mod outbox;
 mod owner;
 mod reconcile;
-mod status;
-mod store;
+pub mod store;
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
 pub use backend::{Backend, Extensions, RouteView};
-pub use destroy::Reaped;
 pub use error::ManagerError;
-pub use lease::{LEASE_REFUSED, LeasePolicy, LeaseReport};
+pub use lease::{LeasePolicy, LeaseReport};
 pub use reconcile::ReconcileReport;
-pub use status::{AttemptRecord, Meter, Reading, SandboxState, SandboxStatus, UnknownState};
-pub use store::{Page, SandboxKey, StoreError};
+pub use store::{Page, SandboxKey, SandboxStore, StoreError};
 
+use crate::domain::{
+    RouteDecision, RouteError, SandboxRequest, SandboxSpec, SandboxState, SandboxStatus,
+};
 use crate::events::EventSink;
 use crate::payments::CreditsStore;
-use crate::routing::{
-    HealthTracker, Profile, ProfileSet, RequestOverrides, RouteDecision, RouteError,
-    resolve_extension,
-};
-use crate::runtime::types::SandboxRequest;
+use crate::routing::{HealthTracker, Profile, ProfileSet, resolve_extension};
 use owner::OwnerLock;
-use store::StatusStore;
 
 /// Tunables of the manager.
 #[derive(Debug, Clone)]
@@ -93,8 +88,8 @@ pub fn default_event_source() -> String {
 
 /// Everything the manager is built from.
 pub struct ManagerParts {
-    /// The database file of the ledger; the manager keeps its own tables there.
-    pub database: PathBuf,
+    /// The sandbox statuses (opened after the ledger, in the same database).
+    pub store: Arc<dyn SandboxStore>,
     /// Folder for the liveness locks of manager instances (`<state>/run`).
     pub run_dir: PathBuf,
     /// The loaded extensions.
@@ -121,7 +116,7 @@ pub struct SandboxManager {
     health: HealthTracker,
     sinks: Vec<Arc<dyn EventSink>>,
     config: ManagerConfig,
-    store: StatusStore,
+    store: Arc<dyn SandboxStore>,
     owner: OwnerLock,
     // Held while routing and recording the intent, so concurrent creates count each
     // other's slots on a capacity-limited pool.
@@ -154,7 +149,7 @@ impl SandboxManager {
     /// Opens the manager over an already opened ledger: creates or migrates its tables
     /// and takes its liveness lock. Call [`SandboxManager::reconcile`] next.
     pub fn open(parts: ManagerParts) -> Result<Self, ManagerError> {
-        let store = StatusStore::open(&parts.database)?;
+        let store = parts.store;
         let owner = OwnerLock::acquire(&parts.run_dir).map_err(|e| {
             ManagerError::Setup(format!("cannot lock {}: {e}", parts.run_dir.display()))
         })?;
@@ -189,9 +184,9 @@ impl SandboxManager {
         }
     }
 
-    /// The loaded extensions (swap them on hot reload).
-    pub fn extensions(&self) -> &Arc<Extensions> {
-        &self.extensions
+    /// The profile `id`, or [`ManagerError::UnknownProfile`] naming the known ones.
+    pub fn profile_named(&self, id: &str) -> Result<Profile, ManagerError> {
+        self.profile(id)
     }
 
     /// The profiles in force.
@@ -204,24 +199,19 @@ impl SandboxManager {
         *self.profiles.write() = profiles;
     }
 
-    /// The health tracker shared with routing.
-    pub fn health(&self) -> &HealthTracker {
-        &self.health
-    }
-
     /// The ledger.
     pub fn ledger(&self) -> &Arc<dyn CreditsStore> {
         &self.ledger
     }
 
-    /// The database file holding the statuses.
-    pub fn database(&self) -> &Path {
-        self.store.path()
-    }
-
     /// One sandbox's status. With `tenant`, another tenant's sandbox is reported as not
     /// found (never reveal that it exists).
     pub fn status(&self, tenant: Option<&str>, id: &str) -> Result<SandboxStatus, ManagerError> {
+        Ok(self.visible_row(tenant, id)?.status)
+    }
+
+    /// The row of sandbox `id`, as `tenant` may see it: another tenant's is not found.
+    fn visible_row(&self, tenant: Option<&str>, id: &str) -> Result<store::Row, ManagerError> {
         let row = self
             .store
             .get(id)?
@@ -229,16 +219,7 @@ impl SandboxManager {
         if tenant.is_some_and(|t| t != row.status.tenant) {
             return Err(ManagerError::NotFound { id: id.to_owned() });
         }
-        Ok(row.status)
-    }
-
-    /// Sandboxes, newest first, optionally of one tenant and in one state.
-    pub fn list(
-        &self,
-        tenant: Option<&str>,
-        state: Option<SandboxState>,
-    ) -> Result<Vec<SandboxStatus>, ManagerError> {
-        Ok(self.store.list(tenant, state)?)
+        Ok(row)
     }
 
     /// One page of sandboxes, newest first, after `after` (the previous page's `next`),
@@ -263,28 +244,22 @@ impl SandboxManager {
         Ok(self.store.counts_by_state()?)
     }
 
-    /// Sandboxes occupying a slot, per extension.
-    pub fn in_use(&self) -> Result<std::collections::HashMap<String, u32>, ManagerError> {
-        Ok(self.store.live_counts()?)
-    }
-
     /// A routing view of the current extensions with the durable in-use counts: what
     /// `create` routes with, and what `route explain` shows.
     pub fn route_view(&self) -> Result<RouteView, ManagerError> {
         Ok(self.extensions.view(self.store.live_counts()?))
     }
 
-    /// How `profile_id` would be routed for `tenant` right now: the request built from
-    /// the profile and `overrides`, and the router's decision (or why nothing can serve).
-    /// The very code `create` routes with; nothing is created or held.
+    /// How `spec` would be routed for `tenant` right now: the request built from its
+    /// profile and overrides, and the router's decision (or why nothing can serve). The
+    /// very code `create` routes with; nothing is created or held.
     pub fn explain(
         &self,
         tenant: &str,
-        profile_id: &str,
-        overrides: &RequestOverrides,
+        spec: &SandboxSpec,
     ) -> Result<(SandboxRequest, Result<RouteDecision, RouteError>), ManagerError> {
-        let profile = self.profile(profile_id)?;
-        let request = profile.request(tenant, "explain", overrides)?;
+        let profile = self.profile(&spec.profile)?;
+        let request = profile.request(tenant, "explain", spec)?;
         let view = self.route_view()?;
         let decision = resolve_extension(&profile, &request, &view, &self.health);
         Ok((request, decision))

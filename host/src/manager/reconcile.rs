@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::status::{SandboxState, SandboxStatus};
 use super::{ManagerError, SandboxManager, now_ms};
+use crate::domain::{BackendError, Fault, SandboxContext, SandboxState, SandboxStatus};
 use crate::payments::{HoldState, LedgerError};
-use crate::runtime::types::{BackendError, Fault, SandboxContext};
 
-/// What [`SandboxManager::reconcile`] did.
+/// What reconciliation (`SandboxManager::reconcile`) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReconcileReport {
     /// Creates whose outcome was unknown and whose backend reports the sandbox: now `running`.

@@ -1,92 +1,35 @@
-//! The durable sandbox status store: SQLite tables beside the ledger's, in the same
-//! database file (see docs/manager.md for why).
+//! What the manager keeps about sandboxes, as a trait: one row per [`SandboxStatus`] (with
+//! the instance working on it and a version every write bumps), looked up by id, tenant
+//! and idempotency key, paged by creation time, counted by state; and the lease coverage
+//! of running sandboxes. The SQLite store is `storage::sqlite::sandboxes`; a PostgreSQL
+//! one implements the same trait beside its `CreditsStore`.
 //!
-//! Each row is one [`SandboxStatus`]: the fields the manager queries by (tenant, state,
-//! extension, idempotency key, owner) as columns, the whole status as JSON beside them.
-//!
-//! Durability: the connection runs `synchronous=NORMAL`, and a write waits for the WAL's
-//! fsync (group commit, see `crate::sqlite_gate`) only when nothing durable follows it
-//! before the caller is answered. In WAL mode all connections append to one WAL file, so
-//! the ledger's next durable write (a hold, a settlement) covers every status write made
-//! before it. A `NORMAL` write survives a process crash in any case (it is in the OS page
-//! cache).
+//! Every write names whether the caller waits for it to be durable: a status write that
+//! a ledger write follows before anyone is answered rides on that write's fsync (both
+//! live in one database), see docs/manager.md.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use parking_lot::Mutex;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
-
-use super::status::{SandboxState, SandboxStatus};
-use crate::sqlite_cached::CachedStatements;
-
-/// Migrations of the manager's own tables, tracked in `manager_schema` (the ledger owns
-/// `PRAGMA user_version`). Append only.
-const MIGRATIONS: &[&str] = &[
-    // 1: sandbox statuses.
-    r#"
-    CREATE TABLE manager_sandboxes (
-        id              TEXT    PRIMARY KEY,
-        tenant          TEXT    NOT NULL,
-        state           TEXT    NOT NULL CHECK (state IN
-                            ('creating', 'running', 'destroying', 'destroyed', 'failed')),
-        extension_id    TEXT,
-        idempotency_key TEXT,
-        fingerprint     TEXT    NOT NULL,
-        -- The manager instance with an operation in flight on this row (see owner.rs).
-        owner           TEXT,
-        created_at      INTEGER NOT NULL,
-        updated_at      INTEGER NOT NULL,
-        doc             TEXT    NOT NULL
-    ) STRICT;
-    CREATE UNIQUE INDEX manager_sandboxes_idempotency
-        ON manager_sandboxes (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
-    CREATE INDEX manager_sandboxes_by_tenant ON manager_sandboxes (tenant, created_at);
-    CREATE INDEX manager_sandboxes_live ON manager_sandboxes (state, extension_id)
-        WHERE state IN ('creating', 'running', 'destroying');
-    "#,
-    // 2: a row version, incremented by every write: a compare-and-set compares it, so a
-    // writer that read the row before someone else's write (a lease renewal swapping the
-    // hold) loses and reads again instead of writing back stale fields.
-    r#"
-    ALTER TABLE manager_sandboxes ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
-    "#,
-    // 3: bounded lists. Pages are keyset scans on (created_at, id), newest first, per
-    // tenant (optionally in one state) and over every tenant (the CLI); `id` in the
-    // indexes makes the tie-break part of the order, so a page is a range scan that
-    // stops at its LIMIT. The metrics gauge counts by (state, extension) from a covering
-    // index over every state; that index also serves the live-slot counts, so the
-    // partial one goes.
-    r#"
-    DROP INDEX manager_sandboxes_by_tenant;
-    DROP INDEX manager_sandboxes_live;
-    CREATE INDEX manager_sandboxes_page ON manager_sandboxes (tenant, created_at, id);
-    CREATE INDEX manager_sandboxes_page_by_state
-        ON manager_sandboxes (tenant, state, created_at, id);
-    CREATE INDEX manager_sandboxes_page_all ON manager_sandboxes (created_at, id);
-    CREATE INDEX manager_sandboxes_by_state ON manager_sandboxes (state, extension_id);
-    "#,
-];
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::domain::{SandboxState, SandboxStatus};
 
 /// The status store could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("sandbox store {path}: {message}")]
 pub struct StoreError {
-    /// The database file.
+    /// The database (file, or a description of the server).
     pub path: PathBuf,
     /// What went wrong.
     pub message: String,
 }
 
-/// What [`StatusStore::insert`] found.
+/// What [`SandboxStore::insert`] found.
 #[derive(Debug)]
 pub enum Inserted {
     /// The row is new.
     New,
-    /// A row with the same tenant and idempotency key exists (another caller won).
+    /// A row with the same tenant and idempotency key exists (another caller won), with
+    /// its request fingerprint.
     Existing(Box<SandboxStatus>, String),
     /// The pool named in `slot` is already full (another process took the last slot).
     PoolFull,
@@ -114,7 +57,7 @@ pub struct Page<T, K> {
 }
 
 /// A row: the status, the instance with an operation in flight on it, if any, and the
-/// row's version (what [`StatusStore::transition`] compares).
+/// row's version (what [`SandboxStore::transition`] compares).
 #[derive(Debug, Clone)]
 pub struct Row {
     /// The status.
@@ -125,808 +68,101 @@ pub struct Row {
     pub version: i64,
 }
 
-/// Sandbox statuses in SQLite.
-pub struct StatusStore {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    /// The file's writer lock, held around every write transaction and always taken
-    /// after `conn`, and its group commit (see `crate::sqlite_gate`).
-    gate: std::sync::Arc<crate::sqlite_gate::DbGate>,
+/// How far a running sandbox's credits lease is paid, and since when a renewal is
+/// refused (see `lease.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// Seconds of running time the current hold covers.
+    pub covered_secs: u64,
+    /// When a renewal was first refused (Unix ms), while it stays refused.
+    pub unpaid_since_ms: Option<u64>,
 }
 
-trait At<T> {
-    fn at(self, path: &Path) -> Result<T, StoreError>;
-}
-
-impl<T> At<T> for rusqlite::Result<T> {
-    fn at(self, path: &Path) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-}
-
-fn millis(t: chrono::DateTime<chrono::Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-impl StatusStore {
-    /// Opens the status tables in the ledger database at `path`, creating or migrating
-    /// them. The ledger must have been opened (and migrated) first: the ledger refuses a
-    /// fresh file that already holds tables.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let err = |message: String| StoreError {
-            path: path.to_owned(),
-            message,
-        };
-        let mut conn = Connection::open_with_flags(path, flags).at(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
-        conn.set_prepared_statement_cache_capacity(crate::sqlite_cached::STATEMENT_CACHE);
-        let mode: String = conn
-            .row_cached("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .at(path)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(err(format!(
-                "could not switch the journal to WAL (it is {mode:?})"
-            )));
-        }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -1024;")
-            .at(path)?;
-        let ledger_version: i64 = conn
-            .row_cached("PRAGMA user_version", [], |r| r.get(0))
-            .at(path)?;
-        if ledger_version == 0 {
-            return Err(err(
-                "not a ledger database yet: open the ledger before the sandbox store".into(),
-            ));
-        }
-        Self::migrate(&mut conn, path)?;
-        Ok(Self {
-            path: path.to_owned(),
-            conn: Mutex::new(conn),
-            gate: crate::sqlite_gate::gate(path),
-        })
-    }
-
-    fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS manager_schema (version INTEGER NOT NULL) STRICT;",
-        )
-        .at(path)?;
-        let version: Option<i64> = tx
-            .row_cached("SELECT version FROM manager_schema", [], |r| r.get(0))
-            .optional()
-            .at(path)?;
-        let version = version.unwrap_or(0);
-        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-        if version > known {
-            return Err(StoreError {
-                path: path.to_owned(),
-                message: format!(
-                    "sandbox schema version {version} is newer than this build understands ({known})"
-                ),
-            });
-        }
-        for sql in MIGRATIONS
-            .iter()
-            .skip(usize::try_from(version).unwrap_or(0))
-        {
-            tx.execute_batch(sql).at(path)?;
-        }
-        tx.exec_cached("DELETE FROM manager_schema", []).at(path)?;
-        tx.exec_cached(
-            "INSERT INTO manager_schema (version) VALUES (?1)",
-            params![known],
-        )
-        .at(path)?;
-        tx.commit().at(path)
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn doc(&self, st: &SandboxStatus) -> Result<String, StoreError> {
-        serde_json::to_string(st).map_err(|e| StoreError {
-            path: self.path.clone(),
-            message: e.to_string(),
-        })
-    }
-
-    fn parse(&self, doc: &str) -> Result<SandboxStatus, StoreError> {
-        serde_json::from_str(doc).map_err(|e| StoreError {
-            path: self.path.clone(),
-            message: format!("unreadable sandbox record: {e}"),
-        })
-    }
-
-    /// Records a new sandbox (the create intent). When the tenant already used the
-    /// idempotency key, nothing is written and the existing row is returned with its
-    /// request fingerprint. With `slot = (extension, max)`, nothing is written when that
-    /// extension already has `max` live sandboxes.
-    pub fn insert(
+/// Durable sandbox statuses. Thread safe; every method is one short transaction.
+pub trait SandboxStore: Send + Sync {
+    /// Records a new sandbox (the create intent) with its request fingerprint, owned by
+    /// `owner`. When the tenant already used the idempotency key, nothing is written and
+    /// the existing row is returned. With `slot = (extension, max)`, nothing is written
+    /// when that extension already has `max` live sandboxes. Not waited durable: the
+    /// hold that follows covers it.
+    fn insert(
         &self,
         st: &SandboxStatus,
         fingerprint: &str,
         owner: &str,
         slot: Option<(&str, u32)>,
-    ) -> Result<Inserted, StoreError> {
-        let doc = self.doc(st)?;
-        let path = &self.path;
-        let mut conn = self.conn.lock();
-        let _writer = self.gate.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        if let Some(key) = &st.idempotency_key {
-            let prior: Option<(String, String)> = tx
-                .row_cached(
-                    "SELECT doc, fingerprint FROM manager_sandboxes WHERE tenant = ?1 AND idempotency_key = ?2",
-                    params![st.tenant, key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .at(path)?;
-            if let Some((doc, fp)) = prior {
-                return Ok(Inserted::Existing(Box::new(self.parse(&doc)?), fp));
-            }
-        }
-        if let Some((ext, max)) = slot {
-            let live: i64 = tx
-                .row_cached(
-                    "SELECT COUNT(*) FROM manager_sandboxes \
-                     WHERE extension_id = ?1 AND state IN ('creating', 'running', 'destroying')",
-                    params![ext],
-                    |r| r.get(0),
-                )
-                .at(path)?;
-            if live >= i64::from(max) {
-                return Ok(Inserted::PoolFull);
-            }
-        }
-        let res = tx.exec_cached(
-            "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, idempotency_key, fingerprint, owner, \
-             created_at, updated_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                st.id,
-                st.tenant,
-                st.state.as_str(),
-                st.extension_id,
-                st.idempotency_key,
-                fingerprint,
-                owner,
-                millis(st.created_at),
-                millis(st.updated_at),
-                doc
-            ],
-        );
-        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &res
-            && e.code == ErrorCode::ConstraintViolation
-        {
-            return Err(StoreError {
-                path: path.clone(),
-                message: format!("sandbox id {} already exists", st.id),
-            });
-        }
-        res.at(path)?;
-        tx.commit().at(path)?;
-        Ok(Inserted::New)
-    }
+    ) -> Result<Inserted, StoreError>;
 
     /// Rewrites a sandbox's row. `owner` is the instance still working on it (`None` once
-    /// the operation is over). `durable` fsyncs the WAL at commit; leave it off when a
-    /// ledger write follows before anyone is answered.
-    pub fn update(
+    /// the operation is over). `durable`: returns once the write survives power loss.
+    fn update(
         &self,
         st: &SandboxStatus,
         owner: Option<&str>,
         durable: bool,
-    ) -> Result<(), StoreError> {
-        let doc = self.doc(st)?;
-        let path = &self.path;
-        let mut conn = self.conn.lock();
-        let writer = self.gate.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let n = tx
-            .exec_cached(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
-                 version = version + 1 WHERE id = ?1",
-                params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
-            )
-            .at(path)?;
-        if n != 1 {
-            return Err(StoreError {
-                path: path.clone(),
-                message: format!("sandbox {} is not recorded", st.id),
-            });
-        }
-        tx.commit().at(path)?;
-        let ticket = self.gate.committed(&writer);
-        drop(writer);
-        drop(conn);
-        if durable {
-            self.gate.wait_durable(ticket).map_err(|e| StoreError {
-                path: path.clone(),
-                message: format!("could not fsync the write-ahead log: {e}"),
-            })?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
     /// Writes `st` only if the row is still in state `from` with owner `from_owner` at
-    /// version `from_version`, i.e. nobody wrote it since it was read (compare-and-set):
-    /// how an instance claims a sandbox for an operation, so two processes never work on
-    /// one sandbox at once, and how a writer avoids writing back fields that changed
-    /// meanwhile (a renewed hold). Returns whether it was written; on `false`, read the
-    /// row again.
-    pub fn transition(
+    /// version `from_version` (compare-and-set): how an instance claims a sandbox, and
+    /// how a writer avoids writing back fields that changed meanwhile. Returns whether it
+    /// was written; on `false`, read the row again.
+    fn transition(
         &self,
         st: &SandboxStatus,
         from: SandboxState,
         from_owner: Option<&str>,
         from_version: i64,
         owner: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let doc = self.doc(st)?;
-        let path = &self.path;
-        let mut conn = self.conn.lock();
-        let _writer = self.gate.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let n = tx
-            .exec_cached(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
-                 version = version + 1 WHERE id = ?1 AND state = ?7 AND owner IS ?8 AND version = ?9",
-                params![
-                    st.id,
-                    st.state.as_str(),
-                    st.extension_id,
-                    owner,
-                    millis(st.updated_at),
-                    doc,
-                    from.as_str(),
-                    from_owner,
-                    from_version
-                ],
-            )
-            .at(path)?;
-        tx.commit().at(path)?;
-        Ok(n == 1)
-    }
+    ) -> Result<bool, StoreError>;
 
-    /// Gives up this instance's claim on a row it could not finish (the extension failed
-    /// or is missing), so any process may retry it.
-    pub fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let _writer = self.gate.writer();
-        conn.exec_cached(
-            "UPDATE manager_sandboxes SET owner = NULL, version = version + 1 WHERE id = ?1 AND owner = ?2",
-            params![id, owner],
-        )
-        .at(path)?;
-        Ok(())
-    }
+    /// Gives up `owner`'s claim on a row it could not finish, so any process may retry.
+    fn release(&self, id: &str, owner: &str) -> Result<(), StoreError>;
 
-    /// Forgets a sandbox that never reached an extension (its create was refused before
-    /// any backend call, e.g. for insufficient credits).
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let _writer = self.gate.writer();
-        conn.exec_cached("DELETE FROM manager_sandboxes WHERE id = ?1", params![id])
-            .at(path)?;
-        Ok(())
-    }
+    /// Forgets a sandbox that never reached an extension.
+    fn delete(&self, id: &str) -> Result<(), StoreError>;
 
     /// One sandbox.
-    pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let row: Option<(String, Option<String>, i64)> = conn
-            .prepare_cached("SELECT doc, owner, version FROM manager_sandboxes WHERE id = ?1")
-            .at(path)?
-            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()
-            .at(path)?;
-        drop(conn);
-        row.map(|(doc, owner, version)| {
-            Ok(Row {
-                status: self.parse(&doc)?,
-                owner,
-                version,
-            })
-        })
-        .transpose()
-    }
+    fn get(&self, id: &str) -> Result<Option<Row>, StoreError>;
 
-    /// The sandbox a tenant created with an idempotency key, with its request fingerprint.
-    pub fn by_key(
+    /// The sandbox a tenant created with an idempotency key, with its fingerprint.
+    fn by_key(
         &self,
         tenant: &str,
         key: &str,
-    ) -> Result<Option<(SandboxStatus, String)>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let row: Option<(String, String)> = conn
-            .prepare_cached(
-                "SELECT doc, fingerprint FROM manager_sandboxes WHERE tenant = ?1 AND idempotency_key = ?2",
-            )
-            .at(path)?
-            .query_row(params![tenant, key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .at(path)?;
-        drop(conn);
-        row.map(|(doc, fp)| Ok((self.parse(&doc)?, fp))).transpose()
-    }
+    ) -> Result<Option<(SandboxStatus, String)>, StoreError>;
 
     /// Sandboxes, newest first, optionally of one tenant and in one state.
-    pub fn list(
+    fn list(
         &self,
         tenant: Option<&str>,
         state: Option<SandboxState>,
-    ) -> Result<Vec<SandboxStatus>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let docs: Vec<String> = conn
-            .prepare_cached(
-                "SELECT doc FROM manager_sandboxes WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
-                 ORDER BY created_at DESC, id DESC",
-            )
-            .at(path)?
-            .query_map(params![tenant, state.map(SandboxState::as_str)], |r| r.get(0))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
-            .at(path)?;
-        drop(conn);
-        docs.iter().map(|d| self.parse(d)).collect()
-    }
+    ) -> Result<Vec<SandboxStatus>, StoreError>;
 
     /// At most `limit` sandboxes, newest first, after `after` (exclusive), optionally of
-    /// one tenant and in one state: a keyset scan on (created_at, id) that reads
-    /// `limit + 1` rows (one more tells whether a next page exists). `limit` 0 answers an
-    /// empty page.
-    pub fn list_page(
+    /// one tenant and in one state (a keyset range; `limit` 0 answers an empty page).
+    fn list_page(
         &self,
         tenant: Option<&str>,
         state: Option<SandboxState>,
         after: Option<&SandboxKey>,
         limit: usize,
-    ) -> Result<Page<SandboxStatus, SandboxKey>, StoreError> {
-        if limit == 0 {
-            return Ok(Page {
-                items: Vec::new(),
-                next: None,
-            });
-        }
-        // One statement text per filter combination: `?1 IS NULL OR tenant = ?1` would
-        // keep SQLite from using the indexes. Unused parameters are bound as NULL.
-        let mut conds: Vec<&str> = Vec::new();
-        if tenant.is_some() {
-            conds.push("tenant = ?1");
-        }
-        if state.is_some() {
-            conds.push("state = ?2");
-        }
-        if after.is_some() {
-            conds.push("(created_at, id) < (?3, ?4)");
-        }
-        let filter = if conds.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conds.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT doc, created_at, id FROM manager_sandboxes {filter} \
-             ORDER BY created_at DESC, id DESC LIMIT ?5"
-        );
-        let fetch = i64::try_from(limit)
-            .unwrap_or(i64::MAX - 1)
-            .saturating_add(1);
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let mut rows: Vec<(String, i64, String)> = conn
-            .prepare_cached(&sql)
-            .at(path)?
-            .query_map(
-                params![
-                    tenant,
-                    state.map(SandboxState::as_str),
-                    after.map(|k| k.created_at_ms),
-                    after.map(|k| k.id.as_str()),
-                    fetch
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
-            .at(path)?;
-        drop(conn);
-        let more = rows.len() > limit;
-        rows.truncate(limit);
-        let next = match rows.last() {
-            Some((_, created_at_ms, id)) if more => Some(SandboxKey {
-                created_at_ms: *created_at_ms,
-                id: id.clone(),
-            }),
-            _ => None,
-        };
-        let items = rows
-            .iter()
-            .map(|(doc, _, _)| self.parse(doc))
-            .collect::<Result<_, _>>()?;
-        Ok(Page { items, next })
-    }
+    ) -> Result<Page<SandboxStatus, SandboxKey>, StoreError>;
 
-    /// How many sandboxes are in each (state, extension) pair, counted by SQLite from an
-    /// index (no row is read or parsed). Sandboxes never routed have no extension.
-    pub fn counts_by_state(&self) -> Result<Vec<(SandboxState, Option<String>, u64)>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let rows: Vec<(String, Option<String>, i64)> = conn
-            .prepare_cached(
-                "SELECT state, extension_id, COUNT(*) FROM manager_sandboxes \
-                 GROUP BY state, extension_id",
-            )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
-            .at(path)?;
-        drop(conn);
-        rows.into_iter()
-            .map(|(state, ext, n)| {
-                let state = state.parse::<SandboxState>().map_err(|e| StoreError {
-                    path: path.clone(),
-                    message: format!("unreadable sandbox row: {e}"),
-                })?;
-                Ok((state, ext, u64::try_from(n).unwrap_or(0)))
-            })
-            .collect()
-    }
+    /// How many sandboxes are in each (state, extension) pair.
+    fn counts_by_state(&self) -> Result<Vec<(SandboxState, Option<String>, u64)>, StoreError>;
 
     /// Rows caught between two steps (`creating`, `destroying`), oldest first.
-    pub fn in_flight(&self) -> Result<Vec<Row>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let rows: Vec<(String, Option<String>, i64)> = conn
-            .prepare_cached(
-                "SELECT doc, owner, version FROM manager_sandboxes WHERE state IN ('creating', 'destroying') \
-                 ORDER BY created_at, id",
-            )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
-            .at(path)?;
-        drop(conn);
-        rows.into_iter()
-            .map(|(doc, owner, version)| {
-                Ok(Row {
-                    status: self.parse(&doc)?,
-                    owner,
-                    version,
-                })
-            })
-            .collect()
-    }
+    fn in_flight(&self) -> Result<Vec<Row>, StoreError>;
 
     /// Sandboxes occupying a slot (`creating`, `running`, `destroying`) per extension.
-    pub fn live_counts(&self) -> Result<HashMap<String, u32>, StoreError> {
-        let path = &self.path;
-        let conn = self.conn.lock();
-        let rows: Vec<(String, i64)> = conn
-            .prepare_cached(
-                "SELECT extension_id, COUNT(*) FROM manager_sandboxes \
-                 WHERE state IN ('creating', 'running', 'destroying') AND extension_id IS NOT NULL \
-                 GROUP BY extension_id",
-            )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
-            .at(path)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
-            .collect())
-    }
-}
+    fn live_counts(&self) -> Result<HashMap<String, u32>, StoreError>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::payments::SqliteCreditsStore;
-    use crate::runtime::types::{Resources, SandboxRequest};
+    /// The lease coverage recorded for a sandbox.
+    fn lease(&self, id: &str) -> Result<Option<LeaseRow>, StoreError>;
 
-    fn status(id: &str) -> SandboxStatus {
-        let now = chrono::Utc::now();
-        SandboxStatus {
-            id: id.to_owned(),
-            tenant: "acme".into(),
-            profile: "p".into(),
-            extension_id: Some("ext".into()),
-            extension_version: None,
-            handle: None,
-            state: SandboxState::Running,
-            created_at: now,
-            started_at_ms: None,
-            destroy_at_ms: None,
-            request: SandboxRequest {
-                sandbox_id: id.to_owned(),
-                tenant: "acme".into(),
-                profile: "p".into(),
-                template: "base".into(),
-                resources: Resources {
-                    vcpus: 1,
-                    memory_mib: 512,
-                    disk_mib: 0,
-                    gpu: None,
-                },
-                max_duration_secs: 60,
-                region: None,
-                env: Vec::new(),
-                metadata: Vec::new(),
-            },
-            estimate: None,
-            hold_id: Some("h1".into()),
-            held: None,
-            attempts: Vec::new(),
-            reading: None,
-            meter: None,
-            idempotency_key: None,
-            error: None,
-            updated_at: now,
-        }
-    }
+    /// Records a sandbox's lease coverage.
+    fn set_lease(&self, id: &str, lease: LeaseRow) -> Result<(), StoreError>;
 
-    fn open_store() -> (tempfile::TempDir, StatusStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger.sqlite3");
-        SqliteCreditsStore::open(&path).unwrap();
-        let store = StatusStore::open(&path).unwrap();
-        (dir, store)
-    }
-
-    fn insert_at(store: &StatusStore, id: &str, tenant: &str, ms: i64, state: SandboxState) {
-        let mut st = status(id);
-        st.tenant = tenant.to_owned();
-        st.state = state;
-        st.created_at = chrono::DateTime::from_timestamp_millis(ms).unwrap();
-        store.insert(&st, "fp", "mgr", None).unwrap();
-    }
-
-    fn ids(page: &Page<SandboxStatus, SandboxKey>) -> Vec<String> {
-        page.items.iter().map(|s| s.id.clone()).collect()
-    }
-
-    #[test]
-    fn pages_are_keyset_ranges_that_new_rows_do_not_disturb() {
-        let (_dir, store) = open_store();
-        // 25 rows of acme, three per millisecond (ties broken by id), and some of globex.
-        let mut expected = Vec::new();
-        for i in 0..25 {
-            let id = format!("sb-{i:03}");
-            let state = if i % 2 == 0 {
-                SandboxState::Running
-            } else {
-                SandboxState::Destroyed
-            };
-            insert_at(&store, &id, "acme", 1_000 + i / 3, state);
-            expected.push(id);
-            insert_at(&store, &format!("sb-g{i:03}"), "globex", 1_000 + i, state);
-        }
-        expected.reverse();
-        let mut seen = Vec::new();
-        let mut after = None;
-        let mut pages = 0;
-        loop {
-            let page = store
-                .list_page(Some("acme"), None, after.as_ref(), 10)
-                .unwrap();
-            pages += 1;
-            seen.extend(ids(&page));
-            if pages == 1 {
-                // Newer rows created between pages come before the cursor: never seen
-                // by the later pages, and they push nothing out of them.
-                insert_at(&store, "sb-new1", "acme", 5_000, SandboxState::Running);
-                insert_at(&store, "sb-new2", "acme", 1_008, SandboxState::Running);
-            }
-            match page.next {
-                Some(k) => after = Some(k),
-                None => break,
-            }
-        }
-        assert_eq!(pages, 3);
-        assert_eq!(seen, expected);
-        // An exact multiple of the page size ends with `next` = None on the last full page.
-        let all = store.list_page(Some("globex"), None, None, 25).unwrap();
-        assert_eq!((all.items.len(), all.next), (25, None));
-        // Filters combine with the cursor; another tenant's key only positions in time.
-        let running = store
-            .list_page(Some("acme"), Some(SandboxState::Running), None, 100)
-            .unwrap();
-        assert!(
-            running
-                .items
-                .iter()
-                .all(|s| s.state == SandboxState::Running)
-        );
-        assert_eq!(running.items.len(), 13 + 2);
-        let key = SandboxKey {
-            created_at_ms: 1_010,
-            id: "sb-g010".into(),
-        };
-        let p = store
-            .list_page(Some("acme"), None, Some(&key), 100)
-            .unwrap();
-        assert!(p.items.iter().all(|s| s.tenant == "acme"));
-        assert!(
-            p.items
-                .iter()
-                .all(|s| s.created_at.timestamp_millis() <= 1_010)
-        );
-        // Every tenant, as the CLI lists without --tenant.
-        let everyone = store.list_page(None, None, None, 1000).unwrap();
-        assert_eq!(everyone.items.len(), 52);
-    }
-
-    #[test]
-    fn pages_and_counts_read_indexes_not_sorts() {
-        let (_dir, store) = open_store();
-        let conn = store.conn.lock();
-        let plan = |sql: &str| -> String {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows: Vec<String> = stmt
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            rows.join("; ")
-        };
-        for sql in [
-            "SELECT doc FROM manager_sandboxes WHERE tenant = 'a' AND (created_at, id) < (1, 'x') \
-             ORDER BY created_at DESC, id DESC LIMIT 101",
-            "SELECT doc FROM manager_sandboxes WHERE tenant = 'a' AND state = 'running' \
-             AND (created_at, id) < (1, 'x') ORDER BY created_at DESC, id DESC LIMIT 101",
-            "SELECT doc FROM manager_sandboxes ORDER BY created_at DESC, id DESC LIMIT 101",
-            "SELECT state, extension_id, COUNT(*) FROM manager_sandboxes GROUP BY state, extension_id",
-        ] {
-            let p = plan(sql);
-            assert!(p.contains("INDEX"), "{sql}: {p}");
-            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
-        }
-        assert!(plan("SELECT state, extension_id, COUNT(*) FROM manager_sandboxes GROUP BY state, extension_id").contains("COVERING INDEX"));
-    }
-
-    #[test]
-    fn counts_by_state_group_in_sql() {
-        let (_dir, store) = open_store();
-        insert_at(&store, "sb-1", "acme", 1, SandboxState::Running);
-        insert_at(&store, "sb-2", "acme", 2, SandboxState::Running);
-        insert_at(&store, "sb-3", "globex", 3, SandboxState::Destroyed);
-        let mut st = status("sb-4");
-        st.extension_id = None;
-        st.state = SandboxState::Failed;
-        store.insert(&st, "fp", "mgr", None).unwrap();
-        let mut counts = store.counts_by_state().unwrap();
-        counts.sort_by_key(|(s, e, _)| (s.as_str(), e.clone()));
-        assert_eq!(
-            counts,
-            vec![
-                (SandboxState::Destroyed, Some("ext".to_owned()), 1),
-                (SandboxState::Failed, None, 1),
-                (SandboxState::Running, Some("ext".to_owned()), 2),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_writer_that_read_a_stale_row_loses_its_compare_and_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger.sqlite3");
-        SqliteCreditsStore::open(&path).unwrap();
-        let store = StatusStore::open(&path).unwrap();
-        let st = status("sb-1");
-        store.insert(&st, "fp", "mgr-a", None).unwrap();
-        store.release("sb-1", "mgr-a").unwrap();
-        // Two readers of the same row.
-        let a = store.get("sb-1").unwrap().unwrap();
-        let b = store.get("sb-1").unwrap().unwrap();
-        assert_eq!(a.version, 1, "insert, then the release");
-        // A renews: same state and owner, new hold, version bumped.
-        let mut renewed = a.status.clone();
-        renewed.hold_id = Some("h2".into());
-        assert!(
-            store
-                .transition(&renewed, SandboxState::Running, None, a.version, None)
-                .unwrap()
-        );
-        // B read before that write: its claim compares state and owner (still equal) and
-        // the version (not): it loses and nothing is written.
-        let mut claim = b.status.clone();
-        claim.state = SandboxState::Destroying;
-        assert!(
-            !store
-                .transition(
-                    &claim,
-                    SandboxState::Running,
-                    None,
-                    b.version,
-                    Some("mgr-b")
-                )
-                .unwrap()
-        );
-        let now = store.get("sb-1").unwrap().unwrap();
-        assert_eq!(now.status.hold_id.as_deref(), Some("h2"));
-        assert_eq!((now.status.state, now.version), (SandboxState::Running, 2));
-        // With the fresh row it wins.
-        let mut claim = now.status.clone();
-        claim.state = SandboxState::Destroying;
-        assert!(
-            store
-                .transition(
-                    &claim,
-                    SandboxState::Running,
-                    None,
-                    now.version,
-                    Some("mgr-b")
-                )
-                .unwrap()
-        );
-        store.update(&claim, Some("mgr-b"), false).unwrap();
-        assert_eq!(store.get("sb-1").unwrap().unwrap().version, 4);
-    }
-
-    #[test]
-    fn a_file_from_before_the_version_column_migrates_and_keeps_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger.sqlite3");
-        SqliteCreditsStore::open(&path).unwrap();
-        // The schema as the first release wrote it, with a row in it.
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE manager_schema (version INTEGER NOT NULL) STRICT;
-                 INSERT INTO manager_schema (version) VALUES (1);",
-            )
-            .unwrap();
-            let st = status("sb-old");
-            conn.exec_cached(
-                "INSERT INTO manager_sandboxes (id, tenant, state, extension_id, fingerprint, created_at, updated_at, doc) \
-                 VALUES (?1, 'acme', 'running', 'ext', 'fp', 0, 0, ?2)",
-                params![st.id, serde_json::to_string(&st).unwrap()],
-            )
-            .unwrap();
-        }
-        let store = StatusStore::open(&path).unwrap();
-        let row = store.get("sb-old").unwrap().unwrap();
-        assert_eq!((row.status.id.as_str(), row.version), ("sb-old", 0));
-        let mut next = row.status.clone();
-        next.hold_id = Some("h2".into());
-        assert!(
-            store
-                .transition(&next, SandboxState::Running, None, 0, None)
-                .unwrap()
-        );
-        assert_eq!(store.get("sb-old").unwrap().unwrap().version, 1);
-        let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn
-            .row_cached("SELECT version FROM manager_schema", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
-        // Opening again is a no-op.
-        drop(store);
-        StatusStore::open(&path).unwrap();
-    }
+    /// Forgets the leases of sandboxes that are no longer running.
+    fn forget_finished_leases(&self) -> Result<(), StoreError>;
 }

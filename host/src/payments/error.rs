@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::money::Money;
+use crate::domain::{InvalidTenant, Money};
 
 /// Why a ledger operation was refused or failed. Nothing was changed when one is returned.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,10 +19,8 @@ pub enum LedgerError {
     #[error("unknown tenant {0:?}: no credits were ever added for it")]
     UnknownTenant(String),
     /// The tenant id is not `[a-z0-9][a-z0-9_-]*`, at most 64 characters.
-    #[error(
-        "invalid tenant id {0:?}: use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
-    )]
-    InvalidTenant(String),
+    #[error(transparent)]
+    InvalidTenant(#[from] InvalidTenant),
     /// Some other argument is unusable (empty key, bad amount, mixed currencies, …).
     #[error("invalid {what}: {reason}")]
     InvalidInput {

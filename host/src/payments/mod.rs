@@ -5,17 +5,18 @@
 //! transfer, resolved exactly once by posting (fully or partly) or voiding. Balances are
 //! derived from transfers, and [`CreditsStore::verify`] re-derives them.
 //!
-//! This module knows neither routing nor the runtime; the manager drives it.
+//! This module is the contract ([`CreditsStore`], its values and errors) and the rules
+//! every store follows ([`settlement`]); the stores themselves are in `storage` (SQLite
+//! today), so a second database plugs in behind the same trait. It knows neither routing
+//! nor the runtime; the manager drives it.
 
 pub mod error;
-pub mod money;
-mod schema;
-pub mod sqlite;
+pub mod settlement;
 pub mod store;
 
+pub use crate::domain::{Entry, EntryKind, VerifyReport};
 pub use error::LedgerError;
-pub use sqlite::SqliteCreditsStore;
 pub use store::{
-    Balance, CreditsStore, Entry, EntryKind, Grant, Hold, HoldState, OutboxEvent, OverdraftPolicy,
-    Settlement, StatementPage, VerifyReport, Void, validate_tenant,
+    CreditsStore, Hold, HoldState, OutboxEvent, OverdraftPolicy, Settlement, StatementPage, Void,
+    validate_tenant,
 };

@@ -1,5 +1,6 @@
 //! The `CreditsStore` trait and the values it trades in. No storage types appear here so
-//! a PostgreSQL store can implement the same trait.
+//! a PostgreSQL store can implement the same trait (the SQLite one is in
+//! `storage::sqlite::ledger`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::error::LedgerError;
-use crate::money::{Currency, Money};
+use crate::domain::{Balance, Currency, Entry, Grant, Money, TenantId, VerifyReport};
 
 /// What happens when a sandbox's metered cost is more than its hold.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,21 +46,6 @@ pub struct OutboxEvent {
     pub id: String,
     /// The serialized event (CloudEvents JSON).
     pub payload: String,
-}
-
-/// The result of a grant (`sandboxer credits add`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The transfer that moved the credits.
-    pub transfer_id: String,
-    /// Who received them.
-    pub tenant: String,
-    /// How much.
-    pub amount: Money,
-    /// Free text recorded with the transfer.
-    pub note: String,
-    /// When it was recorded.
-    pub at: DateTime<Utc>,
 }
 
 /// Where a hold stands.
@@ -145,83 +131,6 @@ pub struct Void {
     pub released: Money,
 }
 
-/// A tenant's balance in one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Balance {
-    /// The tenant.
-    pub tenant: String,
-    /// The currency.
-    pub currency: Currency,
-    /// Granted minus charged.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub posted: Decimal,
-    /// Sum of open holds.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub held: Decimal,
-    /// `posted − held`: what new holds may use.
-    #[serde(with = "rust_decimal::serde::str")]
-    pub available: Decimal,
-}
-
-/// What a statement line records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    /// Credits added.
-    Grant,
-    /// Credits reserved for a sandbox.
-    Hold,
-    /// A settled sandbox's cost taken from its hold (the rest of the hold is released).
-    Charge,
-    /// A hold released in full.
-    Void,
-    /// Cost beyond the hold, taken from available credits.
-    Overdraft,
-    /// Cost beyond the hold taken as debt (the balance may go negative).
-    Debt,
-}
-
-impl fmt::Display for EntryKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Grant => "grant",
-            Self::Hold => "hold",
-            Self::Charge => "charge",
-            Self::Void => "void",
-            Self::Overdraft => "overdraft",
-            Self::Debt => "debt",
-        })
-    }
-}
-
-/// One line of a tenant's statement: one transfer touching the tenant's account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// When the transfer was recorded.
-    pub at: DateTime<Utc>,
-    /// What kind of movement.
-    pub kind: EntryKind,
-    /// The transfer id.
-    pub transfer_id: String,
-    /// The hold this line belongs to, if any.
-    pub hold_id: Option<String>,
-    /// Currency of the amounts.
-    pub currency: Currency,
-    /// Change to the posted balance (negative for charges).
-    #[serde(with = "rust_decimal::serde::str")]
-    pub posted_delta: Decimal,
-    /// Change to the held amount (positive for a hold, negative when it is resolved).
-    #[serde(with = "rust_decimal::serde::str")]
-    pub held_delta: Decimal,
-    /// The exact amount before rounding (holds and charges).
-    #[serde(with = "rust_decimal::serde::str_option")]
-    pub exact: Option<Decimal>,
-    /// The sandbox, for holds and their resolution.
-    pub sandbox_id: Option<String>,
-    /// The note given with a grant.
-    pub note: Option<String>,
-}
-
 /// One page of a tenant's statement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementPage {
@@ -230,21 +139,6 @@ pub struct StatementPage {
     /// The transfer id of the last line when more lines follow it: pass it as `after`
     /// for the next page. `None`: this was the last page.
     pub next: Option<String>,
-}
-
-/// The outcome of re-deriving every balance from the transfers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    /// True when no problem was found.
-    pub ok: bool,
-    /// Accounts checked.
-    pub accounts: u64,
-    /// Transfers folded.
-    pub transfers: u64,
-    /// Holds still open.
-    pub open_holds: u64,
-    /// Each broken invariant, in words.
-    pub problems: Vec<String>,
 }
 
 /// Prepaid credits on a double-entry ledger. Every write is one durable transaction,
@@ -341,19 +235,10 @@ pub trait CreditsStore: Send + Sync {
     fn outbox_lag(&self) -> Result<(u64, Option<Duration>), LedgerError>;
 }
 
-/// Checks a tenant id: `[a-z0-9][a-z0-9_-]*`, at most 64 characters.
+/// Checks a tenant id ([`TenantId`]'s rule).
 pub fn validate_tenant(tenant: &str) -> Result<(), LedgerError> {
-    let mut chars = tenant.chars();
-    let ok = tenant.len() <= 64
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(LedgerError::InvalidTenant(tenant.to_owned()))
-    }
+    TenantId::parse(tenant)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -361,62 +246,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_trait_is_object_safe_and_the_sqlite_store_shareable() {
+    fn the_trait_is_object_safe_and_shareable() {
         fn shareable<T: Send + Sync + 'static>() {}
         shareable::<std::sync::Arc<dyn CreditsStore>>();
-        shareable::<crate::payments::SqliteCreditsStore>();
-    }
-
-    #[test]
-    fn statement_pages_follow_the_transfer_sequence_of_one_tenant() {
-        use crate::payments::SqliteCreditsStore;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteCreditsStore::open(dir.path().join("ledger.sqlite3")).unwrap();
-        let usd = |a: i64| Money {
-            amount: Decimal::new(a, 0),
-            currency: Currency::new("USD").unwrap(),
-        };
-        // Interleaved with another tenant's transfers, so the sequence has gaps.
-        for i in 1..=23 {
-            store.grant("acme", &usd(i), "", &format!("a{i}")).unwrap();
-            store
-                .grant("globex", &usd(i), "", &format!("g{i}"))
-                .unwrap();
-        }
-        let all = store.statement("acme").unwrap();
-        assert_eq!(all.len(), 23);
-        let mut paged = Vec::new();
-        let mut after: Option<String> = None;
-        let mut pages = 0;
-        loop {
-            let page = store.statement_page("acme", after.as_deref(), 10).unwrap();
-            pages += 1;
-            paged.extend(page.entries);
-            if pages == 1 {
-                // Recorded between pages: it comes last, once.
-                store.grant("acme", &usd(99), "late", "a99").unwrap();
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        assert_eq!(pages, 3);
-        assert_eq!(paged[..23], all[..]);
-        assert_eq!(paged.len(), 24);
-        assert_eq!(paged[23].note.as_deref(), Some("late"));
-        // Another tenant's transfer is no position on this statement.
-        let theirs = store.statement_page("globex", None, 1).unwrap().entries[0]
-            .transfer_id
-            .clone();
-        assert!(matches!(
-            store.statement_page("acme", Some(&theirs), 10),
-            Err(LedgerError::InvalidInput { what: "after", .. })
-        ));
-        assert!(matches!(
-            store.statement_page("acme", Some("nope"), 10),
-            Err(LedgerError::InvalidInput { what: "after", .. })
-        ));
     }
 
     #[test]
@@ -431,15 +263,5 @@ mod tests {
         );
         assert!("WriteOff".parse::<OverdraftPolicy>().is_err());
         assert_eq!(OverdraftPolicy::default(), OverdraftPolicy::WriteOff);
-    }
-
-    #[test]
-    fn tenant_ids() {
-        for ok in ["acme", "a", "0-x_y", &"a".repeat(64)] {
-            assert!(validate_tenant(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Acme", "-a", "_a", "a b", "a.b", &"a".repeat(65), "é"] {
-            assert!(validate_tenant(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::runtime::types::ExtensionError;
+use crate::domain::{ExtensionError, HealthStatus};
 
 /// A source of monotonic time, injectable so tests can move time without sleeping.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -91,70 +91,6 @@ impl Default for HealthConfig {
             max_cool_down: Duration::from_secs(600),
             latency_alpha: 0.3,
         }
-    }
-}
-
-/// An extension's circuit as the router sees it at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum HealthStatus {
-    /// Calls flow.
-    Closed { consecutive_failures: u32 },
-    /// No calls until the cool-down ends.
-    Open {
-        retry_in_ms: u64,
-        consecutive_failures: u32,
-    },
-    /// One trial call decides; `trial_in_flight` when it has been handed out.
-    HalfOpen { trial_in_flight: bool },
-}
-
-impl HealthStatus {
-    /// Whether the router may route to the extension now.
-    pub fn admits_calls(&self) -> bool {
-        matches!(
-            self,
-            HealthStatus::Closed { .. }
-                | HealthStatus::HalfOpen {
-                    trial_in_flight: false
-                }
-        )
-    }
-}
-
-impl fmt::Display for HealthStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            HealthStatus::Closed {
-                consecutive_failures: 0,
-            } => f.write_str("healthy"),
-            HealthStatus::Closed {
-                consecutive_failures: n,
-            } => {
-                write!(
-                    f,
-                    "healthy ({n} recent failure{})",
-                    if n == 1 { "" } else { "s" }
-                )
-            }
-            HealthStatus::Open { retry_in_ms, .. } => {
-                write!(f, "circuit open (trial in {})", human_ms(retry_in_ms))
-            }
-            HealthStatus::HalfOpen {
-                trial_in_flight: false,
-            } => f.write_str("half-open (next call is a trial)"),
-            HealthStatus::HalfOpen {
-                trial_in_flight: true,
-            } => f.write_str("half-open (trial in flight)"),
-        }
-    }
-}
-
-fn human_ms(ms: u64) -> String {
-    if ms >= 1000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{ms}ms")
     }
 }
 
@@ -382,7 +318,7 @@ impl HealthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::types::{BackendError, Fault, Function};
+    use crate::domain::{BackendError, Fault, Function};
 
     fn err(fault: Fault) -> ExtensionError {
         ExtensionError {

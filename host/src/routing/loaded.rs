@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::view::ExtensionView;
-use crate::runtime::Extension;
-use crate::runtime::types::{
+use crate::domain::{
     BackendError, Capacity, Cost, ExtensionError, ExtensionInfo, Fault, Function, SandboxRequest,
 };
+use crate::runtime::Extension;
 
 /// The loaded extensions as routing sees them.
 #[derive(Clone, Default)]

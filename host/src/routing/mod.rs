@@ -1,6 +1,7 @@
 //! Routing: profiles and their route specs, the four strategies, health and latency
 //! tracking, and [`resolve_extension`], which serves both real routing and
-//! `route explain`.
+//! `route explain`. What it reports (decisions, candidate reports, circuit states) is
+//! vocabulary in `domain::route`.
 
 pub mod decision;
 pub mod health;
@@ -8,14 +9,9 @@ pub mod loaded;
 pub mod profile;
 pub mod view;
 
-pub use decision::{
-    Attempt, CandidateReport, CapacityReport, DropReason, LatencyReport, LatencySource, Outcome,
-    RouteDecision, RouteError, resolve_extension,
-};
-pub use health::{HealthConfig, HealthStatus, HealthTracker};
-pub use profile::{
-    Profile, ProfileError, ProfileSet, RequestOverrides, RouteSpec, Strategy, load_profiles,
-};
+pub use decision::resolve_extension;
+pub use health::{HealthConfig, HealthTracker};
+pub use profile::{Profile, ProfileSet};
 pub use view::ExtensionView;
 
 #[cfg(test)]

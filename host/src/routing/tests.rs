@@ -11,10 +11,10 @@ use rust_decimal::Decimal;
 use super::health::{HealthConfig, ManualClock};
 use super::profile::parse_profile;
 use super::*;
-use crate::money::{Currency, Money};
-use crate::runtime::types::{
-    BackendError, Capability, Capacity, Cost, ExtensionError, ExtensionInfo, Fault, Function, Kind,
-    SandboxRequest,
+use crate::domain::{
+    BackendError, Capability, Capacity, Cost, Currency, DropReason, ExtensionError, ExtensionInfo,
+    Fault, Function, HealthStatus, Kind, LatencySource, Money, Outcome, RouteDecision, RouteError,
+    SandboxRequest, SandboxSpec,
 };
 
 struct Fake {
@@ -126,7 +126,7 @@ fn profile(route: &str) -> Profile {
 }
 
 fn route(p: &Profile, view: &View, health: &HealthTracker) -> Result<RouteDecision, RouteError> {
-    let req = p.request("t", "sb", &RequestOverrides::default()).unwrap();
+    let req = p.request("t", "sb", &SandboxSpec::default()).unwrap();
     resolve_extension(p, &req, view, health)
 }
 

@@ -1,7 +1,7 @@
 //! What routing needs to know about loaded extensions, as a small trait so the router
 //! does not depend on how the runtime stores them.
 
-use crate::runtime::types::{Capacity, Cost, ExtensionError, ExtensionInfo, SandboxRequest};
+use crate::domain::{Capacity, Cost, ExtensionError, ExtensionInfo, SandboxRequest};
 
 /// What routing needs to know about loaded extensions.
 pub trait ExtensionView {

@@ -2,7 +2,7 @@
 //! them and the validated host types of [`super::types`].
 //!
 //! Everything an extension returns passes through here: every decimal string is parsed
-//! with [`crate::money::parse_decimal`], every currency must equal `info.currency`, every
+//! with [`crate::domain::parse_decimal`], every currency must equal `info.currency`, every
 //! line item must satisfy `quantity × unit_price = amount` and the amounts must add up to
 //! the total, exactly. A breach is reported as a message naming the field and the value,
 //! which the caller turns into `Fault::BadAnswer`.
@@ -13,7 +13,7 @@ use super::types::{
     BackendError, BackendState, BackendStatus, Capability, Capacity, Cost, Created, ExtensionInfo,
     Kind, LineItem, Measure, Resources, SandboxContext, SandboxRequest, Usage,
 };
-use crate::money::{Currency, Money, parse_decimal};
+use crate::domain::{Currency, Money, parse_decimal};
 
 mod generated {
     wasmtime::component::bindgen!({

@@ -1,0 +1,336 @@
+//! The HTTP API served by `sandboxer-host run` (JSON over HTTP/1.1, axum): a surface.
+//!
+//! It owns the HTTP concerns only: routes, bearer-token auth ([`auth`]), body limits and
+//! JSON bodies that name the bad field ([`extract`]), list queries ([`query`]), and the
+//! error shape with the one mapping from the app's errors to statuses ([`error`]). Every
+//! handler parses, calls one use case on [`App`] on the blocking pool (extension calls
+//! and ledger writes are synchronous), and answers the typed result serialised by
+//! [`crate::app::to_json`], the same bytes `sandboxer … --json` prints.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod query;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub use auth::{Auth, TokenSet};
+pub use error::ApiError;
+use extract::{ApiJson, idempotency_key};
+use query::ListQuery;
+
+use crate::app::{App, GrantRequest};
+use crate::domain::money::parse_amount;
+use crate::domain::{Currency, Money, SandboxSpec, SandboxState, TenantId};
+use crate::telemetry::metrics;
+
+/// `POST /v1/tenants/{tenant}/credits` body.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddCredits {
+    /// Exact decimal string, e.g. `"25.00"`; numbers are refused (no floats for money).
+    pub amount: String,
+    /// ISO currency code; default `USD`.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Recorded with the grant.
+    #[serde(default)]
+    pub note: String,
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+/// Shared state of the router.
+#[derive(Clone)]
+pub struct AppState {
+    /// The application.
+    pub app: App,
+    /// Known tokens.
+    pub tokens: Arc<TokenSet>,
+    /// The Prometheus handle (`None`: `/metrics` answers 503).
+    pub metrics: Option<PrometheusHandle>,
+    /// Set when shutdown begins: `/healthz` answers 503 so load balancers drain.
+    pub draining: Arc<AtomicBool>,
+    /// Bounds the requests that write (grants) running at once. SQLite has one writer;
+    /// queueing here, in arrival order, beats many threads sleeping in its busy handler.
+    pub writers: Arc<tokio::sync::Semaphore>,
+}
+
+/// The router with every endpoint, the body limit and request metrics.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
+        .route(
+            "/v1/sandboxes/{id}",
+            get(get_sandbox).delete(destroy_sandbox),
+        )
+        .route("/v1/route/explain", post(explain_route))
+        .route("/v1/credits", get(credits))
+        .route("/v1/credits/entries", get(credit_entries))
+        .route("/v1/tenants/{tenant}/credits", post(add_credits))
+        .route("/v1/extensions", get(extensions))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// A typed answer with its status, serialised by the app's one serialisation.
+struct Answer<T>(StatusCode, T);
+
+impl<T: Serialize> IntoResponse for Answer<T> {
+    fn into_response(self) -> Response {
+        match crate::app::to_json(&self.1) {
+            Ok(body) => {
+                (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+            Err(e) => ApiError::from(e).into_response(),
+        }
+    }
+}
+
+/// Runs a use case on the blocking pool and answers its result with `status`.
+async fn call<T, F>(state: &AppState, status: StatusCode, f: F) -> Result<Answer<T>, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&App) -> Result<T, crate::app::AppError> + Send + 'static,
+{
+    let app = state.app.clone();
+    let out = tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| ApiError::internal(format!("request task failed: {e}")))?;
+    Ok(Answer(status, out?))
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})).into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let Some(handle) = s.metrics.clone() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "no metrics recorder in this process",
+        )
+        .into_response();
+    };
+    let app = s.app.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        app.refresh_gauges();
+        handle.render()
+    })
+    .await;
+    match text {
+        Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+fn check_profile_field(spec: &SandboxSpec) -> Result<(), ApiError> {
+    if spec.profile.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            Some("profile"),
+            "profile must name a profile, e.g. \"burst-sandbox\"",
+        ));
+    }
+    Ok(())
+}
+
+async fn create_sandbox(
+    State(s): State<AppState>,
+    auth: Auth,
+    headers: HeaderMap,
+    ApiJson(spec): ApiJson<SandboxSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = auth.tenant()?;
+    let key = idempotency_key(&headers)?;
+    check_profile_field(&spec)?;
+    call(&s, StatusCode::CREATED, move |app| {
+        app.create_sandbox(&tenant, &spec, key.as_deref())
+    })
+    .await
+}
+
+/// A list's query string: decoded pairs, then checked against the names it accepts.
+type RawPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn list_query(q: RawPairs, filters: &[&str]) -> Result<ListQuery, ApiError> {
+    let Query(pairs) =
+        q.map_err(|e| ApiError::bad_request(None, format!("invalid query: {}", e.body_text())))?;
+    ListQuery::parse(pairs, filters)
+}
+
+async fn list_sandboxes(
+    State(s): State<AppState>,
+    auth: Auth,
+    q: RawPairs,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
+    let q = list_query(q, &["state"])?;
+    let state = match q.filter("state") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<SandboxState>()
+                .map_err(|e| ApiError::bad_request(Some("state"), e.to_string()))?,
+        ),
+    };
+    call(&s, StatusCode::OK, move |app| {
+        app.list_sandboxes(&scope, state, &q.page)
+    })
+    .await
+}
+
+async fn get_sandbox(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
+    call(&s, StatusCode::OK, move |app| app.sandbox(&scope, &id)).await
+}
+
+async fn destroy_sandbox(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
+    call(&s, StatusCode::OK, move |app| {
+        app.destroy_sandbox(&scope, &id)
+    })
+    .await
+}
+
+async fn explain_route(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiJson(spec): ApiJson<SandboxSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = auth.tenant()?;
+    check_profile_field(&spec)?;
+    call(&s, StatusCode::OK, move |app| {
+        app.explain_route(&tenant, &spec)
+    })
+    .await
+}
+
+async fn credits(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
+    let tenant = auth.tenant()?;
+    call(&s, StatusCode::OK, move |app| app.balances(&tenant)).await
+}
+
+async fn credit_entries(
+    State(s): State<AppState>,
+    auth: Auth,
+    q: RawPairs,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant = auth.tenant()?;
+    let q = list_query(q, &[])?;
+    call(&s, StatusCode::OK, move |app| {
+        app.statement(&tenant, &q.page)
+    })
+    .await
+}
+
+async fn add_credits(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AddCredits>,
+) -> Result<impl IntoResponse, ApiError> {
+    auth.admin()?;
+    let key = idempotency_key(&headers)?;
+    let tenant = TenantId::parse(&tenant)
+        .map_err(|e| ApiError::bad_request(Some("tenant"), e.to_string()))?;
+    let amount = parse_amount(&body.amount)
+        .map_err(|e| ApiError::bad_request(Some("amount"), format!("invalid amount: {e}")))?;
+    let currency = Currency::new(&body.currency)
+        .map_err(|e| ApiError::bad_request(Some("currency"), e.to_string()))?;
+    let request = GrantRequest {
+        amount: Money {
+            amount: amount.exact,
+            currency,
+        },
+        note: body.note,
+        idempotency_key: key,
+    };
+    let _permit = s
+        .writers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(format!("writer limit closed: {e}")))?;
+    call(&s, StatusCode::CREATED, move |app| {
+        app.grant_credits(&tenant, &request)
+    })
+    .await
+}
+
+async fn extensions(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
+    let scope = auth.scope();
+    call(&s, StatusCode::OK, move |app| app.extensions(&scope)).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/api.md",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint; see docs/api.md",
+    )
+}
+
+/// Request metrics and one log line per request (method, route, status, latency; never
+/// headers, so tokens stay out of logs).
+async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    let took = start.elapsed();
+    let status = resp.status().as_u16();
+    metrics::http_request(method.as_str(), &route, status, took);
+    tracing::debug!(%method, %route, status, took_ms = took.as_secs_f64() * 1e3, "request");
+    resp
+}
+
+#[cfg(test)]
+mod tests;

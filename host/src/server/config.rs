@@ -1,0 +1,595 @@
+//! `sandboxer.toml`: the optional configuration of `sandboxer-host run`.
+//!
+//! Every key is optional; with no file at all the host serves the shipped extensions
+//! and profiles on [`DEFAULT_LISTEN`] with a generated `local` tenant and admin token
+//! (see [`super::tokens`]). Every error names the file, the key and what was expected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::app::HealthConfig;
+use crate::domain::TenantId;
+
+/// Where the host listens when neither the config, `--listen` nor `SANDBOXER_LISTEN`
+/// says otherwise: loopback only, so a fresh install is not reachable from the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7733";
+
+/// A configuration problem: which file, which key, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file (or `--listen`/environment source) the value came from.
+    pub file: String,
+    /// Dotted key, e.g. `tenants.acme.token_env`; `(file)` when the file itself is unreadable.
+    pub key: String,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            file: file.display().to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a secret token comes from: exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    /// The token itself, in the file (convenient for tests; prefer the other two).
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token.
+    pub token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace is trimmed).
+    pub token_file: Option<PathBuf>,
+}
+
+/// One HTTP event sink (`[[events.http]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Where to POST batches of CloudEvents (`application/cloudevents-batch+json`).
+    pub url: String,
+    /// Events per POST.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Per-request timeout in milliseconds.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Optional bearer token sent to the receiver.
+    #[serde(flatten)]
+    pub auth: TokenSource,
+}
+
+fn default_batch() -> usize {
+    100
+}
+fn default_http_timeout_ms() -> u64 {
+    2_000
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    source: Option<String>,
+    #[serde(default)]
+    http: Vec<HttpSinkConfig>,
+    deliver_interval_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLeases {
+    chunk_secs: Option<u64>,
+    grace_secs: Option<u64>,
+    renew_before_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReaper {
+    interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    failure_threshold: Option<u32>,
+    cool_down_secs: Option<u64>,
+    max_cool_down_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    enabled: Option<bool>,
+    debounce_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    extensions_dir: Option<PathBuf>,
+    profiles_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_concurrent_writes: Option<usize>,
+    #[serde(default)]
+    tenants: BTreeMap<String, TokenSource>,
+    admin: Option<TokenSource>,
+    #[serde(default)]
+    leases: RawLeases,
+    #[serde(default)]
+    reaper: RawReaper,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
+    health: RawHealth,
+}
+
+/// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// How much running time one lease covers.
+    pub chunk: Duration,
+    /// How long a sandbox whose renewal could not be covered keeps running before it is
+    /// destroyed and settled.
+    pub grace: Duration,
+    /// Renew this long before the current lease runs out.
+    pub renew_before: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            chunk: Duration::from_secs(15 * 60),
+            grace: Duration::from_secs(60),
+            renew_before: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Event delivery settings.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// The CloudEvents `source` of this host; defaults to `urn:sandboxer:host:<hostname>`.
+    pub source: Option<String>,
+    /// HTTP sinks besides the JSONL file.
+    pub http: Vec<HttpSinkConfig>,
+    /// How often the outbox is drained when nothing wakes it earlier.
+    pub deliver_interval: Duration,
+    /// Longest wait between delivery rounds while a sink keeps failing.
+    pub max_backoff: Duration,
+}
+
+/// The validated configuration of `sandboxer-host run`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The file it came from, if any (for messages).
+    pub file: Option<PathBuf>,
+    /// Listen address (before `--listen`/`SANDBOXER_LISTEN` are applied).
+    pub listen: Option<SocketAddr>,
+    /// Folder overrides from the file (relative paths resolved against the file's folder).
+    pub extensions_dir: Option<PathBuf>,
+    /// See `extensions_dir`.
+    pub profiles_dir: Option<PathBuf>,
+    /// See `extensions_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Writing requests (create, destroy, grant) served at once; the rest queue.
+    pub max_concurrent_writes: usize,
+    /// Tenant id → where its token comes from. Empty with no config file.
+    pub tenants: BTreeMap<TenantId, TokenSource>,
+    /// Where the admin token comes from.
+    pub admin: Option<TokenSource>,
+    /// Leases.
+    pub leases: LeaseConfig,
+    /// How often the reaper and lease renewer run.
+    pub reaper_interval: Duration,
+    /// Events.
+    pub events: EventsConfig,
+    /// Hot reload of the extensions and profiles folders.
+    pub reload: bool,
+    /// Quiet period after the last file change before a reload.
+    pub reload_debounce: Duration,
+    /// The circuit breaker routing keeps per extension.
+    pub health: HealthConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            listen: None,
+            extensions_dir: None,
+            profiles_dir: None,
+            state_dir: None,
+            max_body_bytes: 64 * 1024,
+            max_concurrent_writes: 8,
+            tenants: BTreeMap::new(),
+            admin: None,
+            leases: LeaseConfig::default(),
+            reaper_interval: Duration::from_secs(5),
+            events: EventsConfig {
+                source: None,
+                http: Vec::new(),
+                deliver_interval: Duration::from_millis(250),
+                max_backoff: Duration::from_secs(30),
+            },
+            reload: true,
+            reload_debounce: Duration::from_millis(250),
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of a config file named `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new(path, "(syntax)", toml_message(&e, text)))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            };
+            ConfigError::new(path, key, toml_message(e.inner(), text))
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let mut cfg = ServiceConfig {
+            file: Some(path.to_owned()),
+            ..Default::default()
+        };
+        if let Some(l) = raw.listen {
+            cfg.listen = Some(parse_listen(&l).map_err(|m| ConfigError::new(path, "listen", m))?);
+        }
+        cfg.extensions_dir = raw.extensions_dir.map(rel);
+        cfg.profiles_dir = raw.profiles_dir.map(rel);
+        cfg.state_dir = raw.state_dir.map(rel);
+        if let Some(n) = raw.max_body_bytes {
+            if !(256..=16 * 1024 * 1024).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "max_body_bytes",
+                    "expected 256 ..= 16777216 bytes",
+                ));
+            }
+            cfg.max_body_bytes = n;
+        }
+        if let Some(n) = raw.max_concurrent_writes {
+            if !(1..=1024).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "max_concurrent_writes",
+                    "expected 1 ..= 1024",
+                ));
+            }
+            cfg.max_concurrent_writes = n;
+        }
+        for (tenant, src) in raw.tenants {
+            let Ok(id) = TenantId::parse(&tenant) else {
+                return Err(ConfigError::new(
+                    path,
+                    format!("tenants.{tenant}"),
+                    "expected a tenant id of lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)",
+                ));
+            };
+            check_source(&src, path, &format!("tenants.{tenant}"), base)?;
+            cfg.tenants.insert(id, resolve_file(src, base));
+        }
+        if let Some(src) = raw.admin {
+            check_source(&src, path, "admin", base)?;
+            cfg.admin = Some(resolve_file(src, base));
+        }
+        if !cfg.tenants.is_empty() && cfg.admin.is_none() {
+            // Not an error: credits can still be added with `sandboxer credits add`.
+            tracing::info!(file = %path.display(), "no [admin] token configured: POST /v1/tenants/{{tenant}}/credits is disabled");
+        }
+        let l = raw.leases;
+        let secs =
+            |v: Option<u64>, key: &str, min: u64, def: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(def),
+                    Some(s) if s >= min => Ok(Duration::from_secs(s)),
+                    Some(_) => Err(ConfigError::new(
+                        path,
+                        key,
+                        format!("expected a whole number of seconds ≥ {min}"),
+                    )),
+                }
+            };
+        cfg.leases.chunk = secs(l.chunk_secs, "leases.chunk_secs", 1, cfg.leases.chunk)?;
+        cfg.leases.grace = secs(l.grace_secs, "leases.grace_secs", 0, cfg.leases.grace)?;
+        cfg.leases.renew_before = secs(
+            l.renew_before_secs,
+            "leases.renew_before_secs",
+            0,
+            cfg.leases.renew_before,
+        )?;
+        if cfg.leases.renew_before >= cfg.leases.chunk {
+            return Err(ConfigError::new(
+                path,
+                "leases.renew_before_secs",
+                "expected less than leases.chunk_secs",
+            ));
+        }
+        if let Some(ms) = raw.reaper.interval_ms {
+            if !(10..=3_600_000).contains(&ms) {
+                return Err(ConfigError::new(
+                    path,
+                    "reaper.interval_ms",
+                    "expected 10 ..= 3600000 milliseconds",
+                ));
+            }
+            cfg.reaper_interval = Duration::from_millis(ms);
+        }
+        let ev = raw.events;
+        cfg.events.source = ev.source;
+        if let Some(s) = &cfg.events.source
+            && s.trim().is_empty()
+        {
+            return Err(ConfigError::new(
+                path,
+                "events.source",
+                "expected a non-empty URI reference",
+            ));
+        }
+        for (i, h) in ev.http.into_iter().enumerate() {
+            let key = format!("events.http[{i}]");
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.url"),
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            if h.batch_size == 0 || h.batch_size > 10_000 {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.batch_size"),
+                    "expected 1 ..= 10000",
+                ));
+            }
+            if h.timeout_ms == 0 {
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}.timeout_ms"),
+                    "expected a positive number of milliseconds",
+                ));
+            }
+            let has_auth =
+                h.auth.token.is_some() || h.auth.token_env.is_some() || h.auth.token_file.is_some();
+            if has_auth {
+                check_source(&h.auth, path, &key, base)?;
+            }
+            let auth = resolve_file(h.auth.clone(), base);
+            cfg.events.http.push(HttpSinkConfig { auth, ..h });
+        }
+        if let Some(ms) = ev.deliver_interval_ms {
+            if ms == 0 {
+                return Err(ConfigError::new(
+                    path,
+                    "events.deliver_interval_ms",
+                    "expected a positive number of milliseconds",
+                ));
+            }
+            cfg.events.deliver_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = ev.max_backoff_ms {
+            if ms == 0 {
+                return Err(ConfigError::new(
+                    path,
+                    "events.max_backoff_ms",
+                    "expected a positive number of milliseconds",
+                ));
+            }
+            cfg.events.max_backoff = Duration::from_millis(ms);
+        }
+        if let Some(b) = raw.reload.enabled {
+            cfg.reload = b;
+        }
+        if let Some(ms) = raw.reload.debounce_ms {
+            cfg.reload_debounce = Duration::from_millis(ms);
+        }
+        let h = raw.health;
+        if let Some(n) = h.failure_threshold {
+            if !(1..=1000).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "health.failure_threshold",
+                    "expected 1 ..= 1000 consecutive failures",
+                ));
+            }
+            cfg.health.failure_threshold = n;
+        }
+        cfg.health.cool_down = secs(
+            h.cool_down_secs,
+            "health.cool_down_secs",
+            1,
+            cfg.health.cool_down,
+        )?;
+        cfg.health.max_cool_down = secs(
+            h.max_cool_down_secs,
+            "health.max_cool_down_secs",
+            1,
+            cfg.health.max_cool_down,
+        )?;
+        if cfg.health.max_cool_down < cfg.health.cool_down {
+            return Err(ConfigError::new(
+                path,
+                "health.max_cool_down_secs",
+                "expected at least health.cool_down_secs",
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses a listen address such as `127.0.0.1:7733` or `[::1]:8080`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse::<SocketAddr>().map_err(|_| {
+        format!("expected an address with a port such as 127.0.0.1:7733 or [::]:7733, got {s:?}")
+    })
+}
+
+fn check_source(src: &TokenSource, file: &Path, key: &str, base: &Path) -> Result<(), ConfigError> {
+    let n = usize::from(src.token.is_some())
+        + usize::from(src.token_env.is_some())
+        + usize::from(src.token_file.is_some());
+    if n != 1 {
+        return Err(ConfigError::new(
+            file,
+            key,
+            "expected exactly one of token, token_env, token_file",
+        ));
+    }
+    if let Some(t) = &src.token
+        && t.trim().len() < 16
+    {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.token"),
+            "expected a token of at least 16 characters",
+        ));
+    }
+    if let Some(v) = &src.token_env
+        && v.is_empty()
+    {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.token_env"),
+            "expected an environment variable name",
+        ));
+    }
+    let _ = base;
+    Ok(())
+}
+
+fn resolve_file(mut src: TokenSource, base: &Path) -> TokenSource {
+    if let Some(p) = src.token_file.take() {
+        src.token_file = Some(if p.is_relative() { base.join(p) } else { p });
+    }
+    src
+}
+
+/// toml's message, without its multi-line source excerpt, plus the line number.
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{msg} (line {line})")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServiceConfig, ConfigError> {
+        ServiceConfig::parse(text, Path::new("/etc/sandboxer/sandboxer.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert!(c.tenants.is_empty());
+        assert_eq!(c.leases, LeaseConfig::default());
+        assert!(c.reload);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            state_dir = "state"
+            [tenants.acme]
+            token_env = "ACME_TOKEN"
+            [tenants.beta]
+            token_file = "beta.token"
+            [admin]
+            token = "0123456789abcdef0123"
+            [leases]
+            chunk_secs = 2
+            grace_secs = 1
+            renew_before_secs = 1
+            [[events.http]]
+            url = "http://127.0.0.1:9/hub"
+            batch_size = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.unwrap().port(), 9000);
+        assert_eq!(c.state_dir.unwrap(), PathBuf::from("/etc/sandboxer/state"));
+        assert_eq!(
+            c.tenants[&TenantId::parse("beta").unwrap()]
+                .token_file
+                .as_deref(),
+            Some(Path::new("/etc/sandboxer/beta.token"))
+        );
+        assert_eq!(c.leases.chunk, Duration::from_secs(2));
+        assert_eq!(c.events.http[0].batch_size, 10);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let e = parse("[tenants.acme]\ntoken_env = \"A\"\ncolour = 1\n").unwrap_err();
+        assert_eq!(e.file, "/etc/sandboxer/sandboxer.toml");
+        assert!(e.message.contains("colour"), "{e}");
+        let e = parse("[leases]\nchunk_secs = \"ten\"\n").unwrap_err();
+        assert_eq!(e.key, "leases.chunk_secs", "{e}");
+        let e = parse("listen = \"localhost\"\n").unwrap_err();
+        assert_eq!(e.key, "listen");
+        let e =
+            parse("[tenants.acme]\ntoken_env = \"A\"\ntoken = \"0123456789abcdef\"\n").unwrap_err();
+        assert_eq!(e.key, "tenants.acme");
+        assert!(e.message.contains("exactly one"));
+        let e = parse("[tenants.Acme]\ntoken_env = \"A\"\n").unwrap_err();
+        assert_eq!(e.key, "tenants.Acme");
+        let e = parse("[[events.http]]\nurl = \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.key, "events.http[0].url");
+        let e = parse("[leases]\nchunk_secs = 5\nrenew_before_secs = 5\n").unwrap_err();
+        assert_eq!(e.key, "leases.renew_before_secs");
+        let e = parse("[health]\nfailure_threshold = 0\n").unwrap_err();
+        assert_eq!(e.key, "health.failure_threshold");
+        let e = parse("[health]\ncool_down_secs = 60\nmax_cool_down_secs = 30\n").unwrap_err();
+        assert_eq!(e.key, "health.max_cool_down_secs");
+        let e = parse("[health]\ncooldown = 60\n").unwrap_err();
+        assert!(e.message.contains("cooldown"), "{e}");
+    }
+
+    #[test]
+    fn health_settings_reach_the_circuit_breaker_config() {
+        let c = parse("[health]\nfailure_threshold = 5\ncool_down_secs = 10\n").unwrap();
+        assert_eq!(c.health.failure_threshold, 5);
+        assert_eq!(c.health.cool_down, Duration::from_secs(10));
+        assert_eq!(c.health.max_cool_down, Duration::from_secs(600));
+        assert_eq!(parse("").unwrap().health.failure_threshold, 3);
+    }
+}

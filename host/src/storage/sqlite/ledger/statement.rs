@@ -1,0 +1,121 @@
+//! A tenant's statement, page by page: one line per transfer touching its account,
+//! oldest first, as a keyset on the transfer sequence.
+
+use rusqlite::{OptionalExtension, params};
+use rust_decimal::Decimal;
+
+use super::rows::{check_text, corrupt, invalid, parse_currency, parse_exact, parse_time};
+use super::{At, SqliteCreditsStore, check_tenant};
+use crate::domain::money::from_units;
+use crate::domain::{Entry, EntryKind};
+use crate::payments::{LedgerError, StatementPage};
+use crate::storage::sqlite::cached::CachedStatements;
+
+impl SqliteCreditsStore {
+    pub(super) fn read_statement_page(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<StatementPage, LedgerError> {
+        check_tenant(tenant)?;
+        if let Some(a) = after {
+            check_text("after", a, 200, false)?;
+        }
+        let limit = limit.max(1);
+        // One row more than asked tells whether another page follows.
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        self.read(|tx, path| {
+            if !Self::tenant_exists(tx, path, tenant)? {
+                return Err(LedgerError::UnknownTenant(tenant.to_owned()));
+            }
+            // The page starts after the sequence number of the transfer it is given,
+            // which must be a line of this tenant's statement: another tenant's transfer
+            // id positions nothing here.
+            let after_seq: i64 = match after {
+                None => 0,
+                Some(uid) => tx
+                    .row_cached(
+                        "SELECT t.id FROM transfers t WHERE t.uid = ?1 AND t.kind <> 'write_off' \
+                         AND (t.debit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?2) \
+                            OR t.credit_account IN (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?2))",
+                        params![uid, tenant],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .at(path)?
+                    .ok_or_else(|| {
+                        invalid("after", format!("{uid:?} is not a transfer on the statement of {tenant}"))
+                    })?,
+            };
+            type Raw = (i64, String, String, i64, Option<String>, String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+            // Each side of the OR is a range scan of its account index (which ends in the
+            // transfer's rowid) that stops at the LIMIT; the union of the two is sorted.
+            let mut stmt = tx
+                .prepare_cached(
+                    "WITH acct AS (SELECT id FROM accounts WHERE kind = 'tenant' AND name = ?1), \
+                     page AS ( \
+                        SELECT id FROM (SELECT id FROM transfers WHERE debit_account IN (SELECT id FROM acct) \
+                            AND kind <> 'write_off' AND id > ?2 ORDER BY id LIMIT ?3) \
+                        UNION \
+                        SELECT id FROM (SELECT id FROM transfers WHERE credit_account IN (SELECT id FROM acct) \
+                            AND kind <> 'write_off' AND id > ?2 ORDER BY id LIMIT ?3)) \
+                     SELECT t.created_at, t.kind, t.uid, t.amount, t.exact, t.currency, t.sandbox_id, t.note, \
+                     COALESCE(p.uid, h.uid), p.amount, NULL \
+                     FROM page JOIN transfers t ON t.id = page.id LEFT JOIN transfers p ON p.id = t.pending_id \
+                     LEFT JOIN transfers h ON h.id = t.hold_id \
+                     ORDER BY t.id LIMIT ?3",
+                )
+                .at(path)?;
+            let mut raws: Vec<Raw> = stmt
+                .query_map(params![tenant, after_seq, fetch], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                    ))
+                })
+                .at(path)?
+                .collect::<rusqlite::Result<_>>()
+                .at(path)?;
+            let more = raws.len() > limit;
+            raws.truncate(limit);
+            let next = if more { raws.last().map(|r| r.2.clone()) } else { None };
+            let entries = raws.into_iter()
+                .map(|(at, kind, uid, amount, exact, cur, sandbox, note, related, pending_amount, _)| {
+                    let a = from_units(amount);
+                    let (kind, posted, held, hold_id) = match kind.as_str() {
+                        "grant" => (EntryKind::Grant, a, Decimal::ZERO, None),
+                        "hold" => (EntryKind::Hold, Decimal::ZERO, a, Some(uid.clone())),
+                        "post" => (EntryKind::Charge, -a, -from_units(pending_amount.unwrap_or(0)), related),
+                        "void" => (EntryKind::Void, Decimal::ZERO, -a, related),
+                        "overdraft" => (EntryKind::Overdraft, -a, Decimal::ZERO, related),
+                        "debt" => (EntryKind::Debt, -a, Decimal::ZERO, related),
+                        other => return Err(corrupt(path, format!("unknown transfer kind {other:?}"))),
+                    };
+                    Ok(Entry {
+                        at: parse_time(path, at)?,
+                        kind,
+                        transfer_id: uid,
+                        hold_id,
+                        currency: parse_currency(path, &cur)?,
+                        posted_delta: posted,
+                        held_delta: held,
+                        exact: parse_exact(path, exact)?,
+                        sandbox_id: sandbox,
+                        note,
+                    })
+                })
+                .collect::<Result<Vec<Entry>, LedgerError>>()?;
+            Ok(StatementPage { entries, next })
+        })
+    }
+}
