@@ -110,6 +110,13 @@ fn main() {
             false,
         ))
         .method(method(
+            "task_exec_stdin_status",
+            "TaskExecStdinStatus",
+            "TaskExecStdinStatusRequest",
+            "TaskExecStdinStatusResponse",
+            false,
+        ))
+        .method(method(
             "task_exec_stdio_read",
             "TaskExecStdioRead",
             "TaskExecStdioReadRequest",

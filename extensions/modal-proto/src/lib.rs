@@ -44,6 +44,9 @@ pub mod router_path {
     /// `TaskExecStdinWrite`.
     pub const TASK_EXEC_STDIN_WRITE: &str =
         "/modal.task_command_router.TaskCommandRouter/TaskExecStdinWrite";
+    /// `TaskExecStdinStatus`.
+    pub const TASK_EXEC_STDIN_STATUS: &str =
+        "/modal.task_command_router.TaskCommandRouter/TaskExecStdinStatus";
     /// `TaskExecStdioRead` (server-streaming).
     pub const TASK_EXEC_STDIO_READ: &str =
         "/modal.task_command_router.TaskCommandRouter/TaskExecStdioRead";
@@ -434,6 +437,20 @@ pub struct TaskExecStdinWriteRequest {
 /// `modal.task_command_router.TaskExecStdinWriteResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TaskExecStdinWriteResponse {}
+
+/// `modal.task_command_router.TaskExecStdinStatusRequest` (the shape of `TaskExecPollRequest`).
+pub type TaskExecStdinStatusRequest = TaskExecPollRequest;
+
+/// `modal.task_command_router.TaskExecStdinStatusResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TaskExecStdinStatusResponse {
+    /// Bytes of stdin accepted so far (where the next write starts).
+    #[prost(uint64, tag = "1")]
+    pub num_bytes_written: u64,
+    /// Whether stdin has been closed.
+    #[prost(bool, tag = "2")]
+    pub closed: bool,
+}
 
 /// `modal.task_command_router.TaskExecStdioReadRequest`.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -77,6 +77,7 @@ pub enum Route {
     TaskGetCommandRouterAccess,
     TaskExecStart,
     TaskExecStdinWrite,
+    TaskExecStdinStatus,
     TaskExecStdioRead,
     TaskExecPoll,
     TaskExecWait,
@@ -100,6 +101,7 @@ impl Route {
             Route::TaskGetCommandRouterAccess => "TaskGetCommandRouterAccess",
             Route::TaskExecStart => "TaskExecStart",
             Route::TaskExecStdinWrite => "TaskExecStdinWrite",
+            Route::TaskExecStdinStatus => "TaskExecStdinStatus",
             Route::TaskExecStdioRead => "TaskExecStdioRead",
             Route::TaskExecPoll => "TaskExecPoll",
             Route::TaskExecWait => "TaskExecWait",
@@ -112,6 +114,7 @@ impl Route {
             self,
             Route::TaskExecStart
                 | Route::TaskExecStdinWrite
+                | Route::TaskExecStdinStatus
                 | Route::TaskExecStdioRead
                 | Route::TaskExecPoll
                 | Route::TaskExecWait
@@ -384,7 +387,16 @@ impl FakeModal {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    // Answers go out at once (no Nagle delay behind the client's delayed ACK).
+                    let incoming = tokio_stream::StreamExt::map(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        |conn| {
+                            if let Ok(c) = &conn {
+                                let _ = c.set_nodelay(true);
+                            }
+                            conn
+                        },
+                    );
                     let mut builder = tonic::transport::Server::builder();
                     if let Some(identity) = identity {
                         let config = tonic::transport::ServerTlsConfig::new().identity(identity);
@@ -1167,6 +1179,24 @@ impl TaskCommandRouter for Service {
                 .map_err(|e| Status::failed_precondition(e.to_string())),
             Err(e) => Err(e),
         };
+        self.done(index, answer)
+    }
+
+    async fn task_exec_stdin_status(
+        &self,
+        request: Request<pb::TaskExecStdinStatusRequest>,
+    ) -> Answer<pb::TaskExecStdinStatusResponse> {
+        let index = self
+            .gate(Route::TaskExecStdinStatus, request.metadata())
+            .await?;
+        let (md, _, req) = request.into_parts();
+        let answer = self.exec(&md, &req.task_id, &req.exec_id).map(|p| {
+            let (written, closed) = p.stdin_status();
+            pb::TaskExecStdinStatusResponse {
+                num_bytes_written: written,
+                closed,
+            }
+        });
         self.done(index, answer)
     }
 

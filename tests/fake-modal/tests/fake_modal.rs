@@ -316,6 +316,54 @@ fn a_sandbox_lives_runs_commands_moves_files_and_reports_usage() {
             .into_inner();
         assert_eq!(poll.exit_status, Some(pb::ExitStatus::Code(4)));
 
+        // Stdin is offset-addressed; its status says where the next write starts.
+        r.task_exec_start(start(&task, "ex-in", &["cat"], &jwt))
+            .await
+            .unwrap();
+        let status = |r: &mut TaskCommandRouterClient<Channel>| {
+            let req = bearer(
+                pb::TaskExecStdinStatusRequest {
+                    task_id: task.clone(),
+                    exec_id: "ex-in".into(),
+                },
+                &jwt,
+            );
+            let mut r = r.clone();
+            async move { r.task_exec_stdin_status(req).await.unwrap().into_inner() }
+        };
+        let write = |offset: u64, data: &[u8], eof: bool| {
+            bearer(
+                pb::TaskExecStdinWriteRequest {
+                    task_id: task.clone(),
+                    exec_id: "ex-in".into(),
+                    offset,
+                    data: data.to_vec(),
+                    eof,
+                },
+                &jwt,
+            )
+        };
+        r.task_exec_stdin_write(write(0, b"abc", false))
+            .await
+            .unwrap();
+        let st = status(&mut r).await;
+        assert_eq!((st.num_bytes_written, st.closed), (3, false));
+        r.task_exec_stdin_write(write(2, b"cd", true))
+            .await
+            .unwrap();
+        let st = status(&mut r).await;
+        assert_eq!((st.num_bytes_written, st.closed), (4, true));
+        let echoed = read_all(
+            &mut r,
+            &jwt,
+            &task,
+            "ex-in",
+            0,
+            pb::TaskExecStdioFileDescriptor::Stdout,
+        )
+        .await;
+        assert_eq!(echoed, b"abcd");
+
         // Files through modal-sandbox-fs-tools.
         let write = r#"{"WriteFile":{"path":"/root/dir/a.txt"}}"#;
         let (_, _, exit) =
