@@ -9,10 +9,12 @@
 /// The environment variable that carries a started command's id.
 pub const EXEC_ID_ENV: &str = "SANDBOXER_EXEC_ID";
 
-/// Two passes catch children forked while the first pass ran.
-const KILL_SCRIPT: &str = "n=0; while [ \"$n\" -lt 2 ]; do \
+/// The kill as a shell script: `$1` is the id, `$2` (optional) a pid to spare. Two passes
+/// catch children forked while the first pass ran. Run it from a process that does not
+/// carry the id itself (it would kill itself half-way).
+pub const KILL_SCRIPT: &str = "n=0; while [ \"$n\" -lt 2 ]; do \
 for e in /proc/[0-9]*/environ; do p=${e#/proc/}; p=${p%/environ}; \
-[ \"$p\" = \"$$\" ] && continue; \
+[ \"$p\" = \"$$\" ] && continue; [ \"$p\" = \"${2:-}\" ] && continue; \
 grep -q \"SANDBOXER_EXEC_ID=$1\" \"$e\" 2>/dev/null && kill -KILL \"$p\" 2>/dev/null; \
 done; n=$((n+1)); done; exit 0";
 
