@@ -4,6 +4,8 @@
 //! sandbox, `Authorization: Basic <user>:` for envd before 0.4.0 or a configured user):
 //! Connect RPCs (`process.Process`, `filesystem.Filesystem`) and the `/files` API.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use guest_kit::envelope::{Decoder, FLAG_END_STREAM, frame};
 use guest_kit::http::{self, BaseUrl, Method, Request, Response, Streaming};
@@ -13,7 +15,7 @@ use crate::api::transport_error;
 use crate::config::Config;
 use crate::connect::{self, ConnectError, Event};
 use crate::exports::sandboxer::extension::backend::BackendError;
-use crate::handle::{Handle, checked_id, valid_domain};
+use crate::handle::{Access, Handle, checked_id, valid_domain};
 
 /// The largest answer or message accepted from envd.
 pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
@@ -89,6 +91,63 @@ pub enum CallError {
     Other(BackendError),
 }
 
+/// What the instance learned of each sandbox's envd (a sandbox's access never changes),
+/// keyed by API, key and sandbox: one `GET /sandboxes/{id}` per sandbox and instance.
+static ACCESS: std::sync::Mutex<BTreeMap<String, Access>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn access_key(cfg: &Config, id: &str) -> String {
+    format!(
+        "{}|{}|{id}",
+        cfg.base_url_str(),
+        cfg.api_key().unwrap_or("")
+    )
+}
+
+/// Remembers what `POST /sandboxes` answered about a new sandbox's envd.
+pub fn remember(cfg: &Config, id: &str, access: Access) {
+    let mut map = ACCESS.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= 256 {
+        map.clear();
+    }
+    map.insert(access_key(cfg, id), access);
+}
+
+/// How to reach the envd of sandbox `id`: remembered, or read from E2B.
+pub fn access(cfg: &Config, id: &str) -> Result<Access, BackendError> {
+    let key = access_key(cfg, id);
+    if let Some(a) = ACCESS.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(a.clone());
+    }
+    let r = crate::api::call(
+        cfg,
+        http::Method::Get,
+        "GET /sandboxes/{id}",
+        &format!("/sandboxes/{id}"),
+        None,
+        &[200],
+    )
+    .map_err(|e| match e {
+        BackendError::NotFound(_) => {
+            BackendError::NotFound("the sandbox is gone at E2B (killed or expired)".into())
+        }
+        other => other,
+    })?;
+    let a: Access = serde_json::from_slice(&r.body).map_err(|e| {
+        BackendError::Internal(format!("E2B GET /sandboxes/{{id}}: unexpected answer: {e}"))
+    })?;
+    remember(cfg, id, a.clone());
+    Ok(a)
+}
+
+/// A Connect error with `secret` replaced in its message (envd may quote the token it was
+/// sent; the host does not know this token, so it cannot redact it).
+fn scrub(secret: Option<&str>, mut e: ConnectError) -> ConnectError {
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        e.message = e.message.replace(s, "[redacted]");
+    }
+    e
+}
+
 /// One sandbox's envd.
 pub struct Envd {
     base: BaseUrl,
@@ -104,7 +163,12 @@ impl Envd {
     /// The envd of the sandbox `handle` names.
     pub fn new(cfg: &Config, handle: &Handle) -> Result<Envd, BackendError> {
         let id = checked_id(&handle.id)?;
-        let domain = handle.dom.as_deref().unwrap_or_else(|| cfg.domain());
+        let access = access(cfg, id)?;
+        let domain = access
+            .domain
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| cfg.domain());
         if !valid_domain(domain) {
             return Err(BackendError::Internal(format!(
                 "config domain: {domain:?} is not a domain name"
@@ -117,7 +181,7 @@ impl Envd {
         let user = cfg
             .envd_user()
             .map(str::to_owned)
-            .or_else(|| handle.envd_older_than((0, 4, 0)).then(|| "user".to_owned()));
+            .or_else(|| access.envd_older_than((0, 4, 0)).then(|| "user".to_owned()));
         let authorization = user.as_ref().map(|u| {
             format!(
                 "Basic {}",
@@ -128,7 +192,7 @@ impl Envd {
             base,
             sandbox_id: id.to_owned(),
             port: port.to_string(),
-            token: handle.tok.clone(),
+            token: access.token.filter(|t| !t.is_empty()),
             user,
             authorization,
             keepalive: cfg
@@ -186,11 +250,16 @@ impl Envd {
             .map_err(|f| transport_error(&format!("envd {what}"), "envd_url", f))
     }
 
+    /// The contract's error for envd's Connect error `e` of `what`, the token scrubbed.
+    fn error(&self, what: &str, e: ConnectError) -> BackendError {
+        connect::to_backend(what, &scrub(self.token.as_deref(), e))
+    }
+
     /// One unary Connect call (`service` like `filesystem.Filesystem/ListDir`).
     pub fn unary(&self, service: &str, message: &Value) -> Result<Value, BackendError> {
         let method = service.rsplit('/').next().unwrap_or(service);
         self.unary_raw(service, message).map_err(|e| match e {
-            CallError::Connect(c) => connect::to_backend(method, &c),
+            CallError::Connect(c) => self.error(method, c),
             CallError::Other(b) => b,
         })
     }
@@ -260,15 +329,13 @@ impl Envd {
                     break;
                 }
             }
-            return Err(connect::to_backend(
-                "Start",
-                &connect::http_error(s.status, &body),
-            ));
+            return Err(self.error("Start", connect::http_error(s.status, &body)));
         }
         Ok(EventStream {
             http: s,
             decoder: Decoder::new(MAX_ANSWER),
             ended: false,
+            token: self.token.clone(),
         })
     }
 
@@ -321,10 +388,7 @@ impl Envd {
                     .and_then(content_range_size)
                     .unwrap_or(0),
             }),
-            status => Err(connect::to_backend(
-                "GET /files",
-                &connect::http_error(status, &r.body),
-            )),
+            status => Err(self.error("GET /files", connect::http_error(status, &r.body))),
         }
     }
 
@@ -369,10 +433,7 @@ impl Envd {
         match r.status {
             200 => Ok(true),
             404 => Ok(false),
-            status => Err(connect::to_backend(
-                "POST /files/compose",
-                &connect::http_error(status, &r.body),
-            )),
+            status => Err(self.error("POST /files/compose", connect::http_error(status, &r.body))),
         }
     }
 }
@@ -382,6 +443,7 @@ pub struct EventStream {
     http: Streaming,
     decoder: Decoder,
     ended: bool,
+    token: Option<String>,
 }
 
 impl EventStream {
@@ -413,7 +475,10 @@ impl EventStream {
                 self.ended = true;
                 return match connect::end_of_stream(&f.payload) {
                     Ok(()) => Ok(true),
-                    Err(e) => Err(connect::to_backend("Start", &e)),
+                    Err(e) => Err(connect::to_backend(
+                        "Start",
+                        &scrub(self.token.as_deref(), e),
+                    )),
                 };
             }
             out.push(connect::event(&f.payload).map_err(garbled)?);
@@ -445,6 +510,16 @@ impl EventStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_scrubbed_from_messages() {
+        let quoted = connect::http_error(401, br#"{"message":"invalid access token ea_secret"}"#);
+        assert_eq!(
+            scrub(Some("ea_secret"), quoted.clone()).message,
+            "invalid access token [redacted]"
+        );
+        assert_eq!(scrub(None, quoted.clone()), quoted);
+    }
 
     #[test]
     fn urls_queries_bodies_and_ranges() {

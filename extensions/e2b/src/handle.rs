@@ -6,11 +6,8 @@ use crate::exports::sandboxer::extension::backend::BackendError;
 
 /// The handle `create` returns: the E2B sandbox id and the size it was given (read right
 /// after create: a killed sandbox answers 404, so billing never depends on reading it
-/// later), and how to reach its envd.
-///
-/// `tok` is the sandbox's `envdAccessToken`, a secret: whoever holds it can run commands in
-/// the sandbox. The host must keep handles as it keeps credentials (never shown in
-/// statuses, logs or events).
+/// later). It holds no secret: the sandbox's envd access token is read from E2B when a
+/// call needs it (see [`Access`]), so statuses that show the handle show nothing to hide.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handle {
     /// E2B's `sandboxID`.
@@ -19,15 +16,6 @@ pub struct Handle {
     pub cpu: u32,
     /// `memoryMB` of the sandbox (MiB).
     pub mem: u32,
-    /// `envdAccessToken` (secured sandboxes); absent in handles of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tok: Option<String>,
-    /// `domain` E2B answered (absent: the configured one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dom: Option<String>,
-    /// `envdVersion`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ev: Option<String>,
 }
 
 impl Handle {
@@ -36,13 +24,6 @@ impl Handle {
         let h: Handle = serde_json::from_str(handle)
             .map_err(|e| BackendError::Internal(format!("unreadable handle: {e}")))?;
         checked_id(&h.id)?;
-        if let Some(d) = &h.dom
-            && !valid_domain(d)
-        {
-            return Err(BackendError::Internal(format!(
-                "the handle holds a malformed domain {d:?}"
-            )));
-        }
         Ok(h)
     }
 
@@ -50,10 +31,26 @@ impl Handle {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
 
+/// How to reach a sandbox's envd, as E2B answers it (`POST /sandboxes`, `GET
+/// /sandboxes/{id}`): `token` is the `envdAccessToken` of a secured sandbox, a secret
+/// (whoever holds it can run commands in the sandbox); it lives only in the extension's
+/// memory and is scrubbed from every message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct Access {
+    #[serde(rename = "envdAccessToken", default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(rename = "envdVersion", default)]
+    pub version: Option<String>,
+}
+
+impl Access {
     /// Whether envd is older than `version` (`major.minor.patch`; unknown counts as new).
     pub fn envd_older_than(&self, version: (u32, u32, u32)) -> bool {
-        self.ev
+        self.version
             .as_deref()
             .and_then(parse_version)
             .is_some_and(|v| v < version)
@@ -158,26 +155,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handles_read_old_and_new_shapes_and_refuse_garbage() {
-        let old = Handle::parse(r#"{"id":"abc123","cpu":2,"mem":512}"#).unwrap();
-        assert_eq!(old.tok, None);
+    fn handles_hold_no_secret_and_refuse_garbage() {
+        let h = Handle::parse(r#"{"id":"abc123","cpu":2,"mem":512}"#).unwrap();
+        assert_eq!(Handle::parse(&h.to_json()).unwrap(), h);
+        assert!(!h.to_json().contains("tok"));
+        assert!(Handle::parse(r#"{"id":"a/b","cpu":1,"mem":1}"#).is_err());
+        let a: Access =
+            serde_json::from_str(r#"{"envdAccessToken":"t","envdVersion":"0.2.0","domain":null}"#)
+                .unwrap();
+        assert_eq!(a.token.as_deref(), Some("t"));
+        assert!(a.envd_older_than((0, 4, 0)));
+        assert!(!a.envd_older_than((0, 2, 0)));
         assert!(
-            !old.envd_older_than((0, 4, 0)),
+            !Access::default().envd_older_than((0, 4, 0)),
             "unknown version counts as new"
         );
-        let new = Handle {
-            id: "abc".into(),
-            cpu: 2,
-            mem: 512,
-            tok: Some("secret".into()),
-            dom: Some("e2b.app".into()),
-            ev: Some("0.2.0".into()),
-        };
-        assert_eq!(Handle::parse(&new.to_json()).unwrap(), new);
-        assert!(new.envd_older_than((0, 4, 0)));
-        assert!(!new.envd_older_than((0, 2, 0)));
-        assert!(Handle::parse(r#"{"id":"a/b","cpu":1,"mem":1}"#).is_err());
-        assert!(Handle::parse(r#"{"id":"ab","cpu":1,"mem":1,"dom":"x.com/evil?"}"#).is_err());
         assert_eq!(parse_version("0.5.7-beta"), Some((0, 5, 7)));
     }
 

@@ -41,12 +41,8 @@ use pricing::{gib_seconds, price, template_size, vcpu_seconds};
 struct SandboxCreated {
     #[serde(rename = "sandboxID")]
     sandbox_id: String,
-    #[serde(rename = "envdAccessToken", default)]
-    envd_access_token: Option<String>,
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(rename = "envdVersion", default)]
-    envd_version: Option<String>,
+    #[serde(flatten)]
+    access: handle::Access,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +149,7 @@ impl Guest for E2b {
         let created: SandboxCreated = serde_json::from_slice(&created.body)
             .map_err(|e| internal(format!("E2B POST /sandboxes: unexpected answer: {e}")))?;
         let id = checked_id(&created.sandbox_id)?.to_owned();
+        envd::remember(&cfg, &id, created.access);
         // The size is read now: after the sandbox is killed E2B answers 404. When the read
         // fails the sandbox still exists, so the configured template size stands in rather
         // than leaking a sandbox the host does not know about.
@@ -170,14 +167,7 @@ impl Guest for E2b {
             },
             Err(_) => (vcpus, mib),
         };
-        let handle = Handle {
-            id,
-            cpu,
-            mem,
-            tok: created.envd_access_token.filter(|t| !t.is_empty()),
-            dom: created.domain.filter(|d| handle::valid_domain(d)),
-            ev: created.envd_version,
-        };
+        let handle = Handle { id, cpu, mem };
         Ok(Created {
             handle: handle.to_json(),
             region: request.region.clone(),

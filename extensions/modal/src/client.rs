@@ -145,7 +145,8 @@ impl Modal {
 
     /// The contract's error for a failure of the control-plane call `what`.
     pub fn error(&self, what: &str, e: CallError) -> BackendError {
-        e.into_backend(what, &self.origin)
+        e.redacted(&[&self.token_secret])
+            .into_backend(what, &self.origin)
     }
 
     /// One control-plane call, errors mapped onto the contract.
@@ -403,7 +404,12 @@ impl Router<'_> {
 
     /// The contract's error for a failure of the router call `what`.
     pub fn error(&self, what: &str, e: CallError) -> BackendError {
-        e.into_backend(what, &self.origin)
+        self.redacted(e).into_backend(what, &self.origin)
+    }
+
+    /// `e` with the router's JWT and the token secret replaced in its message.
+    pub fn redacted(&self, e: CallError) -> CallError {
+        e.redacted(&[&self.jwt, &self.modal.token_secret])
     }
 
     /// Refreshes the access once when the router refused the JWT (as Modal's SDKs do).

@@ -105,43 +105,49 @@ pub enum StartError {
     Backend(BackendError),
 }
 
-/// Starts `args` as exec `exec_id` in the router's task and writes `stdin` (closing it
-/// unless `keep_open`).
-#[allow(clippy::too_many_arguments)]
-pub fn start(
-    router: &mut Router<'_>,
-    exec_id: &str,
-    args: Vec<String>,
-    env: BTreeMap<String, String>,
-    workdir: String,
-    timeout_ms: u64,
-    stdin: &[u8],
-    keep_open: bool,
-) -> Result<(), StartError> {
+/// One command to start.
+pub struct Launch<'a> {
+    /// The exec id (chosen here; a repeated start with it is the same command).
+    pub exec_id: &'a str,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Absolute working folder.
+    pub workdir: String,
+    /// 0: none.
+    pub timeout_ms: u64,
+    /// Written to stdin right after the start.
+    pub stdin: &'a [u8],
+    /// Leave stdin open after `stdin`.
+    pub keep_open: bool,
+}
+
+/// Starts a command in the router's task and writes its stdin.
+pub fn start(router: &mut Router<'_>, launch: Launch<'_>) -> Result<(), StartError> {
     let task_id = router.task_id().to_owned();
     let request = pb::TaskExecStartRequest {
         task_id: task_id.clone(),
-        exec_id: exec_id.to_owned(),
-        command_args: args,
+        exec_id: launch.exec_id.to_owned(),
+        command_args: launch.args,
         stdout_config: pb::TaskExecStdoutConfig::Pipe as i32,
         stderr_config: pb::TaskExecStderrConfig::Pipe as i32,
-        timeout_secs: timeout_secs(timeout_ms),
-        workdir: Some(workdir),
-        env,
+        timeout_secs: timeout_secs(launch.timeout_ms),
+        workdir: Some(launch.workdir),
+        env: launch.env,
     };
     match router.call_raw::<_, pb::TaskExecStartResponse>(rp::TASK_EXEC_START, &request) {
         Ok(_) => {}
         Err(e) => {
-            return Err(match e.code() {
-                Some(3 | 9) => StartError::Refused(match e {
-                    crate::grpc::CallError::Status(st) => st.message,
-                    _ => String::new(),
-                }),
-                _ => StartError::Backend(router.error("TaskExecStart", e)),
+            return Err(match router.redacted(e) {
+                // INVALID_ARGUMENT, FAILED_PRECONDITION: the command itself was refused.
+                crate::grpc::CallError::Status(st) if matches!(st.code, 3 | 9) => {
+                    StartError::Refused(st.message)
+                }
+                e => StartError::Backend(router.error("TaskExecStart", e)),
             });
         }
     }
-    write_stdin(router, exec_id, 0, stdin, !keep_open).map_err(StartError::Backend)
+    write_stdin(router, launch.exec_id, 0, launch.stdin, !launch.keep_open)
+        .map_err(StartError::Backend)
 }
 
 /// Writes `data` at `offset` of the exec's stdin, in pieces; closes it after when `eof`.
@@ -416,16 +422,16 @@ pub fn kill(
         return Ok(());
     }
     let killer = guest_kit::clock::random_id("sbx-kill-");
-    match start(
-        router,
-        &killer,
-        kill_argv(exec_id),
-        BTreeMap::new(),
-        handle.wd.clone(),
-        30_000,
-        &[],
-        false,
-    ) {
+    let launch = Launch {
+        exec_id: &killer,
+        args: kill_argv(exec_id),
+        env: BTreeMap::new(),
+        workdir: handle.wd.clone(),
+        timeout_ms: 30_000,
+        stdin: &[],
+        keep_open: false,
+    };
+    match start(router, launch) {
         Ok(()) => {}
         Err(StartError::Refused(msg)) => {
             return Err(BackendError::Internal(format!(
@@ -444,18 +450,23 @@ pub fn workdir(handle: &Handle, cwd: Option<&str>) -> Result<String, BackendErro
     absolute(&handle.wd, cwd.unwrap_or(""))
 }
 
-/// The pieces of a `start`/`exec` request the router takes.
-pub fn prepare(
+/// The launch of a `start`/`exec` request as exec `exec_id`.
+pub fn prepare<'a>(
     ctx: &SandboxContext,
     handle: &Handle,
-    request: &ExecRequest,
-    exec_id: &str,
-) -> Result<(Vec<String>, BTreeMap<String, String>, String), BackendError> {
-    Ok((
-        argv(&request.command)?,
-        environment(&ctx.request.env, &request.env, exec_id),
-        workdir(handle, request.cwd.as_deref())?,
-    ))
+    request: &'a ExecRequest,
+    exec_id: &'a str,
+    keep_open: bool,
+) -> Result<Launch<'a>, BackendError> {
+    Ok(Launch {
+        exec_id,
+        args: argv(&request.command)?,
+        env: environment(&ctx.request.env, &request.env, exec_id),
+        workdir: workdir(handle, request.cwd.as_deref())?,
+        timeout_ms: request.timeout_ms,
+        stdin: &request.stdin,
+        keep_open,
+    })
 }
 
 /// A fresh process id for a command started now.

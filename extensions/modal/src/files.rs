@@ -112,16 +112,16 @@ fn run(
     stdout_max: u64,
 ) -> Result<(Vec<u8>, Vec<u8>, i32), BackendError> {
     let exec_id = guest_kit::clock::random_id("sbx-fs-");
-    match exec::start(
-        router,
-        &exec_id,
+    let launch = exec::Launch {
+        exec_id: &exec_id,
         args,
-        Default::default(),
+        env: Default::default(),
         workdir,
-        TOOL_TIMEOUT_MS,
+        timeout_ms: TOOL_TIMEOUT_MS,
         stdin,
-        false,
-    ) {
+        keep_open: false,
+    };
+    match exec::start(router, launch) {
         Ok(()) => {}
         Err(StartError::Refused(msg)) => {
             return Err(BackendError::Internal(format!(

@@ -36,6 +36,21 @@ impl CallError {
         }
     }
 
+    /// The same failure with each of `secrets` replaced in Modal's message (a server may
+    /// quote what it was sent; the router's JWT is unknown to the host, which cannot
+    /// redact it).
+    pub fn redacted(self, secrets: &[&str]) -> CallError {
+        match self {
+            CallError::Status(mut st) => {
+                for s in secrets.iter().filter(|s| !s.is_empty()) {
+                    st.message = st.message.replace(s, "[redacted]");
+                }
+                CallError::Status(st)
+            }
+            other => other,
+        }
+    }
+
     /// The contract's error for this failure of `what` at `origin`.
     pub fn into_backend(self, what: &str, origin: &str) -> BackendError {
         match self {

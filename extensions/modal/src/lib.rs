@@ -297,19 +297,10 @@ impl wproc::Guest for ModalExtension {
         let task = o.modal.task_id(&o.handle.id)?;
         let mut router = o.modal.router(&task)?;
         let exec_id = guest_kit::clock::random_id("sbx-");
-        let (args, env, workdir) = exec::prepare(&sandbox, &o.handle, &request, &exec_id)?;
+        let launch = exec::prepare(&sandbox, &o.handle, &request, &exec_id, false)?;
         let t0 = guest_kit::clock::monotonic_ns();
         let limit = request.output_limit_bytes;
-        match exec::start(
-            &mut router,
-            &exec_id,
-            args,
-            env,
-            workdir,
-            request.timeout_ms,
-            &request.stdin,
-            false,
-        ) {
+        match exec::start(&mut router, launch) {
             Ok(()) => {}
             Err(StartError::Refused(msg)) => {
                 return Ok(ExecOutput {
@@ -364,17 +355,14 @@ impl wproc::Guest for ModalExtension {
         let task = o.modal.task_id(&o.handle.id)?;
         let mut router = o.modal.router(&task)?;
         let exec_id = guest_kit::clock::random_id("sbx-");
-        let (args, env, workdir) = exec::prepare(&sandbox, &o.handle, &request, &exec_id)?;
-        match exec::start(
-            &mut router,
+        let launch = exec::prepare(
+            &sandbox,
+            &o.handle,
+            &request,
             &exec_id,
-            args,
-            env,
-            workdir,
-            request.timeout_ms,
-            &request.stdin,
             request.keep_stdin_open,
-        ) {
+        )?;
+        match exec::start(&mut router, launch) {
             Ok(()) => Ok(exec::process_id(&task, &exec_id, &sandbox, &request).to_string()),
             Err(StartError::Refused(msg)) => Err(BackendError::InvalidRequest(format!(
                 "the command did not start: {msg}"
