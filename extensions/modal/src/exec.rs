@@ -249,8 +249,9 @@ pub fn read_round(
                 continue;
             };
             let mut messages: Vec<pb::TaskExecStdioReadResponse> = Vec::new();
+            let budget = until.max_bytes.saturating_sub(read.bytes).max(1);
             let done = stream
-                .take_ready(&mut messages)
+                .take_ready(&mut messages, budget)
                 .map_err(|e| router.error("TaskExecStdioRead", e))?;
             for m in messages {
                 let offset = if i == 0 {

@@ -213,16 +213,30 @@ impl ServerStream {
         &self.http
     }
 
-    /// The messages that have arrived, without waiting; `Ok(true)` once the stream has
-    /// ended with OK.
+    /// The messages that have arrived, without waiting, until about `budget` bytes of
+    /// messages are in (the rest stays unread, so a large backlog is not pulled through
+    /// the host at once); `Ok(true)` once the stream has ended with OK.
     pub fn take_ready<Resp: Message + Default>(
         &mut self,
         out: &mut Vec<Resp>,
+        budget: usize,
     ) -> Result<bool, CallError> {
         if self.empty {
             return Ok(true);
         }
+        let mut taken = 0usize;
         loop {
+            while let Some(f) = self
+                .decoder
+                .next_frame()
+                .map_err(|e| CallError::Garbled(e.to_string()))?
+            {
+                taken += f.payload.len();
+                out.push(decode(&f.payload)?);
+            }
+            if taken >= budget {
+                return Ok(false);
+            }
             match self
                 .http
                 .read_now(64 * 1024)
@@ -232,13 +246,6 @@ impl ServerStream {
                 Some(bytes) => self.decoder.push(&bytes),
                 None => break,
             }
-        }
-        while let Some(f) = self
-            .decoder
-            .next_frame()
-            .map_err(|e| CallError::Garbled(e.to_string()))?
-        {
-            out.push(decode(&f.payload)?);
         }
         if self.http.ended() {
             check_trailers(&self.http.trailers)?;
