@@ -112,6 +112,11 @@ pub fn remember(cfg: &Config, id: &str, access: Access) {
     map.insert(access_key(cfg, id), access);
 }
 
+/// Forgets what was remembered of sandbox `key` (envd refused its token).
+fn forget(key: &str) {
+    ACCESS.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+}
+
 /// How to reach the envd of sandbox `id`: remembered, or read from E2B.
 pub fn access(cfg: &Config, id: &str) -> Result<Access, BackendError> {
     let key = access_key(cfg, id);
@@ -151,6 +156,7 @@ fn scrub(secret: Option<&str>, mut e: ConnectError) -> ConnectError {
 /// One sandbox's envd.
 pub struct Envd {
     base: BaseUrl,
+    access_key: String,
     sandbox_id: String,
     port: String,
     token: Option<String>,
@@ -190,6 +196,7 @@ impl Envd {
         });
         Ok(Envd {
             base,
+            access_key: access_key(cfg, id),
             sandbox_id: id.to_owned(),
             port: port.to_string(),
             token: access.token.filter(|t| !t.is_empty()),
@@ -250,8 +257,12 @@ impl Envd {
             .map_err(|f| transport_error(&format!("envd {what}"), "envd_url", f))
     }
 
-    /// The contract's error for envd's Connect error `e` of `what`, the token scrubbed.
+    /// The contract's error for envd's Connect error `e` of `what`, the token scrubbed. A
+    /// refused token is forgotten: the next call asks E2B for the sandbox's token again.
     fn error(&self, what: &str, e: ConnectError) -> BackendError {
+        if e.code == "unauthenticated" {
+            forget(&self.access_key);
+        }
         connect::to_backend(what, &scrub(self.token.as_deref(), e))
     }
 

@@ -304,6 +304,20 @@ impl FakeE2b {
         inner.sandboxes.remove(sandbox_id).is_some()
     }
 
+    /// Gives a secured sandbox a new envd access token (envd refuses the old one from now
+    /// on; `GET /sandboxes/{id}` answers the new one). A client that kept the old token
+    /// meets a 401, which quotes that token when [`FakeE2b::echo_key_in_errors`] is on: a
+    /// test of the extension's own redaction of a secret the host does not know. Returns
+    /// the new token.
+    pub fn rotate_envd_token(&self, sandbox_id: &str) -> Option<String> {
+        let mut inner = self.shared.inner.lock();
+        let record = inner.sandboxes.get_mut(sandbox_id)?;
+        record.envd_access_token.as_ref()?;
+        let token = format!("ea_{}", random_id());
+        record.envd_access_token = Some(token.clone());
+        Some(token)
+    }
+
     /// The sandbox with this id, killed or not, if the fake still has it.
     pub fn sandbox(&self, sandbox_id: &str) -> Option<SandboxRecord> {
         self.shared.inner.lock().sandboxes.get(sandbox_id).cloned()
@@ -594,7 +608,7 @@ pub(crate) fn live(inner: &mut Inner, id: &str) -> Option<SandboxRecord> {
 }
 
 fn detail_json(s: &SandboxRecord) -> Value {
-    json!({
+    let mut v = json!({
         "templateID": s.template_id,
         "alias": s.template_id,
         "sandboxID": s.sandbox_id,
@@ -607,7 +621,11 @@ fn detail_json(s: &SandboxRecord) -> Value {
         "diskSizeMB": s.disk_size_mb,
         "metadata": s.metadata,
         "state": "running",
-    })
+    });
+    if let Some(t) = &s.envd_access_token {
+        v["envdAccessToken"] = Value::String(t.clone());
+    }
+    v
 }
 
 async fn detail(

@@ -467,6 +467,25 @@ fn the_access_token_guards_envd_and_gone_sandboxes_answer_502() {
     let api_calls: Vec<_> = fake.requests().into_iter().filter(|r| !r.envd).collect();
     assert_eq!(api_calls[0].api_key.as_deref(), Some(KEY));
 
+    // A rotated token: the old one is refused (and quoted back with the echo knob on), the
+    // API answers the new one.
+    let new_token = fake.rotate_envd_token(&sb.id).unwrap();
+    let (status, body) = rpc(&fake, &http, &sb, "process.Process/List", json!({}));
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains(&token));
+    let detail: Value = http
+        .get(format!("{}/sandboxes/{}", fake.base_url(), sb.id))
+        .header("x-api-key", KEY)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(detail["envdAccessToken"].as_str(), Some(new_token.as_str()));
+    let sb = Sandbox {
+        id: sb.id.clone(),
+        token: Some(new_token),
+    };
+
     // A killed sandbox's envd is gone; so are its commands.
     let msg = json!({ "process": { "cmd": "sleep", "args": ["30"] }, "stdin": false });
     let mut r = start(&fake, &http, &sb, msg, &[]);
