@@ -398,8 +398,14 @@ impl Router<'_> {
         &self.task_id
     }
 
-    fn target_metadata(&self) -> String {
-        format!("Bearer {}", self.jwt)
+    /// Runs `f` with the router as a gRPC target (its URL, its JWT).
+    fn with_target<T>(&self, f: impl FnOnce(&Target<'_>) -> T) -> T {
+        let auth = format!("Bearer {}", self.jwt);
+        let metadata: [(&str, &[u8]); 1] = [("authorization", auth.as_bytes())];
+        f(&Target {
+            base: &self.base,
+            metadata: &metadata,
+        })
     }
 
     /// The contract's error for a failure of the router call `what`.
@@ -441,18 +447,7 @@ impl Router<'_> {
         path: &str,
         request: &Req,
     ) -> Result<Resp, CallError> {
-        self.with_auth_retry(|r| {
-            let auth = r.target_metadata();
-            let metadata: [(&str, &[u8]); 1] = [("authorization", auth.as_bytes())];
-            grpc::unary(
-                &Target {
-                    base: &r.base,
-                    metadata: &metadata,
-                },
-                path,
-                request,
-            )
-        })
+        self.with_auth_retry(|r| r.with_target(|t| grpc::unary(t, path, request)))
     }
 
     /// One unary router call, errors mapped onto the contract.
@@ -473,19 +468,8 @@ impl Router<'_> {
         path: &str,
         request: &Req,
     ) -> Result<ServerStream, BackendError> {
-        self.with_auth_retry(|r| {
-            let auth = r.target_metadata();
-            let metadata: [(&str, &[u8]); 1] = [("authorization", auth.as_bytes())];
-            grpc::server_stream(
-                &Target {
-                    base: &r.base,
-                    metadata: &metadata,
-                },
-                path,
-                request,
-            )
-        })
-        .map_err(|e| self.error(what, e))
+        self.with_auth_retry(|r| r.with_target(|t| grpc::server_stream(t, path, request)))
+            .map_err(|e| self.error(what, e))
     }
 }
 

@@ -139,23 +139,35 @@ fn decode<T: Message + Default>(payload: &[u8]) -> Result<T, CallError> {
     T::decode(payload).map_err(|e| CallError::Garbled(format!("unreadable message: {e}")))
 }
 
+/// Builds the `POST` of one call (the request framed, the gRPC headers) and hands it to `f`.
+fn exchange<Req: Message, T>(
+    target: &Target<'_>,
+    path: &str,
+    request: &Req,
+    f: impl FnOnce(&Request<'_>) -> T,
+) -> T {
+    let idempotency = guest_kit::clock::random_id("").into_bytes();
+    let body = frame(0, &request.encode_to_vec());
+    let h = headers(target, &idempotency);
+    f(&Request {
+        method: Method::Post,
+        base: target.base,
+        path,
+        headers: &h,
+        body: Some(&body),
+    })
+}
+
 /// One unary call.
 pub fn unary<Req: Message, Resp: Message + Default>(
     target: &Target<'_>,
     path: &str,
     request: &Req,
 ) -> Result<Resp, CallError> {
-    let idempotency = guest_kit::clock::random_id("").into_bytes();
-    let body = frame(0, &request.encode_to_vec());
-    let h = headers(target, &idempotency);
-    let req = Request {
-        method: Method::Post,
-        base: target.base,
-        path,
-        headers: &h,
-        body: Some(&body),
-    };
-    let answer = http::send(&req, MAX_MESSAGE + 5).map_err(CallError::Transport)?;
+    let answer = exchange(target, path, request, |req| {
+        http::send(req, MAX_MESSAGE + 5)
+    })
+    .map_err(CallError::Transport)?;
     if check_head(answer.status, &answer.headers)? {
         return Ok(Resp::default());
     }
@@ -183,17 +195,7 @@ pub fn server_stream<Req: Message>(
     path: &str,
     request: &Req,
 ) -> Result<ServerStream, CallError> {
-    let idempotency = guest_kit::clock::random_id("").into_bytes();
-    let body = frame(0, &request.encode_to_vec());
-    let h = headers(target, &idempotency);
-    let req = Request {
-        method: Method::Post,
-        base: target.base,
-        path,
-        headers: &h,
-        body: Some(&body),
-    };
-    let s = http::open(&req).map_err(CallError::Transport)?;
+    let s = exchange(target, path, request, http::open).map_err(CallError::Transport)?;
     let empty = check_head(s.status, &s.headers)?;
     Ok(ServerStream {
         http: s,
@@ -263,13 +265,7 @@ impl ServerStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use crate::status::fields;
 
     #[test]
     fn heads_and_trailers_decide_the_outcome() {

@@ -122,16 +122,18 @@ pub fn http_to_backend(what: &str, status: u16) -> BackendError {
     }
 }
 
+/// Header or trailer fields from name/value pairs (for tests).
+#[cfg(test)]
+pub(crate) fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-            .collect()
-    }
 
     #[test]
     fn statuses_come_from_trailers_with_their_message_decoded() {

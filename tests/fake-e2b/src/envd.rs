@@ -12,19 +12,18 @@
 //! A secured sandbox needs its `X-Access-Token` on every call but `/health`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use fake_worker::{ExecSpec, Fd, PathError, Process, SandboxFs};
+use fake_worker::{ExecSpec, Fd, Process, SandboxFs};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -70,15 +69,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .route("/process.Process/Start", post(start))
-        .route("/process.Process/SendInput", post(send_input))
-        .route("/process.Process/CloseStdin", post(close_stdin))
-        .route("/process.Process/SendSignal", post(send_signal))
-        .route("/process.Process/List", post(list))
-        .route("/filesystem.Filesystem/ListDir", post(list_dir))
-        .route("/filesystem.Filesystem/Move", post(move_entry))
-        .route("/filesystem.Filesystem/Stat", post(stat))
         .route("/files", get(download).post(upload))
         .route("/files/compose", post(compose))
+        .route("/{service}/{method}", post(rpc))
         .with_state(shared)
 }
 
@@ -195,10 +188,6 @@ async fn gate(
             "The sandbox was not found",
         )),
     }
-}
-
-fn path_error(e: &PathError) -> Response {
-    connect_error("invalid_argument", &e.to_string())
 }
 
 #[derive(Deserialize, Default)]
@@ -406,10 +395,21 @@ fn find(shared: &Shared, id: &str, sel: &Selector) -> Option<Started> {
     }
 }
 
-fn not_found_process(sel: &Selector) -> Response {
-    connect_error(
+/// A Connect error of a unary call: its code and message.
+struct RpcError(&'static str, String);
+
+impl RpcError {
+    fn into_response(self) -> Response {
+        connect_error(self.0, &self.1)
+    }
+}
+
+type Rpc = Result<Value, RpcError>;
+
+fn process_not_found(sel: &Selector) -> RpcError {
+    RpcError(
         "not_found",
-        &match (sel.pid, &sel.tag) {
+        match (sel.pid, &sel.tag) {
             (Some(pid), _) => format!("process with pid {pid} not found"),
             (None, Some(tag)) => format!("process with tag {tag} not found"),
             _ => "process selector is empty".to_owned(),
@@ -417,18 +417,48 @@ fn not_found_process(sel: &Selector) -> Response {
     )
 }
 
-/// Unary front: gate, then the JSON body.
-async fn unary<T: for<'de> Deserialize<'de>>(
-    shared: &Shared,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(String, Arc<SandboxFs>, T), Response> {
-    let (id, fs) = gate(shared, method, uri, headers).await?;
-    let msg: T = serde_json::from_slice(body)
-        .map_err(|e| connect_error("invalid_argument", &format!("unreadable request: {e}")))?;
-    Ok((id, fs, msg))
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, RpcError> {
+    serde_json::from_slice(body)
+        .map_err(|e| RpcError("invalid_argument", format!("unreadable request: {e}")))
+}
+
+fn resolved(fs: &SandboxFs, path: &str) -> Result<std::path::PathBuf, RpcError> {
+    fs.resolve(path)
+        .map_err(|e| RpcError("invalid_argument", e.to_string()))
+}
+
+/// Every unary Connect call (`POST /<service>/<Method>`, JSON).
+async fn rpc(
+    State(shared): State<Arc<Shared>>,
+    Path((service, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (id, fs) = match gate(&shared, &method, &uri, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let answer = async {
+        match (service.as_str(), name.as_str()) {
+            ("process.Process", "SendInput") => send_input(&shared, &id, parse(&body)?).await,
+            ("process.Process", "CloseStdin") => close_stdin(&shared, &id, parse(&body)?).await,
+            ("process.Process", "SendSignal") => send_signal(&shared, &id, parse(&body)?),
+            ("process.Process", "List") => Ok(list(&shared, &id)),
+            ("filesystem.Filesystem", "ListDir") => list_dir(&fs, parse(&body)?),
+            ("filesystem.Filesystem", "Stat") => stat(&fs, parse(&body)?),
+            ("filesystem.Filesystem", "Move") => move_entry(&fs, parse(&body)?),
+            _ => Err(RpcError(
+                "unimplemented",
+                format!("{service}/{name} is not implemented"),
+            )),
+        }
+    };
+    match answer.await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -445,39 +475,26 @@ struct Input {
     pty: Option<String>,
 }
 
-async fn send_input(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (id, _, req) =
-        match unary::<SendInputRequest>(&shared, &method, &uri, &headers, &body).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
-    let Some(p) = find(&shared, &id, &req.process) else {
-        return not_found_process(&req.process);
-    };
+async fn send_input(shared: &Shared, id: &str, req: SendInputRequest) -> Rpc {
+    let p = find(shared, id, &req.process).ok_or_else(|| process_not_found(&req.process))?;
     let data = match req.input.stdin.or(req.input.pty) {
-        Some(s) => match base64::engine::general_purpose::STANDARD.decode(s) {
-            Ok(d) => d,
-            Err(e) => return connect_error("invalid_argument", &format!("bad input: {e}")),
-        },
+        Some(s) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| RpcError("invalid_argument", format!("bad input: {e}")))?,
         None => Vec::new(),
     };
     let (written, closed) = p.process.stdin_status();
     if closed {
-        return connect_error(
+        return Err(RpcError(
             "failed_precondition",
-            "stdin is not enabled or already closed",
-        );
+            "stdin is not enabled or already closed".into(),
+        ));
     }
-    match p.process.write_stdin(written, &data, false).await {
-        Ok(()) => axum::Json(json!({})).into_response(),
-        Err(e) => connect_error("internal", &e.to_string()),
-    }
+    p.process
+        .write_stdin(written, &data, false)
+        .await
+        .map_err(|e| RpcError("internal", e.to_string()))?;
+    Ok(json!({}))
 }
 
 #[derive(Deserialize)]
@@ -485,23 +502,11 @@ struct ProcessOnly {
     process: Selector,
 }
 
-async fn close_stdin(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (id, _, req) = match unary::<ProcessOnly>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(p) = find(&shared, &id, &req.process) else {
-        return not_found_process(&req.process);
-    };
+async fn close_stdin(shared: &Shared, id: &str, req: ProcessOnly) -> Rpc {
+    let p = find(shared, id, &req.process).ok_or_else(|| process_not_found(&req.process))?;
     let (written, _) = p.process.stdin_status();
     let _ = p.process.write_stdin(written, &[], true).await;
-    axum::Json(json!({})).into_response()
+    Ok(json!({}))
 }
 
 #[derive(Deserialize)]
@@ -511,46 +516,29 @@ struct SignalRequest {
     signal: Value,
 }
 
-async fn send_signal(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (id, _, req) = match unary::<SignalRequest>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(p) = find(&shared, &id, &req.process) else {
-        return not_found_process(&req.process);
-    };
+fn send_signal(shared: &Shared, id: &str, req: SignalRequest) -> Rpc {
+    let p = find(shared, id, &req.process).ok_or_else(|| process_not_found(&req.process))?;
     let signal = match &req.signal {
         Value::String(s) if s == "SIGNAL_SIGKILL" => libc::SIGKILL,
         Value::String(s) if s == "SIGNAL_SIGTERM" => libc::SIGTERM,
         Value::Number(n) if n.as_i64() == Some(9) => libc::SIGKILL,
         Value::Number(n) if n.as_i64() == Some(15) => libc::SIGTERM,
-        other => return connect_error("invalid_argument", &format!("invalid signal {other}")),
+        other => {
+            return Err(RpcError(
+                "invalid_argument",
+                format!("invalid signal {other}"),
+            ));
+        }
     };
     p.process.kill(signal);
-    axum::Json(json!({})).into_response()
+    Ok(json!({}))
 }
 
-async fn list(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (id, _, _req) = match unary::<Value>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+fn list(shared: &Shared, id: &str) -> Value {
     let inner = shared.inner.lock();
     let processes: Vec<Value> = inner
         .envd
-        .get(&id)
+        .get(id)
         .map(|s| {
             s.processes
                 .iter()
@@ -565,11 +553,11 @@ async fn list(
                 .collect()
         })
         .unwrap_or_default();
-    axum::Json(json!({ "processes": processes })).into_response()
+    json!({ "processes": processes })
 }
 
 /// An `EntryInfo` as protojson.
-fn entry_info(fs: &SandboxFs, host: &Path) -> std::io::Result<Value> {
+fn entry_info(fs: &SandboxFs, host: &std::path::Path) -> std::io::Result<Value> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(host)?;
     let kind = if meta.file_type().is_symlink() {
@@ -605,61 +593,37 @@ struct PathRequest {
     path: String,
 }
 
-async fn list_dir(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (_, fs, req) = match unary::<PathRequest>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let host = match fs.resolve(if req.path.is_empty() { "~" } else { &req.path }) {
-        Ok(h) => h,
-        Err(e) => return path_error(&e),
-    };
+fn list_dir(fs: &SandboxFs, req: PathRequest) -> Rpc {
+    let host = resolved(fs, if req.path.is_empty() { "~" } else { &req.path })?;
     if !host.exists() {
-        return connect_error("not_found", &format!("path '{}' does not exist", req.path));
+        return Err(RpcError(
+            "not_found",
+            format!("path '{}' does not exist", req.path),
+        ));
     }
     if !host.is_dir() {
-        return connect_error(
+        return Err(RpcError(
             "invalid_argument",
-            &format!("path '{}' is not a directory", req.path),
-        );
+            format!("path '{}' is not a directory", req.path),
+        ));
     }
     let mut entries = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&host) {
         for e in rd.flatten() {
-            if let Ok(info) = entry_info(&fs, &e.path()) {
+            if let Ok(info) = entry_info(fs, &e.path()) {
                 entries.push(info);
             }
         }
     }
     entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    axum::Json(json!({ "entries": entries })).into_response()
+    Ok(json!({ "entries": entries }))
 }
 
-async fn stat(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (_, fs, req) = match unary::<PathRequest>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let host = match fs.resolve(&req.path) {
-        Ok(h) => h,
-        Err(e) => return path_error(&e),
-    };
-    match entry_info(&fs, &host) {
-        Ok(info) => axum::Json(json!({ "entry": info })).into_response(),
-        Err(_) => connect_error("not_found", &format!("path '{}' does not exist", req.path)),
-    }
+fn stat(fs: &SandboxFs, req: PathRequest) -> Rpc {
+    let host = resolved(fs, &req.path)?;
+    let info = entry_info(fs, &host)
+        .map_err(|_| RpcError("not_found", format!("path '{}' does not exist", req.path)))?;
+    Ok(json!({ "entry": info }))
 }
 
 #[derive(Deserialize)]
@@ -668,37 +632,21 @@ struct MoveRequest {
     destination: String,
 }
 
-async fn move_entry(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (_, fs, req) = match unary::<MoveRequest>(&shared, &method, &uri, &headers, &body).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let (from, to) = match (fs.resolve(&req.source), fs.resolve(&req.destination)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => return path_error(&e),
-    };
+fn move_entry(fs: &SandboxFs, req: MoveRequest) -> Rpc {
+    let from = resolved(fs, &req.source)?;
+    let to = resolved(fs, &req.destination)?;
     if !from.exists() {
-        return connect_error(
+        return Err(RpcError(
             "not_found",
-            &format!("source '{}' does not exist", req.source),
-        );
+            format!("source '{}' does not exist", req.source),
+        ));
     }
     if let Some(parent) = to.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    match std::fs::rename(&from, &to) {
-        Ok(()) => match entry_info(&fs, &to) {
-            Ok(info) => axum::Json(json!({ "entry": info })).into_response(),
-            Err(e) => connect_error("internal", &e.to_string()),
-        },
-        Err(e) => connect_error("internal", &format!("error moving: {e}")),
-    }
+    std::fs::rename(&from, &to).map_err(|e| RpcError("internal", format!("error moving: {e}")))?;
+    let info = entry_info(fs, &to).map_err(|e| RpcError("internal", e.to_string()))?;
+    Ok(json!({ "entry": info }))
 }
 
 /// `key=value` pairs of a query, percent-decoded.

@@ -8,56 +8,27 @@
 
 use std::time::{Duration, Instant};
 
+use fake_modal::native::{self, with_token};
 use fake_modal::{FakeModal, ModalClientClient};
 use modal_proto as pb;
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const ID: &str = "ak-bench";
 const SECRET: &str = "as-bench";
 
 fn authed<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-modal-token-id", ID.parse().expect("ascii"));
-    r.metadata_mut()
-        .insert("x-modal-token-secret", SECRET.parse().expect("ascii"));
-    r
+    with_token(msg, ID, SECRET)
 }
 
 async fn connect(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_owned())
-        .expect("url")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("connect")
+    native::connect(url).await.expect("connect")
 }
 
 async fn app_and_image(c: &mut ModalClientClient<Channel>) -> (String, String) {
-    let app = c
-        .app_get_or_create(authed(pb::AppGetOrCreateRequest {
-            app_name: "sandboxer".into(),
-            environment_name: String::new(),
-            object_creation_type: pb::ObjectCreationType::CreateIfMissing as i32,
-        }))
+    native::app_and_image(c, ID, SECRET, "python:3.13-slim")
         .await
-        .expect("app")
-        .into_inner()
-        .app_id;
-    let image = c
-        .image_get_or_create(authed(pb::ImageGetOrCreateRequest {
-            image: Some(pb::Image {
-                dockerfile_commands: vec!["FROM python:3.13-slim".into()],
-            }),
-            app_id: app.clone(),
-            builder_version: String::new(),
-        }))
-        .await
-        .expect("image")
-        .into_inner()
-        .image_id;
-    (app, image)
+        .expect("app and image")
 }
 
 fn create_request(app: &str, image: &str, i: usize) -> pb::SandboxCreateRequest {

@@ -24,6 +24,7 @@
 //! ([`FakeModal::calls`]). The server runs on its own thread and stops when dropped.
 
 pub mod fs_tools;
+pub mod native;
 
 /// The generated tonic services and clients (tonic-build's manual builder over
 /// `modal-proto`; see `build.rs`).

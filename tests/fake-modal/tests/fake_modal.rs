@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use fake_modal::native::{self, bearer, with_token};
 use fake_modal::{FakeModal, Fault, ModalClientClient, Route, TaskCommandRouterClient};
 use modal_proto as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -22,30 +23,8 @@ fn authed<T>(msg: T) -> Request<T> {
     with_token(msg, ID, SECRET)
 }
 
-fn with_token<T>(msg: T, id: &str, secret: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("x-modal-token-id", id.parse().unwrap());
-    r.metadata_mut()
-        .insert("x-modal-token-secret", secret.parse().unwrap());
-    r.metadata_mut()
-        .insert("x-modal-client-type", "9".parse().unwrap());
-    r
-}
-
-fn bearer<T>(msg: T, jwt: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
-    r
-}
-
 async fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    native::connect(url).await.unwrap()
 }
 
 /// App, image, sandbox: what `create` does. Returns (app id, sandbox id).
@@ -53,36 +32,14 @@ async fn create_sandbox(
     c: &mut ModalClientClient<Channel>,
     name: Option<&str>,
 ) -> (String, String) {
-    let app = c
-        .app_get_or_create(authed(pb::AppGetOrCreateRequest {
-            app_name: "sandboxer".into(),
-            environment_name: String::new(),
-            object_creation_type: pb::ObjectCreationType::CreateIfMissing as i32,
-        }))
+    let (app, image_id) = native::app_and_image(c, ID, SECRET, "python:3.13-slim")
         .await
-        .unwrap()
-        .into_inner()
-        .app_id;
-    let image = c
-        .image_get_or_create(authed(pb::ImageGetOrCreateRequest {
-            image: Some(pb::Image {
-                dockerfile_commands: vec!["FROM python:3.13-slim".into()],
-            }),
-            app_id: app.clone(),
-            builder_version: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        image.result.unwrap().status,
-        pb::GenericStatus::Success as i32
-    );
+        .unwrap();
     let sandbox = c
         .sandbox_create(authed(pb::SandboxCreateRequest {
             app_id: app.clone(),
             definition: Some(pb::Sandbox {
-                image_id: image.image_id,
+                image_id,
                 resources: Some(pb::Resources {
                     milli_cpu: 1000,
                     memory_mb: 2048,
@@ -265,6 +222,11 @@ fn a_sandbox_lives_runs_commands_moves_files_and_reports_usage() {
             sb.starts_with("sb-") && sb.len() == 25,
             "a V1 sandbox id: {sb}"
         );
+        c.image_from_id(authed(pb::ImageFromIdRequest {
+            image_id: rec.image_id.clone(),
+        }))
+        .await
+        .expect("the registry image was built");
 
         let (task, jwt, mut r) = router(&fake, &mut c, &sb).await;
         let (out, err, exit) = run_to_end(
