@@ -1,8 +1,10 @@
 # sandboxer-host: the two commands of the README are `make run` and `make test`.
 # Guests (WebAssembly components) are built by scripts/build-extensions.sh; the host by cargo.
 
-# Rust crates with native unit tests besides the host (the guests' pure logic).
-NATIVE_TEST_PACKAGES := -p saas-stub -p local
+# Rust crates with native tests besides the host: the guests' pure logic, the crates they
+# share, and the provider fakes (driven by native clients).
+NATIVE_TEST_PACKAGES := -p saas-stub -p local -p e2b -p modal -p modal-proto -p guest-kit \
+	-p fake-worker -p fake-e2b -p fake-modal
 
 .PHONY: extensions run test bench lint
 
@@ -22,9 +24,11 @@ test: extensions
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions
 	cargo bench --profile dev
+	cargo bench --profile dev -p fake-modal --bench native_create
 
 ## Formatting and clippy, host and guests, warnings denied.
 lint:
 	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets $(NATIVE_TEST_PACKAGES) -- -D warnings
 	cargo clippy --target wasm32-wasip2 $$(bash scripts/build-extensions.sh --packages) -- -D warnings

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 # ---- the guests: add yours here (cargo package names, built with one cargo invocation) ----
-EXTENSIONS=(saas-stub e2b local)
+EXTENSIONS=(saas-stub e2b local modal)
 TEST_GUESTS=(misbehave wrong-world)
 # Guests built by their own scripts (componentize-py, componentize-js, ...): each is run
 # after the Rust guests, from the repository root.

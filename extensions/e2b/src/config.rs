@@ -2,7 +2,7 @@
 //! extension keeps no state). Keys and defaults are documented in docs/extensions/e2b.md.
 
 use crate::decimal::Dec;
-use crate::http::BaseUrl;
+use guest_kit::http::BaseUrl;
 use std::collections::BTreeMap;
 
 /// E2B's public list price per vCPU-second (USD).
@@ -17,13 +17,23 @@ pub struct Config {
     raw: BTreeMap<String, String>,
 }
 
+/// E2B's envd listens on this port of every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+
+/// Where E2B's SDK reaches a sandbox's envd.
+pub const DEFAULT_ENVD_URL: &str = "https://{port}-{sandbox_id}.{domain}";
+
 impl Config {
     /// Reads every granted value; an unreadable store counts as empty (info must not fail).
     pub fn load() -> Config {
-        let raw = crate::wasi::config::store::get_all()
-            .map(|v| v.into_iter().collect())
-            .unwrap_or_default();
-        Config { raw }
+        Config::from_pairs(crate::wasi::config::store::get_all().unwrap_or_default())
+    }
+
+    /// From key/value pairs (what `wasi:config/store.get-all` returns).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Config {
+        Config {
+            raw: pairs.into_iter().collect(),
+        }
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -40,7 +50,50 @@ impl Config {
 
     /// `base_url`, parsed.
     pub fn base_url(&self) -> Result<BaseUrl, String> {
-        BaseUrl::parse(self.base_url_str())
+        BaseUrl::parse(self.base_url_str(), "base_url")
+    }
+
+    /// `envd_url`: where a sandbox's envd is, with `{port}`, `{sandbox_id}` and `{domain}`
+    /// filled in; default E2B's `https://{port}-{sandbox_id}.{domain}`.
+    pub fn envd_url(&self) -> &str {
+        self.get("envd_url").unwrap_or(DEFAULT_ENVD_URL)
+    }
+
+    /// `envd_port`, default 49983.
+    pub fn envd_port(&self) -> Result<u16, String> {
+        match self.get("envd_port") {
+            None => Ok(ENVD_PORT),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("config envd_port: expected a port number, got {v:?}")),
+        }
+    }
+
+    /// `domain`: the sandbox domain when E2B's answer names none; default `e2b.app`.
+    pub fn domain(&self) -> &str {
+        self.get("domain").unwrap_or("e2b.app")
+    }
+
+    /// `envd_user`: the sandbox user commands and files act as (empty: the template's).
+    pub fn envd_user(&self) -> Option<&str> {
+        self.get("envd_user")
+    }
+
+    /// `secure`: ask E2B for a secured envd (an access token on every envd call); default
+    /// true.
+    pub fn secure(&self) -> Result<bool, String> {
+        match self.get("secure").map(str::trim) {
+            None | Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(format!("config secure: expected true or false, got {v:?}")),
+        }
+    }
+
+    /// `envd_keepalive_secs`: how often envd sends a keep-alive on a quiet command's
+    /// stream (keep it under the host's `outbound_timeout_ms`); default 5.
+    pub fn envd_keepalive_secs(&self) -> Result<u32, String> {
+        self.uint("envd_keepalive_secs", 5)
     }
 
     /// `api_key` (a secret granted by the host); never echoed anywhere.

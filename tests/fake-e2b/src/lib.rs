@@ -11,6 +11,12 @@
 //! ([`FakeE2b::set_delay`]) and make sandboxes vanish ([`FakeE2b::vanish`]). The server runs
 //! on its own thread with its own tokio runtime, so blocking tests can use it directly; it
 //! stops when the [`FakeE2b`] value is dropped.
+//!
+//! Every sandbox also has an envd ([`envd`]) on a second loopback port
+//! ([`FakeE2b::envd_url`]): real commands in a per-sandbox folder, files from that folder,
+//! and the `envdAccessToken` check for sandboxes created with `secure: true`.
+
+pub mod envd;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
@@ -105,6 +111,10 @@ pub struct SandboxRecord {
     pub env_vars: BTreeMap<String, String>,
     /// Set when it was killed with `DELETE`.
     pub killed_at: Option<DateTime<Utc>>,
+    /// Whether it was created with `secure: true`.
+    pub secure: bool,
+    /// The token its envd requires (secured sandboxes).
+    pub envd_access_token: Option<String>,
 }
 
 /// One request the fake received, for assertions.
@@ -120,27 +130,35 @@ pub struct RecordedRequest {
     pub body: Option<Value>,
     /// The HTTP status answered.
     pub status: u16,
+    /// `X-API-Key` as received (API calls).
+    pub api_key: Option<String>,
+    /// `X-Access-Token` as received (envd calls).
+    pub access_token: Option<String>,
+    /// Whether the call went to envd rather than the API.
+    pub envd: bool,
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
+    pub(crate) envd: HashMap<String, envd::EnvdState>,
     sandboxes: HashMap<String, SandboxRecord>,
     templates: HashMap<String, Template>,
     faults: VecDeque<(Route, Fault)>,
-    delay: Duration,
-    requests: Vec<RecordedRequest>,
+    pub(crate) delay: Duration,
+    pub(crate) requests: Vec<RecordedRequest>,
     created: u64,
-    echo_key: bool,
+    pub(crate) echo_key: bool,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     api_key: String,
-    inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Inner>,
 }
 
 /// A running fake E2B server on `127.0.0.1`.
 pub struct FakeE2b {
     addr: SocketAddr,
+    envd_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -158,6 +176,9 @@ impl FakeE2b {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let envd_listener = TcpListener::bind(("127.0.0.1", 0))?;
+        envd_listener.set_nonblocking(true)?;
+        let envd_addr = envd_listener.local_addr()?;
         let shared = Arc::new(Shared {
             api_key: api_key.to_owned(),
             inner: Mutex::new(Inner::default()),
@@ -167,22 +188,35 @@ impl FakeE2b {
             .enable_all()
             .build()?;
         let app = router(shared.clone());
+        let envd_app = envd::router(shared.clone());
         let thread = std::thread::Builder::new()
             .name("fake-e2b".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    let (Ok(listener), Ok(envd_listener)) = (
+                        tokio::net::TcpListener::from_std(listener),
+                        tokio::net::TcpListener::from_std(envd_listener),
+                    ) else {
                         return;
                     };
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.await;
-                        })
-                        .await;
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let until = |mut w: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = w.wait_for(|s| *s).await;
+                    };
+                    let api =
+                        axum::serve(listener, app).with_graceful_shutdown(until(stopped.clone()));
+                    let envd =
+                        axum::serve(envd_listener, envd_app).with_graceful_shutdown(until(stopped));
+                    tokio::spawn(async move {
+                        let _ = rx.await;
+                        let _ = stop.send(true);
+                    });
+                    let _ = tokio::join!(api, envd);
                 });
             })?;
         let fake = Self {
             addr,
+            envd_addr,
             shared,
             shutdown: Some(tx),
             thread: Some(thread),
@@ -204,6 +238,32 @@ impl FakeE2b {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` of the envd of every sandbox (the sandbox is named by the
+    /// `E2b-Sandbox-Id` header): the extension's `envd_url` for this fake.
+    pub fn envd_url(&self) -> String {
+        format!("http://{}", self.envd_addr)
+    }
+
+    /// The envd's bound address.
+    pub fn envd_addr(&self) -> SocketAddr {
+        self.envd_addr
+    }
+
+    /// The folder on this machine that is the sandbox's `/` (to look at what it wrote).
+    pub fn sandbox_root(&self, sandbox_id: &str) -> Option<std::path::PathBuf> {
+        let inner = self.shared.inner.lock();
+        inner
+            .envd
+            .get(sandbox_id)
+            .map(|e| e.fs.root().to_path_buf())
+    }
+
+    /// How many processes were started in the sandbox through envd.
+    pub fn processes_started(&self, sandbox_id: &str) -> usize {
+        let inner = self.shared.inner.lock();
+        inner.envd.get(sandbox_id).map_or(0, |e| e.processes.len())
     }
 
     /// Makes `template` known (or replaces it).
@@ -237,12 +297,25 @@ impl FakeE2b {
     /// Makes a sandbox disappear as if E2B had reaped it: later calls answer 404.
     /// Returns whether it existed.
     pub fn vanish(&self, sandbox_id: &str) -> bool {
-        self.shared
-            .inner
-            .lock()
-            .sandboxes
-            .remove(sandbox_id)
-            .is_some()
+        let mut inner = self.shared.inner.lock();
+        if let Some(state) = inner.envd.remove(sandbox_id) {
+            state.shut_down();
+        }
+        inner.sandboxes.remove(sandbox_id).is_some()
+    }
+
+    /// Gives a secured sandbox a new envd access token (envd refuses the old one from now
+    /// on; `GET /sandboxes/{id}` answers the new one). A client that kept the old token
+    /// meets a 401, which quotes that token when [`FakeE2b::echo_key_in_errors`] is on: a
+    /// test of the extension's own redaction of a secret the host does not know. Returns
+    /// the new token.
+    pub fn rotate_envd_token(&self, sandbox_id: &str) -> Option<String> {
+        let mut inner = self.shared.inner.lock();
+        let record = inner.sandboxes.get_mut(sandbox_id)?;
+        record.envd_access_token.as_ref()?;
+        let token = format!("ea_{}", random_id());
+        record.envd_access_token = Some(token.clone());
+        Some(token)
     }
 
     /// The sandbox with this id, killed or not, if the fake still has it.
@@ -275,6 +348,9 @@ impl FakeE2b {
 
 impl Drop for FakeE2b {
     fn drop(&mut self) {
+        for state in self.shared.inner.lock().envd.values() {
+            state.shut_down();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -368,6 +444,9 @@ async fn gate(
         authorized,
         body,
         status,
+        api_key: sent.map(str::to_owned),
+        access_token: None,
+        envd: false,
     });
     match answer {
         Some(r) => Err(r),
@@ -396,6 +475,8 @@ struct NewSandbox {
     metadata: BTreeMap<String, String>,
     #[serde(default)]
     env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    secure: bool,
 }
 
 fn default_timeout() -> i64 {
@@ -465,6 +546,17 @@ fn create_inner(shared: &Shared, parsed: Result<Value, serde_json::Error>) -> Re
         );
     };
     let now = Utc::now();
+    let token = new.secure.then(|| format!("ea_{}", random_id()));
+    let state = match envd::EnvdState::new(new.env_vars.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot make the sandbox: {e}"),
+                None,
+            );
+        }
+    };
     let record = SandboxRecord {
         sandbox_id: random_id(),
         template_id: template.id.clone(),
@@ -476,24 +568,30 @@ fn create_inner(shared: &Shared, parsed: Result<Value, serde_json::Error>) -> Re
         metadata: new.metadata,
         env_vars: new.env_vars,
         killed_at: None,
+        secure: new.secure,
+        envd_access_token: token.clone(),
     };
-    let body = json!({
+    let mut body = json!({
         "templateID": record.template_id,
         "sandboxID": record.sandbox_id,
         "alias": template.id,
         "clientID": "6532622b",
-        "envdVersion": "0.2.0",
-        "envdAccessToken": format!("tok_{}", random_id()),
+        "envdVersion": "0.6.4",
         "trafficAccessToken": null,
         "domain": "e2b.app",
     });
+    if let Some(t) = token {
+        body["envdAccessToken"] = Value::String(t);
+    }
+    inner.envd.insert(record.sandbox_id.clone(), state);
     inner.created += 1;
     inner.sandboxes.insert(record.sandbox_id.clone(), record);
     (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
-/// The sandbox if it is alive; expired or killed ones are dropped (E2B forgets them).
-fn live(inner: &mut Inner, id: &str) -> Option<SandboxRecord> {
+/// The sandbox if it is alive; expired or killed ones are dropped (E2B forgets them), and
+/// their commands end.
+pub(crate) fn live(inner: &mut Inner, id: &str) -> Option<SandboxRecord> {
     let now = Utc::now();
     let alive = inner
         .sandboxes
@@ -502,12 +600,15 @@ fn live(inner: &mut Inner, id: &str) -> Option<SandboxRecord> {
     if alive {
         inner.sandboxes.get(id).cloned()
     } else {
+        if let Some(state) = inner.envd.get(id) {
+            state.shut_down();
+        }
         None
     }
 }
 
 fn detail_json(s: &SandboxRecord) -> Value {
-    json!({
+    let mut v = json!({
         "templateID": s.template_id,
         "alias": s.template_id,
         "sandboxID": s.sandbox_id,
@@ -520,7 +621,11 @@ fn detail_json(s: &SandboxRecord) -> Value {
         "diskSizeMB": s.disk_size_mb,
         "metadata": s.metadata,
         "state": "running",
-    })
+    });
+    if let Some(t) = &s.envd_access_token {
+        v["envdAccessToken"] = Value::String(t.clone());
+    }
+    v
 }
 
 async fn detail(

@@ -1,5 +1,5 @@
-//! Runs the fake E2B API on loopback until interrupted, for trying the e2b extension by hand:
-//! `fake-e2b [--port N] [--api-key KEY]` (the key defaults to `$E2B_API_KEY`, else `e2b_fake`).
+//! Runs the fake E2B API and its envd on loopback until interrupted, for trying the e2b
+//! extension by hand: `fake-e2b [--port N] [--api-key KEY]` (the key defaults to `$E2B_API_KEY`, else `e2b_fake`).
 
 use std::process::ExitCode;
 
@@ -31,6 +31,10 @@ fn main() -> ExitCode {
         }
     };
     println!("fake E2B API listening on {}", fake.base_url());
+    println!(
+        "fake envd (every sandbox, named by E2b-Sandbox-Id) on {}",
+        fake.envd_url()
+    );
     loop {
         std::thread::park();
     }
