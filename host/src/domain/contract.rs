@@ -28,12 +28,23 @@ impl fmt::Display for Kind {
     }
 }
 
-/// Optional functions an extension implements meaningfully.
+/// Optional functions an extension implements meaningfully. `Capacity` and `Status` come
+/// from the WIT `capability` list of `info`; `Exec`, `ExecStream` and `Files` are not in
+/// that enum (it cannot grow compatibly): the runtime adds them when the component exports
+/// the `process` and `files` interfaces (contract 0.1.1), and profiles may require them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capability {
+    /// `capacity` reports a finite pool size.
     Capacity,
+    /// `status` queries the real backend.
     Status,
+    /// Runs a command to completion (`process.exec`).
+    Exec,
+    /// Streams a long command's output (`process.start`, `read-output`, `write-stdin`, `kill`).
+    ExecStream,
+    /// Writes, reads and lists files (`files`).
+    Files,
 }
 
 /// What `info` returned, validated (currency code checked; `kind` may be overridden by
