@@ -86,6 +86,10 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
 }
 
 /// Reads a body of at most `limit` bytes; a longer one is refused with `too_large`.
+/// Up to how many bytes of a refused (over-size) upload are read and dropped before the 413,
+/// so that the client gets the answer rather than a reset connection.
+const DRAIN_REFUSED_BYTES: u64 = 16 * 1024 * 1024;
+
 async fn body_bytes(body: Body, limit: u64, what: &str) -> Answer<Bytes> {
     axum::body::to_bytes(body, limit as usize).await.map_err(|_| {
         ApiError::new(
@@ -299,14 +303,19 @@ async fn write_file(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // Read the refused body away first (when it is not huge): a client still writing it
+        // when the answer comes and the connection closes sees a broken pipe instead of the 413.
+        if n <= limit.saturating_mul(4).max(DRAIN_REFUSED_BYTES) {
+            let _ = axum::body::to_bytes(body, usize::try_from(n).unwrap_or(usize::MAX)).await;
+        }
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!(
                 "an upload of {} bytes is over the agent's max_file_bytes ({limit}); send it in \
                  parts with append=true",
-                declared.unwrap_or(0)
+                n
             ),
         ));
     }
