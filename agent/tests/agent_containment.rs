@@ -178,8 +178,9 @@ fn a_busy_loop_is_held_to_its_cpu_limit() {
         .parse()
         .unwrap();
     // The quota throttles only a sandbox that reaches it: on a machine busy enough that
-    // two loops get less than a core between them, the bound above is all there is to see.
-    if cpu >= 1500 * 90 / 100 {
+    // two loops get less than a core between them (other tests, other builds), the bound
+    // above is all there is to see. At the quota for the whole run they must have hit it.
+    if cpu >= 1500 * 99 / 100 {
         assert!(n > 0, "the quota never throttled: {throttled}");
     } else {
         eprintln!("the machine is busy: {cpu} ms of CPU in 1.5 s; throttling not exercised");
