@@ -60,6 +60,8 @@ use crate::settings::Settings;
 use crate::storage::{Database, SqliteDatabase};
 use registry::Registry;
 
+pub use crate::secrets::{OpenBao, OpenBaoError, OpenBaoSettings};
+
 /// Uncached components larger than this (4 MiB) compile in the background in a service:
 /// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.
 pub const DEFER_COMPILE_ABOVE_BYTES: u64 = 4 << 20;
@@ -96,6 +98,8 @@ pub struct AppOptions {
     pub event_hubs: Vec<EventHub>,
     /// Open the lifecycle without reconciling (tests of recovery itself).
     pub skip_reconcile: bool,
+    /// Where `{ openbao = … }` sidecar secrets are read (`[openbao]` of sandboxer.toml).
+    pub openbao: Option<Arc<OpenBao>>,
 }
 
 impl Default for AppOptions {
@@ -113,6 +117,7 @@ impl Default for AppOptions {
             on_compile: None,
             event_hubs: Vec::new(),
             skip_reconcile: false,
+            openbao: None,
         }
     }
 }
@@ -169,6 +174,11 @@ impl App {
         &self.inner.options
     }
 
+    /// The OpenBao it reads secrets from, when configured.
+    pub fn openbao(&self) -> Option<&Arc<OpenBao>> {
+        self.inner.options.openbao.as_ref()
+    }
+
     fn create_state_dir(&self) -> Result<(), AppError> {
         let dir = &self.inner.settings.state_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -188,6 +198,7 @@ impl App {
                     .unwrap_or_else(|| self.inner.settings.cache_dir()),
             ),
             on_compile: self.options().on_compile.clone(),
+            openbao: self.options().openbao.clone(),
             ..RuntimeConfig::default()
         }
     }

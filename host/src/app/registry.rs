@@ -23,7 +23,7 @@ use crate::domain::{
 };
 use crate::manager::{Backend, Extensions};
 use crate::routing::HealthTracker;
-use crate::runtime::{Extension, ExtensionSpec, Runtime, RuntimeError, Skipped};
+use crate::runtime::{Extension, ExtensionSpec, LoadFailure, Runtime, RuntimeError, Skipped};
 use crate::telemetry::metrics;
 
 /// What one reload changed.
@@ -132,6 +132,7 @@ impl Registry {
                         Err(err) => {
                             tracing::warn!(extension = %id, file = %err.file.display(), reason = %err.failure, "extension skipped");
                             shared.state.lock().deferred_skipped.push(Skipped {
+                                retry: matches!(err.failure, LoadFailure::SecretUnavailable { .. }),
                                 file: err.file,
                                 id: err.id,
                                 reason: err.failure.to_string(),
@@ -258,6 +259,17 @@ impl Registry {
         let mut all = state.skipped.clone();
         all.extend(state.deferred_skipped.iter().cloned());
         all
+    }
+
+    /// Whether some file was skipped only because a secret could not be read yet (the
+    /// host reloads the folder until it loads; see [`super::App::retry_extensions`]).
+    pub(crate) fn has_retryable(&self) -> bool {
+        let state = self.state.lock();
+        state
+            .skipped
+            .iter()
+            .chain(&state.deferred_skipped)
+            .any(|s| s.retry)
     }
 
     /// The ids profiles may name: routed now or still compiling.

@@ -16,7 +16,7 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::{self, BackendExtension, BackendExtensionPre, wit};
 use super::engine::EpochTicker;
-use super::grants::Grants;
+use super::grants::{Grants, SecretSet};
 use super::limits::{self, CallLimits, StoreData};
 use super::sidecar::ExtensionSpec;
 use super::types::{
@@ -113,11 +113,14 @@ struct HealthState {
     quarantine_reason: String,
 }
 
-/// A warm instance and how many calls it has served.
+/// A warm instance, how many calls it has served, and which version of the secrets its
+/// `wasi:config` holds (a guest may cache a value it read, so an instance is never handed
+/// other secrets than it was built with: it is retired instead).
 struct Warm {
     store: Store<StoreData>,
     bindings: BackendExtension,
     calls: u32,
+    generation: u64,
 }
 
 /// Options an extension is built with (from the runtime's configuration).
@@ -331,9 +334,16 @@ impl Calls {
         call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, ExtensionError> {
         self.admit(function)?;
-        let mut warm = match self.idle.lock().pop() {
+        let secrets = self.options.grants.current();
+        let reused = {
+            let mut idle = self.idle.lock();
+            // Instances of older secrets are dropped: rotation reaches the next call.
+            idle.retain(|w| w.generation == secrets.generation);
+            idle.pop()
+        };
+        let mut warm = match reused {
             Some(warm) => warm,
-            None => match self.instantiate() {
+            None => match self.instantiate(&secrets) {
                 Ok(warm) => warm,
                 Err(fault) => return Err(self.trapped(function, fault)),
             },
@@ -358,12 +368,13 @@ impl Calls {
         }
     }
 
-    fn instantiate(&self) -> Result<Warm, Fault> {
+    fn instantiate(&self, secrets: &SecretSet) -> Result<Warm, Fault> {
         let mut store = limits::new_store(
             &self.engine,
             &self.config,
             self.options.limits,
             &self.options.grants,
+            secrets,
         );
         let mark = limits::begin_call(&mut store);
         match self.pre.instantiate(&mut store) {
@@ -371,6 +382,7 @@ impl Calls {
                 store,
                 bindings,
                 calls: 0,
+                generation: secrets.generation,
             }),
             Err(err) => Err(limits::fault_from_error(&err, &store, mark)),
         }

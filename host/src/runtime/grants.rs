@@ -11,7 +11,15 @@
 //! api_key = { env = "E2B_API_KEY" }    # or { file = "e2b.key" } (relative to the sidecar)
 //! ```
 //!
-//! Nothing is reachable by default. Secrets are resolved once, when the extension loads,
+//! A secret may also come from OpenBao's KV v2 engine:
+//! `api_key = { openbao = "sandboxer/e2b", key = "api_key" }` (the `[openbao]` table of
+//! `sandboxer.toml` says where OpenBao is). Such a secret is read when the extension loads
+//! (unreachable, sealed or missing: the load fails with a transient error, the registry
+//! retries) and read again once its refresh interval has passed, so a rotated key reaches
+//! the next instance without a restart; instances built with the old value are retired
+//! (see [`Grants::current`]). A re-read that fails keeps the last values and is logged.
+//!
+//! Nothing is reachable by default. Secrets are resolved when the extension loads,
 //! handed to the guest as `wasi:config/store` values beside its `[config]`, never logged
 //! (their `Debug` prints `[redacted]`), and scrubbed from every error message the runtime
 //! produces for the extension ([`Grants::redact_fault`]). A request to a host not granted
@@ -24,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -32,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::types::{BackendError, Fault};
+use crate::secrets::{OpenBao, OpenBaoError};
 
 /// Default bound on one outbound request (connect and first byte each, and overall).
 pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +63,13 @@ pub enum SecretSource {
     File {
         /// The file.
         file: PathBuf,
+    },
+    /// `{ openbao = "path", key = "field" }`: one field of a KV v2 secret in OpenBao.
+    OpenBao {
+        /// The secret's path under the configured mount.
+        openbao: String,
+        /// The field of that secret.
+        key: String,
     },
 }
 
@@ -89,6 +105,32 @@ pub enum GrantError {
     Clash { key: String },
     #[error("{key}: must be at least 1")]
     Zero { key: &'static str },
+    #[error("secrets.{key}: reads OpenBao, but sandboxer.toml has no [openbao] table")]
+    NoOpenBao { key: String },
+    #[error("secrets.{key}: OpenBao secret {path}: {source}")]
+    OpenBao {
+        key: String,
+        path: String,
+        source: OpenBaoError,
+    },
+    #[error("secrets.{key}: OpenBao secret {path} has no field {field:?}")]
+    MissingField {
+        key: String,
+        path: String,
+        field: String,
+    },
+}
+
+impl GrantError {
+    /// Whether loading again later may succeed without the operator editing the sidecar:
+    /// OpenBao down or sealed, or the secret (or its field) not written yet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::OpenBao { source, .. } => source.is_transient(),
+            Self::MissingField { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Which schemes a pattern allows.
@@ -207,6 +249,36 @@ impl HostPattern {
     }
 }
 
+/// Reads every OpenBao-backed secret of an extension (each path once).
+fn read_openbao(
+    client: &OpenBao,
+    fields: &BTreeMap<String, (String, String)>,
+) -> Result<BTreeMap<String, Secret>, GrantError> {
+    let mut by_path: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (key, (path, field)) in fields {
+        if !by_path.contains_key(path.as_str()) {
+            let read = client.read(path).map_err(|source| GrantError::OpenBao {
+                key: key.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            by_path.insert(path, read);
+        }
+        let value = by_path
+            .get(path.as_str())
+            .and_then(|f| f.get(field))
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| GrantError::MissingField {
+                key: key.clone(),
+                path: path.clone(),
+                field: field.clone(),
+            })?;
+        out.insert(key.clone(), Secret(value.clone()));
+    }
+    Ok(out)
+}
+
 fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
 }
@@ -228,12 +300,46 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One version of an extension's secret values; `generation` grows when a re-read from
+/// OpenBao finds a changed value.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSet {
+    /// Which version this is.
+    pub generation: u64,
+    /// Config key → value.
+    pub values: BTreeMap<String, Secret>,
+}
+
+impl SecretSet {
+    /// The values as `wasi:config/store` key/value pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.expose()))
+    }
+}
+
+/// The OpenBao-backed secrets of an extension and when they were last read.
+#[derive(Debug)]
+struct OpenBaoSecrets {
+    client: Arc<OpenBao>,
+    /// Config key → (secret path, field).
+    fields: BTreeMap<String, (String, String)>,
+    refresh: Duration,
+    read_at: parking_lot::Mutex<Instant>,
+}
+
+/// How many older versions of rotated secrets are still scrubbed from messages (an
+/// instance built before a rotation may still be answering with the old key).
+const REDACT_PREVIOUS: usize = 4;
+
 /// An extension's resolved grants. Shared by all its instances.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Grants {
     extension: String,
     hosts: Vec<HostPattern>,
-    secrets: BTreeMap<String, Secret>,
+    secrets: parking_lot::RwLock<Arc<SecretSet>>,
+    /// Values of earlier generations, for redaction only.
+    previous: parking_lot::Mutex<Vec<Secret>>,
+    openbao: Option<OpenBaoSecrets>,
     outbound_timeout: Duration,
     max_response_bytes: u64,
 }
@@ -244,21 +350,24 @@ impl Grants {
         Self {
             extension: extension.to_owned(),
             hosts: Vec::new(),
-            secrets: BTreeMap::new(),
+            secrets: parking_lot::RwLock::new(Arc::new(SecretSet::default())),
+            previous: parking_lot::Mutex::new(Vec::new()),
+            openbao: None,
             outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
     /// Resolves `spec` for `extension`: parses the host patterns and reads every secret
-    /// now (from the environment or files relative to `base_dir`), so a missing secret
-    /// fails the load, not a sandbox later. `config` is the plain `[config]` table: a key
-    /// may not be both.
+    /// now (from the environment, files relative to `base_dir`, or `openbao`), so a
+    /// missing secret fails the load, not a sandbox later. `config` is the plain
+    /// `[config]` table: a key may not be both.
     pub fn resolve(
         extension: &str,
         spec: &GrantSpec,
         base_dir: &Path,
         config: &BTreeMap<String, String>,
+        openbao: Option<&Arc<OpenBao>>,
     ) -> Result<Self, GrantError> {
         let hosts = spec
             .allowed_outbound_hosts
@@ -266,6 +375,7 @@ impl Grants {
             .map(|p| HostPattern::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut secrets = BTreeMap::new();
+        let mut bao_fields = BTreeMap::new();
         for (key, source) in &spec.secrets {
             if config.contains_key(key) {
                 return Err(GrantError::Clash { key: key.clone() });
@@ -288,12 +398,34 @@ impl Grants {
                         .trim_end_matches(['\n', '\r'])
                         .to_owned()
                 }
+                SecretSource::OpenBao {
+                    openbao: path,
+                    key: field,
+                } => {
+                    bao_fields.insert(key.clone(), (path.clone(), field.clone()));
+                    continue;
+                }
             };
             if value.is_empty() {
                 return Err(GrantError::Empty { key: key.clone() });
             }
             secrets.insert(key.clone(), Secret(value));
         }
+        let openbao = if bao_fields.is_empty() {
+            None
+        } else {
+            let Some(client) = openbao else {
+                let key = bao_fields.keys().next().cloned().unwrap_or_default();
+                return Err(GrantError::NoOpenBao { key });
+            };
+            secrets.extend(read_openbao(client, &bao_fields)?);
+            Some(OpenBaoSecrets {
+                client: Arc::clone(client),
+                fields: bao_fields,
+                refresh: client.settings().refresh,
+                read_at: parking_lot::Mutex::new(Instant::now()),
+            })
+        };
         if spec.outbound_timeout_ms == Some(0) {
             return Err(GrantError::Zero {
                 key: "outbound_timeout_ms",
@@ -307,7 +439,12 @@ impl Grants {
         Ok(Self {
             extension: extension.to_owned(),
             hosts,
-            secrets,
+            secrets: parking_lot::RwLock::new(Arc::new(SecretSet {
+                generation: 0,
+                values: secrets,
+            })),
+            previous: parking_lot::Mutex::new(Vec::new()),
+            openbao,
             outbound_timeout: spec
                 .outbound_timeout_ms
                 .map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
@@ -317,14 +454,56 @@ impl Grants {
         })
     }
 
+    /// The secret values to build an instance with, re-read from OpenBao first when the
+    /// refresh interval has passed. One caller re-reads while the others go on with the
+    /// values they have; a failed re-read keeps the last values (and is tried again after
+    /// another interval), so OpenBao going down does not stop an extension that loaded.
+    pub fn current(&self) -> Arc<SecretSet> {
+        if let Some(bao) = &self.openbao
+            && let Some(mut read_at) = bao.read_at.try_lock()
+            && read_at.elapsed() >= bao.refresh
+        {
+            *read_at = Instant::now();
+            match read_openbao(&bao.client, &bao.fields) {
+                Ok(fresh) => self.install(fresh),
+                Err(e) => {
+                    tracing::warn!(extension = %self.extension, error = %e, "OpenBao secrets not re-read; the last values stay in use");
+                }
+            }
+        }
+        Arc::clone(&self.secrets.read())
+    }
+
+    /// Makes `fresh` (OpenBao's values, merged over the static ones) current if anything
+    /// changed.
+    fn install(&self, fresh: BTreeMap<String, Secret>) {
+        let mut current = self.secrets.write();
+        let mut values = current.values.clone();
+        let mut changed = Vec::new();
+        for (k, v) in fresh {
+            if values.get(&k) != Some(&v)
+                && let Some(old) = values.insert(k, v)
+            {
+                changed.push(old);
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let mut previous = self.previous.lock();
+        previous.extend(changed);
+        let excess = previous.len().saturating_sub(REDACT_PREVIOUS);
+        previous.drain(..excess);
+        *current = Arc::new(SecretSet {
+            generation: current.generation + 1,
+            values,
+        });
+        tracing::info!(extension = %self.extension, generation = current.generation, "rotated secrets read from OpenBao; new instances use them");
+    }
+
     /// The extension these grants belong to.
     pub fn extension(&self) -> &str {
         &self.extension
-    }
-
-    /// The secrets as `wasi:config/store` key/value pairs.
-    pub fn secret_config(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.secrets.iter().map(|(k, v)| (k.as_str(), v.expose()))
     }
 
     /// The bound on one outbound request.
@@ -351,7 +530,9 @@ impl Grants {
     /// `text` with every secret value replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in self.secrets.values() {
+        let current = Arc::clone(&self.secrets.read());
+        let previous = self.previous.lock().clone();
+        for secret in current.values.values().chain(previous.iter()) {
             if out.contains(secret.expose()) {
                 out = out.replace(secret.expose(), REDACTED);
             }
@@ -361,7 +542,7 @@ impl Grants {
 
     /// `fault` with every secret value scrubbed from its messages.
     pub fn redact_fault(&self, fault: Fault) -> Fault {
-        if self.secrets.is_empty() {
+        if self.secrets.read().values.is_empty() {
             return fault;
         }
         let r = |s: String| self.redact(&s);
@@ -545,7 +726,7 @@ mod tests {
             allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         };
-        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap()
+        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap()
     }
 
     fn allows(g: &Grants, url: &str) -> bool {
@@ -615,9 +796,9 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new()).unwrap();
+        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new(), None).unwrap();
         assert_eq!(
-            g.secret_config().collect::<Vec<_>>(),
+            g.current().pairs().collect::<Vec<_>>(),
             [("api_key", "e2b_s3cr3t_value")]
         );
         assert!(!format!("{g:?}").contains("s3cr3t"));
@@ -643,13 +824,13 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
         assert!(
             err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"),
             "{err}"
         );
         let config = [("api_key".to_owned(), "plain".to_owned())].into();
-        let err = Grants::resolve("x", &spec, Path::new("."), &config).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &config, None).unwrap_err();
         assert!(matches!(err, GrantError::Clash { .. }), "{err}");
         let spec = GrantSpec {
             secrets: [(
@@ -661,7 +842,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/sandboxer/key"),
             "{err}"

@@ -143,6 +143,9 @@ pub struct Skipped {
     pub id: Option<String>,
     /// Why it was skipped, for operators.
     pub reason: String,
+    /// Whether the host tries it again by itself (a secret that could not be read yet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// The extensions a folder describes, before any component is compiled.
@@ -208,6 +211,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: e.file,
                 id: None,
                 reason: e.reason,
+                retry: false,
             }),
         }
     }
@@ -218,6 +222,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: e.file,
                 id: Some(file_stem(path)),
                 reason: e.reason,
+                retry: false,
             }),
         }
     }
@@ -231,6 +236,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: spec.defining_file().to_path_buf(),
                 id: Some(spec.id.clone()),
                 reason: format!("id {:?} is already used by {}", spec.id, first.display()),
+                retry: false,
             });
             continue;
         }

@@ -115,6 +115,32 @@ struct RawReload {
     debounce_ms: Option<u64>,
 }
 
+/// `[openbao]`: where `{ openbao = … }` secrets are read (and tenants' keys written).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoConfig {
+    /// `http://host:port` of OpenBao.
+    pub address: String,
+    /// The token (`token`, `token_env` or `token_file`, exactly one).
+    #[serde(flatten)]
+    pub auth: TokenSource,
+    /// The KV v2 engine's mount.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// A PEM file of CA certificates (for an `https://` address).
+    pub ca_file: Option<PathBuf>,
+    /// Seconds a read secret is used before it is read again (rotation picked up).
+    pub refresh_secs: Option<u64>,
+    /// Seconds between retries of extensions skipped because OpenBao failed.
+    pub retry_secs: Option<u64>,
+    /// Bound on one request, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -137,6 +163,7 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     health: RawHealth,
+    openbao: Option<OpenBaoConfig>,
 }
 
 /// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
@@ -207,6 +234,8 @@ pub struct ServiceConfig {
     pub reload_debounce: Duration,
     /// The circuit breaker routing keeps per extension.
     pub health: HealthConfig,
+    /// OpenBao, when configured (token not read yet; see `server::app_options`).
+    pub openbao: Option<OpenBaoConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -232,6 +261,7 @@ impl Default for ServiceConfig {
             reload: true,
             reload_debounce: Duration::from_millis(250),
             health: HealthConfig::default(),
+            openbao: None,
         }
     }
 }
@@ -444,6 +474,9 @@ impl ServiceConfig {
                 "expected at least health.cool_down_secs",
             ));
         }
+        if let Some(b) = raw.openbao {
+            cfg.openbao = Some(check_openbao(b, path, base)?);
+        }
         Ok(cfg)
     }
 }
@@ -486,6 +519,51 @@ fn check_source(src: &TokenSource, file: &Path, key: &str, base: &Path) -> Resul
     }
     let _ = base;
     Ok(())
+}
+
+fn check_openbao(
+    mut b: OpenBaoConfig,
+    path: &Path,
+    base: &Path,
+) -> Result<OpenBaoConfig, ConfigError> {
+    let a = b.address.trim_end_matches('/');
+    let rest = a
+        .strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+        return Err(ConfigError::new(
+            path,
+            "openbao.address",
+            "expected http://host:port or https://host:port, with no path",
+        ));
+    }
+    b.address = a.to_owned();
+    check_source(&b.auth, path, "openbao", base)?;
+    b.auth = resolve_file(b.auth, base);
+    if b.mount.is_empty()
+        || b.mount.starts_with('/')
+        || b.mount.ends_with('/')
+        || b.mount.split('/').any(|s| s.is_empty() || s == "..")
+    {
+        return Err(ConfigError::new(
+            path,
+            "openbao.mount",
+            "expected a mount path such as \"secret\"",
+        ));
+    }
+    b.ca_file = b
+        .ca_file
+        .map(|p| if p.is_relative() { base.join(p) } else { p });
+    for (key, v) in [
+        ("openbao.refresh_secs", b.refresh_secs),
+        ("openbao.retry_secs", b.retry_secs),
+        ("openbao.timeout_ms", b.timeout_ms),
+    ] {
+        if v == Some(0) {
+            return Err(ConfigError::new(path, key, "expected a positive number"));
+        }
+    }
+    Ok(b)
 }
 
 fn resolve_file(mut src: TokenSource, base: &Path) -> TokenSource {
