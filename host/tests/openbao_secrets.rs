@@ -4,6 +4,12 @@
 //! create without a restart; OpenBao down at start skips only that extension, with a
 //! reason naming the secret path (never the value), and the host loads it by itself once
 //! OpenBao answers; the key never lands in the state folder's files or the host's log.
+//!
+//! Tenants' own keys (BYOK): a tenant stores its key through `PUT /v1/keys/e2b` (written
+//! to OpenBao under its own path), and from then on every call of that tenant's
+//! sandboxes carries its key while another tenant's carry the operator's, under
+//! concurrent interleaved creates and destroys; bad key bodies are refused with nothing
+//! written; the key shows up in no answer, log or state file.
 
 #[path = "support/http_host.rs"]
 mod http_host;
@@ -13,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use fake_e2b::FakeE2b;
-use http_host::{ADMIN, Host, Setup, TOKEN_A};
+use http_host::{ADMIN, Host, Setup, TOKEN_A, TOKEN_B};
 use serde_json::Value;
 use support::openbao::{self, OpenBaoAddr, OpenBaoServer};
 
@@ -34,11 +40,23 @@ fallback = false
 /// A host folder with the saas-stub, an `e2b` sidecar whose key is read from OpenBao at
 /// `path`, and the `e2b-only` profile; the config points at `bao`.
 fn setup(bao: &OpenBaoAddr, fake: &FakeE2b, path: &str, refresh_secs: u64) -> Setup {
+    setup_with(bao, fake, path, refresh_secs, "")
+}
+
+/// [`setup`] with `sidecar_extra` at the top of the sidecar and tenants' keys under
+/// `PATH-tenants/` (each test its own).
+fn setup_with(
+    bao: &OpenBaoAddr,
+    fake: &FakeE2b,
+    path: &str,
+    refresh_secs: u64,
+    sidecar_extra: &str,
+) -> Setup {
     let s = Setup::with_extensions(&["saas-stub.wasm"]);
     std::fs::write(
         s.extensions().join("e2b.toml"),
         format!(
-            "component = {:?}\nid = \"e2b\"\ncall_timeout_ms = 10000\nallowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n\
+            "component = {:?}\nid = \"e2b\"\ncall_timeout_ms = 10000\nallowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n{sidecar_extra}\n\
              [secrets]\napi_key = {{ openbao = \"{path}\", key = \"api_key\" }}\n[config]\nbase_url = \"{}\"\n",
             support::built("extensions/e2b.wasm").display().to_string(),
             fake.base_url()
@@ -46,7 +64,10 @@ fn setup(bao: &OpenBaoAddr, fake: &FakeE2b, path: &str, refresh_secs: u64) -> Se
     )
     .unwrap();
     std::fs::write(s.profiles().join("e2b-only.toml"), E2B_ONLY).unwrap();
-    s.write_config(&bao.config(refresh_secs));
+    s.write_config(&format!(
+        "{}tenant_prefix = \"{path}-tenants\"\n",
+        bao.config(refresh_secs)
+    ));
     s
 }
 
@@ -187,5 +208,211 @@ fn openbao_down_skips_only_its_extension_and_the_host_loads_it_when_openbao_retu
     let log = h.log.lock().unwrap().clone();
     assert!(!log.contains(key), "the key is in the host's log");
     assert_eq!(files_containing(&s.state(), key), Vec::<String>::new());
+    assert!(h.terminate());
+}
+
+/// The tenant a request to the fake was made for: from the create body's metadata, else
+/// from the sandbox its path names.
+fn tenant_of(fake: &FakeE2b, r: &fake_e2b::RecordedRequest) -> Option<String> {
+    if let Some(t) = r
+        .body
+        .as_ref()
+        .and_then(|b| b["metadata"]["sandboxer_tenant"].as_str())
+    {
+        return Some(t.to_owned());
+    }
+    let id = r
+        .path
+        .strip_prefix("/sandboxes/")?
+        .split(['/', '?'])
+        .next()?;
+    fake.sandbox(id)?.metadata.get("sandboxer_tenant").cloned()
+}
+
+#[test]
+fn a_tenants_own_key_reaches_only_its_own_calls() {
+    let bao = openbao::shared();
+    let (operator, own) = (
+        "e2b_operator_key_for_byok_3e7a",
+        "e2b_tenant_a_own_key_c4d2",
+    );
+    bao.write("sandboxer/e2b-byok", &[("api_key", operator)]);
+    let fake = FakeE2b::start(operator).unwrap();
+    fake.accept_key(own);
+    let s = setup_with(
+        &bao,
+        &fake,
+        "sandboxer/e2b-byok",
+        60,
+        "byok = [\"api_key\"]",
+    );
+    let h = Host::start(&s);
+    h.grant("a", "50");
+    h.grant("b", "50");
+
+    let (st, v) = h.get("/v1/keys", TOKEN_A);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["keys"][0]["extension"], "e2b", "{v}");
+    assert_eq!(v["keys"][0]["set"], false, "{v}");
+
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/keys/e2b",
+        Some(TOKEN_A),
+        Some(&format!("{{\"api_key\":\"{own}\"}}")),
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["set"], true, "{v}");
+    assert!(
+        v["fingerprint"].as_str().unwrap().starts_with("sha256:"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(own));
+    // It is in OpenBao, under tenant a's own path; b has none.
+    let stored = bao.read("sandboxer/e2b-byok-tenants/a/e2b").unwrap();
+    assert_eq!(stored["api_key"], own);
+    assert!(bao.read("sandboxer/e2b-byok-tenants/b/e2b").is_none());
+    let (_, v) = h.get("/v1/keys", TOKEN_B);
+    assert_eq!(v["keys"][0]["set"], false, "{v}");
+
+    // Interleaved, concurrent creates and destroys of both tenants.
+    std::thread::scope(|scope| {
+        for i in 0..6 {
+            let h = &h;
+            scope.spawn(move || {
+                let token = if i % 2 == 0 { TOKEN_A } else { TOKEN_B };
+                for _ in 0..2 {
+                    let (st, sb) = h.post("/v1/sandboxes", token, r#"{"profile":"e2b-only"}"#);
+                    assert_eq!(st, 201, "{sb}");
+                    let id = sb["id"].as_str().unwrap();
+                    assert!(!sb.to_string().contains(own));
+                    let (st, v) = h.delete(&format!("/v1/sandboxes/{id}"), token);
+                    assert!(st == 200 || st == 202, "{st} {v}");
+                }
+            });
+        }
+    });
+    let api: Vec<_> = fake.requests().into_iter().filter(|r| !r.envd).collect();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for r in &api {
+        let tenant = tenant_of(&fake, r).unwrap_or_else(|| panic!("whose is {r:?}?"));
+        let want = if tenant == "a" { own } else { operator };
+        assert_eq!(
+            r.api_key.as_deref(),
+            Some(want),
+            "{tenant}: {} {}",
+            r.method,
+            r.path
+        );
+        *seen.entry(tenant).or_default() += 1;
+    }
+    // 6 creates and 6 destroys each, at least.
+    assert!(seen.get("a").is_some_and(|n| *n >= 12), "{seen:?}");
+    assert!(seen.get("b").is_some_and(|n| *n >= 12), "{seen:?}");
+
+    // Removed: a's next calls carry the operator's key again.
+    let (st, v) = h.delete("/v1/keys/e2b", TOKEN_A);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["set"], false, "{v}");
+    assert!(bao.read("sandboxer/e2b-byok-tenants/a/e2b").is_none());
+    let before = fake.requests().len();
+    create_and_destroy(&h, "e2b-only");
+    let after: Vec<_> = fake.requests()[before..]
+        .iter()
+        .filter(|r| !r.envd)
+        .cloned()
+        .collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|r| r.api_key.as_deref() == Some(operator)),
+        "{after:?}"
+    );
+
+    let log = h.log.lock().unwrap().clone();
+    for k in [operator, own] {
+        assert!(!log.contains(k), "a key is in the host's log");
+        assert_eq!(files_containing(&s.state(), k), Vec::<String>::new());
+    }
+    for token in [TOKEN_A, ADMIN] {
+        let (_, v) = h.get("/v1/sandboxes", token);
+        assert!(!v.to_string().contains(own));
+        let (_, v) = h.get("/v1/extensions", token);
+        assert!(!v.to_string().contains(own) && !v.to_string().contains(operator));
+    }
+    assert!(h.terminate());
+}
+
+#[test]
+fn bad_key_bodies_are_refused_and_nothing_is_written() {
+    let bao = openbao::shared();
+    bao.write(
+        "sandboxer/e2b-badkeys",
+        &[("api_key", "e2b_operator_badkeys_0000")],
+    );
+    let fake = FakeE2b::start("e2b_operator_badkeys_0000").unwrap();
+    let s = setup_with(
+        &bao,
+        &fake,
+        "sandboxer/e2b-badkeys",
+        60,
+        "byok = [\"api_key\"]",
+    );
+    let h = Host::start(&s);
+    let put = |ext: &str, body: &str| {
+        h.call(
+            "PUT",
+            &format!("/v1/keys/{ext}"),
+            Some(TOKEN_A),
+            Some(body),
+            &[],
+        )
+    };
+    for (ext, body, needle) in [
+        ("e2b", r#"{"api_key":""}"#, "empty"),
+        ("e2b", r#"{"api_key":"   "}"#, "empty"),
+        ("e2b", r#"{}"#, "needs the key field"),
+        (
+            "e2b",
+            r#"{"api_key":"e2b_x_secret_1","region":"eu"}"#,
+            "takes no key field",
+        ),
+        ("e2b", r#"{"api_key":7}"#, ""),
+        (
+            "saas-stub",
+            r#"{"api_key":"e2b_x_secret_2"}"#,
+            "does not take tenants' own keys",
+        ),
+        ("nope", r#"{"api_key":"e2b_x_secret_3"}"#, "no extension"),
+        (
+            "..%2Fb%2Fe2b",
+            r#"{"api_key":"e2b_x_secret_4"}"#,
+            "no extension",
+        ),
+    ] {
+        let (st, v) = put(ext, body);
+        assert_eq!(st, 400, "{ext} {body}: {v}");
+        let text = v.to_string();
+        assert!(text.contains(needle), "{ext} {body}: {text}");
+        assert!(!text.contains("e2b_x_secret"), "{text}");
+    }
+    // Tenant b's key cannot be written by a: the path is a's own, whatever is asked.
+    assert!(bao.read("sandboxer/e2b-badkeys-tenants/a/e2b").is_none());
+    assert!(bao.read("sandboxer/e2b-badkeys-tenants/b/e2b").is_none());
+    let (st, _) = h.call(
+        "PUT",
+        "/v1/keys/e2b",
+        Some(ADMIN),
+        Some(r#"{"api_key":"e2b_x_admin"}"#),
+        &[],
+    );
+    assert!(st == 401 || st == 403, "{st}");
+    let (_, v) = h.get("/v1/keys", TOKEN_A);
+    assert_eq!(v["keys"][0]["set"], false, "{v}");
+    let log = h.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("e2b_x_secret"),
+        "a refused key is in the host's log"
+    );
     assert!(h.terminate());
 }

@@ -237,6 +237,17 @@ impl Extension {
         &self.source
     }
 
+    /// The secrets tenants may replace with their own keys (`byok` in the sidecar; empty
+    /// without OpenBao).
+    pub fn byok_fields(&self) -> &[String] {
+        self.calls.options.grants.byok_fields()
+    }
+
+    /// Makes the next call of `tenant` read its own keys again (they were just changed).
+    pub fn forget_tenant_keys(&self, tenant: &str) {
+        self.calls.options.grants.forget_tenant(tenant);
+    }
+
     /// The limits every call runs under.
     pub fn limits(&self) -> CallLimits {
         self.calls.options.limits
@@ -264,7 +275,9 @@ impl Extension {
         const F: Function = Function::EstimateCost;
         let lists = bindings::request_lists(request);
         let arg = bindings::request_to_wit(request, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_estimate_cost(s, arg))?;
+        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
+            g.call_estimate_cost(s, arg)
+        })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -274,7 +287,9 @@ impl Extension {
         const F: Function = Function::Create;
         let lists = bindings::request_lists(request);
         let arg = bindings::request_to_wit(request, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_create(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&request.tenant), |g, s| g.call_create(s, arg))?;
         let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -284,7 +299,11 @@ impl Extension {
         const F: Function = Function::Status;
         let lists = bindings::request_lists(&sandbox.request);
         let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_status(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
+                g.call_status(s, arg)
+            })?;
         let status = answer.map_err(|e| self.calls.backend_error(F, e))?;
         Ok(bindings::status_from_wit(status))
     }
@@ -294,7 +313,11 @@ impl Extension {
         const F: Function = Function::Destroy;
         let lists = bindings::request_lists(&sandbox.request);
         let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_destroy(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
+                g.call_destroy(s, arg)
+            })?;
         let usage = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::usage_from_wit(usage).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -309,9 +332,9 @@ impl Extension {
         let lists = bindings::request_lists(request);
         let req = bindings::request_to_wit(request, &lists);
         let use_ = bindings::usage_to_wit(usage);
-        let answer = self
-            .calls
-            .invoke(F, |g, s| g.call_meter_actual(s, req, &use_))?;
+        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
+            g.call_meter_actual(s, req, &use_)
+        })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -333,13 +356,29 @@ impl Calls {
         function: Function,
         call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, ExtensionError> {
+        self.invoke_as(function, None, call)
+    }
+
+    /// [`Calls::invoke`] on behalf of `tenant`: with the tenant's own keys when it stored
+    /// some, in an instance built with exactly those secrets (never one of another set).
+    fn invoke_as<T>(
+        &self,
+        function: Function,
+        tenant: Option<&str>,
+        call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
         self.admit(function)?;
-        let secrets = self.options.grants.current();
+        let secrets = self
+            .options
+            .grants
+            .secrets_for(tenant)
+            .map_err(|e| self.error(function, Fault::Backend(e)))?;
         let reused = {
             let mut idle = self.idle.lock();
-            // Instances of older secrets are dropped: rotation reaches the next call.
-            idle.retain(|w| w.generation == secrets.generation);
-            idle.pop()
+            // Only an instance of this very set; those of rotated-away sets age out below.
+            idle.iter()
+                .rposition(|w| w.generation == secrets.generation)
+                .map(|i| idle.remove(i))
         };
         let mut warm = match reused {
             Some(warm) => warm,
@@ -353,11 +392,13 @@ impl Calls {
             Ok(value) => {
                 self.succeeded();
                 warm.calls += 1;
-                if warm.calls < self.options.pool.recycle_after {
+                if warm.calls < self.options.pool.recycle_after && self.options.pool.max_idle > 0 {
                     let mut idle = self.idle.lock();
-                    if idle.len() < self.options.pool.max_idle {
-                        idle.push(warm);
+                    if idle.len() >= self.options.pool.max_idle {
+                        // The longest idle goes (an old secret set's, often).
+                        idle.remove(0);
                     }
+                    idle.push(warm);
                 }
                 Ok(value)
             }

@@ -84,6 +84,8 @@ pub struct GrantSpec {
     pub outbound_timeout_ms: Option<u64>,
     /// `max_response_bytes`.
     pub max_response_bytes: Option<u64>,
+    /// `byok`: the `[secrets]` a tenant may replace with its own (stored in OpenBao).
+    pub byok: Vec<String>,
 }
 
 /// A grant that cannot be honoured; names the key at fault. Never contains a secret value.
@@ -113,6 +115,8 @@ pub enum GrantError {
         path: String,
         source: OpenBaoError,
     },
+    #[error("byok: {key:?} is not one of the [secrets]; a tenant can only replace a secret")]
+    Byok { key: String },
     #[error("secrets.{key}: OpenBao secret {path} has no field {field:?}")]
     MissingField {
         key: String,
@@ -300,12 +304,16 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// One version of an extension's secret values; `generation` grows when a re-read from
-/// OpenBao finds a changed value.
+/// One set of an extension's secret values: the operator's (a new `generation` when a
+/// re-read from OpenBao finds a changed value) or a tenant's own keys over them. Each set
+/// of one extension has its own `generation`: an instance built with a set serves only
+/// calls of that set.
 #[derive(Debug, Clone, Default)]
 pub struct SecretSet {
-    /// Which version this is.
+    /// Which set this is (unique among the extension's sets).
     pub generation: u64,
+    /// The tenant whose own keys these are; `None`: the operator's.
+    pub tenant: Option<String>,
     /// Config key → value.
     pub values: BTreeMap<String, Secret>,
 }
@@ -327,6 +335,24 @@ struct OpenBaoSecrets {
     read_at: parking_lot::Mutex<Instant>,
 }
 
+/// Tenants' own keys for an extension (its `byok` secrets), read from OpenBao per tenant.
+#[derive(Debug)]
+struct TenantKeys {
+    client: Arc<OpenBao>,
+    fields: Vec<String>,
+    refresh: Duration,
+    cache: parking_lot::Mutex<std::collections::HashMap<String, CachedKeys>>,
+}
+
+/// What was last read for one tenant: its set (`None`: it has no key) and when.
+#[derive(Debug, Clone)]
+struct CachedKeys {
+    set: Option<Arc<SecretSet>>,
+    read_at: Instant,
+    /// Read again on the next call (the tenant just changed its keys).
+    stale: bool,
+}
+
 /// How many older versions of rotated secrets are still scrubbed from messages (an
 /// instance built before a rotation may still be answering with the old key).
 const REDACT_PREVIOUS: usize = 4;
@@ -340,6 +366,9 @@ pub struct Grants {
     /// Values of earlier generations, for redaction only.
     previous: parking_lot::Mutex<Vec<Secret>>,
     openbao: Option<OpenBaoSecrets>,
+    tenant_keys: Option<TenantKeys>,
+    /// The last `generation` handed out.
+    generations: std::sync::atomic::AtomicU64,
     outbound_timeout: Duration,
     max_response_bytes: u64,
 }
@@ -353,6 +382,8 @@ impl Grants {
             secrets: parking_lot::RwLock::new(Arc::new(SecretSet::default())),
             previous: parking_lot::Mutex::new(Vec::new()),
             openbao: None,
+            tenant_keys: None,
+            generations: std::sync::atomic::AtomicU64::new(0),
             outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
@@ -411,7 +442,7 @@ impl Grants {
             }
             secrets.insert(key.clone(), Secret(value));
         }
-        let openbao = if bao_fields.is_empty() {
+        let bao_secrets = if bao_fields.is_empty() {
             None
         } else {
             let Some(client) = openbao else {
@@ -425,6 +456,20 @@ impl Grants {
                 refresh: client.settings().refresh,
                 read_at: parking_lot::Mutex::new(Instant::now()),
             })
+        };
+        if let Some(key) = spec.byok.iter().find(|k| !spec.secrets.contains_key(*k)) {
+            return Err(GrantError::Byok { key: key.clone() });
+        }
+        // Without OpenBao tenants cannot store keys: the extension serves on the
+        // operator's alone (the keys API says why).
+        let tenant_keys = match openbao {
+            Some(client) if !spec.byok.is_empty() => Some(TenantKeys {
+                client: Arc::clone(client),
+                fields: spec.byok.clone(),
+                refresh: client.settings().refresh,
+                cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            }),
+            _ => None,
         };
         if spec.outbound_timeout_ms == Some(0) {
             return Err(GrantError::Zero {
@@ -441,10 +486,13 @@ impl Grants {
             hosts,
             secrets: parking_lot::RwLock::new(Arc::new(SecretSet {
                 generation: 0,
+                tenant: None,
                 values: secrets,
             })),
             previous: parking_lot::Mutex::new(Vec::new()),
-            openbao,
+            openbao: bao_secrets,
+            tenant_keys,
+            generations: std::sync::atomic::AtomicU64::new(0),
             outbound_timeout: spec
                 .outbound_timeout_ms
                 .map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
@@ -474,6 +522,88 @@ impl Grants {
         Arc::clone(&self.secrets.read())
     }
 
+    fn next_generation(&self) -> u64 {
+        self.generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// The `byok` secrets a tenant may replace with its own (empty: none, or no OpenBao).
+    pub fn byok_fields(&self) -> &[String] {
+        self.tenant_keys.as_ref().map_or(&[], |t| &t.fields)
+    }
+
+    /// The secrets a call on behalf of `tenant` runs with: the tenant's own keys over the
+    /// operator's when it stored some (read from OpenBao, kept for the refresh interval),
+    /// else the operator's. When OpenBao cannot be read, the last keys read for the
+    /// tenant stay in use (a destroy still reaches the tenant's account); with nothing
+    /// read yet the call fails as unavailable rather than run on the operator's key.
+    pub fn secrets_for(&self, tenant: Option<&str>) -> Result<Arc<SecretSet>, BackendError> {
+        let operator = self.current();
+        let (Some(keys), Some(tenant)) = (&self.tenant_keys, tenant) else {
+            return Ok(operator);
+        };
+        let cached = keys.cache.lock().get(tenant).cloned();
+        if let Some(c) = &cached
+            && !c.stale
+            && c.read_at.elapsed() < keys.refresh
+        {
+            return Ok(c.set.clone().unwrap_or(operator));
+        }
+        let path = keys.client.tenant_key_path(tenant, &self.extension);
+        let read = match keys.client.read(&path) {
+            Ok(fields) => Some(fields),
+            Err(OpenBaoError::NotFound { .. }) => None,
+            Err(e) => {
+                tracing::warn!(extension = %self.extension, tenant, error = %e, "tenant's own keys not read");
+                return match cached {
+                    Some(c) => Ok(c.set.unwrap_or(operator)),
+                    None => Err(BackendError::Unavailable(format!(
+                        "tenant {tenant}'s own keys for {} cannot be read: {e}",
+                        self.extension
+                    ))),
+                };
+            }
+        };
+        let set = read.map(|fields| {
+            let mut values = operator.values.clone();
+            for f in &keys.fields {
+                if let Some(v) = fields.get(f).filter(|v| !v.is_empty()) {
+                    values.insert(f.clone(), Secret(v.clone()));
+                }
+            }
+            // The same keys as last time keep their set (and so their warm instances).
+            match cached.as_ref().and_then(|c| c.set.clone()) {
+                Some(old) if old.values == values => old,
+                _ => Arc::new(SecretSet {
+                    generation: self.next_generation(),
+                    tenant: Some(tenant.to_owned()),
+                    values,
+                }),
+            }
+        });
+        keys.cache.lock().insert(
+            tenant.to_owned(),
+            CachedKeys {
+                set: set.clone(),
+                read_at: Instant::now(),
+                stale: false,
+            },
+        );
+        Ok(set.unwrap_or(operator))
+    }
+
+    /// Forgets what was read for `tenant` (its keys were just stored or removed): its next
+    /// call reads them again.
+    pub fn forget_tenant(&self, tenant: &str) {
+        if let Some(keys) = &self.tenant_keys
+            && let Some(c) = keys.cache.lock().get_mut(tenant)
+        {
+            // Kept as a fallback should OpenBao fail right now, but stale.
+            c.stale = true;
+        }
+    }
+
     /// Makes `fresh` (OpenBao's values, merged over the static ones) current if anything
     /// changed.
     fn install(&self, fresh: BTreeMap<String, Secret>) {
@@ -495,7 +625,8 @@ impl Grants {
         let excess = previous.len().saturating_sub(REDACT_PREVIOUS);
         previous.drain(..excess);
         *current = Arc::new(SecretSet {
-            generation: current.generation + 1,
+            generation: self.next_generation(),
+            tenant: None,
             values,
         });
         tracing::info!(extension = %self.extension, generation = current.generation, "rotated secrets read from OpenBao; new instances use them");
@@ -531,7 +662,14 @@ impl Grants {
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
         let current = Arc::clone(&self.secrets.read());
-        let previous = self.previous.lock().clone();
+        let mut previous = self.previous.lock().clone();
+        if let Some(keys) = &self.tenant_keys {
+            for c in keys.cache.lock().values() {
+                if let Some(set) = &c.set {
+                    previous.extend(set.values.values().cloned());
+                }
+            }
+        }
         for secret in current.values.values().chain(previous.iter()) {
             if out.contains(secret.expose()) {
                 out = out.replace(secret.expose(), REDACTED);

@@ -8,7 +8,7 @@
 //! Sidecar keys: `component`, `id`, `kind` (`"self-hosted"` | `"saas"`), `[config]`
 //! (string values, handed to the guest through `wasi:config/store`), `memory_limit_mib`,
 //! `call_timeout_ms`, and the grants `allowed_outbound_hosts`, `[secrets]`,
-//! `outbound_timeout_ms`, `max_response_bytes` (see [`super::grants`]). Any other key is an
+//! `outbound_timeout_ms`, `max_response_bytes`, `byok` (see [`super::grants`]). Any other key is an
 //! error naming the file and the key.
 
 use std::collections::{BTreeMap, HashMap};
@@ -116,6 +116,7 @@ impl ExtensionSpec {
                 secrets: parsed.secrets,
                 outbound_timeout_ms: parsed.outbound_timeout_ms,
                 max_response_bytes: parsed.max_response_bytes,
+                byok: parsed.byok,
             },
         })
     }
@@ -172,6 +173,8 @@ struct SidecarFile {
     secrets: BTreeMap<String, SecretSource>,
     outbound_timeout_ms: Option<u64>,
     max_response_bytes: Option<u64>,
+    #[serde(default)]
+    byok: Vec<String>,
 }
 
 /// Lists the extensions in `dir` (sorted by file name, so ids are assigned

@@ -37,7 +37,12 @@ pub struct OpenBaoSettings {
     pub refresh: Duration,
     /// How often extensions skipped because OpenBao failed are tried again.
     pub retry: Duration,
+    /// Where tenants' own keys live under the mount: `PREFIX/TENANT/EXTENSION`.
+    pub tenant_prefix: String,
 }
+
+/// Default [`OpenBaoSettings::tenant_prefix`].
+pub const DEFAULT_TENANT_PREFIX: &str = "sandboxer/tenants";
 
 impl fmt::Debug for OpenBaoSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,6 +54,7 @@ impl fmt::Debug for OpenBaoSettings {
             .field("timeout", &self.timeout)
             .field("refresh", &self.refresh)
             .field("retry", &self.retry)
+            .field("tenant_prefix", &self.tenant_prefix)
             .finish()
     }
 }
@@ -123,6 +129,12 @@ impl OpenBao {
             settings,
             client: OnceCell::new(),
         }
+    }
+
+    /// Where `tenant`'s own key for `extension` is stored. Both are ids the host has
+    /// validated (letters, digits, `-`, `_`): one tenant's path can never name another's.
+    pub fn tenant_key_path(&self, tenant: &str, extension: &str) -> String {
+        format!("{}/{tenant}/{extension}", self.settings.tenant_prefix)
     }
 
     /// The settings it was made with.
@@ -307,6 +319,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             refresh: DEFAULT_REFRESH,
             retry: DEFAULT_RETRY,
+            tenant_prefix: DEFAULT_TENANT_PREFIX.into(),
         });
         let err = bao.read("sandboxer/e2b").unwrap_err();
         assert!(err.is_transient(), "{err}");

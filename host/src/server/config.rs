@@ -135,6 +135,8 @@ pub struct OpenBaoConfig {
     pub retry_secs: Option<u64>,
     /// Bound on one request, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// Where tenants' own keys are stored under the mount (`PREFIX/TENANT/EXTENSION`).
+    pub tenant_prefix: Option<String>,
 }
 
 fn default_mount() -> String {
@@ -549,6 +551,15 @@ fn check_openbao(
             path,
             "openbao.mount",
             "expected a mount path such as \"secret\"",
+        ));
+    }
+    if let Some(p) = &b.tenant_prefix
+        && crate::secrets::openbao::check_path(p).is_err()
+    {
+        return Err(ConfigError::new(
+            path,
+            "openbao.tenant_prefix",
+            "expected a path such as \"sandboxer/tenants\" (letters, digits, `.`, `_`, `-` and `/`)",
         ));
     }
     b.ca_file = b

@@ -141,6 +141,10 @@ fn app_options(cfg: &ServiceConfig) -> Result<AppOptions, ServiceError> {
             retry: b
                 .retry_secs
                 .map_or(openbao::DEFAULT_RETRY, Duration::from_secs),
+            tenant_prefix: b
+                .tenant_prefix
+                .clone()
+                .unwrap_or_else(|| openbao::DEFAULT_TENANT_PREFIX.into()),
         }))),
     };
     Ok(AppOptions {
