@@ -416,3 +416,55 @@ fn bad_key_bodies_are_refused_and_nothing_is_written() {
     );
     assert!(h.terminate());
 }
+
+#[test]
+fn a_byok_sandbox_is_destroyed_on_the_tenants_account_while_openbao_is_down() {
+    let mut bao = OpenBaoServer::start();
+    let (operator, own) = (
+        "e2b_operator_key_outage_77aa",
+        "e2b_tenant_a_key_outage_19bc",
+    );
+    bao.addr
+        .write("sandboxer/e2b-byok-down", &[("api_key", operator)]);
+    let fake = FakeE2b::start(operator).unwrap();
+    fake.accept_key(own);
+    // A short refresh: the tenant's key is due for a re-read when the destroy comes.
+    let s = setup_with(
+        &bao.addr,
+        &fake,
+        "sandboxer/e2b-byok-down",
+        1,
+        "byok = [\"api_key\"]",
+    );
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/keys/e2b",
+        Some(TOKEN_A),
+        Some(&format!("{{\"api_key\":\"{own}\"}}")),
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"e2b-only"}"#);
+    assert_eq!(st, 201, "{sb}");
+
+    bao.stop();
+    std::thread::sleep(Duration::from_millis(1100));
+    let id = sb["id"].as_str().unwrap();
+    let (st, v) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert!(st == 200 || st == 202, "{st} {v}");
+    let kills: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && !r.envd)
+        .collect();
+    assert_eq!(kills.len(), 1, "{kills:?}");
+    assert_eq!(kills[0].api_key.as_deref(), Some(own));
+    // The keys API says OpenBao is unreachable, naming no key.
+    let (st, v) = h.get("/v1/keys", TOKEN_A);
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(v["error"]["code"], "secret_store_unavailable", "{v}");
+    assert!(!v.to_string().contains(own));
+    assert!(h.terminate());
+}

@@ -986,4 +986,37 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn openbao_secrets_need_openbao_and_byok_names_a_secret() {
+        let spec = GrantSpec {
+            secrets: [(
+                "api_key".to_owned(),
+                SecretSource::OpenBao {
+                    openbao: "sandboxer/e2b".into(),
+                    key: "api_key".into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        assert!(matches!(err, GrantError::NoOpenBao { .. }), "{err}");
+        assert!(!err.is_transient());
+        let spec = GrantSpec {
+            byok: vec!["token".into()],
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        assert!(err.to_string().contains("byok: \"token\""), "{err}");
+        let parsed: BTreeMap<String, SecretSource> =
+            toml::from_str("k = { openbao = \"a/b\", key = \"f\" }").unwrap();
+        assert_eq!(
+            parsed["k"],
+            SecretSource::OpenBao {
+                openbao: "a/b".into(),
+                key: "f".into()
+            }
+        );
+    }
 }

@@ -674,6 +674,52 @@ mod tests {
     }
 
     #[test]
+    fn openbao_settings_are_checked_and_relative_files_resolved() {
+        let c = parse(
+            "[openbao]\naddress = \"http://127.0.0.1:8200/\"\ntoken_file = \"bao.token\"\nrefresh_secs = 5\n",
+        )
+        .unwrap();
+        let b = c.openbao.unwrap();
+        assert_eq!(b.address, "http://127.0.0.1:8200");
+        assert_eq!(b.mount, "secret");
+        assert_eq!(b.refresh_secs, Some(5));
+        assert_eq!(
+            b.auth.token_file.as_deref(),
+            Some(Path::new("/etc/sandboxer/bao.token"))
+        );
+        for (text, key) in [
+            (
+                "address = \"127.0.0.1:8200\"\ntoken_env = \"T\"",
+                "openbao.address",
+            ),
+            (
+                "address = \"http://b:1/v1\"\ntoken_env = \"T\"",
+                "openbao.address",
+            ),
+            ("address = \"http://b:1\"", "openbao"),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nmount = \"../x\"",
+                "openbao.mount",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nrefresh_secs = 0",
+                "openbao.refresh_secs",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\ntenant_prefix = \"a/../b\"",
+                "openbao.tenant_prefix",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nrole = \"x\"",
+                "openbao",
+            ),
+        ] {
+            let e = parse(&format!("[openbao]\n{text}\n")).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn health_settings_reach_the_circuit_breaker_config() {
         let c = parse("[health]\nfailure_threshold = 5\ncool_down_secs = 10\n").unwrap();
         assert_eq!(c.health.failure_threshold, 5);
