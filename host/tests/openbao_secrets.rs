@@ -468,3 +468,71 @@ fn a_byok_sandbox_is_destroyed_on_the_tenants_account_while_openbao_is_down() {
     assert!(!v.to_string().contains(own));
     assert!(h.terminate());
 }
+
+/// Runs `sandboxer keys ARGS` on `s` against `bao` with `stdin`; (success, stdout, stderr).
+fn keys_cli(s: &Setup, bao: &OpenBaoAddr, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+        .args(["--extensions-dir", s.extensions().to_str().unwrap()])
+        .args(["--profiles-dir", s.profiles().to_str().unwrap()])
+        .args(["--state-dir", s.state().to_str().unwrap()])
+        .arg("keys")
+        .args(["--openbao-address", &bao.address])
+        .args(["--tenant-prefix", "sandboxer/e2b-cli-tenants"])
+        .args(args)
+        .env("BAO_TOKEN", openbao::ROOT_TOKEN)
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_sets_lists_and_removes_a_tenants_key() {
+    let bao = openbao::shared();
+    bao.write(
+        "sandboxer/e2b-cli",
+        &[("api_key", "e2b_operator_cli_key_0a0a")],
+    );
+    let fake = FakeE2b::start("e2b_operator_cli_key_0a0a").unwrap();
+    let s = setup_with(&bao, &fake, "sandboxer/e2b-cli", 60, "byok = [\"api_key\"]");
+    let own = "e2b_tenant_key_through_the_cli_5f5f";
+    let (ok, out, err) = keys_cli(
+        &s,
+        &bao,
+        &["set", "a", "e2b"],
+        &format!("{{\"api_key\":\"{own}\"}}"),
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("sha256:") && !out.contains(own), "{out}");
+    assert!(!err.contains(own), "the key is in the CLI's log");
+    assert_eq!(
+        bao.read("sandboxer/e2b-cli-tenants/a/e2b").unwrap()["api_key"],
+        own
+    );
+    let (ok, out, _) = keys_cli(&s, &bao, &["--json", "list", "a"], "");
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["keys"][0]["set"], true, "{v}");
+    // Bad input on stdin: refused, nothing changed.
+    let (ok, _, err) = keys_cli(&s, &bao, &["set", "a", "e2b"], "api_key=e2b_plain_text_9");
+    assert!(!ok && err.contains("JSON object"), "{err}");
+    assert!(!err.contains("e2b_plain_text_9"), "{err}");
+    let (ok, out, err) = keys_cli(&s, &bao, &["remove", "a", "e2b"], "");
+    assert!(ok, "{out}\n{err}");
+    assert!(bao.read("sandboxer/e2b-cli-tenants/a/e2b").is_none());
+}

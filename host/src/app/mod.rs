@@ -62,6 +62,7 @@ use crate::settings::Settings;
 use crate::storage::{Database, SqliteDatabase};
 use registry::Registry;
 
+pub use crate::secrets::openbao::DEFAULT_TENANT_PREFIX;
 pub use crate::secrets::{OpenBao, OpenBaoError, OpenBaoSettings};
 
 /// Uncached components larger than this (4 MiB) compile in the background in a service:

@@ -41,6 +41,28 @@ pub struct OpenBaoSettings {
     pub tenant_prefix: String,
 }
 
+impl OpenBaoSettings {
+    /// Settings for `address` with `token`, `mount` and `tenant_prefix`, and the default
+    /// timeout, refresh and retry intervals.
+    pub fn with_defaults(
+        address: String,
+        token: String,
+        mount: String,
+        tenant_prefix: String,
+    ) -> Self {
+        Self {
+            address: address.trim_end_matches('/').to_owned(),
+            token,
+            mount,
+            ca_file: None,
+            timeout: DEFAULT_TIMEOUT,
+            refresh: DEFAULT_REFRESH,
+            retry: DEFAULT_RETRY,
+            tenant_prefix,
+        }
+    }
+}
+
 /// Default [`OpenBaoSettings::tenant_prefix`].
 pub const DEFAULT_TENANT_PREFIX: &str = "sandboxer/tenants";
 
@@ -164,6 +186,7 @@ impl OpenBao {
     }
 
     fn url(&self, kind: &str, path: &str) -> Result<String, OpenBaoError> {
+        check_path(&self.settings.mount)?;
         check_path(path)?;
         Ok(format!(
             "{}/v1/{}/{kind}/{path}",
