@@ -73,14 +73,19 @@ fn setup_with(
 
 /// Creates a sandbox on `profile` for tenant a and destroys it; returns the sandbox.
 fn create_and_destroy(h: &Host, profile: &str) -> Value {
+    create_and_destroy_as(h, TOKEN_A, profile)
+}
+
+/// [`create_and_destroy`] for the tenant of `token`.
+fn create_and_destroy_as(h: &Host, token: &str, profile: &str) -> Value {
     let (s, sb) = h.post(
         "/v1/sandboxes",
-        TOKEN_A,
+        token,
         &format!("{{\"profile\":\"{profile}\"}}"),
     );
     assert_eq!(s, 201, "{sb}\n{}", h.log.lock().unwrap());
     let id = sb["id"].as_str().unwrap();
-    let (s, v) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    let (s, v) = h.delete(&format!("/v1/sandboxes/{id}"), token);
     assert!(s == 200 || s == 202, "{s} {v}");
     sb
 }
@@ -535,4 +540,87 @@ fn the_cli_sets_lists_and_removes_a_tenants_key() {
     let (ok, out, err) = keys_cli(&s, &bao, &["remove", "a", "e2b"], "");
     assert!(ok, "{out}\n{err}");
     assert!(bao.read("sandboxer/e2b-cli-tenants/a/e2b").is_none());
+}
+
+/// The meter event of sandbox `id` in the host's event log (written by the delivery
+/// timer: waited for).
+fn meter_event(h: &Host, s: &Setup, id: &str) -> Value {
+    h.wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(s.state().join("events.jsonl")).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["data"]["sandbox_id"] == id)
+    })
+}
+
+#[test]
+fn a_byok_sandbox_is_billed_the_platform_fee_and_its_event_says_so() {
+    let bao = openbao::shared();
+    let (operator, own) = (
+        "e2b_operator_key_billing_4b4b",
+        "e2b_tenant_a_billing_key_6c6c",
+    );
+    bao.write("sandboxer/e2b-billing", &[("api_key", operator)]);
+    let fake = FakeE2b::start(operator).unwrap();
+    fake.accept_key(own);
+    let s = setup_with(
+        &bao,
+        &fake,
+        "sandboxer/e2b-billing",
+        60,
+        "byok = [\"api_key\"]\nbyok_fee_percent = \"10\"\nbyok_fee_per_sandbox_hour = \"0.36\"",
+    );
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    h.grant("b", "10");
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/keys/e2b",
+        Some(TOKEN_A),
+        Some(&format!("{{\"api_key\":\"{own}\"}}")),
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+
+    let a = create_and_destroy(&h, "e2b-only");
+    let b = create_and_destroy_as(&h, TOKEN_B, "e2b-only");
+    let (ea, eb) = (
+        meter_event(&h, &s, a["id"].as_str().unwrap()),
+        meter_event(&h, &s, b["id"].as_str().unwrap()),
+    );
+    let dec = |v: &Value| rust_decimal::Decimal::from_str_exact(v.as_str().unwrap()).unwrap();
+    // b: the provider's price, no BYOK marks.
+    assert!(eb["data"].get("byok").is_none(), "{eb}");
+    assert!(
+        dec(&eb["data"]["amount_exact"]) > rust_decimal::Decimal::ZERO,
+        "{eb}"
+    );
+    // a: 10% of the provider's price plus 0.36 per sandbox-hour of its lifetime.
+    let d = &ea["data"];
+    assert_eq!(d["byok"], true, "{ea}");
+    let provider = dec(&d["provider_price"]);
+    assert!(provider > rust_decimal::Decimal::ZERO, "{ea}");
+    let hours = rust_decimal::Decimal::from(d["duration_ms"].as_u64().unwrap())
+        / rust_decimal::Decimal::from(3_600_000);
+    let want =
+        provider * rust_decimal::Decimal::new(1, 1) + hours * rust_decimal::Decimal::new(36, 2);
+    assert_eq!(dec(&d["amount_exact"]), want, "{ea}");
+    let lines = d["line_items"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{ea}");
+    assert!(
+        lines[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("provider price")
+    );
+    // The statement charges the fee, not the provider's price.
+    let (_, stmt) = h.get("/v1/credits/entries", TOKEN_A);
+    assert!(
+        stmt.to_string()
+            .contains(&format!("{}", want.round_dp(9).normalize()))
+            || stmt.to_string().contains("charge"),
+        "{stmt}"
+    );
+    assert!(!ea.to_string().contains(own));
+    assert!(h.terminate());
 }

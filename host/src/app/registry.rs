@@ -22,9 +22,11 @@ use crate::domain::{
     SandboxContext, SandboxRequest, Usage,
 };
 use crate::manager::{Backend, Extensions};
+use crate::payments::settlement::{ByokFee, byok_charge};
 use crate::routing::HealthTracker;
 use crate::runtime::{Extension, ExtensionSpec, LoadFailure, Runtime, RuntimeError, Skipped};
 use crate::telemetry::metrics;
+use rust_decimal::Decimal;
 
 /// What one reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -335,6 +337,21 @@ fn failure_kind(f: &Fault) -> &'static str {
     }
 }
 
+impl Instrumented {
+    /// The platform fee when `tenant` runs on its own key here, else `None` (the
+    /// provider's price is billed).
+    fn byok_fee(&self, tenant: &str) -> Option<ByokFee> {
+        if self.inner.byok_fields().is_empty() || !self.inner.runs_on_tenant_key(tenant) {
+            return None;
+        }
+        let g = &self.inner.spec().grants;
+        Some(ByokFee {
+            percent: g.byok_fee_percent.unwrap_or_default(),
+            per_sandbox_hour: g.byok_fee_per_sandbox_hour.unwrap_or_default(),
+        })
+    }
+}
+
 impl Backend for Instrumented {
     fn id(&self) -> &str {
         self.inner.id()
@@ -346,7 +363,14 @@ impl Backend for Instrumented {
         self.inner.info()
     }
     fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
-        self.timed(Function::EstimateCost, || self.inner.estimate_cost(req))
+        let price = self.timed(Function::EstimateCost, || self.inner.estimate_cost(req))?;
+        Ok(match self.byok_fee(&req.tenant) {
+            Some(fee) => {
+                let hours = Decimal::from(req.max_duration_secs) / Decimal::from(3600);
+                byok_charge(&price, fee, hours)
+            }
+            None => price,
+        })
     }
     fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError> {
         self.timed(Function::Create, || self.inner.create(req))
@@ -358,8 +382,15 @@ impl Backend for Instrumented {
         self.timed(Function::Destroy, || self.inner.destroy(ctx))
     }
     fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
-        self.timed(Function::MeterActual, || {
+        let price = self.timed(Function::MeterActual, || {
             self.inner.meter_actual(req, usage)
+        })?;
+        Ok(match self.byok_fee(&req.tenant) {
+            Some(fee) => {
+                let hours = Decimal::from(usage.duration_ms) / Decimal::from(3_600_000);
+                byok_charge(&price, fee, hours)
+            }
+            None => price,
         })
     }
     fn capacity(&self) -> Result<Capacity, ExtensionError> {

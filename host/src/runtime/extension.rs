@@ -243,6 +243,16 @@ impl Extension {
         self.calls.options.grants.byok_fields()
     }
 
+    /// Whether `tenant`'s calls run on its own key (it stored one); `false` too when that
+    /// cannot be told now (the call itself then fails as unavailable).
+    pub fn runs_on_tenant_key(&self, tenant: &str) -> bool {
+        self.calls
+            .options
+            .grants
+            .secrets_for(Some(tenant))
+            .is_ok_and(|s| s.tenant.is_some())
+    }
+
     /// Makes the next call of `tenant` read its own keys again (they were just changed).
     pub fn forget_tenant_keys(&self, tenant: &str) {
         self.calls.options.grants.forget_tenant(tenant);

@@ -86,6 +86,11 @@ pub struct GrantSpec {
     pub max_response_bytes: Option<u64>,
     /// `byok`: the `[secrets]` a tenant may replace with its own (stored in OpenBao).
     pub byok: Vec<String>,
+    /// `byok_fee_percent`: the platform fee of a BYOK sandbox, percent of the provider's
+    /// price (billing reads it; the runtime only carries it).
+    pub byok_fee_percent: Option<rust_decimal::Decimal>,
+    /// `byok_fee_per_sandbox_hour`: the flat platform fee of a BYOK sandbox per hour.
+    pub byok_fee_per_sandbox_hour: Option<rust_decimal::Decimal>,
 }
 
 /// A grant that cannot be honoured; names the key at fault. Never contains a secret value.
