@@ -19,6 +19,7 @@ mod manager;
 mod payments;
 mod routing;
 mod runtime;
+mod secrets;
 mod storage;
 mod telemetry;
 

@@ -117,6 +117,13 @@ pub enum AppError {
         /// What failed.
         message: String,
     },
+    /// The secret store (OpenBao) holding tenants' own keys is not configured or cannot
+    /// be reached; nothing was stored. The message names the store, never a key.
+    #[error("{message}")]
+    SecretStore {
+        /// What failed.
+        message: String,
+    },
     /// Storage or another internal failure; the message names the file and is logged.
     #[error("{message}")]
     Internal {

@@ -213,6 +213,20 @@ impl App {
         Ok(report)
     }
 
+    /// Reloads the extensions folder if some extension is skipped only because a secret
+    /// could not be read yet (OpenBao down or sealed, the secret not written); `None` when
+    /// there was nothing to retry. The service calls it on the `[openbao] retry_secs` timer.
+    pub fn retry_extensions(&self) -> Result<Option<ReloadReport>, AppError> {
+        if !self.registry()?.has_retryable() {
+            return Ok(None);
+        }
+        let report = self.reload_extensions()?;
+        if !report.added.is_empty() {
+            tracing::info!(added = ?report.added, "extensions whose secrets could not be read are loaded now");
+        }
+        Ok(Some(report))
+    }
+
     /// Re-reads the profiles folder file by file: a file that loads replaces what it
     /// defined, a removed file takes its profiles away, a broken file keeps its previous
     /// version serving (reported in `rejected`).

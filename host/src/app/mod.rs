@@ -21,6 +21,7 @@ mod credits;
 mod error;
 mod extensions;
 mod jobs;
+mod keys;
 mod paging;
 mod registry;
 mod sandboxes;
@@ -41,6 +42,7 @@ pub use credits::{Balances, GrantRequest, Granted, Statement};
 pub use error::AppError;
 pub use extensions::{CheckOptions, ExtensionList, ExtensionRow, ExtensionStatus};
 pub use jobs::{DeliveryReport, EventHub, ReapReport, Started};
+pub use keys::{KeyList, KeyRow};
 pub use paging::{DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use registry::ReloadReport;
 pub use sandboxes::{Explanation, ProfileSummary, SandboxPage};
@@ -59,6 +61,9 @@ use crate::runtime::{Runtime, RuntimeConfig};
 use crate::settings::Settings;
 use crate::storage::{Database, SqliteDatabase};
 use registry::Registry;
+
+pub use crate::secrets::openbao::DEFAULT_TENANT_PREFIX;
+pub use crate::secrets::{OpenBao, OpenBaoError, OpenBaoSettings};
 
 /// Uncached components larger than this (4 MiB) compile in the background in a service:
 /// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.
@@ -96,6 +101,8 @@ pub struct AppOptions {
     pub event_hubs: Vec<EventHub>,
     /// Open the lifecycle without reconciling (tests of recovery itself).
     pub skip_reconcile: bool,
+    /// Where `{ openbao = … }` sidecar secrets are read (`[openbao]` of sandboxer.toml).
+    pub openbao: Option<Arc<OpenBao>>,
 }
 
 impl Default for AppOptions {
@@ -113,6 +120,7 @@ impl Default for AppOptions {
             on_compile: None,
             event_hubs: Vec::new(),
             skip_reconcile: false,
+            openbao: None,
         }
     }
 }
@@ -169,6 +177,11 @@ impl App {
         &self.inner.options
     }
 
+    /// The OpenBao it reads secrets from, when configured.
+    pub fn openbao(&self) -> Option<&Arc<OpenBao>> {
+        self.inner.options.openbao.as_ref()
+    }
+
     fn create_state_dir(&self) -> Result<(), AppError> {
         let dir = &self.inner.settings.state_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -188,6 +201,7 @@ impl App {
                     .unwrap_or_else(|| self.inner.settings.cache_dir()),
             ),
             on_compile: self.options().on_compile.clone(),
+            openbao: self.options().openbao.clone(),
             ..RuntimeConfig::default()
         }
     }

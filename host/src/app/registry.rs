@@ -22,9 +22,11 @@ use crate::domain::{
     SandboxContext, SandboxRequest, Usage,
 };
 use crate::manager::{Backend, Extensions};
+use crate::payments::settlement::{ByokFee, byok_charge};
 use crate::routing::HealthTracker;
-use crate::runtime::{Extension, ExtensionSpec, Runtime, RuntimeError, Skipped};
+use crate::runtime::{Extension, ExtensionSpec, LoadFailure, Runtime, RuntimeError, Skipped};
 use crate::telemetry::metrics;
+use rust_decimal::Decimal;
 
 /// What one reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -132,6 +134,7 @@ impl Registry {
                         Err(err) => {
                             tracing::warn!(extension = %id, file = %err.file.display(), reason = %err.failure, "extension skipped");
                             shared.state.lock().deferred_skipped.push(Skipped {
+                                retry: matches!(err.failure, LoadFailure::SecretUnavailable { .. }),
                                 file: err.file,
                                 id: err.id,
                                 reason: err.failure.to_string(),
@@ -260,6 +263,17 @@ impl Registry {
         all
     }
 
+    /// Whether some file was skipped only because a secret could not be read yet (the
+    /// host reloads the folder until it loads; see [`super::App::retry_extensions`]).
+    pub(crate) fn has_retryable(&self) -> bool {
+        let state = self.state.lock();
+        state
+            .skipped
+            .iter()
+            .chain(&state.deferred_skipped)
+            .any(|s| s.retry)
+    }
+
     /// The ids profiles may name: routed now or still compiling.
     pub(crate) fn known_ids(&self) -> Vec<String> {
         let mut ids = self.extensions.ids();
@@ -323,6 +337,21 @@ fn failure_kind(f: &Fault) -> &'static str {
     }
 }
 
+impl Instrumented {
+    /// The platform fee when `tenant` runs on its own key here, else `None` (the
+    /// provider's price is billed).
+    fn byok_fee(&self, tenant: &str) -> Option<ByokFee> {
+        if self.inner.byok_fields().is_empty() || !self.inner.runs_on_tenant_key(tenant) {
+            return None;
+        }
+        let g = &self.inner.spec().grants;
+        Some(ByokFee {
+            percent: g.byok_fee_percent.unwrap_or_default(),
+            per_sandbox_hour: g.byok_fee_per_sandbox_hour.unwrap_or_default(),
+        })
+    }
+}
+
 impl Backend for Instrumented {
     fn id(&self) -> &str {
         self.inner.id()
@@ -334,7 +363,14 @@ impl Backend for Instrumented {
         self.inner.info()
     }
     fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
-        self.timed(Function::EstimateCost, || self.inner.estimate_cost(req))
+        let price = self.timed(Function::EstimateCost, || self.inner.estimate_cost(req))?;
+        Ok(match self.byok_fee(&req.tenant) {
+            Some(fee) => {
+                let hours = Decimal::from(req.max_duration_secs) / Decimal::from(3600);
+                byok_charge(&price, fee, hours)
+            }
+            None => price,
+        })
     }
     fn create(&self, req: &SandboxRequest) -> Result<Created, ExtensionError> {
         self.timed(Function::Create, || self.inner.create(req))
@@ -346,8 +382,15 @@ impl Backend for Instrumented {
         self.timed(Function::Destroy, || self.inner.destroy(ctx))
     }
     fn meter_actual(&self, req: &SandboxRequest, usage: &Usage) -> Result<Cost, ExtensionError> {
-        self.timed(Function::MeterActual, || {
+        let price = self.timed(Function::MeterActual, || {
             self.inner.meter_actual(req, usage)
+        })?;
+        Ok(match self.byok_fee(&req.tenant) {
+            Some(fee) => {
+                let hours = Decimal::from(usage.duration_ms) / Decimal::from(3_600_000);
+                byok_charge(&price, fee, hours)
+            }
+            None => price,
         })
     }
     fn capacity(&self) -> Result<Capacity, ExtensionError> {

@@ -18,6 +18,7 @@ use crate::settings::{DEFAULT_EXTENSIONS_DIR, DEFAULT_PROFILES_DIR, DEFAULT_STAT
 
 mod credits;
 mod extensions;
+mod keys;
 mod output;
 mod route;
 mod sandbox;
@@ -79,16 +80,22 @@ pub enum Command {
     /// Explain how a profile is routed: every candidate, its estimate, health and fate.
     #[command(subcommand)]
     Route(route::RouteCommand),
+    /// Store, list and remove tenants' own provider keys (BYOK) in OpenBao.
+    Keys(keys::Keys),
 }
 
 /// Runs a parsed command line; errors are printed by the binary.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Keys(keys) = cli.command {
+        return keys::run(keys, &cli.dirs.settings(), options(), cli.json);
+    }
     let app = App::open(&cli.dirs.settings(), options());
     match cli.command {
         Command::Extensions(cmd) => extensions::run(cmd, &app, cli.json),
         Command::Credits(cmd) => credits::run(cmd, &app, cli.json),
         Command::Sandbox(cmd) => sandbox::run(cmd, &app, cli.json),
         Command::Route(cmd) => route::run(cmd, &app, cli.json),
+        Command::Keys(_) => unreachable!("handled above"),
     }
 }
 

@@ -34,6 +34,12 @@ pub struct MeterEventData {
     pub amount_released: String,
     /// The ledger's settlement transfer id.
     pub settlement_id: String,
+    /// The sandbox ran on the tenant's own provider key: the charge is the platform fee.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub byok: bool,
+    /// With `byok`: the provider's price of the sandbox (paid on the tenant's account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_price: Option<String>,
 }
 
 /// Builds the CloudEvents JSON of one settlement. `id` is the settlement id, so a
@@ -69,6 +75,8 @@ mod tests {
     #[test]
     fn builds_a_cloudevents_1_0_record() {
         let data = MeterEventData {
+            byok: false,
+            provider_price: None,
             sandbox_id: "sb-1".into(),
             tenant: "acme".into(),
             profile: "burst-sandbox".into(),

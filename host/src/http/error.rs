@@ -136,6 +136,9 @@ impl From<AppError> for ApiError {
                 Self::new(S::BAD_GATEWAY, "extension_failed", message)
             }
             AppError::BadMeter { .. } => Self::new(S::BAD_GATEWAY, "bad_meter", message),
+            AppError::SecretStore { .. } => {
+                Self::new(S::SERVICE_UNAVAILABLE, "secret_store_unavailable", message)
+            }
             AppError::NoLedger { .. } | AppError::Open { .. } | AppError::Internal { .. } => {
                 Self::internal(message)
             }

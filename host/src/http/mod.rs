@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod keys;
 pub mod query;
 
 use std::sync::Arc;
@@ -86,6 +87,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/credits/entries", get(credit_entries))
         .route("/v1/tenants/{tenant}/credits", post(add_credits))
         .route("/v1/extensions", get(extensions))
+        .route("/v1/keys", get(keys::list_keys))
+        .route(
+            "/v1/keys/{extension}",
+            axum::routing::put(keys::set_key).delete(keys::remove_key),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

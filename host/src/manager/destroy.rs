@@ -312,6 +312,7 @@ impl SandboxManager {
             settlement::preview(held.amount, total.amount).map_err(|e| bad(e.to_string()))?;
         let settlement_id = format!("settle-{}", st.id);
         let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
+        let provider_price = crate::payments::settlement::byok_provider_price(&reading.cost);
         let data = MeterEventData {
             sandbox_id: st.id.clone(),
             tenant: st.tenant.clone(),
@@ -327,6 +328,8 @@ impl SandboxManager {
             amount_held: held.amount.normalize().to_string(),
             amount_released: released.normalize().to_string(),
             settlement_id: settlement_id.clone(),
+            byok: provider_price.is_some(),
+            provider_price: provider_price.map(|p| p.normalize().to_string()),
         };
         // Timestamped with the destroy decision, not "now": a retried settlement carries
         // the very same event.

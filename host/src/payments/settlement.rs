@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 
 use super::OverdraftPolicy;
 use crate::domain::money::{AmountError, Rounding, Units, from_units, to_units};
+use crate::domain::{Cost, LineItem, Money};
 
 /// A charge against a hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,5 +157,113 @@ mod tests {
             (d("0.02"), Decimal::ZERO)
         );
         assert!(preview(d("1"), d("-1")).is_err());
+    }
+}
+
+/// The platform fee an operator charges for a sandbox that runs on the tenant's own
+/// provider account (BYOK), instead of the provider's price: a percentage of the metered
+/// provider price and/or a flat amount per sandbox-hour. Both default to 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ByokFee {
+    /// Percent of the provider's price (`5` is 5%).
+    pub percent: Decimal,
+    /// Flat amount per sandbox-hour, in the extension's currency.
+    pub per_sandbox_hour: Decimal,
+}
+
+/// The `unit` of the line of a BYOK charge that records the provider's price.
+pub const BYOK_PROVIDER_PRICE_UNIT: &str = "provider-price";
+
+/// The provider's price recorded in a BYOK charge, if `cost` is one.
+pub fn byok_provider_price(cost: &Cost) -> Option<Decimal> {
+    cost.line_items
+        .iter()
+        .find(|l| l.unit == BYOK_PROVIDER_PRICE_UNIT)
+        .map(|l| l.quantity)
+}
+
+/// What a BYOK sandbox is billed for a provider `price` over `hours`: the fee lines, plus
+/// a zero-amount line that records the provider's price for the tenant's own records.
+/// Applies alike to the estimate (held) and the meter (charged).
+pub fn byok_charge(price: &Cost, fee: ByokFee, hours: Decimal) -> Cost {
+    let currency = price.total.currency.clone();
+    let provider = price.total.amount;
+    let mut lines = vec![LineItem {
+        description: format!(
+            "BYOK: provider price {provider} {currency}, paid on the tenant's own account"
+        ),
+        quantity: provider,
+        unit: BYOK_PROVIDER_PRICE_UNIT.into(),
+        unit_price: Decimal::ZERO,
+        amount: Decimal::ZERO,
+    }];
+    if !fee.percent.is_zero() {
+        let rate = fee.percent / Decimal::ONE_HUNDRED;
+        lines.push(LineItem {
+            description: format!(
+                "platform fee: {}% of the provider price",
+                fee.percent.normalize()
+            ),
+            quantity: provider,
+            unit: currency.to_string(),
+            unit_price: rate,
+            amount: provider * rate,
+        });
+    }
+    if !fee.per_sandbox_hour.is_zero() {
+        lines.push(LineItem {
+            description: "platform fee per sandbox-hour".into(),
+            quantity: hours,
+            unit: "sandbox-hour".into(),
+            unit_price: fee.per_sandbox_hour,
+            amount: hours * fee.per_sandbox_hour,
+        });
+    }
+    Cost {
+        total: Money {
+            amount: lines.iter().map(|l| l.amount).sum(),
+            currency,
+        },
+        line_items: lines,
+    }
+}
+
+#[cfg(test)]
+mod byok_tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use crate::domain::Currency;
+
+    fn cost(amount: &str) -> Cost {
+        Cost {
+            total: Money {
+                amount: Decimal::from_str(amount).unwrap(),
+                currency: Currency::new("USD").unwrap(),
+            },
+            line_items: vec![],
+        }
+    }
+
+    #[test]
+    fn a_byok_charge_is_the_fee_and_records_the_provider_price() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        let fee = ByokFee {
+            percent: d("10"),
+            per_sandbox_hour: d("0.36"),
+        };
+        let c = byok_charge(&cost("0.5"), fee, d("0.5"));
+        assert_eq!(c.total.amount, d("0.23"));
+        assert_eq!(c.line_items.len(), 3);
+        assert_eq!(c.line_items[0].quantity, d("0.5"));
+        assert_eq!(c.line_items[0].amount, Decimal::ZERO);
+        assert_eq!(byok_provider_price(&c), Some(d("0.5")));
+        assert_eq!(byok_provider_price(&cost("0.5")), None);
+        for l in &c.line_items {
+            assert_eq!(l.quantity * l.unit_price, l.amount, "{l:?}");
+        }
+        let free = byok_charge(&cost("0.5"), ByokFee::default(), d("1"));
+        assert_eq!(free.total.amount, Decimal::ZERO);
+        assert_eq!(free.line_items.len(), 1);
     }
 }

@@ -16,7 +16,7 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::{self, BackendExtension, BackendExtensionPre, wit};
 use super::engine::EpochTicker;
-use super::grants::Grants;
+use super::grants::{Grants, SecretSet};
 use super::limits::{self, CallLimits, StoreData};
 use super::sidecar::ExtensionSpec;
 use super::types::{
@@ -113,11 +113,14 @@ struct HealthState {
     quarantine_reason: String,
 }
 
-/// A warm instance and how many calls it has served.
+/// A warm instance, how many calls it has served, and which version of the secrets its
+/// `wasi:config` holds (a guest may cache a value it read, so an instance is never handed
+/// other secrets than it was built with: it is retired instead).
 struct Warm {
     store: Store<StoreData>,
     bindings: BackendExtension,
     calls: u32,
+    generation: u64,
 }
 
 /// Options an extension is built with (from the runtime's configuration).
@@ -234,6 +237,27 @@ impl Extension {
         &self.source
     }
 
+    /// The secrets tenants may replace with their own keys (`byok` in the sidecar; empty
+    /// without OpenBao).
+    pub fn byok_fields(&self) -> &[String] {
+        self.calls.options.grants.byok_fields()
+    }
+
+    /// Whether `tenant`'s calls run on its own key (it stored one); `false` too when that
+    /// cannot be told now (the call itself then fails as unavailable).
+    pub fn runs_on_tenant_key(&self, tenant: &str) -> bool {
+        self.calls
+            .options
+            .grants
+            .secrets_for(Some(tenant))
+            .is_ok_and(|s| s.tenant.is_some())
+    }
+
+    /// Makes the next call of `tenant` read its own keys again (they were just changed).
+    pub fn forget_tenant_keys(&self, tenant: &str) {
+        self.calls.options.grants.forget_tenant(tenant);
+    }
+
     /// The limits every call runs under.
     pub fn limits(&self) -> CallLimits {
         self.calls.options.limits
@@ -261,7 +285,9 @@ impl Extension {
         const F: Function = Function::EstimateCost;
         let lists = bindings::request_lists(request);
         let arg = bindings::request_to_wit(request, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_estimate_cost(s, arg))?;
+        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
+            g.call_estimate_cost(s, arg)
+        })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -271,7 +297,9 @@ impl Extension {
         const F: Function = Function::Create;
         let lists = bindings::request_lists(request);
         let arg = bindings::request_to_wit(request, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_create(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&request.tenant), |g, s| g.call_create(s, arg))?;
         let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -281,7 +309,11 @@ impl Extension {
         const F: Function = Function::Status;
         let lists = bindings::request_lists(&sandbox.request);
         let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_status(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
+                g.call_status(s, arg)
+            })?;
         let status = answer.map_err(|e| self.calls.backend_error(F, e))?;
         Ok(bindings::status_from_wit(status))
     }
@@ -291,7 +323,11 @@ impl Extension {
         const F: Function = Function::Destroy;
         let lists = bindings::request_lists(&sandbox.request);
         let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self.calls.invoke(F, |g, s| g.call_destroy(s, arg))?;
+        let answer = self
+            .calls
+            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
+                g.call_destroy(s, arg)
+            })?;
         let usage = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::usage_from_wit(usage).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -306,9 +342,9 @@ impl Extension {
         let lists = bindings::request_lists(request);
         let req = bindings::request_to_wit(request, &lists);
         let use_ = bindings::usage_to_wit(usage);
-        let answer = self
-            .calls
-            .invoke(F, |g, s| g.call_meter_actual(s, req, &use_))?;
+        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
+            g.call_meter_actual(s, req, &use_)
+        })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -330,10 +366,33 @@ impl Calls {
         function: Function,
         call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, ExtensionError> {
+        self.invoke_as(function, None, call)
+    }
+
+    /// [`Calls::invoke`] on behalf of `tenant`: with the tenant's own keys when it stored
+    /// some, in an instance built with exactly those secrets (never one of another set).
+    fn invoke_as<T>(
+        &self,
+        function: Function,
+        tenant: Option<&str>,
+        call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
         self.admit(function)?;
-        let mut warm = match self.idle.lock().pop() {
+        let secrets = self
+            .options
+            .grants
+            .secrets_for(tenant)
+            .map_err(|e| self.error(function, Fault::Backend(e)))?;
+        let reused = {
+            let mut idle = self.idle.lock();
+            // Only an instance of this very set; those of rotated-away sets age out below.
+            idle.iter()
+                .rposition(|w| w.generation == secrets.generation)
+                .map(|i| idle.remove(i))
+        };
+        let mut warm = match reused {
             Some(warm) => warm,
-            None => match self.instantiate() {
+            None => match self.instantiate(&secrets) {
                 Ok(warm) => warm,
                 Err(fault) => return Err(self.trapped(function, fault)),
             },
@@ -343,11 +402,13 @@ impl Calls {
             Ok(value) => {
                 self.succeeded();
                 warm.calls += 1;
-                if warm.calls < self.options.pool.recycle_after {
+                if warm.calls < self.options.pool.recycle_after && self.options.pool.max_idle > 0 {
                     let mut idle = self.idle.lock();
-                    if idle.len() < self.options.pool.max_idle {
-                        idle.push(warm);
+                    if idle.len() >= self.options.pool.max_idle {
+                        // The longest idle goes (an old secret set's, often).
+                        idle.remove(0);
                     }
+                    idle.push(warm);
                 }
                 Ok(value)
             }
@@ -358,12 +419,13 @@ impl Calls {
         }
     }
 
-    fn instantiate(&self) -> Result<Warm, Fault> {
+    fn instantiate(&self, secrets: &SecretSet) -> Result<Warm, Fault> {
         let mut store = limits::new_store(
             &self.engine,
             &self.config,
             self.options.limits,
             &self.options.grants,
+            secrets,
         );
         let mark = limits::begin_call(&mut store);
         match self.pre.instantiate(&mut store) {
@@ -371,6 +433,7 @@ impl Calls {
                 store,
                 bindings,
                 calls: 0,
+                generation: secrets.generation,
             }),
             Err(err) => Err(limits::fault_from_error(&err, &store, mark)),
         }

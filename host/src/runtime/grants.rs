@@ -11,7 +11,15 @@
 //! api_key = { env = "E2B_API_KEY" }    # or { file = "e2b.key" } (relative to the sidecar)
 //! ```
 //!
-//! Nothing is reachable by default. Secrets are resolved once, when the extension loads,
+//! A secret may also come from OpenBao's KV v2 engine:
+//! `api_key = { openbao = "sandboxer/e2b", key = "api_key" }` (the `[openbao]` table of
+//! `sandboxer.toml` says where OpenBao is). Such a secret is read when the extension loads
+//! (unreachable, sealed or missing: the load fails with a transient error, the registry
+//! retries) and read again once its refresh interval has passed, so a rotated key reaches
+//! the next instance without a restart; instances built with the old value are retired
+//! (see [`Grants::current`]). A re-read that fails keeps the last values and is logged.
+//!
+//! Nothing is reachable by default. Secrets are resolved when the extension loads,
 //! handed to the guest as `wasi:config/store` values beside its `[config]`, never logged
 //! (their `Debug` prints `[redacted]`), and scrubbed from every error message the runtime
 //! produces for the extension ([`Grants::redact_fault`]). A request to a host not granted
@@ -24,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -32,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::types::{BackendError, Fault};
+use crate::secrets::{OpenBao, OpenBaoError};
 
 /// Default bound on one outbound request (connect and first byte each, and overall).
 pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,6 +64,13 @@ pub enum SecretSource {
         /// The file.
         file: PathBuf,
     },
+    /// `{ openbao = "path", key = "field" }`: one field of a KV v2 secret in OpenBao.
+    OpenBao {
+        /// The secret's path under the configured mount.
+        openbao: String,
+        /// The field of that secret.
+        key: String,
+    },
 }
 
 /// The grant keys of a sidecar, as written (secret sources, not values).
@@ -68,6 +84,13 @@ pub struct GrantSpec {
     pub outbound_timeout_ms: Option<u64>,
     /// `max_response_bytes`.
     pub max_response_bytes: Option<u64>,
+    /// `byok`: the `[secrets]` a tenant may replace with its own (stored in OpenBao).
+    pub byok: Vec<String>,
+    /// `byok_fee_percent`: the platform fee of a BYOK sandbox, percent of the provider's
+    /// price (billing reads it; the runtime only carries it).
+    pub byok_fee_percent: Option<rust_decimal::Decimal>,
+    /// `byok_fee_per_sandbox_hour`: the flat platform fee of a BYOK sandbox per hour.
+    pub byok_fee_per_sandbox_hour: Option<rust_decimal::Decimal>,
 }
 
 /// A grant that cannot be honoured; names the key at fault. Never contains a secret value.
@@ -89,6 +112,34 @@ pub enum GrantError {
     Clash { key: String },
     #[error("{key}: must be at least 1")]
     Zero { key: &'static str },
+    #[error("secrets.{key}: reads OpenBao, but sandboxer.toml has no [openbao] table")]
+    NoOpenBao { key: String },
+    #[error("secrets.{key}: OpenBao secret {path}: {source}")]
+    OpenBao {
+        key: String,
+        path: String,
+        source: OpenBaoError,
+    },
+    #[error("byok: {key:?} is not one of the [secrets]; a tenant can only replace a secret")]
+    Byok { key: String },
+    #[error("secrets.{key}: OpenBao secret {path} has no field {field:?}")]
+    MissingField {
+        key: String,
+        path: String,
+        field: String,
+    },
+}
+
+impl GrantError {
+    /// Whether loading again later may succeed without the operator editing the sidecar:
+    /// OpenBao down or sealed, or the secret (or its field) not written yet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::OpenBao { source, .. } => source.is_transient(),
+            Self::MissingField { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Which schemes a pattern allows.
@@ -207,6 +258,36 @@ impl HostPattern {
     }
 }
 
+/// Reads every OpenBao-backed secret of an extension (each path once).
+fn read_openbao(
+    client: &OpenBao,
+    fields: &BTreeMap<String, (String, String)>,
+) -> Result<BTreeMap<String, Secret>, GrantError> {
+    let mut by_path: BTreeMap<&str, BTreeMap<String, String>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (key, (path, field)) in fields {
+        if !by_path.contains_key(path.as_str()) {
+            let read = client.read(path).map_err(|source| GrantError::OpenBao {
+                key: key.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            by_path.insert(path, read);
+        }
+        let value = by_path
+            .get(path.as_str())
+            .and_then(|f| f.get(field))
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| GrantError::MissingField {
+                key: key.clone(),
+                path: path.clone(),
+                field: field.clone(),
+            })?;
+        out.insert(key.clone(), Secret(value.clone()));
+    }
+    Ok(out)
+}
+
 fn default_port(scheme: &str) -> u16 {
     if scheme == "https" { 443 } else { 80 }
 }
@@ -228,12 +309,71 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// An extension's resolved grants. Shared by all its instances.
+/// One set of an extension's secret values: the operator's (a new `generation` when a
+/// re-read from OpenBao finds a changed value) or a tenant's own keys over them. Each set
+/// of one extension has its own `generation`: an instance built with a set serves only
+/// calls of that set.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSet {
+    /// Which set this is (unique among the extension's sets).
+    pub generation: u64,
+    /// The tenant whose own keys these are; `None`: the operator's.
+    pub tenant: Option<String>,
+    /// Config key → value.
+    pub values: BTreeMap<String, Secret>,
+}
+
+impl SecretSet {
+    /// The values as `wasi:config/store` key/value pairs.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.expose()))
+    }
+}
+
+/// The OpenBao-backed secrets of an extension and when they were last read.
+#[derive(Debug)]
+struct OpenBaoSecrets {
+    client: Arc<OpenBao>,
+    /// Config key → (secret path, field).
+    fields: BTreeMap<String, (String, String)>,
+    refresh: Duration,
+    read_at: parking_lot::Mutex<Instant>,
+}
+
+/// Tenants' own keys for an extension (its `byok` secrets), read from OpenBao per tenant.
+#[derive(Debug)]
+struct TenantKeys {
+    client: Arc<OpenBao>,
+    fields: Vec<String>,
+    refresh: Duration,
+    cache: parking_lot::Mutex<std::collections::HashMap<String, CachedKeys>>,
+}
+
+/// What was last read for one tenant: its set (`None`: it has no key) and when.
 #[derive(Debug, Clone)]
+struct CachedKeys {
+    set: Option<Arc<SecretSet>>,
+    read_at: Instant,
+    /// Read again on the next call (the tenant just changed its keys).
+    stale: bool,
+}
+
+/// How many older versions of rotated secrets are still scrubbed from messages (an
+/// instance built before a rotation may still be answering with the old key).
+const REDACT_PREVIOUS: usize = 4;
+
+/// An extension's resolved grants. Shared by all its instances.
+#[derive(Debug)]
 pub struct Grants {
     extension: String,
     hosts: Vec<HostPattern>,
-    secrets: BTreeMap<String, Secret>,
+    secrets: parking_lot::RwLock<Arc<SecretSet>>,
+    /// Values of earlier generations, for redaction only.
+    previous: parking_lot::Mutex<Vec<Secret>>,
+    openbao: Option<OpenBaoSecrets>,
+    tenant_keys: Option<TenantKeys>,
+    /// The last `generation` handed out.
+    generations: std::sync::atomic::AtomicU64,
     outbound_timeout: Duration,
     max_response_bytes: u64,
 }
@@ -244,21 +384,26 @@ impl Grants {
         Self {
             extension: extension.to_owned(),
             hosts: Vec::new(),
-            secrets: BTreeMap::new(),
+            secrets: parking_lot::RwLock::new(Arc::new(SecretSet::default())),
+            previous: parking_lot::Mutex::new(Vec::new()),
+            openbao: None,
+            tenant_keys: None,
+            generations: std::sync::atomic::AtomicU64::new(0),
             outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
     /// Resolves `spec` for `extension`: parses the host patterns and reads every secret
-    /// now (from the environment or files relative to `base_dir`), so a missing secret
-    /// fails the load, not a sandbox later. `config` is the plain `[config]` table: a key
-    /// may not be both.
+    /// now (from the environment, files relative to `base_dir`, or `openbao`), so a
+    /// missing secret fails the load, not a sandbox later. `config` is the plain
+    /// `[config]` table: a key may not be both.
     pub fn resolve(
         extension: &str,
         spec: &GrantSpec,
         base_dir: &Path,
         config: &BTreeMap<String, String>,
+        openbao: Option<&Arc<OpenBao>>,
     ) -> Result<Self, GrantError> {
         let hosts = spec
             .allowed_outbound_hosts
@@ -266,6 +411,7 @@ impl Grants {
             .map(|p| HostPattern::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
         let mut secrets = BTreeMap::new();
+        let mut bao_fields = BTreeMap::new();
         for (key, source) in &spec.secrets {
             if config.contains_key(key) {
                 return Err(GrantError::Clash { key: key.clone() });
@@ -288,12 +434,48 @@ impl Grants {
                         .trim_end_matches(['\n', '\r'])
                         .to_owned()
                 }
+                SecretSource::OpenBao {
+                    openbao: path,
+                    key: field,
+                } => {
+                    bao_fields.insert(key.clone(), (path.clone(), field.clone()));
+                    continue;
+                }
             };
             if value.is_empty() {
                 return Err(GrantError::Empty { key: key.clone() });
             }
             secrets.insert(key.clone(), Secret(value));
         }
+        let bao_secrets = if bao_fields.is_empty() {
+            None
+        } else {
+            let Some(client) = openbao else {
+                let key = bao_fields.keys().next().cloned().unwrap_or_default();
+                return Err(GrantError::NoOpenBao { key });
+            };
+            secrets.extend(read_openbao(client, &bao_fields)?);
+            Some(OpenBaoSecrets {
+                client: Arc::clone(client),
+                fields: bao_fields,
+                refresh: client.settings().refresh,
+                read_at: parking_lot::Mutex::new(Instant::now()),
+            })
+        };
+        if let Some(key) = spec.byok.iter().find(|k| !spec.secrets.contains_key(*k)) {
+            return Err(GrantError::Byok { key: key.clone() });
+        }
+        // Without OpenBao tenants cannot store keys: the extension serves on the
+        // operator's alone (the keys API says why).
+        let tenant_keys = match openbao {
+            Some(client) if !spec.byok.is_empty() => Some(TenantKeys {
+                client: Arc::clone(client),
+                fields: spec.byok.clone(),
+                refresh: client.settings().refresh,
+                cache: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            }),
+            _ => None,
+        };
         if spec.outbound_timeout_ms == Some(0) {
             return Err(GrantError::Zero {
                 key: "outbound_timeout_ms",
@@ -307,7 +489,15 @@ impl Grants {
         Ok(Self {
             extension: extension.to_owned(),
             hosts,
-            secrets,
+            secrets: parking_lot::RwLock::new(Arc::new(SecretSet {
+                generation: 0,
+                tenant: None,
+                values: secrets,
+            })),
+            previous: parking_lot::Mutex::new(Vec::new()),
+            openbao: bao_secrets,
+            tenant_keys,
+            generations: std::sync::atomic::AtomicU64::new(0),
             outbound_timeout: spec
                 .outbound_timeout_ms
                 .map_or(DEFAULT_OUTBOUND_TIMEOUT, Duration::from_millis),
@@ -317,14 +507,139 @@ impl Grants {
         })
     }
 
+    /// The secret values to build an instance with, re-read from OpenBao first when the
+    /// refresh interval has passed. One caller re-reads while the others go on with the
+    /// values they have; a failed re-read keeps the last values (and is tried again after
+    /// another interval), so OpenBao going down does not stop an extension that loaded.
+    pub fn current(&self) -> Arc<SecretSet> {
+        if let Some(bao) = &self.openbao
+            && let Some(mut read_at) = bao.read_at.try_lock()
+            && read_at.elapsed() >= bao.refresh
+        {
+            *read_at = Instant::now();
+            match read_openbao(&bao.client, &bao.fields) {
+                Ok(fresh) => self.install(fresh),
+                Err(e) => {
+                    tracing::warn!(extension = %self.extension, error = %e, "OpenBao secrets not re-read; the last values stay in use");
+                }
+            }
+        }
+        Arc::clone(&self.secrets.read())
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// The `byok` secrets a tenant may replace with its own (empty: none, or no OpenBao).
+    pub fn byok_fields(&self) -> &[String] {
+        self.tenant_keys.as_ref().map_or(&[], |t| &t.fields)
+    }
+
+    /// The secrets a call on behalf of `tenant` runs with: the tenant's own keys over the
+    /// operator's when it stored some (read from OpenBao, kept for the refresh interval),
+    /// else the operator's. When OpenBao cannot be read, the last keys read for the
+    /// tenant stay in use (a destroy still reaches the tenant's account); with nothing
+    /// read yet the call fails as unavailable rather than run on the operator's key.
+    pub fn secrets_for(&self, tenant: Option<&str>) -> Result<Arc<SecretSet>, BackendError> {
+        let operator = self.current();
+        let (Some(keys), Some(tenant)) = (&self.tenant_keys, tenant) else {
+            return Ok(operator);
+        };
+        let cached = keys.cache.lock().get(tenant).cloned();
+        if let Some(c) = &cached
+            && !c.stale
+            && c.read_at.elapsed() < keys.refresh
+        {
+            return Ok(c.set.clone().unwrap_or(operator));
+        }
+        let path = keys.client.tenant_key_path(tenant, &self.extension);
+        let read = match keys.client.read(&path) {
+            Ok(fields) => Some(fields),
+            Err(OpenBaoError::NotFound { .. }) => None,
+            Err(e) => {
+                tracing::warn!(extension = %self.extension, tenant, error = %e, "tenant's own keys not read");
+                return match cached {
+                    Some(c) => Ok(c.set.unwrap_or(operator)),
+                    None => Err(BackendError::Unavailable(format!(
+                        "tenant {tenant}'s own keys for {} cannot be read: {e}",
+                        self.extension
+                    ))),
+                };
+            }
+        };
+        let set = read.map(|fields| {
+            let mut values = operator.values.clone();
+            for f in &keys.fields {
+                if let Some(v) = fields.get(f).filter(|v| !v.is_empty()) {
+                    values.insert(f.clone(), Secret(v.clone()));
+                }
+            }
+            // The same keys as last time keep their set (and so their warm instances).
+            match cached.as_ref().and_then(|c| c.set.clone()) {
+                Some(old) if old.values == values => old,
+                _ => Arc::new(SecretSet {
+                    generation: self.next_generation(),
+                    tenant: Some(tenant.to_owned()),
+                    values,
+                }),
+            }
+        });
+        keys.cache.lock().insert(
+            tenant.to_owned(),
+            CachedKeys {
+                set: set.clone(),
+                read_at: Instant::now(),
+                stale: false,
+            },
+        );
+        Ok(set.unwrap_or(operator))
+    }
+
+    /// Forgets what was read for `tenant` (its keys were just stored or removed): its next
+    /// call reads them again.
+    pub fn forget_tenant(&self, tenant: &str) {
+        if let Some(keys) = &self.tenant_keys
+            && let Some(c) = keys.cache.lock().get_mut(tenant)
+        {
+            // Kept as a fallback should OpenBao fail right now, but stale.
+            c.stale = true;
+        }
+    }
+
+    /// Makes `fresh` (OpenBao's values, merged over the static ones) current if anything
+    /// changed.
+    fn install(&self, fresh: BTreeMap<String, Secret>) {
+        let mut current = self.secrets.write();
+        let mut values = current.values.clone();
+        let mut changed = Vec::new();
+        for (k, v) in fresh {
+            if values.get(&k) != Some(&v)
+                && let Some(old) = values.insert(k, v)
+            {
+                changed.push(old);
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let mut previous = self.previous.lock();
+        previous.extend(changed);
+        let excess = previous.len().saturating_sub(REDACT_PREVIOUS);
+        previous.drain(..excess);
+        *current = Arc::new(SecretSet {
+            generation: self.next_generation(),
+            tenant: None,
+            values,
+        });
+        tracing::info!(extension = %self.extension, generation = current.generation, "rotated secrets read from OpenBao; new instances use them");
+    }
+
     /// The extension these grants belong to.
     pub fn extension(&self) -> &str {
         &self.extension
-    }
-
-    /// The secrets as `wasi:config/store` key/value pairs.
-    pub fn secret_config(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.secrets.iter().map(|(k, v)| (k.as_str(), v.expose()))
     }
 
     /// The bound on one outbound request.
@@ -351,7 +666,16 @@ impl Grants {
     /// `text` with every secret value replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in self.secrets.values() {
+        let current = Arc::clone(&self.secrets.read());
+        let mut previous = self.previous.lock().clone();
+        if let Some(keys) = &self.tenant_keys {
+            for c in keys.cache.lock().values() {
+                if let Some(set) = &c.set {
+                    previous.extend(set.values.values().cloned());
+                }
+            }
+        }
+        for secret in current.values.values().chain(previous.iter()) {
             if out.contains(secret.expose()) {
                 out = out.replace(secret.expose(), REDACTED);
             }
@@ -361,7 +685,7 @@ impl Grants {
 
     /// `fault` with every secret value scrubbed from its messages.
     pub fn redact_fault(&self, fault: Fault) -> Fault {
-        if self.secrets.is_empty() {
+        if self.secrets.read().values.is_empty() {
             return fault;
         }
         let r = |s: String| self.redact(&s);
@@ -545,7 +869,7 @@ mod tests {
             allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         };
-        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap()
+        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap()
     }
 
     fn allows(g: &Grants, url: &str) -> bool {
@@ -615,9 +939,9 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new()).unwrap();
+        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new(), None).unwrap();
         assert_eq!(
-            g.secret_config().collect::<Vec<_>>(),
+            g.current().pairs().collect::<Vec<_>>(),
             [("api_key", "e2b_s3cr3t_value")]
         );
         assert!(!format!("{g:?}").contains("s3cr3t"));
@@ -643,13 +967,13 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
         assert!(
             err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"),
             "{err}"
         );
         let config = [("api_key".to_owned(), "plain".to_owned())].into();
-        let err = Grants::resolve("x", &spec, Path::new("."), &config).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &config, None).unwrap_err();
         assert!(matches!(err, GrantError::Clash { .. }), "{err}");
         let spec = GrantSpec {
             secrets: [(
@@ -661,10 +985,43 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new()).unwrap_err();
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/sandboxer/key"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn openbao_secrets_need_openbao_and_byok_names_a_secret() {
+        let spec = GrantSpec {
+            secrets: [(
+                "api_key".to_owned(),
+                SecretSource::OpenBao {
+                    openbao: "sandboxer/e2b".into(),
+                    key: "api_key".into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        assert!(matches!(err, GrantError::NoOpenBao { .. }), "{err}");
+        assert!(!err.is_transient());
+        let spec = GrantSpec {
+            byok: vec!["token".into()],
+            ..Default::default()
+        };
+        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        assert!(err.to_string().contains("byok: \"token\""), "{err}");
+        let parsed: BTreeMap<String, SecretSource> =
+            toml::from_str("k = { openbao = \"a/b\", key = \"f\" }").unwrap();
+        assert_eq!(
+            parsed["k"],
+            SecretSource::OpenBao {
+                openbao: "a/b".into(),
+                key: "f".into()
+            }
         );
     }
 }

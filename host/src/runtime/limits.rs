@@ -18,7 +18,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::engine::ticks_for;
-use super::grants::{Grants, OutboundHooks};
+use super::grants::{Grants, OutboundHooks, SecretSet};
 use super::types::Fault;
 
 /// Default memory cap per instance.
@@ -147,12 +147,14 @@ impl StoreData {
 
 /// A fresh store for one instance of an extension with `config` and `limits`.
 ///
-/// The `grants` decide its outbound HTTP and add its secrets to `wasi:config/store`.
+/// The `grants` decide its outbound HTTP; `secrets` (one version of the grants' secrets)
+/// are added to `wasi:config/store`.
 pub fn new_store(
     engine: &Engine,
     config: &BTreeMap<String, String>,
     limits: CallLimits,
     grants: &Arc<Grants>,
+    secrets: &SecretSet,
 ) -> Store<StoreData> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
     let wasi = WasiCtx::builder()
@@ -167,7 +169,7 @@ pub fn new_store(
         config: config
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(grants.secret_config())
+            .chain(secrets.pairs())
             .collect(),
         limiter: MemoryLimiter {
             max_bytes: limits.memory_limit_bytes(),

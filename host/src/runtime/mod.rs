@@ -81,6 +81,8 @@ pub struct RuntimeConfig {
     pub quarantine: QuarantinePolicy,
     /// Progress of compiles not served by the cache.
     pub on_compile: Option<CompileHook>,
+    /// Where `{ openbao = … }` secrets are read (`None`: such an extension is skipped).
+    pub openbao: Option<Arc<crate::secrets::OpenBao>>,
 }
 
 impl RuntimeConfig {
@@ -101,6 +103,7 @@ impl fmt::Debug for RuntimeConfig {
             .field("pool", &self.pool)
             .field("quarantine", &self.quarantine)
             .field("on_compile", &self.on_compile.as_ref().map(|_| "…"))
+            .field("openbao", &self.openbao)
             .finish()
     }
 }
@@ -133,6 +136,10 @@ pub enum LoadFailure {
     /// The sidecar or file name is unusable.
     #[error("{reason}")]
     Spec { reason: String },
+    /// A secret could not be read now (OpenBao unreachable, sealed, or the secret not
+    /// written yet): loading again later may succeed. Names the secret, never its value.
+    #[error("{reason} (retried)")]
+    SecretUnavailable { reason: String },
     /// The file could not be read.
     #[error("cannot read: {reason}")]
     Read { reason: String },
@@ -312,6 +319,7 @@ impl Runtime {
                 Err(err) => {
                     tracing::warn!(file = %err.file.display(), reason = %err.failure, "extension skipped");
                     report.skipped.push(Skipped {
+                        retry: matches!(err.failure, LoadFailure::SecretUnavailable { .. }),
                         file: err.file,
                         id: err.id,
                         reason: err.failure.to_string(),
@@ -381,14 +389,26 @@ impl Runtime {
             .or(Some(file.as_path()))
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
-        let grants = grants::Grants::resolve(&spec.id, &spec.grants, grants_dir, &spec.config)
-            .map_err(|e| LoadError {
-                file: spec.defining_file().to_path_buf(),
-                id: Some(spec.id.clone()),
-                failure: LoadFailure::Spec {
+        let grants = grants::Grants::resolve(
+            &spec.id,
+            &spec.grants,
+            grants_dir,
+            &spec.config,
+            self.inner.config.openbao.as_ref(),
+        )
+        .map_err(|e| LoadError {
+            file: spec.defining_file().to_path_buf(),
+            id: Some(spec.id.clone()),
+            failure: if e.is_transient() {
+                LoadFailure::SecretUnavailable {
                     reason: e.to_string(),
-                },
-            })?;
+                }
+            } else {
+                LoadFailure::Spec {
+                    reason: e.to_string(),
+                }
+            },
+        })?;
         let (sha, head, len) = cache::file_digest(&file).map_err(|e| {
             fail(LoadFailure::Read {
                 reason: e.to_string(),

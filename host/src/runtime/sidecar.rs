@@ -8,7 +8,8 @@
 //! Sidecar keys: `component`, `id`, `kind` (`"self-hosted"` | `"saas"`), `[config]`
 //! (string values, handed to the guest through `wasi:config/store`), `memory_limit_mib`,
 //! `call_timeout_ms`, and the grants `allowed_outbound_hosts`, `[secrets]`,
-//! `outbound_timeout_ms`, `max_response_bytes` (see [`super::grants`]). Any other key is an
+//! `outbound_timeout_ms`, `max_response_bytes`, `byok`, `byok_fee_percent`,
+//! `byok_fee_per_sandbox_hour` (see [`super::grants`] and docs/secrets.md). Any other key is an
 //! error naming the file and the key.
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +104,17 @@ impl ExtensionSpec {
         if parsed.call_timeout_ms == Some(0) {
             return Err(fail("call_timeout_ms: must be at least 1".into()));
         }
+        let fee = |v: Option<&str>,
+                   key: &str|
+         -> Result<Option<rust_decimal::Decimal>, SpecError> {
+            let Some(v) = v else { return Ok(None) };
+            match v.parse::<rust_decimal::Decimal>() {
+                Ok(d) if !d.is_sign_negative() => Ok(Some(d)),
+                _ => Err(fail(format!(
+                    "{key}: expected a decimal string of at least 0 such as \"5\" or \"0.02\", got {v:?}"
+                ))),
+            }
+        };
         Ok(Self {
             id,
             component,
@@ -116,6 +128,12 @@ impl ExtensionSpec {
                 secrets: parsed.secrets,
                 outbound_timeout_ms: parsed.outbound_timeout_ms,
                 max_response_bytes: parsed.max_response_bytes,
+                byok: parsed.byok,
+                byok_fee_percent: fee(parsed.byok_fee_percent.as_deref(), "byok_fee_percent")?,
+                byok_fee_per_sandbox_hour: fee(
+                    parsed.byok_fee_per_sandbox_hour.as_deref(),
+                    "byok_fee_per_sandbox_hour",
+                )?,
             },
         })
     }
@@ -143,6 +161,9 @@ pub struct Skipped {
     pub id: Option<String>,
     /// Why it was skipped, for operators.
     pub reason: String,
+    /// Whether the host tries it again by itself (a secret that could not be read yet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// The extensions a folder describes, before any component is compiled.
@@ -169,6 +190,10 @@ struct SidecarFile {
     secrets: BTreeMap<String, SecretSource>,
     outbound_timeout_ms: Option<u64>,
     max_response_bytes: Option<u64>,
+    #[serde(default)]
+    byok: Vec<String>,
+    byok_fee_percent: Option<String>,
+    byok_fee_per_sandbox_hour: Option<String>,
 }
 
 /// Lists the extensions in `dir` (sorted by file name, so ids are assigned
@@ -208,6 +233,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: e.file,
                 id: None,
                 reason: e.reason,
+                retry: false,
             }),
         }
     }
@@ -218,6 +244,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: e.file,
                 id: Some(file_stem(path)),
                 reason: e.reason,
+                retry: false,
             }),
         }
     }
@@ -231,6 +258,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
                 file: spec.defining_file().to_path_buf(),
                 id: Some(spec.id.clone()),
                 reason: format!("id {:?} is already used by {}", spec.id, first.display()),
+                retry: false,
             });
             continue;
         }

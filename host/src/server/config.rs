@@ -115,6 +115,34 @@ struct RawReload {
     debounce_ms: Option<u64>,
 }
 
+/// `[openbao]`: where `{ openbao = … }` secrets are read (and tenants' keys written).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBaoConfig {
+    /// `http://host:port` of OpenBao.
+    pub address: String,
+    /// The token (`token`, `token_env` or `token_file`, exactly one).
+    #[serde(flatten)]
+    pub auth: TokenSource,
+    /// The KV v2 engine's mount.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// A PEM file of CA certificates (for an `https://` address).
+    pub ca_file: Option<PathBuf>,
+    /// Seconds a read secret is used before it is read again (rotation picked up).
+    pub refresh_secs: Option<u64>,
+    /// Seconds between retries of extensions skipped because OpenBao failed.
+    pub retry_secs: Option<u64>,
+    /// Bound on one request, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Where tenants' own keys are stored under the mount (`PREFIX/TENANT/EXTENSION`).
+    pub tenant_prefix: Option<String>,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -137,6 +165,7 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     health: RawHealth,
+    openbao: Option<OpenBaoConfig>,
 }
 
 /// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
@@ -207,6 +236,8 @@ pub struct ServiceConfig {
     pub reload_debounce: Duration,
     /// The circuit breaker routing keeps per extension.
     pub health: HealthConfig,
+    /// OpenBao, when configured (token not read yet; see `server::app_options`).
+    pub openbao: Option<OpenBaoConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -232,6 +263,7 @@ impl Default for ServiceConfig {
             reload: true,
             reload_debounce: Duration::from_millis(250),
             health: HealthConfig::default(),
+            openbao: None,
         }
     }
 }
@@ -444,6 +476,9 @@ impl ServiceConfig {
                 "expected at least health.cool_down_secs",
             ));
         }
+        if let Some(b) = raw.openbao {
+            cfg.openbao = Some(check_openbao(b, path, base)?);
+        }
         Ok(cfg)
     }
 }
@@ -486,6 +521,60 @@ fn check_source(src: &TokenSource, file: &Path, key: &str, base: &Path) -> Resul
     }
     let _ = base;
     Ok(())
+}
+
+fn check_openbao(
+    mut b: OpenBaoConfig,
+    path: &Path,
+    base: &Path,
+) -> Result<OpenBaoConfig, ConfigError> {
+    let a = b.address.trim_end_matches('/');
+    let rest = a
+        .strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+        return Err(ConfigError::new(
+            path,
+            "openbao.address",
+            "expected http://host:port or https://host:port, with no path",
+        ));
+    }
+    b.address = a.to_owned();
+    check_source(&b.auth, path, "openbao", base)?;
+    b.auth = resolve_file(b.auth, base);
+    if b.mount.is_empty()
+        || b.mount.starts_with('/')
+        || b.mount.ends_with('/')
+        || b.mount.split('/').any(|s| s.is_empty() || s == "..")
+    {
+        return Err(ConfigError::new(
+            path,
+            "openbao.mount",
+            "expected a mount path such as \"secret\"",
+        ));
+    }
+    if let Some(p) = &b.tenant_prefix
+        && crate::secrets::openbao::check_path(p).is_err()
+    {
+        return Err(ConfigError::new(
+            path,
+            "openbao.tenant_prefix",
+            "expected a path such as \"sandboxer/tenants\" (letters, digits, `.`, `_`, `-` and `/`)",
+        ));
+    }
+    b.ca_file = b
+        .ca_file
+        .map(|p| if p.is_relative() { base.join(p) } else { p });
+    for (key, v) in [
+        ("openbao.refresh_secs", b.refresh_secs),
+        ("openbao.retry_secs", b.retry_secs),
+        ("openbao.timeout_ms", b.timeout_ms),
+    ] {
+        if v == Some(0) {
+            return Err(ConfigError::new(path, key, "expected a positive number"));
+        }
+    }
+    Ok(b)
 }
 
 fn resolve_file(mut src: TokenSource, base: &Path) -> TokenSource {
@@ -582,6 +671,52 @@ mod tests {
         assert_eq!(e.key, "health.max_cool_down_secs");
         let e = parse("[health]\ncooldown = 60\n").unwrap_err();
         assert!(e.message.contains("cooldown"), "{e}");
+    }
+
+    #[test]
+    fn openbao_settings_are_checked_and_relative_files_resolved() {
+        let c = parse(
+            "[openbao]\naddress = \"http://127.0.0.1:8200/\"\ntoken_file = \"bao.token\"\nrefresh_secs = 5\n",
+        )
+        .unwrap();
+        let b = c.openbao.unwrap();
+        assert_eq!(b.address, "http://127.0.0.1:8200");
+        assert_eq!(b.mount, "secret");
+        assert_eq!(b.refresh_secs, Some(5));
+        assert_eq!(
+            b.auth.token_file.as_deref(),
+            Some(Path::new("/etc/sandboxer/bao.token"))
+        );
+        for (text, key) in [
+            (
+                "address = \"127.0.0.1:8200\"\ntoken_env = \"T\"",
+                "openbao.address",
+            ),
+            (
+                "address = \"http://b:1/v1\"\ntoken_env = \"T\"",
+                "openbao.address",
+            ),
+            ("address = \"http://b:1\"", "openbao"),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nmount = \"../x\"",
+                "openbao.mount",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nrefresh_secs = 0",
+                "openbao.refresh_secs",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\ntenant_prefix = \"a/../b\"",
+                "openbao.tenant_prefix",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nrole = \"x\"",
+                "openbao",
+            ),
+        ] {
+            let e = parse(&format!("[openbao]\n{text}\n")).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::sync::watch as signal_watch;
 
 use crate::app::{App, AppOptions, DEFER_COMPILE_ABOVE_BYTES, EventHub, LeasePolicy};
 use crate::http::{self, AppState};
+use crate::secrets::openbao::{self, OpenBao, OpenBaoSettings};
 use crate::settings::Settings;
 use crate::telemetry::metrics;
 use config::{ConfigError, DEFAULT_LISTEN, ServiceConfig};
@@ -124,7 +125,30 @@ fn app_options(cfg: &ServiceConfig) -> Result<AppOptions, ServiceError> {
             max_backoff: cfg.events.max_backoff,
         });
     }
+    let openbao = match &cfg.openbao {
+        None => None,
+        Some(b) => Some(Arc::new(OpenBao::new(OpenBaoSettings {
+            address: b.address.clone(),
+            token: tokens::read_token(&b.auth, &file, "openbao")?,
+            mount: b.mount.clone(),
+            ca_file: b.ca_file.clone(),
+            timeout: b
+                .timeout_ms
+                .map_or(openbao::DEFAULT_TIMEOUT, Duration::from_millis),
+            refresh: b
+                .refresh_secs
+                .map_or(openbao::DEFAULT_REFRESH, Duration::from_secs),
+            retry: b
+                .retry_secs
+                .map_or(openbao::DEFAULT_RETRY, Duration::from_secs),
+            tenant_prefix: b
+                .tenant_prefix
+                .clone()
+                .unwrap_or_else(|| openbao::DEFAULT_TENANT_PREFIX.into()),
+        }))),
+    };
     Ok(AppOptions {
+        openbao,
         event_source: cfg.events.source.clone(),
         deliver_after_settle: false,
         leases: Some(LeasePolicy {
@@ -246,6 +270,13 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
     ));
     if let Some(h) = handle {
         tasks.spawn(upkeep_loop(h, stop_rx.clone()));
+    }
+    if let Some(retry) = app.openbao().map(|b| b.settings().retry) {
+        tasks.spawn(every(retry, stop_rx.clone(), app.clone(), |app| {
+            if let Err(e) = app.retry_extensions() {
+                tracing::warn!(error = %e, "retry of extensions waiting for secrets failed");
+            }
+        }));
     }
     let _watcher = if cfg.reload {
         match watch::watch(app.clone(), &settings, cfg.reload_debounce, stop_rx.clone()) {

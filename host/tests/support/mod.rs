@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+pub mod openbao;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     pub(crate) requests: Vec<RecordedRequest>,
     created: u64,
     pub(crate) echo_key: bool,
+    /// Keys accepted besides the one the fake started with (another account, a rotation).
+    more_keys: Vec<String>,
 }
 
 pub(crate) struct Shared {
@@ -288,6 +290,12 @@ impl FakeE2b {
         self.shared.inner.lock().delay = delay;
     }
 
+    /// Accepts `key` too from now on (a rotated key, another tenant's own account); the
+    /// recorded requests tell which key each call carried.
+    pub fn accept_key(&self, key: &str) {
+        self.shared.inner.lock().more_keys.push(key.to_owned());
+    }
+
     /// Makes a 401 answer quote the key it was sent, as some APIs do: a test of the host's
     /// redaction of secrets from error messages.
     pub fn echo_key_in_errors(&self, on: bool) {
@@ -407,8 +415,9 @@ async fn gate(
         tokio::time::sleep(delay).await;
     }
     let sent = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    let authorized = sent == Some(shared.api_key.as_str());
     let mut inner = shared.inner.lock();
+    let authorized =
+        sent.is_some_and(|s| s == shared.api_key || inner.more_keys.iter().any(|k| k == s));
     let answer = if !authorized {
         let message = match (inner.echo_key, sent) {
             (true, Some(key)) => format!("Invalid API key {key}"),
