@@ -340,13 +340,17 @@ fn metrics_health_json_logs_and_graceful_shutdown() {
         "{m}"
     );
 
-    // JSON logs: one object per line, with the sandbox id as a field.
-    let log = h.log.lock().unwrap().clone();
-    let created = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "sandbox created" && v["sandbox_id"] == id);
-    assert!(created.is_some_and(|v| v["tenant"] == "a"), "{log}");
+    // JSON logs: one object per line, with the sandbox id as a field. (The log is read by
+    // a thread, so the line may reach it a moment after the answer.)
+    let created = h.wait_for(Duration::from_secs(10), || {
+        h.log
+            .lock()
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "sandbox created" && v["sandbox_id"] == id)
+    });
+    assert_eq!(created["tenant"], "a", "{created}");
 
     // SIGTERM: clean exit, the meter event is in the log.
     assert!(h.terminate(), "host did not exit cleanly on SIGTERM");
