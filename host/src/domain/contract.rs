@@ -171,9 +171,32 @@ pub enum Function {
     Destroy,
     MeterActual,
     Capacity,
+    /// `process.exec` and the rest of `process` (since 0.1.1).
+    Exec,
+    Start,
+    ReadOutput,
+    WriteStdin,
+    Kill,
+    /// `files` (since 0.1.1).
+    WriteFile,
+    ReadFile,
+    ListFiles,
 }
 
 impl Function {
+    /// The WIT interface the function belongs to: `backend`, `process` or `files`.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Function::Exec
+            | Function::Start
+            | Function::ReadOutput
+            | Function::WriteStdin
+            | Function::Kill => "process",
+            Function::WriteFile | Function::ReadFile | Function::ListFiles => "files",
+            _ => "backend",
+        }
+    }
+
     /// The WIT name, e.g. `estimate-cost`.
     pub fn wit_name(self) -> &'static str {
         match self {
@@ -184,6 +207,14 @@ impl Function {
             Function::Destroy => "destroy",
             Function::MeterActual => "meter-actual",
             Function::Capacity => "capacity",
+            Function::Exec => "exec",
+            Function::Start => "start",
+            Function::ReadOutput => "read-output",
+            Function::WriteStdin => "write-stdin",
+            Function::Kill => "kill",
+            Function::WriteFile => "write-file",
+            Function::ReadFile => "read-file",
+            Function::ListFiles => "list-files",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod contract;
 pub mod credits;
+pub mod exec;
 pub mod money;
 pub mod route;
 pub mod sandbox;
@@ -16,6 +17,10 @@ pub use contract::{
     SandboxRequest, Usage,
 };
 pub use credits::{Balance, Entry, EntryKind, Grant, VerifyReport};
+pub use exec::{
+    Command, ExecOutput, ExecRequest, Exit, ExitStatus, FileChunk, FileEntry, FileKind,
+    OutputChunk, OutputStream, ProcessOutput,
+};
 pub use money::{Currency, CurrencyError, DecimalError, Money, display_decimal, parse_decimal};
 pub use route::{
     Attempt, CandidateReport, CapacityReport, DropReason, HealthStatus, LatencyReport,

@@ -1,5 +1,6 @@
-//! Generated bindings for the `backend-extension` world and the conversions between
-//! them and the validated host types of [`super::types`].
+//! Generated bindings for the `sandbox-extension` world (the `backend` interface and the
+//! optional `process` and `files` ones) and the conversions between them and the
+//! validated host types of [`super::types`] and [`crate::domain::exec`].
 //!
 //! Everything an extension returns passes through here: every decimal string is parsed
 //! with [`crate::domain::parse_decimal`], every currency must equal `info.currency`, every
@@ -13,11 +14,15 @@ use super::types::{
     BackendError, BackendState, BackendStatus, Capability, Capacity, Cost, Created, ExtensionInfo,
     Kind, LineItem, Measure, Resources, SandboxContext, SandboxRequest, Usage,
 };
+use crate::domain::exec::{
+    Command, ExecOutput, ExecRequest, Exit, ExitStatus, FileChunk, FileEntry, FileKind,
+    MAX_CURSOR_BYTES, OutputChunk, OutputStream, ProcessOutput,
+};
 use crate::domain::{Currency, Money, parse_decimal};
 
 mod generated {
     wasmtime::component::bindgen!({
-        world: "backend-extension",
+        world: "sandbox-extension",
         path: "../wit",
         // Requests and contexts are lowered straight from the host's values: the
         // generated parameter types borrow (`&str`, slices) instead of owning copies.
@@ -25,14 +30,87 @@ mod generated {
     });
 }
 
-/// The generated world: `BackendExtension::instantiate`, `BackendExtensionPre::new`.
-pub use generated::{BackendExtension, BackendExtensionPre};
-
 /// The generated types of the `backend` interface, as the guest sees them.
 pub use generated::exports::sandboxer::extension::backend as wit;
+/// The generated types of the optional `files` interface.
+pub use generated::exports::sandboxer::extension::files as wit_files;
+/// The generated types of the optional `process` interface.
+pub use generated::exports::sandboxer::extension::process as wit_process;
 
 /// The export every extension must provide.
 pub const BACKEND_EXPORT: &str = "sandboxer:extension/backend@0.1.1";
+/// The optional export that runs commands (since 0.1.1).
+pub const PROCESS_EXPORT: &str = "sandboxer:extension/process@0.1.1";
+/// The optional export that moves files (since 0.1.1).
+pub const FILES_EXPORT: &str = "sandboxer:extension/files@0.1.1";
+
+/// Which optional interfaces a component exports (found at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalExports {
+    pub process: bool,
+    pub files: bool,
+}
+
+/// Where a component's exports are, resolved once at load; the world's generated
+/// `SandboxExtensionPre` cannot be used because it requires every export.
+pub struct ExportIndices {
+    backend: wit::GuestIndices,
+    process: Option<wit_process::GuestIndices>,
+    files: Option<wit_files::GuestIndices>,
+}
+
+/// The exports of one instance.
+pub struct Guests {
+    pub backend: wit::Guest,
+    pub process: Option<wit_process::Guest>,
+    pub files: Option<wit_files::Guest>,
+}
+
+impl ExportIndices {
+    /// Resolves the exports of `pre`: `backend` always, the others when `optional` says the
+    /// component has them. The error names the export that does not fit.
+    pub fn new<T>(
+        pre: &wasmtime::component::InstancePre<T>,
+        optional: OptionalExports,
+    ) -> Result<Self, String> {
+        let backend = wit::GuestIndices::new(pre)
+            .map_err(|e| format!("export {BACKEND_EXPORT} does not match the contract: {e:#}"))?;
+        let process = optional
+            .process
+            .then(|| wit_process::GuestIndices::new(pre))
+            .transpose()
+            .map_err(|e| format!("export {PROCESS_EXPORT} does not match the contract: {e:#}"))?;
+        let files = optional
+            .files
+            .then(|| wit_files::GuestIndices::new(pre))
+            .transpose()
+            .map_err(|e| format!("export {FILES_EXPORT} does not match the contract: {e:#}"))?;
+        Ok(Self {
+            backend,
+            process,
+            files,
+        })
+    }
+
+    /// The typed exports of a fresh instance (type-checks them).
+    pub fn load(
+        &self,
+        mut store: impl wasmtime::AsContextMut,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Guests> {
+        Ok(Guests {
+            backend: self.backend.load(&mut store, instance)?,
+            process: match &self.process {
+                Some(p) => Some(p.load(&mut store, instance)?),
+                None => None,
+            },
+            files: match &self.files {
+                Some(f) => Some(f.load(&mut store, instance)?),
+                None => None,
+            },
+        })
+    }
+}
 
 /// The functions of [`BACKEND_EXPORT`], by WIT name.
 pub const BACKEND_FUNCTIONS: [&str; 7] = [
@@ -264,6 +342,163 @@ pub fn capacity_from_wit(c: wit::PoolCapacity) -> Capacity {
     Capacity {
         max_sandboxes: c.max_sandboxes,
     }
+}
+
+/// The borrowed lists of an exec request, which the WIT request borrows in turn.
+pub struct ExecLists<'a> {
+    argv: Vec<&'a str>,
+    env: Vec<(&'a str, &'a str)>,
+}
+
+/// Borrows `r`'s lists for [`exec_request_to_wit`].
+pub fn exec_lists(r: &ExecRequest) -> ExecLists<'_> {
+    ExecLists {
+        argv: match &r.command {
+            Command::Argv(argv) => argv.iter().map(String::as_str).collect(),
+            Command::Shell(_) => Vec::new(),
+        },
+        env: r
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+    }
+}
+
+/// An exec request as the guest sees it, borrowed from `r`.
+pub fn exec_request_to_wit<'a>(
+    r: &'a ExecRequest,
+    lists: &'a ExecLists<'a>,
+) -> wit_process::ExecRequest<'a> {
+    wit_process::ExecRequest {
+        command: match &r.command {
+            Command::Argv(_) => wit_process::Command::Argv(&lists.argv),
+            Command::Shell(line) => wit_process::Command::Shell(line),
+        },
+        env: &lists.env,
+        cwd: r.cwd.as_deref(),
+        stdin: &r.stdin,
+        keep_stdin_open: r.keep_stdin_open,
+        timeout_ms: r.timeout_ms,
+        output_limit_bytes: r.output_limit_bytes,
+    }
+}
+
+/// How a command ended, as the guest said.
+pub fn exit_from_wit(e: wit_process::Exit) -> Result<Exit, String> {
+    let status = match e.status {
+        wit_process::ExitStatus::Exited => ExitStatus::Exited,
+        wit_process::ExitStatus::TimedOut => ExitStatus::TimedOut,
+        wit_process::ExitStatus::Killed => ExitStatus::Killed,
+        wit_process::ExitStatus::Failed => ExitStatus::Failed,
+    };
+    if status == ExitStatus::Exited && e.exit_code.is_none() {
+        return Err("exit.exit-code: none, but the status is exited".into());
+    }
+    Ok(Exit {
+        status,
+        exit_code: e.exit_code,
+        duration_ms: e.duration_ms,
+        cpu_ms: e.cpu_ms,
+        detail: e.detail,
+    })
+}
+
+/// Validates what `exec` returned: the output within the limit asked for.
+pub fn exec_output_from_wit(o: wit_process::ExecOutput, limit: u64) -> Result<ExecOutput, String> {
+    for (name, data) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        if data.len() as u64 > limit {
+            return Err(format!(
+                "{name}: {} bytes, more than the output-limit-bytes {limit} asked for",
+                data.len()
+            ));
+        }
+    }
+    Ok(ExecOutput {
+        exit: exit_from_wit(o.exit)?,
+        stdout: o.stdout,
+        stdout_truncated: o.stdout_truncated,
+        stderr: o.stderr,
+        stderr_truncated: o.stderr_truncated,
+    })
+}
+
+/// Validates a process id `start` returned: non-empty and bounded.
+pub fn process_id_from_wit(id: String) -> Result<String, String> {
+    if id.is_empty() || id.len() > MAX_CURSOR_BYTES {
+        return Err(format!(
+            "process id: {} bytes (must be 1 to {MAX_CURSOR_BYTES})",
+            id.len()
+        ));
+    }
+    Ok(id)
+}
+
+/// Validates what `read-output` returned: a bounded cursor.
+pub fn process_output_from_wit(o: wit_process::ProcessOutput) -> Result<ProcessOutput, String> {
+    if o.cursor.len() > MAX_CURSOR_BYTES {
+        return Err(format!(
+            "cursor: {} bytes, more than {MAX_CURSOR_BYTES}",
+            o.cursor.len()
+        ));
+    }
+    Ok(ProcessOutput {
+        chunks: o
+            .chunks
+            .into_iter()
+            .map(|c| OutputChunk {
+                stream: match c.stream {
+                    wit_process::OutputStream::Stdout => OutputStream::Stdout,
+                    wit_process::OutputStream::Stderr => OutputStream::Stderr,
+                },
+                data: c.data,
+            })
+            .collect(),
+        cursor: o.cursor,
+        exit: o.exit.map(exit_from_wit).transpose()?,
+        truncated: o.truncated,
+    })
+}
+
+/// Validates a piece of a file: at most the bytes asked for.
+pub fn file_chunk_from_wit(c: wit_files::FileChunk, max_bytes: u32) -> Result<FileChunk, String> {
+    if c.data.len() as u64 > u64::from(max_bytes) {
+        return Err(format!(
+            "data: {} bytes, more than the max-bytes {max_bytes} asked for",
+            c.data.len()
+        ));
+    }
+    Ok(FileChunk {
+        data: c.data,
+        size: c.size,
+    })
+}
+
+/// Validates a folder listing: names without `/`, never empty, `.` or `..`.
+pub fn entries_from_wit(entries: Vec<wit_files::FileEntry>) -> Result<Vec<FileEntry>, String> {
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(n, e)| {
+            if e.name.is_empty() || e.name.contains('/') || e.name == "." || e.name == ".." {
+                return Err(format!(
+                    "entries[{n}].name: {:?} is not a file name",
+                    e.name
+                ));
+            }
+            Ok(FileEntry {
+                name: e.name,
+                kind: match e.kind {
+                    wit_files::EntryKind::File => FileKind::File,
+                    wit_files::EntryKind::Directory => FileKind::Directory,
+                    wit_files::EntryKind::Symlink => FileKind::Symlink,
+                    wit_files::EntryKind::Other => FileKind::Other,
+                },
+                size: e.size,
+                modified_ms: e.modified_ms,
+            })
+        })
+        .collect()
 }
 
 /// Parses one decimal; the field name is only built for the error (this runs on every call).

@@ -14,15 +14,20 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use wasmtime::{Engine, Store};
 
-use super::bindings::{self, BackendExtension, BackendExtensionPre, wit};
+use wasmtime::component::InstancePre;
+
+use super::bindings::{self, ExportIndices, Guests, OptionalExports, wit, wit_files, wit_process};
 use super::engine::EpochTicker;
 use super::grants::{Grants, SecretSet};
-use super::limits::{self, CallLimits, StoreData};
+use super::limits::{
+    self, CallLimits, EXEC_CALL_MARGIN, MAX_READ_OUTPUT_WAIT, StoreData, TRANSFER_CALL_BUDGET,
+};
 use super::sidecar::ExtensionSpec;
 use super::types::{
-    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function,
-    SandboxContext, SandboxRequest, Usage,
+    BackendError, BackendStatus, Capability, Capacity, Cost, Created, ExtensionError,
+    ExtensionInfo, Fault, Function, SandboxContext, SandboxRequest, Usage,
 };
+use crate::domain::exec::{ExecOutput, ExecRequest, FileChunk, FileEntry, ProcessOutput};
 
 /// When an extension is quarantined and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +123,7 @@ struct HealthState {
 /// other secrets than it was built with: it is retired instead).
 struct Warm {
     store: Store<StoreData>,
-    bindings: BackendExtension,
+    guests: Guests,
     calls: u32,
     generation: u64,
 }
@@ -148,7 +153,10 @@ struct Calls {
     config: std::collections::BTreeMap<String, String>,
     options: ExtensionOptions,
     engine: Engine,
-    pre: BackendExtensionPre<StoreData>,
+    pre: InstancePre<StoreData>,
+    indices: ExportIndices,
+    /// Which of `process` and `files` the component exports.
+    exports: OptionalExports,
     idle: Mutex<Vec<Warm>>,
     health: Mutex<HealthState>,
     /// Keeps the epoch advancing while the extension exists, even if its runtime is gone.
@@ -173,7 +181,8 @@ impl Extension {
         source: ArtifactSource,
         options: ExtensionOptions,
         engine: Engine,
-        pre: BackendExtensionPre<StoreData>,
+        pre: InstancePre<StoreData>,
+        (indices, exports): (ExportIndices, OptionalExports),
         ticker: Arc<EpochTicker>,
     ) -> Result<Self, ExtensionError> {
         let calls = Calls {
@@ -182,6 +191,8 @@ impl Extension {
             options,
             engine,
             pre,
+            indices,
+            exports,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(HealthState::default()),
             _ticker: ticker,
@@ -192,6 +203,20 @@ impl Extension {
         info.id = calls.id.clone();
         if let Some(kind) = spec.kind {
             info.kind = kind;
+        }
+        // Running code and files are declared by exporting the interfaces, not in the
+        // WIT capability enum (see `Capability`).
+        let mut add = |c: Capability| {
+            if !info.capabilities.contains(&c) {
+                info.capabilities.push(c);
+            }
+        };
+        if exports.process {
+            add(Capability::Exec);
+            add(Capability::ExecStream);
+        }
+        if exports.files {
+            add(Capability::Files);
         }
         Ok(Self {
             info,
@@ -256,6 +281,11 @@ impl Extension {
     /// Makes the next call of `tenant` read its own keys again (they were just changed).
     pub fn forget_tenant_keys(&self, tenant: &str) {
         self.calls.options.grants.forget_tenant(tenant);
+    }
+
+    /// Which of the optional `process` and `files` interfaces the component exports.
+    pub fn optional_exports(&self) -> OptionalExports {
+        self.calls.exports
     }
 
     /// The limits every call runs under.
@@ -358,7 +388,228 @@ impl Extension {
     }
 }
 
+/// Runs code and moves files, for components that export `process` and `files` (contract
+/// 0.1.1). For one that does not, every method answers `unsupported` without calling it.
+impl Extension {
+    /// Runs a command to its end. The call's budget is the command's timeout plus
+    /// [`EXEC_CALL_MARGIN`] (never less than the extension's call timeout).
+    pub fn exec(
+        &self,
+        sandbox: &SandboxContext,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, ExtensionError> {
+        const F: Function = Function::Exec;
+        let budget = Duration::from_millis(request.timeout_ms).saturating_add(EXEC_CALL_MARGIN);
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let exec_lists = bindings::exec_lists(request);
+        let req = bindings::exec_request_to_wit(request, &exec_lists);
+        let answer = self
+            .calls
+            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+                p.call_exec(s, ctx, req)
+            })?;
+        let output = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::exec_output_from_wit(output, request.output_limit_bytes)
+            .map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// Starts a command; returns the backend's id for it.
+    pub fn start(
+        &self,
+        sandbox: &SandboxContext,
+        request: &ExecRequest,
+    ) -> Result<String, ExtensionError> {
+        const F: Function = Function::Start;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let exec_lists = bindings::exec_lists(request);
+        let req = bindings::exec_request_to_wit(request, &exec_lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+                p.call_start(s, ctx, req)
+            })?;
+        let id = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::process_id_from_wit(id).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// The output of a started process after `cursor`, waiting up to `wait` (at most
+    /// [`MAX_READ_OUTPUT_WAIT`]) for some to arrive.
+    pub fn read_output(
+        &self,
+        sandbox: &SandboxContext,
+        process_id: &str,
+        cursor: &str,
+        wait: Duration,
+        max_bytes: u32,
+    ) -> Result<ProcessOutput, ExtensionError> {
+        const F: Function = Function::ReadOutput;
+        let wait = wait.min(MAX_READ_OUTPUT_WAIT);
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let budget = wait.saturating_add(EXEC_CALL_MARGIN);
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let answer = self
+            .calls
+            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+                p.call_read_output(s, ctx, process_id, cursor, wait_ms, max_bytes)
+            })?;
+        let output = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::process_output_from_wit(output).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// Writes to a started process's standard input, closing it after when `close`.
+    pub fn write_stdin(
+        &self,
+        sandbox: &SandboxContext,
+        process_id: &str,
+        data: &[u8],
+        close: bool,
+    ) -> Result<(), ExtensionError> {
+        const F: Function = Function::WriteStdin;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+                p.call_write_stdin(s, ctx, process_id, data, close)
+            })?;
+        answer.map_err(|e| self.calls.backend_error(F, e))
+    }
+
+    /// Kills a started process and everything it started.
+    pub fn kill(&self, sandbox: &SandboxContext, process_id: &str) -> Result<(), ExtensionError> {
+        const F: Function = Function::Kill;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+                p.call_kill(s, ctx, process_id)
+            })?;
+        answer.map_err(|e| self.calls.backend_error(F, e))
+    }
+
+    /// Writes (or appends) `data` to the file at `path`.
+    pub fn write_file(
+        &self,
+        sandbox: &SandboxContext,
+        path: &str,
+        data: &[u8],
+        append: bool,
+    ) -> Result<(), ExtensionError> {
+        const F: Function = Function::WriteFile;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
+                f.call_write_file(s, ctx, path, data, append)
+            })?;
+        answer.map_err(|e| self.calls.backend_error(F, e))
+    }
+
+    /// Reads at most `max_bytes` of the file at `path` from `offset`.
+    pub fn read_file(
+        &self,
+        sandbox: &SandboxContext,
+        path: &str,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<FileChunk, ExtensionError> {
+        const F: Function = Function::ReadFile;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
+                f.call_read_file(s, ctx, path, offset, max_bytes)
+            })?;
+        let chunk = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::file_chunk_from_wit(chunk, max_bytes).map_err(|m| self.calls.bad_answer(F, m))
+    }
+
+    /// The entries of the folder at `path`, sorted by name.
+    pub fn list_files(
+        &self,
+        sandbox: &SandboxContext,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ExtensionError> {
+        const F: Function = Function::ListFiles;
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let budget = self.calls.transfer_budget();
+        let answer = self
+            .calls
+            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
+                f.call_list_files(s, ctx, path)
+            })?;
+        let entries = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        bindings::entries_from_wit(entries).map_err(|m| self.calls.bad_answer(F, m))
+    }
+}
+
 impl Calls {
+    /// A call into `process`, or `unsupported` when the component does not export it.
+    fn call_process<T>(
+        &self,
+        function: Function,
+        tenant: &str,
+        budget: Duration,
+        call: impl FnOnce(&wit_process::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
+        if !self.exports.process {
+            return Err(self.unsupported(function));
+        }
+        self.invoke_within(function, Some(tenant), budget, |g, s| match &g.process {
+            Some(p) => call(p, s),
+            None => Err(wasmtime::Error::msg("the process export was not loaded")),
+        })
+    }
+
+    /// A call into `files`, or `unsupported` when the component does not export it.
+    fn call_files<T>(
+        &self,
+        function: Function,
+        tenant: &str,
+        budget: Duration,
+        call: impl FnOnce(&wit_files::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
+        if !self.exports.files {
+            return Err(self.unsupported(function));
+        }
+        self.invoke_within(function, Some(tenant), budget, |g, s| match &g.files {
+            Some(f) => call(f, s),
+            None => Err(wasmtime::Error::msg("the files export was not loaded")),
+        })
+    }
+
+    /// Calls that move data or reach a started process: at least [`TRANSFER_CALL_BUDGET`].
+    fn transfer_budget(&self) -> Duration {
+        self.options.limits.call_timeout.max(TRANSFER_CALL_BUDGET)
+    }
+
+    fn unsupported(&self, function: Function) -> ExtensionError {
+        let what = match function.interface() {
+            "files" => "files",
+            _ => "exec",
+        };
+        self.error(
+            function,
+            Fault::Backend(BackendError::Unsupported(format!(
+                "extension {:?} does not implement {what} (it does not export sandboxer:extension/{}@0.1.x)",
+                self.id,
+                function.interface()
+            ))),
+        )
+    }
+
     /// Runs one call in a warm (or fresh) instance under the limits, keeping the
     /// instance for reuse unless it trapped.
     fn invoke<T>(
@@ -376,6 +627,22 @@ impl Calls {
         function: Function,
         tenant: Option<&str>,
         call: impl FnOnce(&wit::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+    ) -> Result<T, ExtensionError> {
+        self.invoke_within(
+            function,
+            tenant,
+            self.options.limits.call_timeout,
+            |g, s| call(&g.backend, s),
+        )
+    }
+
+    /// [`Self::invoke_as`] with a budget of its own, over every export of the instance.
+    fn invoke_within<T>(
+        &self,
+        function: Function,
+        tenant: Option<&str>,
+        budget: Duration,
+        call: impl FnOnce(&Guests, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, ExtensionError> {
         self.admit(function)?;
         let secrets = self
@@ -397,8 +664,8 @@ impl Calls {
                 Err(fault) => return Err(self.trapped(function, fault)),
             },
         };
-        let mark = limits::begin_call(&mut warm.store);
-        match call(warm.bindings.sandboxer_extension_backend(), &mut warm.store) {
+        let mark = limits::begin_call_within(&mut warm.store, budget);
+        match call(&warm.guests, &mut warm.store) {
             Ok(value) => {
                 self.succeeded();
                 warm.calls += 1;
@@ -428,10 +695,14 @@ impl Calls {
             secrets,
         );
         let mark = limits::begin_call(&mut store);
-        match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Warm {
+        let guests = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| self.indices.load(&mut store, &instance));
+        match guests {
+            Ok(guests) => Ok(Warm {
                 store,
-                bindings,
+                guests,
                 calls: 0,
                 generation: secrets.generation,
             }),

@@ -27,6 +27,15 @@ pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How much of a guest's stderr is kept (per instance); the rest is dropped.
 pub const STDERR_CAPACITY: usize = 64 * 1024;
+/// What an `exec` call may take beyond the command's own timeout (the extension's HTTP
+/// round trips, collecting output): its budget is the timeout plus this.
+pub const EXEC_CALL_MARGIN: Duration = Duration::from_secs(10);
+/// The longest `read-output` waits for output; a longer `wait-ms` is cut to this.
+pub const MAX_READ_OUTPUT_WAIT: Duration = Duration::from_secs(30);
+/// The least budget of a `files` call (and of `start`, `write-stdin`, `kill`): they move
+/// data to a remote machine, which the default 1 s budget of lifecycle calls is not
+/// meant for.
+pub const TRANSFER_CALL_BUDGET: Duration = Duration::from_secs(60);
 /// How much stderr goes into a trap message.
 const STDERR_IN_MESSAGE: usize = 2 * 1024;
 
@@ -51,10 +60,6 @@ impl Default for CallLimits {
 impl CallLimits {
     fn memory_limit_bytes(&self) -> usize {
         usize::try_from(self.memory_limit_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
-    }
-
-    fn budget_ms(&self) -> u64 {
-        u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -115,6 +120,8 @@ pub struct StoreData {
     limiter: MemoryLimiter,
     stderr: MemoryOutputPipe,
     limits: CallLimits,
+    /// The budget of the call in progress (reported when it runs out).
+    budget: Duration,
     http: WasiHttpCtx,
     outbound: OutboundHooks,
 }
@@ -177,6 +184,7 @@ pub fn new_store(
         },
         stderr,
         limits,
+        budget: limits.call_timeout,
         http: WasiHttpCtx::new(),
         outbound: OutboundHooks::new(Arc::clone(grants)),
     };
@@ -191,11 +199,18 @@ pub struct CallMark {
     stderr_len: usize,
 }
 
-/// Arms the store for one call: a fresh deadline and a cleared out-of-memory flag.
+/// Arms the store for one call: a fresh deadline (the extension's call timeout) and a
+/// cleared out-of-memory flag.
 pub fn begin_call(store: &mut Store<StoreData>) -> CallMark {
-    let ticks = ticks_for(store.data().limits.call_timeout);
-    store.set_epoch_deadline(ticks);
+    let budget = store.data().limits.call_timeout;
+    begin_call_within(store, budget)
+}
+
+/// Like [`begin_call`], with a budget of its own (a command's timeout plus a margin).
+pub fn begin_call_within(store: &mut Store<StoreData>, budget: Duration) -> CallMark {
+    store.set_epoch_deadline(ticks_for(budget));
     let data = store.data_mut();
+    data.budget = budget;
     data.limiter.refused = false;
     CallMark {
         stderr_len: data.stderr.contents().len(),
@@ -213,7 +228,7 @@ pub fn fault_from_error(err: &wasmtime::Error, store: &Store<StoreData>, mark: C
     let trap = err.downcast_ref::<Trap>();
     if trap == Some(&Trap::Interrupt) {
         return Fault::Timeout {
-            budget_ms: data.limits.budget_ms(),
+            budget_ms: u64::try_from(data.budget.as_millis()).unwrap_or(u64::MAX),
         };
     }
     let what = match trap {

@@ -46,7 +46,7 @@ pub use extension::{ArtifactSource, Extension, Health, PoolPolicy, Quarantine, Q
 pub use limits::CallLimits;
 pub use sidecar::{ExtensionSpec, Skipped};
 
-use bindings::{BACKEND_EXPORT, BACKEND_FUNCTIONS, BackendExtensionPre};
+use bindings::{BACKEND_EXPORT, BACKEND_FUNCTIONS, ExportIndices, OptionalExports};
 use cache::{ArtifactCache, Lookup};
 pub use cache::{Pruned, PrunedFile};
 use engine::EpochTicker;
@@ -416,18 +416,15 @@ impl Runtime {
         })?;
         check_binary(&head, len).map_err(fail)?;
         let (component, source) = self.component_for(&file, &sha).map_err(fail)?;
-        check_world(&self.inner.engine, &component)
+        let optional = check_world(&self.inner.engine, &component)
             .map_err(|reason| fail(LoadFailure::WrongWorld { reason }))?;
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
             fail(LoadFailure::WrongWorld {
                 reason: format!("imports something the host does not grant: {e:#}"),
             })
         })?;
-        let pre = BackendExtensionPre::new(instance_pre).map_err(|e| {
-            fail(LoadFailure::WrongWorld {
-                reason: format!("export {BACKEND_EXPORT} does not match the contract: {e:#}"),
-            })
-        })?;
+        let indices = ExportIndices::new(&instance_pre, optional)
+            .map_err(|reason| fail(LoadFailure::WrongWorld { reason }))?;
         let defaults = self.inner.config.limits;
         let options = ExtensionOptions {
             limits: CallLimits {
@@ -447,7 +444,8 @@ impl Runtime {
             source,
             options,
             self.inner.engine.clone(),
-            pre,
+            instance_pre,
+            (indices, optional),
             Arc::clone(&self.inner.ticker),
         )
         .map_err(|e: ExtensionError| LoadError {
@@ -614,13 +612,29 @@ fn check_binary(head: &[u8; 8], len: u64) -> Result<(), LoadFailure> {
 /// Whether `name` is an export of the backend interface this host can call: any 0.1.x
 /// version (semver-compatible with [`BACKEND_EXPORT`]; wasmtime resolves it the same way).
 fn is_backend_export(name: &str) -> bool {
-    name.strip_prefix("sandboxer:extension/backend@0.1.")
+    is_export_of("backend", name)
+}
+
+/// Whether `name` is a 0.1.x export of the contract's `interface`.
+fn is_export_of(interface: &str, name: &str) -> bool {
+    name.strip_prefix("sandboxer:extension/")
+        .and_then(|rest| rest.strip_prefix(interface))
+        .and_then(|rest| rest.strip_prefix("@0.1."))
         .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Which optional interfaces a component with these export names provides (`process`
+/// and `files` arrived in 0.1.1, so a 0.1.0 component never has them).
+fn optional_exports<'a>(names: impl Iterator<Item = &'a str> + Clone) -> OptionalExports {
+    OptionalExports {
+        process: names.clone().any(|n| is_export_of("process", n)),
+        files: names.clone().any(|n| is_export_of("files", n)),
+    }
 }
 
 /// Checks the component exports the backend interface with all its functions, naming
 /// what is missing (type mismatches are reported by the bindings afterwards).
-fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
+fn check_world(engine: &Engine, component: &Component) -> Result<OptionalExports, String> {
     let ty = component.component_type();
     let exports: Vec<(String, ComponentItem)> = ty
         .exports(engine)
@@ -662,7 +676,7 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    Ok(())
+    Ok(optional_exports(exports.iter().map(|(n, _)| n.as_str())))
 }
 
 #[cfg(test)]
@@ -677,6 +691,39 @@ mod tests {
         let (sha, head, len) = cache::file_digest(&file).unwrap();
         assert_eq!(sha, cache::sha256_hex(contents));
         check_binary(&head, len)
+    }
+
+    #[test]
+    fn optional_exports_are_found_by_semver_compatible_name() {
+        let found = |names: &[&str]| optional_exports(names.iter().copied());
+        assert_eq!(
+            found(&["sandboxer:extension/backend@0.1.0"]),
+            OptionalExports::default()
+        );
+        let both = OptionalExports {
+            process: true,
+            files: true,
+        };
+        assert_eq!(
+            found(&[
+                "sandboxer:extension/backend@0.1.1",
+                "sandboxer:extension/process@0.1.1",
+                "sandboxer:extension/files@0.1.7",
+            ]),
+            both
+        );
+        // Another minor, another package, a longer name or no patch is not it.
+        assert_eq!(
+            found(&[
+                "sandboxer:extension/process@0.2.0",
+                "other:extension/files@0.1.1",
+                "sandboxer:extension/processes@0.1.1",
+                "sandboxer:extension/files@0.1.",
+            ]),
+            OptionalExports::default()
+        );
+        assert!(is_backend_export("sandboxer:extension/backend@0.1.12"));
+        assert!(!is_backend_export("sandboxer:extension/backend@0.1.1-rc"));
     }
 
     #[test]
