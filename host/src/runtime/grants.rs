@@ -376,6 +376,8 @@ pub struct Grants {
     generations: std::sync::atomic::AtomicU64,
     outbound_timeout: Duration,
     max_response_bytes: u64,
+    /// HTTP/2 connections for gRPC calls, shared by all instances.
+    h2: super::h2::H2Pool,
 }
 
 impl Grants {
@@ -391,6 +393,7 @@ impl Grants {
             generations: std::sync::atomic::AtomicU64::new(0),
             outbound_timeout: DEFAULT_OUTBOUND_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            h2: super::h2::H2Pool::default(),
         }
     }
 
@@ -504,6 +507,7 @@ impl Grants {
             max_response_bytes: spec
                 .max_response_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+            h2: super::h2::H2Pool::default(),
         })
     }
 
@@ -776,11 +780,21 @@ impl WasiHttpHooks for OutboundHooks {
         let cap = grants.max_response_bytes;
         Box::new(async move {
             use http_body_util::BodyExt;
-            let sent = tokio::time::timeout(
-                limit,
-                wasmtime_wasi_http::default_send_request(request, Some(options)),
-            )
-            .await;
+            let h2 = super::h2::wants_h2(&request);
+            let send = async {
+                if h2 {
+                    let connect = options.connect_timeout.unwrap_or(limit);
+                    let response = grants.h2.send(request, connect).await?;
+                    let io: IoFuture = Box::new(async { Ok(()) });
+                    Ok((response, io))
+                } else {
+                    let (response, io) =
+                        wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                    let io: IoFuture = Box::new(io);
+                    Ok((response.map(|b| b.boxed_unsync()), io))
+                }
+            };
+            let sent = tokio::time::timeout(limit, send).await;
             let timeout_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
             let (response, io) = match sent {
                 Ok(Ok(pair)) => pair,
@@ -814,7 +828,7 @@ impl WasiHttpHooks for OutboundHooks {
                 }
                 .boxed_unsync()
             });
-            Ok((response, Box::new(io) as IoFuture))
+            Ok((response, io))
         })
     }
 }

@@ -35,6 +35,7 @@ pub mod extension;
 // being added to the runtime.
 #[allow(dead_code)]
 pub mod grants;
+pub mod h2;
 pub mod limits;
 pub mod link;
 pub mod sidecar;
