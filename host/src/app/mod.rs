@@ -36,7 +36,8 @@ use serde::Serialize;
 pub use crate::manager::{LeasePolicy, LeaseReport, ReconcileReport};
 pub use crate::payments::OverdraftPolicy;
 pub use crate::routing::HealthConfig;
-pub use crate::runtime::{CompileEvent, CompileHook};
+pub use crate::runtime::grants::{GrantSpec, SecretSource};
+pub use crate::runtime::{CompileEvent, CompileHook, ExtensionSpec, Overlay};
 pub use credits::{Balances, GrantRequest, Granted, Statement};
 pub use error::AppError;
 pub use extensions::{CheckOptions, ExtensionList, ExtensionRow, ExtensionStatus};
@@ -96,6 +97,9 @@ pub struct AppOptions {
     pub event_hubs: Vec<EventHub>,
     /// Open the lifecycle without reconciling (tests of recovery itself).
     pub skip_reconcile: bool,
+    /// Extensions the host configures itself in place of sidecar files (a service's
+    /// embedded agent wires `local` this way, or skips it with the reason).
+    pub overlays: Vec<Overlay>,
 }
 
 impl Default for AppOptions {
@@ -113,6 +117,7 @@ impl Default for AppOptions {
             on_compile: None,
             event_hubs: Vec::new(),
             skip_reconcile: false,
+            overlays: Vec::new(),
         }
     }
 }
@@ -231,6 +236,7 @@ impl App {
             let registry = Registry::open(
                 runtime,
                 &self.inner.settings.extensions_dir,
+                self.options().overlays.clone(),
                 self.options().defer_compile_above_bytes,
                 HealthTracker::new(self.options().health),
             )
