@@ -635,7 +635,10 @@ mod tests {
                 .key,
             "local.agent"
         );
-        assert_eq!(parse("[local]\nbwrap = 1\n").unwrap_err().key, "local");
+        assert_eq!(
+            parse("[local]\nbwrap = 1\n").unwrap_err().key,
+            "local.bwrap"
+        );
     }
 
     #[test]
