@@ -12,12 +12,15 @@ NATIVE_TEST_PACKAGES := -p saas-stub -p local -p e2b -p modal -p modal-proto -p 
 extensions:
 	bash scripts/build-extensions.sh
 
-## Build the shipped extensions, then serve the HTTP API with the defaults.
+## Build the shipped extensions and the agent, then serve the HTTP API with the defaults
+## (the host starts its own sandboxer-agent for the `local` extension: docs/agent.md).
 run: extensions
+	cargo build -p sandboxer-agent -p sandboxer-host
 	cargo run --bin sandboxer-host -- run
 
 ## Build the extensions, then run the whole test suite.
 test: extensions
+	cargo build -p sandboxer-agent
 	cargo test
 	cargo test $(NATIVE_TEST_PACKAGES)
 

@@ -37,7 +37,8 @@ use serde::Serialize;
 pub use crate::manager::{LeasePolicy, LeaseReport, ReconcileReport};
 pub use crate::payments::OverdraftPolicy;
 pub use crate::routing::HealthConfig;
-pub use crate::runtime::{CompileEvent, CompileHook};
+pub use crate::runtime::grants::{GrantSpec, SecretSource};
+pub use crate::runtime::{CompileEvent, CompileHook, ExtensionSpec, Overlay};
 pub use credits::{Balances, GrantRequest, Granted, Statement};
 pub use error::AppError;
 pub use extensions::{CheckOptions, ExtensionList, ExtensionRow, ExtensionStatus};
@@ -103,6 +104,9 @@ pub struct AppOptions {
     pub skip_reconcile: bool,
     /// Where `{ openbao = … }` sidecar secrets are read (`[openbao]` of sandboxer.toml).
     pub openbao: Option<Arc<OpenBao>>,
+    /// Extensions the host configures itself in place of sidecar files (a service's
+    /// embedded agent wires `local` this way, or skips it with the reason).
+    pub overlays: Vec<Overlay>,
 }
 
 impl Default for AppOptions {
@@ -121,6 +125,7 @@ impl Default for AppOptions {
             event_hubs: Vec::new(),
             skip_reconcile: false,
             openbao: None,
+            overlays: Vec::new(),
         }
     }
 }
@@ -245,6 +250,7 @@ impl App {
             let registry = Registry::open(
                 runtime,
                 &self.inner.settings.extensions_dir,
+                self.options().overlays.clone(),
                 self.options().defer_compile_above_bytes,
                 HealthTracker::new(self.options().health),
             )

@@ -24,7 +24,9 @@ use crate::domain::{
 use crate::manager::{Backend, Extensions};
 use crate::payments::settlement::{ByokFee, byok_charge};
 use crate::routing::HealthTracker;
-use crate::runtime::{Extension, ExtensionSpec, LoadFailure, Runtime, RuntimeError, Skipped};
+use crate::runtime::{
+    Extension, ExtensionSpec, LoadFailure, Overlay, Runtime, RuntimeError, Skipped,
+};
 use crate::telemetry::metrics;
 use rust_decimal::Decimal;
 
@@ -58,6 +60,8 @@ struct LoadState {
 pub(crate) struct Registry {
     runtime: Runtime,
     dir: PathBuf,
+    /// What the host configures itself in place of sidecars (the embedded agent's `local`).
+    overlays: Vec<Overlay>,
     extensions: Arc<Extensions>,
     health: HealthTracker,
     state: Mutex<LoadState>,
@@ -74,12 +78,14 @@ impl Registry {
     pub(crate) fn open(
         runtime: Runtime,
         dir: &Path,
+        overlays: Vec<Overlay>,
         defer_above: Option<u64>,
         health: HealthTracker,
     ) -> Result<Arc<Self>, RuntimeError> {
         let registry = Arc::new(Self {
             runtime,
             dir: dir.to_owned(),
+            overlays,
             extensions: Arc::new(Extensions::default()),
             health,
             state: Mutex::new(LoadState::default()),
@@ -91,7 +97,7 @@ impl Registry {
             return Ok(registry);
         }
         let runtime = &registry.runtime;
-        let (report, deferred) = runtime.load_dir_deferring(dir, |spec| {
+        let (report, deferred) = runtime.load_dir_deferring(dir, &registry.overlays, |spec| {
             let Some(above) = defer_above else {
                 return false;
             };
@@ -185,7 +191,7 @@ impl Registry {
         let mut out = ReloadReport::default();
         let pending = self.pending();
         let runtime = &self.runtime;
-        let loaded = runtime.load_dir_deferring(&self.dir, |spec| {
+        let loaded = runtime.load_dir_deferring(&self.dir, &self.overlays, |spec| {
             pending.contains(&spec.id) && !runtime.is_compiled(spec)
         });
         let (report, deferred) = match loaded {

@@ -45,7 +45,7 @@ pub use crate::domain::contract as types;
 
 pub use extension::{ArtifactSource, Extension, Health, PoolPolicy, Quarantine, QuarantinePolicy};
 pub use limits::CallLimits;
-pub use sidecar::{ExtensionSpec, Skipped};
+pub use sidecar::{ExtensionSpec, Overlay, Skipped};
 
 use bindings::{BACKEND_EXPORT, BACKEND_FUNCTIONS, ExportIndices, OptionalExports};
 use cache::{ArtifactCache, Lookup};
@@ -287,21 +287,24 @@ impl Runtime {
     /// Loads every extension in `dir` (see [`sidecar`] for the rules). A file that cannot
     /// be loaded is skipped with its reason and logged; the others load regardless.
     pub fn load_dir(&self, dir: &Path) -> Result<LoadReport, RuntimeError> {
-        Ok(self.load_dir_deferring(dir, |_| false)?.0)
+        Ok(self.load_dir_deferring(dir, &[], |_| false)?.0)
     }
 
     /// [`Runtime::load_dir`], except that the extensions `defer` picks are not loaded
     /// but returned, for the caller to load later (e.g. large ones not compiled yet, on a
-    /// background thread).
+    /// background thread). `overlays` are applied to the folder first
+    /// ([`sidecar::Discovery::apply`]).
     pub fn load_dir_deferring(
         &self,
         dir: &Path,
+        overlays: &[Overlay],
         defer: impl Fn(&ExtensionSpec) -> bool,
     ) -> Result<(LoadReport, Vec<ExtensionSpec>), RuntimeError> {
-        let found = sidecar::discover(dir).map_err(|source| RuntimeError::ReadDir {
+        let mut found = sidecar::discover(dir).map_err(|source| RuntimeError::ReadDir {
             dir: dir.to_path_buf(),
             source,
         })?;
+        found.apply(overlays);
         let mut report = LoadReport {
             loaded: Vec::new(),
             skipped: found.skipped,

@@ -268,6 +268,61 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
     Ok(Discovery { specs, skipped })
 }
 
+/// An extension the host itself configures in place of a sidecar file (the embedded
+/// agent's `local`, see `server/embedded.rs`). It applies only to a component loaded
+/// bare: an operator's own sidecar defining the same id wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// Load the bare component of `spec.id` as `spec` says (config, kind, grants, limits).
+    Configure(ExtensionSpec),
+    /// Do not load the bare component `id`; report it skipped with `reason`.
+    Skip {
+        /// The extension id.
+        id: String,
+        /// Why, for operators (what is missing and how to fix it).
+        reason: String,
+    },
+}
+
+impl Overlay {
+    fn id(&self) -> &str {
+        match self {
+            Overlay::Configure(spec) => &spec.id,
+            Overlay::Skip { id, .. } => id,
+        }
+    }
+}
+
+impl Discovery {
+    /// Applies `overlays` to what a folder describes: each replaces (or skips) the spec of
+    /// its id when that spec comes from a bare component, and does nothing when a sidecar
+    /// defines the id or the component is not in the folder.
+    pub fn apply(&mut self, overlays: &[Overlay]) {
+        for overlay in overlays {
+            let Some(at) = self
+                .specs
+                .iter()
+                .position(|s| s.id == overlay.id() && s.sidecar.is_none())
+            else {
+                continue;
+            };
+            match overlay {
+                Overlay::Configure(spec) => self.specs[at] = spec.clone(),
+                Overlay::Skip { id, reason } => {
+                    let spec = self.specs.remove(at);
+                    self.skipped.push(Skipped {
+                        file: spec.component,
+                        id: Some(id.clone()),
+                        reason: reason.clone(),
+                        // Missing bubblewrap or cgroups needs the operator, not a retry.
+                        retry: false,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Extension ids: 1 to 64 of `a-z`, `0-9`, `-`, starting with a letter or digit.
 pub fn validate_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
@@ -335,6 +390,43 @@ mod tests {
         assert_eq!(pool.kind, Some(Kind::SelfHosted));
         assert_eq!(pool.config.get("capacity").map(String::as_str), Some("2"));
         assert_eq!(pool.component, dir.path().join("saas-stub.wasm"));
+    }
+
+    #[test]
+    fn overlays_replace_or_skip_bare_components_only() {
+        let dir = folder(&[("local.wasm", "x"), ("saas-stub.wasm", "x")]);
+        let mut configured = ExtensionSpec::from_file(&dir.path().join("local.wasm")).unwrap();
+        configured
+            .config
+            .insert("agents".into(), "http://127.0.0.1:9".into());
+        let mut found = discover(dir.path()).unwrap();
+        found.apply(&[Overlay::Configure(configured.clone())]);
+        assert_eq!(found.specs[0], configured);
+
+        let mut found = discover(dir.path()).unwrap();
+        found.apply(&[Overlay::Skip {
+            id: "local".into(),
+            reason: "bubblewrap: not installed".into(),
+        }]);
+        let ids: Vec<_> = found.specs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["saas-stub"]);
+        assert_eq!(found.skipped[0].id.as_deref(), Some("local"));
+        assert_eq!(found.skipped[0].reason, "bubblewrap: not installed");
+
+        // The operator's own sidecar wins over both.
+        std::fs::write(dir.path().join("local.toml"), "[config]\nagents = \"x\"\n").unwrap();
+        let mut found = discover(dir.path()).unwrap();
+        found.apply(&[Overlay::Skip {
+            id: "local".into(),
+            reason: "off".into(),
+        }]);
+        assert!(found.skipped.is_empty());
+        assert!(
+            found
+                .specs
+                .iter()
+                .any(|s| s.id == "local" && s.sidecar.is_some())
+        );
     }
 
     #[test]

@@ -14,6 +14,49 @@ use serde::Deserialize;
 use crate::app::HealthConfig;
 use crate::domain::TenantId;
 
+fn parse_local(raw: RawLocal, path: &Path, base: &Path) -> Result<LocalConfig, ConfigError> {
+    let mode = match &raw.enabled {
+        None => LocalMode::Auto,
+        Some(toml::Value::Boolean(true)) => LocalMode::On,
+        Some(toml::Value::Boolean(false)) => LocalMode::Off,
+        Some(toml::Value::String(s)) if s == "auto" => LocalMode::Auto,
+        Some(other) => {
+            return Err(ConfigError::new(
+                path,
+                "local.enabled",
+                format!("expected \"auto\", true or false, got {other}"),
+            ));
+        }
+    };
+    if raw.slots == Some(0) {
+        return Err(ConfigError::new(
+            path,
+            "local.slots",
+            "expected at least 1 sandbox",
+        ));
+    }
+    let agent = raw
+        .agent
+        .map(|p| if p.is_relative() { base.join(p) } else { p });
+    if let Some(a) = &agent
+        && !a.is_file()
+    {
+        return Err(ConfigError::new(
+            path,
+            "local.agent",
+            format!(
+                "expected the sandboxer-agent binary, found no file at {}",
+                a.display()
+            ),
+        ));
+    }
+    Ok(LocalConfig {
+        mode,
+        agent,
+        slots: raw.slots,
+    })
+}
+
 /// Where the host listens when neither the config, `--listen` nor `SANDBOXER_LISTEN`
 /// says otherwise: loopback only, so a fresh install is not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7733";
@@ -145,6 +188,47 @@ fn default_mount() -> String {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLocal {
+    enabled: Option<toml::Value>,
+    agent: Option<PathBuf>,
+    slots: Option<u32>,
+}
+
+/// Whether `sandboxer-host run` starts its own `sandboxer-agent` for `local` (`[local]
+/// enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalMode {
+    /// Start it when the machine can run sandboxes; else say why and serve the others.
+    Auto,
+    /// Start it; a machine that cannot run sandboxes is an error at start.
+    On,
+    /// Never start it.
+    Off,
+}
+
+/// `[local]`: the embedded agent (see `server/embedded.rs`, docs/agent.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// `enabled`: `"auto"` (default), `true` or `false`.
+    pub mode: LocalMode,
+    /// `agent`: the `sandboxer-agent` binary (default: beside this executable, else `PATH`).
+    pub agent: Option<PathBuf>,
+    /// `slots`: sandboxes at once (default: the agent's, 4 per core).
+    pub slots: Option<u32>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            mode: LocalMode::Auto,
+            agent: None,
+            slots: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
     extensions_dir: Option<PathBuf>,
@@ -166,6 +250,8 @@ struct RawConfig {
     #[serde(default)]
     health: RawHealth,
     openbao: Option<OpenBaoConfig>,
+    #[serde(default)]
+    local: RawLocal,
 }
 
 /// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
@@ -238,6 +324,8 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// OpenBao, when configured (token not read yet; see `server::app_options`).
     pub openbao: Option<OpenBaoConfig>,
+    /// The embedded agent.
+    pub local: LocalConfig,
 }
 
 impl Default for ServiceConfig {
@@ -264,6 +352,7 @@ impl Default for ServiceConfig {
             reload_debounce: Duration::from_millis(250),
             health: HealthConfig::default(),
             openbao: None,
+            local: LocalConfig::default(),
         }
     }
 }
@@ -446,6 +535,7 @@ impl ServiceConfig {
         if let Some(ms) = raw.reload.debounce_ms {
             cfg.reload_debounce = Duration::from_millis(ms);
         }
+        cfg.local = parse_local(raw.local, path, base)?;
         let h = raw.health;
         if let Some(n) = h.failure_threshold {
             if !(1..=1000).contains(&n) {
@@ -602,6 +692,42 @@ mod tests {
 
     fn parse(text: &str) -> Result<ServiceConfig, ConfigError> {
         ServiceConfig::parse(text, Path::new("/etc/sandboxer/sandboxer.toml"))
+    }
+
+    #[test]
+    fn local_section() {
+        assert_eq!(parse("").unwrap().local, LocalConfig::default());
+        let c = parse("[local]\nenabled = false\nslots = 3\n").unwrap();
+        assert_eq!(c.local.mode, LocalMode::Off);
+        assert_eq!(c.local.slots, Some(3));
+        assert_eq!(
+            parse("[local]\nenabled = true\n").unwrap().local.mode,
+            LocalMode::On
+        );
+        let e = parse("[local]\nenabled = \"yes\"\n").unwrap_err();
+        assert_eq!(e.key, "local.enabled");
+        assert!(
+            e.to_string().contains("/etc/sandboxer/sandboxer.toml"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("[local]\nslots = 0\n").unwrap_err().key,
+            "local.slots"
+        );
+        assert_eq!(
+            parse("[local]\nslots = \"x\"\n").unwrap_err().key,
+            "local.slots"
+        );
+        assert_eq!(
+            parse("[local]\nagent = \"/nonexistent/agent\"\n")
+                .unwrap_err()
+                .key,
+            "local.agent"
+        );
+        assert_eq!(
+            parse("[local]\nbwrap = 1\n").unwrap_err().key,
+            "local.bwrap"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! What each job does is app code; this module only decides when.
 
 mod config;
+mod embedded;
 mod tokens;
 mod watch;
 
@@ -42,6 +43,9 @@ pub enum ServiceError {
     /// Tokens could not be read or generated.
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    /// `[local] enabled = true` and the embedded agent cannot run.
+    #[error(transparent)]
+    Embed(#[from] embedded::EmbedError),
     /// The application (extensions, profiles, ledger, manager, event hubs) could not be
     /// opened.
     #[error("{0}")]
@@ -101,7 +105,10 @@ pub fn effective_settings(opts: &RunOptions, cfg: &ServiceConfig) -> Settings {
 /// share one sink write, and no request waits on a sink), large uncached components
 /// compiled in the background while the others serve, leases and the circuit breaker as
 /// configured, and the configured event hubs with their tokens resolved.
-fn app_options(cfg: &ServiceConfig) -> Result<AppOptions, ServiceError> {
+fn app_options(
+    cfg: &ServiceConfig,
+    embedding: &embedded::Embedding,
+) -> Result<AppOptions, ServiceError> {
     let mut event_hubs = Vec::new();
     let file = cfg.file.clone().unwrap_or_default();
     for h in &cfg.events.http {
@@ -159,6 +166,7 @@ fn app_options(cfg: &ServiceConfig) -> Result<AppOptions, ServiceError> {
         health: cfg.health,
         defer_compile_above_bytes: Some(DEFER_COMPILE_ABOVE_BYTES),
         event_hubs,
+        overlays: embedding.overlay().into_iter().collect(),
         ..AppOptions::default()
     })
 }
@@ -212,7 +220,12 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
         })?;
     let bound = listener.local_addr().map_err(ServiceError::Serve)?;
 
-    let app = App::open(&settings, app_options(&cfg)?);
+    // The embedded agent before the app: the app loads `local` wired to it (or skipped).
+    let (local, s2) = (cfg.local.clone(), settings.clone());
+    let embedding = tokio::task::spawn_blocking(move || embedded::prepare(&local, &s2))
+        .await
+        .map_err(|e| ServiceError::Open(e.to_string()))??;
+    let app = App::open(&settings, app_options(&cfg, &embedding)?);
     // Off the async runtime: opening loads and compiles extensions, and the HTTP hubs'
     // blocking clients must be built (and dropped) outside async contexts.
     let a2 = app.clone();
@@ -303,6 +316,10 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
     // In-flight requests are done; stop the background work, then drain the events.
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let embedded::Embedding::Running(agent, _) = embedding {
+        // Its SIGTERM stops the sandboxes and records their usage, for their destroys.
+        let _ = tokio::task::spawn_blocking(move || agent.stop()).await;
+    }
     let a2 = app.clone();
     let flushed = tokio::time::timeout(
         Duration::from_secs(10),

@@ -138,7 +138,7 @@ fn file_err(path: &Path, e: impl fmt::Display) -> TokenError {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
+pub(super) fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     #[cfg(unix)]
     {
@@ -149,7 +149,7 @@ fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
     Ok(())
 }
 
-fn read_or_generate(path: &Path) -> Result<String, TokenError> {
+pub(super) fn read_or_generate(path: &Path) -> Result<String, TokenError> {
     match std::fs::read_to_string(path) {
         Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_owned()),
         Ok(_) => {

@@ -148,7 +148,7 @@ impl Host {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1)
+                if let Some(addr) = line.split("sandboxer-host: listening on ").nth(1)
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addr.trim().to_owned());
