@@ -175,6 +175,8 @@ impl std::fmt::Debug for Extension {
 
 impl Extension {
     /// Builds the extension and calls `info` once (cached for its lifetime).
+    // The parts come from the runtime's own state; bundling them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn load(
         spec: ExtensionSpec,
         version_hash: String,

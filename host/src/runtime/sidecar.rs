@@ -274,7 +274,7 @@ pub fn discover(dir: &Path) -> std::io::Result<Discovery> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Overlay {
     /// Load the bare component of `spec.id` as `spec` says (config, kind, grants, limits).
-    Configure(ExtensionSpec),
+    Configure(Box<ExtensionSpec>),
     /// Do not load the bare component `id`; report it skipped with `reason`.
     Skip {
         /// The extension id.
@@ -307,7 +307,7 @@ impl Discovery {
                 continue;
             };
             match overlay {
-                Overlay::Configure(spec) => self.specs[at] = spec.clone(),
+                Overlay::Configure(spec) => self.specs[at] = (**spec).clone(),
                 Overlay::Skip { id, reason } => {
                     let spec = self.specs.remove(at);
                     self.skipped.push(Skipped {
@@ -400,7 +400,7 @@ mod tests {
             .config
             .insert("agents".into(), "http://127.0.0.1:9".into());
         let mut found = discover(dir.path()).unwrap();
-        found.apply(&[Overlay::Configure(configured.clone())]);
+        found.apply(&[Overlay::Configure(Box::new(configured.clone()))]);
         assert_eq!(found.specs[0], configured);
 
         let mut found = discover(dir.path()).unwrap();

@@ -161,11 +161,11 @@ pub fn prepare(cfg: &LocalConfig, settings: &Settings) -> Result<Embedding, Embe
     }
     match start(args) {
         Ok(agent) => {
-            let overlay = Overlay::Configure(local_spec(
+            let overlay = Overlay::Configure(Box::new(local_spec(
                 component,
                 &agent.url,
                 &settings.state_dir.join("tokens").join("agent.token"),
-            ));
+            )));
             tracing::info!(extension = LOCAL_ID, agent = %agent.url, "embedded sandboxer-agent serving local");
             Ok(Embedding::Running(agent, overlay))
         }
