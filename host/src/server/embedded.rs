@@ -274,7 +274,9 @@ fn local_spec(component: PathBuf, url: &str, token_file: &Path) -> ExtensionSpec
     secrets.insert(
         "token".to_owned(),
         SecretSource::File {
-            file: token_file.to_path_buf(),
+            // Absolute: a sidecar's relative secret file is read from the extensions folder,
+            // and the default state folder (`.sandboxer`) is relative to where the host runs.
+            file: std::path::absolute(token_file).unwrap_or_else(|_| token_file.to_path_buf()),
         },
     );
     ExtensionSpec {
@@ -458,5 +460,26 @@ impl EmbeddedAgent {
 impl Drop for EmbeddedAgent {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default state folder is relative (`.sandboxer`); the token must still be found
+    /// when the runtime reads secret files relative to the extensions folder.
+    #[test]
+    fn the_token_file_is_given_absolute() {
+        let spec = local_spec(
+            PathBuf::from("extensions/local.wasm"),
+            "http://127.0.0.1:1",
+            Path::new(".sandboxer/tokens/agent.token"),
+        );
+        let Some(SecretSource::File { file }) = spec.grants.secrets.get("token") else {
+            panic!("no token file secret: {:?}", spec.grants.secrets);
+        };
+        assert!(file.is_absolute(), "{}", file.display());
+        assert!(file.ends_with(".sandboxer/tokens/agent.token"));
     }
 }
