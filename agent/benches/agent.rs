@@ -7,12 +7,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use sandboxer_agent::cgroup::{Cgroups, Limits};
-use sandboxer_agent::config::Template;
-use sandboxer_agent::{bwrap, seccomp, spawn};
+use sandboxer_agent::cgroup::Cgroups;
 use serde_json::json;
 use support::{Agent, Setup};
 
@@ -49,57 +46,8 @@ fn measure(name: &'static str, n: usize, mut f: impl FnMut()) -> Figures {
     }
 }
 
-/// One bare `bwrap <the agent's flags> true`, as the agent starts a sandbox; in a fresh
-/// cgroup (created, joined, emptied and removed) when `cgroups` is given.
 fn bare_bwrap(uid: u32, cgroups: Option<&Cgroups>) {
-    let cg = cgroups.map(|c| {
-        c.create(
-            "bench-bare",
-            Limits {
-                vcpus: 1,
-                memory_bytes: 256 << 20,
-                pids: 128,
-            },
-        )
-        .unwrap()
-    });
-    let mut inherit: Vec<OwnedFd> = seccomp::programs()
-        .unwrap()
-        .iter()
-        .map(|p| spawn::program_fd(p).unwrap())
-        .collect();
-    let fds: Vec<i32> = inherit.iter().map(|f| f.as_raw_fd()).collect();
-    let exe = OwnedFd::from(std::fs::File::open(support::BIN).unwrap());
-    let template = Template::Base(
-        sandboxer_agent::config::DEFAULT_SYSTEM_DIRS
-            .iter()
-            .map(Into::into)
-            .collect(),
-    );
-    let args = bwrap::args(&bwrap::Spec {
-        template: &template,
-        workspace_bytes: 512 << 20,
-        tmp_bytes: 64 << 20,
-        init_fd: exe.as_raw_fd(),
-        seccomp_fds: &fds,
-    });
-    inherit.push(exe);
-    let status = spawn::command(spawn::Launch {
-        bwrap: "bwrap".into(),
-        args,
-        command: vec!["true".into()],
-        join: cg.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
-        ids: Some((uid, uid)),
-        inherit,
-    })
-    .unwrap()
-    .status()
-    .unwrap();
-    assert!(status.success());
-    if let Some(cg) = cg {
-        cg.kill_all().unwrap();
-        cg.remove().unwrap();
-    }
+    sandboxer_agent::floor::bare_true(std::path::Path::new(support::BIN), uid, cgroups).unwrap();
 }
 
 fn main() {

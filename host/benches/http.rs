@@ -43,7 +43,7 @@ impl Drop for HostProc {
 fn start(dir: &Path, extensions: &Path) -> HostProc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sandboxer-host"))
         .args(["--extensions-dir", extensions.to_str().unwrap()])
-        .args(["--profiles-dir", repo().join("profiles").to_str().unwrap()])
+        .args(["--profiles-dir", dir.join("profiles").to_str().unwrap()])
         .args(["--state-dir", dir.join("state").to_str().unwrap()])
         .args([
             "run",
@@ -183,9 +183,40 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The bench's extensions: the shipped components and sidecars but `local` (its real
+/// sandboxes are measured by the agent's own bench), plus the simulated `local-pool`
+/// fixture; and the fixture profiles (burst-sandbox over local-pool and saas-stub).
+fn bench_folders(src: &Path, dir: &Path) -> PathBuf {
+    let ext = dir.join("extensions");
+    std::fs::create_dir_all(&ext).unwrap();
+    for e in std::fs::read_dir(src).unwrap().filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (name.ends_with(".wasm") || name.ends_with(".toml")) && name != "local.wasm" {
+            std::fs::copy(e.path(), ext.join(&name)).unwrap();
+        }
+    }
+    std::fs::copy(
+        repo().join("tests/fixtures/extensions/local-pool.toml"),
+        ext.join("local-pool.toml"),
+    )
+    .unwrap();
+    let prof = dir.join("profiles");
+    std::fs::create_dir_all(&prof).unwrap();
+    for f in [
+        "tests/fixtures/profiles/burst-sandbox.toml",
+        "profiles/saas-stub.toml",
+    ] {
+        let from = repo().join(f);
+        std::fs::copy(&from, prof.join(from.file_name().unwrap())).unwrap();
+    }
+    ext
+}
+
 fn main() {
-    let ext_dir = std::env::var_os("SANDBOXER_BENCH_EXTENSIONS")
+    let src_dir = std::env::var_os("SANDBOXER_BENCH_EXTENSIONS")
         .map_or_else(|| repo().join("extensions"), PathBuf::from);
+    let dir = tempfile::tempdir().unwrap();
+    let ext_dir = bench_folders(&src_dir, dir.path());
     let shipped: Vec<String> = std::fs::read_dir(&ext_dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -197,7 +228,6 @@ fn main() {
         "build the extensions first: make extensions"
     );
 
-    let dir = tempfile::tempdir().unwrap();
     // Keep compiled artifacts between runs: a fresh compile of every shipped component is
     // a one-off cost, not what this bench measures.
     let cache = repo().join("target/bench-http-cache");
@@ -213,7 +243,10 @@ fn main() {
     let t0 = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_sandboxer"))
         .args(["--extensions-dir", ext_dir.to_str().unwrap()])
-        .args(["--profiles-dir", repo().join("profiles").to_str().unwrap()])
+        .args([
+            "--profiles-dir",
+            dir.path().join("profiles").to_str().unwrap(),
+        ])
         .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
         .args(["extensions", "list"])
         .output()

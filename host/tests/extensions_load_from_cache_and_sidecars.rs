@@ -184,7 +184,10 @@ fn the_cli_lists_from_the_cache_on_the_second_run_and_checks_the_shipped_extensi
     let state = tempfile::tempdir().unwrap();
     let dir = folder_with(&[
         (&saas_stub(), "saas-stub.wasm"),
-        (&built("extensions/local-pool.toml"), "local-pool.toml"),
+        (
+            &built("tests/fixtures/extensions/local-pool.toml"),
+            "local-pool.toml",
+        ),
     ]);
     let artifact_of = |run: &str| {
         let out = sandboxer(state.path(), dir.path(), &["extensions", "list", "--json"]);

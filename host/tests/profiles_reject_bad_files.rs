@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use sandboxer_host::domain::Strategy;
+use sandboxer_host::domain::{Capability, Strategy};
 use sandboxer_host::layers::routing::{Candidates, load_profile_file, load_profiles};
 
 const BASE: &str = r#"
@@ -222,17 +222,28 @@ fn shipped_profiles_load_as_documented() {
     assert_eq!(burst.route.strategy, Strategy::PreferSelfHosted);
     assert_eq!(
         burst.route.candidates,
-        Candidates::List(vec!["local-pool".into(), "saas-stub".into()])
+        Candidates::List(vec!["local".into(), "e2b".into(), "modal".into()])
     );
+    assert_eq!(burst.requires, [Capability::Exec, Capability::Files]);
     assert!(burst.route.fallback);
-    // Both shipped candidates exist in the shipped extensions folder (as wasm or sidecar).
-    let warnings = set.check_candidates(&["local-pool".into(), "saas-stub".into()]);
+    // Every shipped candidate is a shipped component.
+    let warnings = set.check_candidates(&[
+        "local".into(),
+        "e2b".into(),
+        "modal".into(),
+        "saas-stub".into(),
+    ]);
     assert!(warnings.is_empty(), "{warnings:?}");
-    let warnings = set.check_candidates(&["saas-stub".into()]);
-    assert_eq!(warnings.len(), 1);
+    for id in ["local", "e2b", "modal"] {
+        let wasm = dir.join("../extensions").join(id).join("Cargo.toml");
+        assert!(wasm.is_file(), "{id} is not a shipped extension crate");
+    }
+    let warnings = set.check_candidates(&["local".into(), "saas-stub".into()]);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
         warnings[0]
             .to_string()
-            .contains("candidate \"local-pool\" is not provided by any loaded extension")
+            .contains("candidate \"e2b\" is not provided by any loaded extension"),
+        "{warnings:?}"
     );
 }

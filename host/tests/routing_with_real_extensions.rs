@@ -488,18 +488,28 @@ fn ties_are_ordered_deterministically() {
     }
 }
 
-/// The shipped profiles and the shipped local-pool sidecar, in a temp folder.
+/// The fixture profiles (burst-sandbox over local-pool and saas-stub; the shipped
+/// saas-stub) and the local-pool fixture sidecar, in a temp folder.
 fn shipped_folders() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ext = dir.path().join("extensions");
     std::fs::create_dir_all(&ext).unwrap();
+    let prof = dir.path().join("profiles");
+    std::fs::create_dir_all(&prof).unwrap();
+    for f in [
+        "tests/fixtures/profiles/burst-sandbox.toml",
+        "profiles/saas-stub.toml",
+    ] {
+        let from = repo().join(f);
+        std::fs::copy(&from, prof.join(from.file_name().unwrap())).unwrap();
+    }
     std::fs::copy(
         component("extensions/saas-stub.wasm"),
         ext.join("saas-stub.wasm"),
     )
     .unwrap();
     std::fs::copy(
-        repo().join("extensions/local-pool.toml"),
+        repo().join("tests/fixtures/extensions/local-pool.toml"),
         ext.join("local-pool.toml"),
     )
     .unwrap();
@@ -512,7 +522,7 @@ fn sandboxer(dir: &Path, args: &[&str]) -> std::process::Output {
         .arg("--extensions-dir")
         .arg(dir.join("extensions"))
         .arg("--profiles-dir")
-        .arg(repo().join("profiles"))
+        .arg(dir.join("profiles"))
         .arg("--state-dir")
         .arg(dir.join("state"))
         .env("COLUMNS", "120")

@@ -8,7 +8,7 @@ use std::fmt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::contract::{Cost, Kind};
+use super::contract::{Capability, Cost, Kind};
 use super::money::Money;
 
 /// How the router orders the candidates that survive the filters.
@@ -131,6 +131,11 @@ pub enum DropReason {
     CannotServe { error: String },
     /// Its estimate failed (error, timeout, trap or invalid answer).
     EstimateFailed { error: String },
+    /// It lacks a capability the profile requires (`requires = [...]`).
+    MissingCapability {
+        /// What the profile requires and it does not have.
+        missing: Vec<Capability>,
+    },
     /// Its price per hour is above the route's `max_cost_per_hour`.
     OverPriceCap {
         #[serde(with = "rust_decimal::serde::str")]
@@ -165,6 +170,24 @@ impl fmt::Display for DropReason {
             }
             DropReason::WrongCurrency { currency, wanted } => {
                 write!(f, "prices in {currency}; the profile pays in {wanted}")
+            }
+            DropReason::MissingCapability { missing } => {
+                let names: Vec<&str> = missing.iter().map(|c| c.as_str()).collect();
+                write!(
+                    f,
+                    "cannot {} (the profile requires {})",
+                    names
+                        .iter()
+                        .map(|n| match *n {
+                            "exec" => "run commands",
+                            "exec-stream" => "stream commands",
+                            "files" => "move files",
+                            other => other,
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    names.join(", ")
+                )
             }
             DropReason::NoCapacity { in_use, max } => {
                 write!(f, "no capacity ({in_use}/{max} in use)")

@@ -27,7 +27,7 @@ struct Survivor {
 
 /// Routes `req` (built from `profile`): lists the candidates of its route spec, drops
 /// those that are not loaded, have an open circuit, serve none of the wanted regions,
-/// price in another currency, have no capacity, cannot or fail to estimate, or exceed
+/// price in another currency, lack a capability the profile requires, have no capacity, cannot or fail to estimate, or exceed
 /// `max_cost_per_hour`; orders the rest by the strategy, and returns the attempts the
 /// manager should make in order (each with its estimate, so it never asks twice).
 ///
@@ -250,6 +250,15 @@ fn assess(
             wanted: profile.route.currency.to_string(),
         };
         return drop(report, reason);
+    }
+    let missing: Vec<Capability> = profile
+        .requires
+        .iter()
+        .filter(|c| !info.capabilities.contains(c))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return drop(report, DropReason::MissingCapability { missing });
     }
     if info.capabilities.contains(&Capability::Capacity) {
         match view.capacity(id) {

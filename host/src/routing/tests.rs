@@ -387,3 +387,38 @@ fn no_candidate_lists_every_reason() {
     assert!(msg.contains("no extension can serve"), "{msg}");
     assert_eq!(err.candidates().len(), 3);
 }
+
+#[test]
+fn a_profile_requiring_exec_drops_backends_without_it_and_says_why() {
+    let text = "template = \"base\"\nmax_duration_secs = 600\nrequires = [\"exec\", \"files\"]\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"lowest-cost\"\n";
+    let p = parse_profile(text, Path::new("p.toml")).unwrap();
+    assert_eq!(p.requires, vec![Capability::Exec, Capability::Files]);
+    let view = View::default()
+        .add("runs-code", Kind::Saas, Some("0.3"), None, 10)
+        .add("cheap-stub", Kind::Saas, Some("0.1"), None, 10)
+        .set("runs-code", |f| {
+            f.info.capabilities = vec![Capability::Exec, Capability::ExecStream, Capability::Files];
+        });
+    let health = HealthTracker::new(HealthConfig::default());
+    let d = route(&p, &view, &health).unwrap();
+    assert_eq!(order(&d), ["runs-code"]);
+    let dropped = d
+        .candidates
+        .iter()
+        .find(|c| c.extension_id == "cheap-stub")
+        .unwrap();
+    match &dropped.outcome {
+        Outcome::Dropped {
+            reason: reason @ DropReason::MissingCapability { missing },
+        } => {
+            assert_eq!(missing, &[Capability::Exec, Capability::Files]);
+            let text = reason.to_string();
+            assert!(text.contains("requires exec, files"), "{text}");
+        }
+        other => panic!("expected a missing-capability drop, got {other:?}"),
+    }
+    // An unknown capability is refused with the key named.
+    let bad = text.replace("\"files\"", "\"teleport\"");
+    let e = parse_profile(&bad, Path::new("p.toml")).unwrap_err();
+    assert_eq!(e.key.as_deref(), Some("requires"), "{e}");
+}

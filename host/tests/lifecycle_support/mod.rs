@@ -63,7 +63,7 @@ impl Fixture {
         )
         .unwrap();
         std::fs::copy(
-            repo().join("extensions/local-pool.toml"),
+            repo().join("tests/fixtures/extensions/local-pool.toml"),
             ext.join("local-pool.toml"),
         )
         .unwrap();
@@ -77,9 +77,17 @@ impl Fixture {
             "component = \"misbehave.wasm\"\nid = \"flaky-pool\"\nkind = \"self-hosted\"\n\n[config]\nmode = \"fail-unavailable\"\nkind = \"self-hosted\"\n",
         )
         .unwrap();
-        for f in ["burst-sandbox.toml", "saas-stub.toml"] {
-            std::fs::copy(repo().join("profiles").join(f), prof.join(f)).unwrap();
-        }
+        // The fixture burst-sandbox (local-pool, then saas-stub), not the shipped one.
+        std::fs::copy(
+            repo().join("tests/fixtures/profiles/burst-sandbox.toml"),
+            prof.join("burst-sandbox.toml"),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo().join("profiles/saas-stub.toml"),
+            prof.join("saas-stub.toml"),
+        )
+        .unwrap();
         std::fs::write(prof.join("failover.toml"), FAILOVER_PROFILE).unwrap();
         Self { dir }
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Candidates, Profile, ProfileError, RouteSpec, Strategy, bounds};
-use crate::domain::{Currency, Resources, parse_decimal};
+use crate::domain::{Capability, Currency, Resources, parse_decimal};
 
 /// Loads and validates one profile file.
 pub fn load_profile_file(file: &Path) -> Result<Profile, ProfileError> {
@@ -74,6 +74,8 @@ struct RawProfile {
     regions: Vec<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    requires: Vec<Capability>,
     route: RawRoute,
 }
 
@@ -279,6 +281,11 @@ impl RawProfile {
             max_duration_secs: self.max_duration_secs,
             regions: self.regions,
             metadata: self.metadata,
+            requires: {
+                let mut r = self.requires;
+                r.dedup();
+                r
+            },
             route: RouteSpec {
                 strategy: route.strategy,
                 candidates,

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 pub use crate::domain::Strategy;
-use crate::domain::{Currency, Resources};
+use crate::domain::{Capability, Currency, Resources};
 pub use file::{load_profile_file, parse_profile};
 pub use folder::{load_profiles, reload_profiles};
 pub use request::RequestError;
@@ -96,6 +96,9 @@ pub struct Profile {
     pub regions: Vec<String>,
     /// Labels passed to the backend (requests may add to them).
     pub metadata: BTreeMap<String, String>,
+    /// What a backend must be able to do (`requires = ["exec", "files"]`): candidates
+    /// without every one are dropped (`exec`, `exec-stream`, `files`, `capacity`, `status`).
+    pub requires: Vec<Capability>,
     /// The route spec.
     pub route: RouteSpec,
     /// The file it came from.
