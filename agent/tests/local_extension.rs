@@ -112,3 +112,130 @@ fn a_wrong_agent_token_is_refused_and_creates_nothing() {
     let (_, list) = a.call(reqwest::Method::GET, "/v1/sandboxes", None);
     assert!(list["sandboxes"].as_array().unwrap().is_empty(), "{list}");
 }
+
+/// Runs the host's CLI on `dir` (extensions, profiles and state in it).
+fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(sandboxer())
+        .arg("--extensions-dir")
+        .arg(dir.join("extensions"))
+        .arg("--profiles-dir")
+        .arg(dir.join("profiles"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn two_agents_are_one_pool_placed_by_free_slots_and_each_runs_its_sandboxes() {
+    let a = Agent::start(Setup {
+        slots: 1,
+        ..Setup::default()
+    });
+    let b = Agent::start(Setup {
+        slots: 2,
+        ..Setup::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ext, prof) = (dir.path().join("extensions"), dir.path().join("profiles"));
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::create_dir_all(&prof).unwrap();
+    std::fs::copy(component(), ext.join("local.wasm")).unwrap();
+    std::fs::write(ext.join("a.token"), &a.token).unwrap();
+    std::fs::write(ext.join("b.token"), &b.token).unwrap();
+    std::fs::write(
+        ext.join("local.toml"),
+        format!(
+            "component = \"local.wasm\"\nkind = \"self-hosted\"\ncall_timeout_ms = 30000\n\
+             allowed_outbound_hosts = [\"{a}\", \"{b}\"]\n[secrets]\ntoken_1 = {{ file = \"a.token\" }}\n\
+             token_2 = {{ file = \"b.token\" }}\n[config]\nagents = \"{a},{b}\"\n",
+            a = a.url,
+            b = b.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        prof.join("pool.toml"),
+        "template = \"base\"\nmax_duration_secs = 600\nrequires = [\"exec\"]\n[resources]\nvcpus = 1\nmemory_mib = 256\n\
+         [route]\nstrategy = \"explicit\"\nexplicit = \"local\"\nfallback = false\n",
+    )
+    .unwrap();
+    let out = cli(dir.path(), &["credits", "add", "t", "10"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Three slots in all: three creates land, a fourth finds the pool full.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = cli(
+            dir.path(),
+            &[
+                "--json",
+                "sandbox",
+                "create",
+                "--profile",
+                "pool",
+                "--tenant",
+                "t",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["extension_id"], "local", "{st}");
+        ids.push(st["id"].as_str().unwrap().to_owned());
+    }
+    let out = cli(
+        dir.path(),
+        &["sandbox", "create", "--profile", "pool", "--tenant", "t"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no capacity (3/3 in use)"), "{err}");
+    assert_eq!((a.health().free, b.health().free), (0, 0));
+    let on = |agent: &Agent| {
+        let (_, list) = agent.call(reqwest::Method::GET, "/v1/sandboxes", None);
+        list["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] == "running")
+            .count()
+    };
+    assert_eq!((on(&a), on(&b)), (1, 2));
+
+    // Each runs its command on the agent that holds it.
+    for id in &ids {
+        let out = cli(dir.path(), &["sandbox", "exec", id, "--", "echo", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+    }
+    for id in &ids {
+        let out = cli(dir.path(), &["--json", "sandbox", "destroy", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["state"], "destroyed", "{st}");
+    }
+    assert_eq!((a.health().free, b.health().free), (1, 2));
+    let out = cli(dir.path(), &["--json", "credits", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

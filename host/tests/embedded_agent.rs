@@ -130,8 +130,7 @@ fn no_config_runs_real_sandboxes_on_the_embedded_agent_and_it_goes_with_the_host
         .unwrap();
     assert_eq!(local["status"], "loaded", "{local}");
 
-    let (st, sb) = h.post("/v1/sandboxes", tenant, r#"{"profile":"local-only"}"#);
-    assert_eq!(st, 201, "{sb}\n{}", h.log.lock().unwrap());
+    let sb = h.create(tenant, "local-only");
     assert_eq!(sb["extension_id"], "local", "{sb}");
     let id = sb["id"].as_str().unwrap().to_owned();
 
@@ -146,17 +145,33 @@ fn no_config_runs_real_sandboxes_on_the_embedded_agent_and_it_goes_with_the_host
     assert!(st == 200 || st == 202, "{st} {done}");
     let gone = h.wait_for(Duration::from_secs(20), || {
         let v = agent_get(&url, &token, &format!("/v1/sandboxes/{id}"))?;
-        (v["state"] == "destroyed").then_some(v)
+        (v["state"] == "stopped").then_some(v)
     });
     assert!(gone["usage"]["cpu_us"].as_u64().unwrap() > 0, "{gone}");
 
     // SIGTERM: the host stops its agent before it exits.
+    // The agent's own id for it (the only sandbox on this agent).
+    let (url, token) = agent_of(&s);
+    let listing = agent_get(&url, &token, "/v1/sandboxes").unwrap();
+    let agent_id = listing["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sandbox on the agent: {listing}"))
+        .to_owned();
+
     let pid = agent_pid(&s);
     assert!(h.terminate(), "the host did not exit cleanly");
     wait_gone(pid);
 
     // SIGKILL: the agent's parent-death signal stops it.
     let h = Host::start_with(&s, &[]);
+    // The agent's own id for it (the only sandbox on this agent).
+    let (url, token) = agent_of(&s);
+    let listing = agent_get(&url, &token, "/v1/sandboxes").unwrap();
+    let agent_id = listing["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sandbox on the agent: {listing}"))
+        .to_owned();
+
     let pid = agent_pid(&s);
     assert!(alive(pid));
     h.kill();
@@ -197,12 +212,7 @@ fn without_bubblewrap_local_is_off_with_the_reason_and_the_others_serve() {
     assert_eq!(stub["status"], "loaded", "{stub}");
 
     h.grant("a", "10");
-    let (st, sb) = h.post(
-        "/v1/sandboxes",
-        http_host::TOKEN_A,
-        r#"{"profile":"saas-stub"}"#,
-    );
-    assert_eq!(st, 201, "{sb}");
+    let sb = h.create(http_host::TOKEN_A, "saas-stub");
     assert_eq!(sb["extension_id"], "saas-stub");
     let (st, v) = h.post(
         "/v1/sandboxes",
@@ -210,5 +220,75 @@ fn without_bubblewrap_local_is_off_with_the_reason_and_the_others_serve() {
         r#"{"profile":"local-only"}"#,
     );
     assert!(st >= 400, "{st} {v}");
+    assert!(h.terminate());
+}
+
+#[test]
+fn kill_9_of_the_agent_with_a_sandbox_running_settles_it_from_what_was_measured() {
+    let s = setup();
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    let sb = h.create(http_host::TOKEN_A, "local-only");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    // Some CPU the bill must show even though the agent dies.
+    let (st, v) = h.post(
+        &format!("/v1/sandboxes/{id}/exec"),
+        http_host::TOKEN_A,
+        r#"{"argv":["python3","-c","import time\nt=time.process_time()\nwhile time.process_time()-t<0.4: pass"]}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    let burned = v["cpu_ms"].as_u64().unwrap();
+
+    // The agent's own id for it (the only sandbox on this agent).
+    let (url, token) = agent_of(&s);
+    let listing = agent_get(&url, &token, "/v1/sandboxes").unwrap();
+    let agent_id = listing["sandboxes"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sandbox on the agent: {listing}"))
+        .to_owned();
+
+    let pid = agent_pid(&s);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_gone(pid);
+    // The host restarts it on the same address; the new agent finds the dead one's
+    // sandbox, stops it and records its usage from its cgroup.
+    let seen = h.wait_for(Duration::from_secs(30), || {
+        let v = agent_get(&url, &token, &format!("/v1/sandboxes/{agent_id}"))?;
+        (v["state"] == "stopped").then_some(v)
+    });
+    assert!(seen["usage"]["cpu_us"].as_u64().unwrap() > 0, "{seen}");
+    // Running code there now fails clearly; the sandbox is still the host's to settle.
+    let (st, v) = h.post(
+        &format!("/v1/sandboxes/{id}/exec"),
+        http_host::TOKEN_A,
+        r#"{"argv":["true"]}"#,
+    );
+    assert!((400..600).contains(&st) && st != 500, "{st} {v}");
+    let (st, done) = h.delete(&format!("/v1/sandboxes/{id}"), http_host::TOKEN_A);
+    assert_eq!(st, 200, "{done}");
+    assert_eq!(done["state"], "destroyed", "{done}");
+    let cpu: f64 = done["meter"]["usage"]["measures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "cpu-seconds")
+        .and_then(|m| m["quantity"].as_str()?.parse().ok())
+        .unwrap();
+    assert!(
+        cpu * 1000.0 >= burned as f64 * 0.9,
+        "billed {cpu} s for {burned} ms: {done}"
+    );
+    // No hold dangles.
+    let (_, credits) = h.get("/v1/credits", http_host::TOKEN_A);
+    let held: f64 = credits["balances"][0]["held"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(held, 0.0, "{credits}");
     assert!(h.terminate());
 }

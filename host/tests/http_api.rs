@@ -379,8 +379,14 @@ fn the_readme_curl_walkthrough_works() {
         .next()
         .unwrap();
 
-    // No config: the host generates the tokens into <state>/tokens and says where.
-    let setup = Setup::new();
+    // No config: the host generates the tokens into <state>/tokens and says where, starts
+    // its own sandboxer-agent and serves the shipped `local` and burst-sandbox profile.
+    let setup = Setup::with_extensions(&["saas-stub.wasm", "local.wasm"]);
+    std::fs::copy(
+        http_host::repo().join("profiles/burst-sandbox.toml"),
+        setup.profiles().join("burst-sandbox.toml"),
+    )
+    .unwrap();
     let h = Host::start_with(&setup, &[]);
     assert!(
         h.log.lock().unwrap().contains("tokens/local.token"),
@@ -409,14 +415,47 @@ fn the_readme_curl_walkthrough_works() {
     assert!(
         lines
             .iter()
-            .any(|v| v["extension_id"] == "local-pool" && v["state"] == "running"),
+            .any(|v| v["extension_id"] == "local" && v["state"] == "running"),
         "{stdout}"
     );
     assert!(
         lines
             .iter()
-            .any(|v| v["state"] == "destroyed" && v["total"]["currency"] == "USD"),
+            .any(|v| v["stdout"] == "42\n" && v["exit_code"] == 0),
         "{stdout}"
+    );
+    assert!(stdout.contains("HELLO\nSANDBOX\n"), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v == &serde_json::json!(["notes.txt", "shout.txt"])),
+        "{stdout}"
+    );
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["type"] == "stdout")
+        .filter_map(|v| v["data"].as_str())
+        .collect();
+    assert_eq!(steps.concat(), "step 1\nstep 2\nstep 3\n", "{stdout}");
+    let burned = lines
+        .iter()
+        .find_map(|v| v["cpu_ms"].as_u64())
+        .expect("the CPU burn's cpu_ms");
+    assert!(burned >= 900, "{stdout}");
+    let destroyed = lines
+        .iter()
+        .find(|v| v["state"] == "destroyed")
+        .expect("the destroy's answer");
+    let cpu_line = destroyed["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["unit"] == "cpu-second")
+        .expect("a CPU line on the bill");
+    let billed: f64 = cpu_line["quantity"].as_str().unwrap().parse().unwrap();
+    assert!(
+        billed >= burned as f64 / 1000.0 * 0.9,
+        "billed {billed} CPU-s for {burned} ms burned: {stdout}"
     );
     let kinds: Vec<&str> = lines.iter().filter_map(|v| v["kind"].as_str()).collect();
     assert_eq!(kinds, ["grant", "hold", "charge"], "{stdout}");

@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use crate::domain::{CandidateReport, InvalidTenant, Money, SandboxState, SandboxStatus};
+use crate::domain::{
+    BackendError, CandidateReport, Fault, InvalidTenant, Money, SandboxState, SandboxStatus,
+};
 use crate::manager::{ManagerError, StoreError};
 use crate::payments::LedgerError;
 
@@ -96,6 +98,24 @@ pub enum AppError {
     #[error("{message}")]
     ExtensionFailed {
         /// The failed call.
+        message: String,
+    },
+    /// A file or process the call named does not exist in the sandbox.
+    #[error("{message}")]
+    Missing {
+        /// What is missing, in which sandbox.
+        message: String,
+    },
+    /// The sandbox's backend cannot do that (no exec, no files, no streaming).
+    #[error("{message}")]
+    Unsupported {
+        /// What, and on which extension.
+        message: String,
+    },
+    /// The sandbox's backend cannot be reached or is full right now; retry later.
+    #[error("{message}")]
+    Unavailable {
+        /// Which backend, and why.
         message: String,
     },
     /// The extension's meter cannot be settled; the sandbox stays `destroying`.
@@ -206,6 +226,7 @@ impl From<ManagerError> for AppError {
             ManagerError::Busy { .. } => AppError::Busy { message },
             ManagerError::ExtensionMissing { .. } => AppError::ExtensionMissing { message },
             ManagerError::Extension { .. } => AppError::ExtensionFailed { message },
+            ManagerError::Session { error, .. } => session_error(&error.fault, message),
             ManagerError::BadMeter { .. } => AppError::BadMeter { message },
             ManagerError::IdempotencyConflict { .. } => AppError::IdempotencyConflict { message },
             ManagerError::InvalidKey(_) => AppError::invalid("Idempotency-Key", message),
@@ -213,5 +234,21 @@ impl From<ManagerError> for AppError {
                 AppError::Internal { message }
             }
         }
+    }
+}
+
+/// What a failed command or file call means for the caller: the tenant's own mistake
+/// (a bad path, a missing file), something the backend cannot do, or the backend's fault.
+fn session_error(fault: &Fault, message: String) -> AppError {
+    match fault {
+        Fault::Backend(BackendError::InvalidRequest(_)) => AppError::Invalid {
+            field: None,
+            message,
+        },
+        Fault::Backend(BackendError::NotFound(_)) => AppError::Missing { message },
+        Fault::Backend(BackendError::Unsupported(_)) => AppError::Unsupported { message },
+        Fault::Backend(BackendError::Unavailable(_) | BackendError::CapacityExhausted(_))
+        | Fault::Quarantined { .. } => AppError::Unavailable { message },
+        _ => AppError::ExtensionFailed { message },
     }
 }

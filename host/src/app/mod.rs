@@ -7,8 +7,8 @@
 //! By use case: `sandboxes.rs` (create, get, list, destroy, explain), `credits.rs`
 //! (balances, statement, grant, verify), `extensions.rs` (list, check, prune, reload),
 //! `jobs.rs` (the background work a service schedules: reaper, lease keeper, event
-//! delivery, gauges); `registry.rs` loads the extensions folder. New verbs (exec, files,
-//! keys) are new modules of `impl App` blocks, next to these.
+//! delivery, gauges), `session.rs` (exec and files in a running sandbox), `keys.rs`
+//! (tenants' own provider keys); `registry.rs` loads the extensions folder.
 //!
 //! Opening is lazy: [`App::open`] does no I/O, and each use case opens only the parts it
 //! needs, once: the ledger (credits), the runtime and the extensions (listing), or the
@@ -25,6 +25,7 @@ mod keys;
 mod paging;
 mod registry;
 mod sandboxes;
+mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +48,11 @@ pub use keys::{KeyList, KeyRow};
 pub use paging::{DEFAULT_LIMIT, MAX_LIMIT, PageRequest};
 pub use registry::ReloadReport;
 pub use sandboxes::{Explanation, ProfileSummary, SandboxPage};
+pub use session::{
+    DEFAULT_EXEC_TIMEOUT_MS, DEFAULT_MAX_FILE_BYTES, DEFAULT_OUTPUT_LIMIT_BYTES, ExecAnswer,
+    ExecEvent, ExecSink, FILE_CHUNK_BYTES, FileList, FileWritten, MAX_EXEC_TIMEOUT_MS,
+    MAX_OUTPUT_LIMIT_BYTES, Output,
+};
 
 /// Re-exported for the answers that carry them (`extensions check`, `prune-cache`,
 /// the extension list's rows).
@@ -107,6 +113,8 @@ pub struct AppOptions {
     /// Extensions the host configures itself in place of sidecar files (a service's
     /// embedded agent wires `local` this way, or skips it with the reason).
     pub overlays: Vec<Overlay>,
+    /// The largest file written or read in one request ([`DEFAULT_MAX_FILE_BYTES`]).
+    pub max_file_bytes: u64,
 }
 
 impl Default for AppOptions {
@@ -126,6 +134,7 @@ impl Default for AppOptions {
             skip_reconcile: false,
             openbao: None,
             overlays: Vec::new(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::domain::{
-    BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault, Function,
-    SandboxContext, SandboxRequest, Usage,
+    BackendStatus, Capacity, Cost, Created, ExecOutput, ExecRequest, ExtensionError, ExtensionInfo,
+    Fault, FileChunk, FileEntry, Function, ProcessOutput, SandboxContext, SandboxRequest, Usage,
 };
 use crate::manager::{Backend, Extensions};
 use crate::payments::settlement::{ByokFee, byok_charge};
@@ -404,5 +404,56 @@ impl Backend for Instrumented {
     }
     fn component(&self) -> Option<&Extension> {
         Some(&self.inner)
+    }
+    fn exec(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<ExecOutput, ExtensionError> {
+        self.timed(Function::Exec, || self.inner.exec(ctx, req))
+    }
+    fn start(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<String, ExtensionError> {
+        self.timed(Function::Start, || self.inner.start(ctx, req))
+    }
+    fn read_output(
+        &self,
+        ctx: &SandboxContext,
+        process_id: &str,
+        cursor: &str,
+        wait: Duration,
+        max_bytes: u32,
+    ) -> Result<ProcessOutput, ExtensionError> {
+        self.timed(Function::ReadOutput, || {
+            self.inner
+                .read_output(ctx, process_id, cursor, wait, max_bytes)
+        })
+    }
+    fn kill(&self, ctx: &SandboxContext, process_id: &str) -> Result<(), ExtensionError> {
+        self.timed(Function::Kill, || self.inner.kill(ctx, process_id))
+    }
+    fn write_file(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+        data: &[u8],
+        append: bool,
+    ) -> Result<(), ExtensionError> {
+        self.timed(Function::WriteFile, || {
+            self.inner.write_file(ctx, path, data, append)
+        })
+    }
+    fn read_file(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<FileChunk, ExtensionError> {
+        self.timed(Function::ReadFile, || {
+            self.inner.read_file(ctx, path, offset, max_bytes)
+        })
+    }
+    fn list_files(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ExtensionError> {
+        self.timed(Function::ListFiles, || self.inner.list_files(ctx, path))
     }
 }

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::paging::{self, PageRequest};
 use super::{App, AppError};
 use crate::domain::{
-    CandidateReport, Currency, RouteDecision, SandboxRequest, SandboxSpec, SandboxState,
-    SandboxStatus, Scope, Strategy, TenantId,
+    CandidateReport, Capability, Currency, RouteDecision, SandboxRequest, SandboxSpec,
+    SandboxState, SandboxStatus, Scope, Strategy, TenantId,
 };
 
 /// One page of sandboxes, newest first, and the cursor of the next page (`None`: the
@@ -40,6 +40,8 @@ pub struct ProfileSummary {
     pub max_cost_per_hour: Option<Decimal>,
     /// The currency the profile pays in.
     pub currency: Currency,
+    /// What a backend must be able to do to serve it (`exec`, `files`…).
+    pub requires: Vec<Capability>,
 }
 
 /// How a request would be routed right now: the same decision a create would take, with
@@ -166,6 +168,7 @@ impl App {
             max_attempts: route.attempt_limit(),
             max_cost_per_hour: route.max_cost_per_hour,
             currency: route.currency.clone(),
+            requires: profile.requires.clone(),
         };
         Ok(match decision {
             Ok(d) => Explanation {

@@ -22,6 +22,7 @@ mod keys;
 mod output;
 mod route;
 mod sandbox;
+mod session;
 mod spec;
 
 /// Folders shared by every command.
@@ -89,7 +90,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Keys(keys) = cli.command {
         return keys::run(keys, &cli.dirs.settings(), options(), cli.json);
     }
-    let app = App::open(&cli.dirs.settings(), options());
+    let settings = cli.dirs.settings();
+    let mut opts = options();
+    // Local sandboxes run on the agent a `sandboxer-host run` on this state folder started.
+    opts.overlays
+        .extend(crate::server::attach_local_agent(&settings));
+    let app = App::open(&settings, opts);
     match cli.command {
         Command::Extensions(cmd) => extensions::run(cmd, &app, cli.json),
         Command::Credits(cmd) => credits::run(cmd, &app, cli.json),

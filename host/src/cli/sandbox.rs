@@ -1,4 +1,5 @@
-//! `sandboxer sandbox create|status|list|destroy`: sandbox lifecycles on the local state,
+//! `sandboxer sandbox create|status|list|destroy` (and `exec|cp|ls`, in `session.rs`):
+//! sandbox lifecycles on the local state,
 //! through the same [`App`] use cases the HTTP API calls.
 
 use std::process::ExitCode;
@@ -34,6 +35,15 @@ pub enum SandboxCommand {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         limit: Option<u64>,
     },
+    /// Run a command in a running sandbox, its output streamed here; exits with the
+    /// command's exit code (124 timed out, 137 killed, 127 could not run).
+    /// `sandboxer sandbox exec sb-… -- python3 -c 'print(6*7)'`
+    Exec(super::session::ExecArgs),
+    /// Copy a file into a running sandbox or out of it: `cp data.csv sb-…:in/data.csv`,
+    /// `cp sb-…:out/result.json .`
+    Cp(super::session::CpArgs),
+    /// List a folder of a running sandbox: `ls sb-…` (its workspace), `ls sb-…:out`.
+    Ls(super::session::LsArgs),
     /// Destroy a sandbox, meter its usage, settle its credits and emit the meter event.
     /// Destroying it again shows the same settlement and charges nothing.
     Destroy {
@@ -70,6 +80,9 @@ fn scope(tenant: Option<TenantId>) -> Scope {
 /// Runs a `sandboxer sandbox` subcommand.
 pub fn run(cmd: SandboxCommand, app: &App, json: bool) -> anyhow::Result<ExitCode> {
     let result = match cmd {
+        SandboxCommand::Exec(a) => return super::session::exec(a, app, json),
+        SandboxCommand::Cp(a) => return super::session::cp(a, app, json),
+        SandboxCommand::Ls(a) => return super::session::ls(a, app, json),
         SandboxCommand::Create(a) => app
             .create_sandbox(&a.tenant, &a.spec.spec(), a.idempotency_key.as_deref())
             .map(|st| Shown::One(Box::new(st))),

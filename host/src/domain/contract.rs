@@ -47,6 +47,19 @@ pub enum Capability {
     Files,
 }
 
+impl Capability {
+    /// The kebab-case name, as profiles write it (`exec`, `exec-stream`, `files`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Capacity => "capacity",
+            Capability::Status => "status",
+            Capability::Exec => "exec",
+            Capability::ExecStream => "exec-stream",
+            Capability::Files => "files",
+        }
+    }
+}
+
 /// What `info` returned, validated (currency code checked; `kind` may be overridden by
 /// the sidecar).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

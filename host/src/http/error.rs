@@ -135,6 +135,11 @@ impl From<AppError> for ApiError {
             AppError::ExtensionFailed { .. } => {
                 Self::new(S::BAD_GATEWAY, "extension_failed", message)
             }
+            AppError::Missing { .. } => Self::new(S::NOT_FOUND, "not_found", message),
+            AppError::Unsupported { .. } => Self::new(S::NOT_IMPLEMENTED, "unsupported", message),
+            AppError::Unavailable { .. } => {
+                Self::new(S::SERVICE_UNAVAILABLE, "backend_unavailable", message)
+            }
             AppError::BadMeter { .. } => Self::new(S::BAD_GATEWAY, "bad_meter", message),
             AppError::SecretStore { .. } => {
                 Self::new(S::SERVICE_UNAVAILABLE, "secret_store_unavailable", message)

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 mod keys;
 pub mod query;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,20 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route(
             "/v1/sandboxes/{id}",
             get(get_sandbox).delete(destroy_sandbox),
+        )
+        .route(
+            "/v1/sandboxes/{id}/exec",
+            post(session::exec).layer(DefaultBodyLimit::max(session::MAX_EXEC_BODY_BYTES)),
+        )
+        .route("/v1/sandboxes/{id}/files", get(session::get_root))
+        .route("/v1/sandboxes/{id}/files/", get(session::get_root))
+        .route(
+            "/v1/sandboxes/{id}/files/{*path}",
+            get(session::get_file)
+                .put(session::put_file)
+                .layer(DefaultBodyLimit::max(
+                    usize::try_from(state.app.max_file_bytes()).unwrap_or(usize::MAX),
+                )),
         )
         .route("/v1/route/explain", post(explain_route))
         .route("/v1/credits", get(credits))

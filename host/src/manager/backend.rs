@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use std::time::Duration;
+
 use crate::domain::{
-    BackendError, BackendStatus, Capacity, Cost, Created, ExtensionError, ExtensionInfo, Fault,
-    Function, SandboxContext, SandboxRequest, Usage,
+    BackendError, BackendStatus, Capacity, Cost, Created, ExecOutput, ExecRequest, ExtensionError,
+    ExtensionInfo, Fault, FileChunk, FileEntry, Function, ProcessOutput, SandboxContext,
+    SandboxRequest, Usage,
 };
 use crate::routing::ExtensionView;
 use crate::runtime::Extension;
@@ -39,6 +42,93 @@ pub trait Backend: Send + Sync {
     /// hot reload read (file, sidecar settings, compiled-code source, trap record).
     fn component(&self) -> Option<&Extension> {
         None
+    }
+
+    // Running code and moving files (`process` and `files`, contract 0.1.1). By default
+    // they go to the component behind the backend; without one they are `unsupported`.
+
+    /// `process.exec`.
+    fn exec(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<ExecOutput, ExtensionError> {
+        match self.component() {
+            Some(e) => e.exec(ctx, req),
+            None => Err(unsupported(self.id(), Function::Exec)),
+        }
+    }
+    /// `process.start`: the backend's process id.
+    fn start(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<String, ExtensionError> {
+        match self.component() {
+            Some(e) => e.start(ctx, req),
+            None => Err(unsupported(self.id(), Function::Start)),
+        }
+    }
+    /// `process.read-output`.
+    fn read_output(
+        &self,
+        ctx: &SandboxContext,
+        process_id: &str,
+        cursor: &str,
+        wait: Duration,
+        max_bytes: u32,
+    ) -> Result<ProcessOutput, ExtensionError> {
+        match self.component() {
+            Some(e) => e.read_output(ctx, process_id, cursor, wait, max_bytes),
+            None => Err(unsupported(self.id(), Function::ReadOutput)),
+        }
+    }
+    /// `process.kill`.
+    fn kill(&self, ctx: &SandboxContext, process_id: &str) -> Result<(), ExtensionError> {
+        match self.component() {
+            Some(e) => e.kill(ctx, process_id),
+            None => Err(unsupported(self.id(), Function::Kill)),
+        }
+    }
+    /// `files.write-file`.
+    fn write_file(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+        data: &[u8],
+        append: bool,
+    ) -> Result<(), ExtensionError> {
+        match self.component() {
+            Some(e) => e.write_file(ctx, path, data, append),
+            None => Err(unsupported(self.id(), Function::WriteFile)),
+        }
+    }
+    /// `files.read-file`.
+    fn read_file(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<FileChunk, ExtensionError> {
+        match self.component() {
+            Some(e) => e.read_file(ctx, path, offset, max_bytes),
+            None => Err(unsupported(self.id(), Function::ReadFile)),
+        }
+    }
+    /// `files.list-files`.
+    fn list_files(
+        &self,
+        ctx: &SandboxContext,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ExtensionError> {
+        match self.component() {
+            Some(e) => e.list_files(ctx, path),
+            None => Err(unsupported(self.id(), Function::ListFiles)),
+        }
+    }
+}
+
+fn unsupported(id: &str, function: Function) -> ExtensionError {
+    ExtensionError {
+        extension: id.to_owned(),
+        function,
+        fault: Fault::Backend(BackendError::Unsupported(format!(
+            "extension {id:?} does not implement {}",
+            function.interface()
+        ))),
     }
 }
 

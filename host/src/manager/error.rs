@@ -78,6 +78,16 @@ pub enum ManagerError {
         /// The failed call.
         error: ExtensionError,
     },
+    /// Running a command or moving a file in a running sandbox failed (a bad path, a
+    /// missing file, a backend without exec, the backend down…). Nothing changed on the
+    /// host's side; the error's fault says whose it was.
+    #[error("sandbox {id}: {error}")]
+    Session {
+        /// The sandbox.
+        id: String,
+        /// The failed call.
+        error: ExtensionError,
+    },
     /// The extension's meter reading cannot be settled (e.g. another currency than the
     /// hold); the sandbox stays in `destroying` for an operator to look at.
     #[error("sandbox {id}: meter reading refused: {reason}")]

@@ -20,6 +20,7 @@ mod lease;
 mod outbox;
 mod owner;
 mod reconcile;
+mod session;
 pub mod store;
 
 use std::collections::HashSet;

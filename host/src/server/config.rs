@@ -235,6 +235,7 @@ struct RawConfig {
     profiles_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_file_bytes: Option<u64>,
     max_concurrent_writes: Option<usize>,
     #[serde(default)]
     tenants: BTreeMap<String, TokenSource>,
@@ -304,6 +305,8 @@ pub struct ServiceConfig {
     pub state_dir: Option<PathBuf>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest file written or read in one request (`PUT`/`GET …/files/{path}`).
+    pub max_file_bytes: u64,
     /// Writing requests (create, destroy, grant) served at once; the rest queue.
     pub max_concurrent_writes: usize,
     /// Tenant id → where its token comes from. Empty with no config file.
@@ -337,6 +340,7 @@ impl Default for ServiceConfig {
             profiles_dir: None,
             state_dir: None,
             max_body_bytes: 64 * 1024,
+            max_file_bytes: crate::app::DEFAULT_MAX_FILE_BYTES,
             max_concurrent_writes: 8,
             tenants: BTreeMap::new(),
             admin: None,
@@ -399,6 +403,16 @@ impl ServiceConfig {
                 ));
             }
             cfg.max_body_bytes = n;
+        }
+        if let Some(n) = raw.max_file_bytes {
+            if !(1..=1 << 30).contains(&n) {
+                return Err(ConfigError::new(
+                    path,
+                    "max_file_bytes",
+                    "expected 1 ..= 1073741824 bytes",
+                ));
+            }
+            cfg.max_file_bytes = n;
         }
         if let Some(n) = raw.max_concurrent_writes {
             if !(1..=1024).contains(&n) {

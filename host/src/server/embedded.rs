@@ -173,6 +173,42 @@ pub fn prepare(cfg: &LocalConfig, settings: &Settings) -> Result<Embedding, Embe
     }
 }
 
+/// For the `sandboxer` CLI on the same state folder as a running `sandboxer-host run`:
+/// wires `local` to the agent that host started (its address file and token), so the CLI
+/// creates, uses and destroys local sandboxes too. `None` when the host would not embed
+/// one (no `local.wasm`, or the operator's own `local.toml`); a skip with the reason when
+/// no agent answers there.
+pub fn attach(settings: &Settings) -> Option<Overlay> {
+    let component = settings.extensions_dir.join(format!("{LOCAL_ID}.wasm"));
+    let sidecar = settings.extensions_dir.join(format!("{LOCAL_ID}.toml"));
+    if !component.is_file() || sidecar.is_file() {
+        return None;
+    }
+    let state = std::path::absolute(&settings.state_dir).ok()?;
+    let token = state.join("tokens").join("agent.token");
+    let addr = std::fs::read_to_string(state.join("agent").join("listen.addr"))
+        .ok()
+        .and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok());
+    let answering = addr.filter(|a| {
+        token.is_file()
+            && std::net::TcpStream::connect_timeout(a, Duration::from_millis(300)).is_ok()
+    });
+    Some(match answering {
+        Some(a) => Overlay::Configure(Box::new(local_spec(
+            component,
+            &format!("http://{a}"),
+            &token,
+        ))),
+        None => Overlay::Skip {
+            id: LOCAL_ID.to_owned(),
+            reason: format!(
+                "no sandboxer-agent answers for the state folder {}: `local` runs on the agent                  `sandboxer-host run` starts; start the host on this state folder",
+                settings.state_dir.display()
+            ),
+        },
+    })
+}
+
 /// `[local] agent`; else `sandboxer-agent` beside the running executable; else on `PATH`.
 fn find_agent(cfg: &LocalConfig) -> Option<PathBuf> {
     if let Some(a) = &cfg.agent {
@@ -402,6 +438,12 @@ fn supervise(
             return;
         }
         let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        // The address file (removed before the first start) says the agent was serving:
+        // from then on a death is a restart, not a failure to start.
+        let served = std::fs::read_to_string(&addr_file).is_ok_and(|t| !t.trim().is_empty());
+        if served {
+            first = None;
+        }
         if let Some(tx) = first.take() {
             let _ = tx.send(Err(format!("sandboxer-agent exited at start ({status})")));
             return;

@@ -7,6 +7,7 @@
 
 mod config;
 mod embedded;
+pub use embedded::attach as attach_local_agent;
 mod tokens;
 mod watch;
 
@@ -167,6 +168,7 @@ fn app_options(
         defer_compile_above_bytes: Some(DEFER_COMPILE_ABOVE_BYTES),
         event_hubs,
         overlays: embedding.overlay().into_iter().collect(),
+        max_file_bytes: cfg.max_file_bytes,
         ..AppOptions::default()
     })
 }

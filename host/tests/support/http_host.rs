@@ -33,21 +33,21 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Copies the saas-stub component and the `local-pool` sidecar (the two extensions
-    /// the shipped profiles route to) and the shipped profiles into a temp folder.
+    /// Copies the saas-stub component and the `local-pool` sidecar (the simulated
+    /// backends the test profiles route to) and the test profiles into a temp folder.
     pub fn new() -> Self {
         Self::with_extensions(&["saas-stub.wasm", "local-pool.toml"])
     }
 
-    /// Like [`Setup::new`] with the named files from `extensions/`.
+    /// Like [`Setup::new`] with the named files from `extensions/` (or the test
+    /// fixtures, `tests/fixtures/extensions/`).
     pub fn with_extensions(files: &[&str]) -> Self {
         let root = tempfile::tempdir().unwrap();
         let s = Self { root };
         std::fs::create_dir_all(s.extensions()).unwrap();
         std::fs::create_dir_all(s.profiles()).unwrap();
-        let src = repo().join("extensions");
         for f in files {
-            let from = src.join(f);
+            let from = extension_source(f);
             assert!(
                 from.is_file(),
                 "{} is missing: run `make extensions` (scripts/build-extensions.sh) first",
@@ -55,12 +55,7 @@ impl Setup {
             );
             std::fs::copy(&from, s.extensions().join(f)).unwrap();
         }
-        for e in std::fs::read_dir(repo().join("profiles")).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().and_then(|e| e.to_str()) == Some("toml") {
-                std::fs::copy(&p, s.profiles().join(p.file_name().unwrap())).unwrap();
-            }
-        }
+        copy_test_profiles(&s.profiles());
         s.write_config("");
         s
     }
@@ -254,6 +249,15 @@ impl Host {
         self.call("DELETE", path, Some(token), None, &[])
     }
 
+    /// Creates a sandbox of `profile` for the tenant of `token` (201 asserted, with the
+    /// host's log on failure); its status.
+    pub fn create(&self, token: &str, profile: &str) -> Value {
+        let body = serde_json::json!({ "profile": profile }).to_string();
+        let (st, sb) = self.post("/v1/sandboxes", token, &body);
+        assert_eq!(st, 201, "{sb}\n{}", self.log.lock().unwrap());
+        sb
+    }
+
     /// Grants credits to `tenant` through the admin endpoint.
     pub fn grant(&self, tenant: &str, amount: &str) {
         let (s, v) = self.post(
@@ -329,6 +333,33 @@ impl Drop for Host {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// `tests/fixtures/extensions/NAME` when the fixtures have it, else `extensions/NAME`.
+pub fn extension_source(name: &str) -> PathBuf {
+    let fixture = repo().join("tests/fixtures/extensions").join(name);
+    if fixture.is_file() {
+        fixture
+    } else {
+        repo().join("extensions").join(name)
+    }
+}
+
+/// The profiles the tests route by: the shipped `profiles/*.toml`, with the fixtures of
+/// `tests/fixtures/profiles/` in place of the shipped files of the same name (the
+/// fixture `burst-sandbox` routes to the simulated `local-pool` and `saas-stub`).
+pub fn copy_test_profiles(dest: &Path) {
+    for dir in [
+        repo().join("profiles"),
+        repo().join("tests/fixtures/profiles"),
+    ] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().and_then(|e| e.to_str()) == Some("toml") {
+                std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+            }
         }
     }
 }

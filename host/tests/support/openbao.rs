@@ -81,9 +81,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `bao server -dev` on `port` and waits until it answers; on failure the child is
+/// gone and the error carries the end of what it printed.
 // The child is returned to the caller, who waits on it.
 #[allow(clippy::zombie_processes)]
-fn spawn(port: u16) -> Child {
+fn try_spawn(port: u16) -> Result<Child, String> {
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new("bao");
     cmd.args([
         "server",
@@ -93,7 +96,7 @@ fn spawn(port: u16) -> Child {
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    .stderr(log.reopen().unwrap());
     // SAFETY: prctl in the child between fork and exec, async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -106,21 +109,49 @@ fn spawn(port: u16) -> Child {
     });
     let addr = format!("http://127.0.0.1:{port}");
     let start = Instant::now();
+    let printed = || {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
     loop {
         let up = client()
             .get(format!("{addr}/v1/sys/health"))
             .send()
             .is_ok_and(|r| r.status().as_u16() == 200);
         if up {
-            return child;
+            return Ok(child);
         }
-        if start.elapsed() > Duration::from_secs(30) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("OpenBao on {addr} exited {status}:\n{}", printed()));
+        }
+        // A loaded 2-core machine (the whole suite at once) can take a while.
+        if start.elapsed() > Duration::from_secs(90) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("OpenBao did not come up on {addr}");
+            return Err(format!("OpenBao did not come up on {addr}:\n{}", printed()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// [`try_spawn`], or the test fails with why.
+fn spawn(port: u16) -> Child {
+    try_spawn(port).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A server on a free port: another process may take the port between our probe and the
+/// server's bind, so a server that exits at once is tried again on another.
+fn spawn_anywhere() -> (u16, Child) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        match try_spawn(port) {
+            Ok(c) => return (port, c),
+            Err(e) => last = e,
+        }
+    }
+    panic!("{last}")
 }
 
 /// The test file's shared server.
@@ -132,8 +163,7 @@ pub fn shared() -> OpenBaoAddr {
             // The parent-death signal fires when the spawning thread ends: this one
             // waits on the server for the life of the process.
             std::thread::spawn(move || {
-                let port = free_port();
-                let mut child = spawn(port);
+                let (port, mut child) = spawn_anywhere();
                 let _ = tx.send(port);
                 let _ = child.wait();
             });
@@ -155,8 +185,7 @@ pub struct OpenBaoServer {
 impl OpenBaoServer {
     /// Starts one on a free port.
     pub fn start() -> Self {
-        let port = free_port();
-        let child = spawn(port);
+        let (port, child) = spawn_anywhere();
         Self {
             addr: OpenBaoAddr {
                 address: format!("http://127.0.0.1:{port}"),

@@ -1,0 +1,618 @@
+//! Using a running sandbox: run a command (to its end, or streamed as it runs), write,
+//! read and list files. Only the owning tenant's sandbox (another's is "not found"), only
+//! while it is `running`. Every limit here is documented in docs/api.md ("Exec and
+//! files").
+//!
+//! Output is bytes; the answers show it as text when it is valid UTF-8 and as base64
+//! otherwise (`stdout` or `stdout_b64`, never both), so JSON carries any output intact.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Serialize, Serializer};
+
+use super::{App, AppError};
+use crate::domain::{
+    BackendError, ExecOutput, ExecRequest, Exit, ExitStatus, Fault, FileEntry, OutputStream, Scope,
+    TenantId,
+};
+use crate::manager::ManagerError;
+
+/// A command's timeout when the caller names none: one minute.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 60_000;
+/// The longest timeout a command may ask for: one hour.
+pub const MAX_EXEC_TIMEOUT_MS: u64 = 3_600_000;
+/// The output kept per stream when the caller names no cap: 1 MiB.
+pub const DEFAULT_OUTPUT_LIMIT_BYTES: u64 = 1 << 20;
+/// The largest cap on output per stream: 16 MiB (the embedded agent's own cap).
+pub const MAX_OUTPUT_LIMIT_BYTES: u64 = 16 << 20;
+/// The largest file written or read in one request, unless the operator sets
+/// `max_file_bytes`: 64 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+/// Files move in pieces of at most this size per extension call (4 MiB), so one file may
+/// be larger than what one call to a backend carries.
+pub const FILE_CHUNK_BYTES: u32 = 4 << 20;
+/// The longest path accepted, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// How long one read of a streamed command's output waits for more.
+const STREAM_POLL: Duration = Duration::from_secs(10);
+/// The most output one read of a streamed command returns.
+const STREAM_READ_BYTES: u32 = 1 << 20;
+/// A streamed command is killed by the host when its backend has not ended it this long
+/// after its timeout.
+const STREAM_GRACE: Duration = Duration::from_secs(30);
+
+/// Bytes shown as UTF-8 text when they are, else as base64 (the `_b64` field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output(pub Vec<u8>);
+
+impl Output {
+    /// The text, when the bytes are valid UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+}
+
+/// Writes `name` (text) or `name_b64` (base64) into a map being serialised.
+fn put_output<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    name: &str,
+    out: &Output,
+) -> Result<(), M::Error> {
+    match out.text() {
+        Some(t) => map.serialize_entry(name, t),
+        None => map.serialize_entry(&format!("{name}_b64"), &B64.encode(&out.0)),
+    }
+}
+
+/// How a command ended and what it printed. `POST /v1/sandboxes/{id}/exec`, `sandboxer
+/// sandbox exec --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecAnswer {
+    /// How it ended.
+    pub exit: Exit,
+    /// Standard output (at most the cap).
+    pub stdout: Output,
+    /// Whether standard output went over the cap and was cut.
+    pub stdout_truncated: bool,
+    /// Standard error (at most the cap).
+    pub stderr: Output,
+    /// Whether standard error went over the cap and was cut.
+    pub stderr_truncated: bool,
+}
+
+impl From<ExecOutput> for ExecAnswer {
+    fn from(o: ExecOutput) -> Self {
+        Self {
+            exit: o.exit,
+            stdout: Output(o.stdout),
+            stdout_truncated: o.stdout_truncated,
+            stderr: Output(o.stderr),
+            stderr_truncated: o.stderr_truncated,
+        }
+    }
+}
+
+fn put_exit<M: serde::ser::SerializeMap>(map: &mut M, exit: &Exit) -> Result<(), M::Error> {
+    map.serialize_entry("status", &exit.status)?;
+    map.serialize_entry("exit_code", &exit.exit_code)?;
+    map.serialize_entry("duration_ms", &exit.duration_ms)?;
+    map.serialize_entry("cpu_ms", &exit.cpu_ms)?;
+    map.serialize_entry("detail", &exit.detail)
+}
+
+impl Serialize for ExecAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        put_exit(&mut map, &self.exit)?;
+        put_output(&mut map, "stdout", &self.stdout)?;
+        map.serialize_entry("stdout_truncated", &self.stdout_truncated)?;
+        put_output(&mut map, "stderr", &self.stderr)?;
+        map.serialize_entry("stderr_truncated", &self.stderr_truncated)?;
+        map.end()
+    }
+}
+
+/// One event of a streamed command, in order: `started`, then `stdout`/`stderr` chunks
+/// as they come, then `exit`. One NDJSON line each (`{"type": …}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// The command runs; the backend's id for it.
+    Started {
+        /// The backend's process id.
+        process_id: String,
+    },
+    /// A piece of output.
+    Output {
+        /// Which stream.
+        stream: OutputStream,
+        /// The bytes.
+        data: Output,
+    },
+    /// How it ended; `truncated` when output over the cap was dropped.
+    Exit {
+        /// How it ended.
+        exit: Exit,
+        /// Whether output was dropped.
+        truncated: bool,
+    },
+}
+
+impl Serialize for ExecEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        match self {
+            ExecEvent::Started { process_id } => {
+                map.serialize_entry("type", "started")?;
+                map.serialize_entry("process_id", process_id)?;
+            }
+            ExecEvent::Output { stream, data } => {
+                map.serialize_entry("type", stream)?;
+                put_output(&mut map, "data", data)?;
+            }
+            ExecEvent::Exit { exit, truncated } => {
+                map.serialize_entry("type", "exit")?;
+                put_exit(&mut map, exit)?;
+                map.serialize_entry("truncated", truncated)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Where a streamed command's events go: the HTTP response, the terminal.
+pub trait ExecSink {
+    /// Delivers one event; `false` when the receiver is gone (the command is then killed).
+    fn send(&mut self, event: ExecEvent) -> bool;
+    /// Whether the receiver is gone, asked while the command is silent.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// A file written: `PUT /v1/sandboxes/{id}/files/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileWritten {
+    /// The path as given.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
+}
+
+/// A folder's entries: `GET /v1/sandboxes/{id}/files/{path}?list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileList {
+    /// The folder as given (`""`: the workspace).
+    pub path: String,
+    /// Its entries, sorted by name.
+    pub entries: Vec<FileEntry>,
+}
+
+fn tenant_of(scope: &Scope) -> Option<&str> {
+    scope.tenant().map(TenantId::as_str)
+}
+
+/// Fills the defaults of `req` and refuses what is out of range, naming the field.
+fn checked(mut req: ExecRequest) -> Result<ExecRequest, AppError> {
+    if req.timeout_ms == 0 {
+        req.timeout_ms = DEFAULT_EXEC_TIMEOUT_MS;
+    }
+    if req.timeout_ms > MAX_EXEC_TIMEOUT_MS {
+        return Err(AppError::invalid(
+            "timeout_ms",
+            format!(
+                "timeout_ms {} is over the limit of {MAX_EXEC_TIMEOUT_MS} ms (one hour)",
+                req.timeout_ms
+            ),
+        ));
+    }
+    if req.output_limit_bytes == 0 {
+        req.output_limit_bytes = DEFAULT_OUTPUT_LIMIT_BYTES;
+    }
+    if req.output_limit_bytes > MAX_OUTPUT_LIMIT_BYTES {
+        return Err(AppError::invalid(
+            "output_limit_bytes",
+            format!(
+                "output_limit_bytes {} is over the limit of {MAX_OUTPUT_LIMIT_BYTES}",
+                req.output_limit_bytes
+            ),
+        ));
+    }
+    match &req.command {
+        crate::domain::Command::Argv(a) if a.is_empty() || a[0].is_empty() => {
+            return Err(AppError::invalid(
+                "argv",
+                "argv must name a program, e.g. [\"python3\", \"-c\", \"print(6*7)\"]",
+            ));
+        }
+        crate::domain::Command::Shell(s) if s.trim().is_empty() => {
+            return Err(AppError::invalid("shell", "shell must be a command line"));
+        }
+        _ => {}
+    }
+    for (k, _) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(AppError::invalid(
+                "env",
+                format!("environment variable name {k:?} is not valid"),
+            ));
+        }
+    }
+    Ok(req)
+}
+
+/// Refuses paths that cannot name a file inside a sandbox's workspace: empty, too long,
+/// with NUL, or with a `..` segment. The backend confines the rest (absolute paths,
+/// symlinks leading out).
+pub fn check_path(path: &str, allow_empty: bool) -> Result<(), AppError> {
+    if path.is_empty() && !allow_empty {
+        return Err(AppError::invalid(
+            "path",
+            "the path is empty: name a file, e.g. data/in.txt",
+        ));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(AppError::invalid(
+            "path",
+            format!("the path is over {MAX_PATH_BYTES} bytes"),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(AppError::invalid("path", "the path contains a NUL byte"));
+    }
+    if path.split('/').any(|seg| seg == "..") {
+        return Err(AppError::invalid(
+            "path",
+            format!(
+                "the path {path:?} has a `..` segment; paths stay inside the sandbox's workspace"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a manager error says the backend has no `start` (so exec runs unstreamed).
+fn is_unsupported(e: &ManagerError) -> bool {
+    matches!(
+        e,
+        ManagerError::Session { error, .. }
+            if matches!(error.fault, Fault::Backend(BackendError::Unsupported(_)))
+    )
+}
+
+impl App {
+    /// The largest file written or read in one request.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.options().max_file_bytes
+    }
+
+    /// Runs a command in sandbox `id` to its end (at most its timeout).
+    pub fn exec(
+        &self,
+        scope: &Scope,
+        id: &str,
+        request: ExecRequest,
+    ) -> Result<ExecAnswer, AppError> {
+        let request = checked(request)?;
+        let out = self.manager()?.exec(tenant_of(scope), id, &request)?;
+        Ok(out.into())
+    }
+
+    /// Runs a command in sandbox `id`, sending its output to `sink` as it comes and its
+    /// exit at the end. A backend without streaming runs it to its end and sends the
+    /// output in one piece per stream. An error before `started` is returned (nothing
+    /// ran); after it, the command is killed when the sink goes away.
+    pub fn exec_streamed(
+        &self,
+        scope: &Scope,
+        id: &str,
+        request: ExecRequest,
+        sink: &mut dyn ExecSink,
+    ) -> Result<(), AppError> {
+        let request = checked(request)?;
+        let manager = self.manager()?;
+        let tenant = tenant_of(scope);
+        let pid = match manager.start(tenant, id, &request) {
+            Ok(pid) => pid,
+            Err(e) if is_unsupported(&e) => {
+                let out = manager.exec(tenant, id, &request)?;
+                send_whole(out, sink);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let kill = |why: &str| {
+            if let Err(e) = manager.kill(tenant, id, &pid) {
+                tracing::debug!(sandbox = id, error = %e, "kill after {why} failed");
+            }
+        };
+        if !sink.send(ExecEvent::Started {
+            process_id: pid.clone(),
+        }) {
+            kill("the client left");
+            return Ok(());
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(request.timeout_ms).saturating_add(STREAM_GRACE);
+        let mut cursor = String::new();
+        loop {
+            let out =
+                manager.read_output(tenant, id, &pid, &cursor, STREAM_POLL, STREAM_READ_BYTES)?;
+            for chunk in out.chunks {
+                if !sink.send(ExecEvent::Output {
+                    stream: chunk.stream,
+                    data: Output(chunk.data),
+                }) {
+                    kill("the client left");
+                    return Ok(());
+                }
+            }
+            if let Some(exit) = out.exit {
+                sink.send(ExecEvent::Exit {
+                    exit,
+                    truncated: out.truncated,
+                });
+                return Ok(());
+            }
+            cursor = out.cursor;
+            if sink.is_closed() {
+                kill("the client left");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                kill("its deadline");
+                sink.send(ExecEvent::Exit {
+                    exit: Exit {
+                        status: ExitStatus::TimedOut,
+                        exit_code: None,
+                        duration_ms: u64::try_from(
+                            Duration::from_millis(request.timeout_ms)
+                                .saturating_add(STREAM_GRACE)
+                                .as_millis(),
+                        )
+                        .unwrap_or(u64::MAX),
+                        cpu_ms: None,
+                        detail: "the backend did not end it at its timeout; the host killed it"
+                            .to_owned(),
+                    },
+                    truncated: false,
+                });
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes `data` to the file at `path` in sandbox `id` (parents created; replaced if
+    /// it exists), in pieces of [`FILE_CHUNK_BYTES`].
+    pub fn write_file(
+        &self,
+        scope: &Scope,
+        id: &str,
+        path: &str,
+        data: &[u8],
+    ) -> Result<FileWritten, AppError> {
+        check_path(path, false)?;
+        let size = u64::try_from(data.len()).unwrap_or(u64::MAX);
+        if size > self.max_file_bytes() {
+            return Err(AppError::invalid(
+                "body",
+                format!(
+                    "a file of {size} bytes is over the host's max_file_bytes ({})",
+                    self.max_file_bytes()
+                ),
+            ));
+        }
+        let manager = self.manager()?;
+        let tenant = tenant_of(scope);
+        let chunk = usize::try_from(FILE_CHUNK_BYTES).unwrap_or(usize::MAX);
+        if data.is_empty() {
+            manager.write_file(tenant, id, path, &[], false)?;
+        }
+        for (i, piece) in data.chunks(chunk).enumerate() {
+            manager.write_file(tenant, id, path, piece, i > 0)?;
+        }
+        Ok(FileWritten {
+            path: path.to_owned(),
+            size,
+        })
+    }
+
+    /// The whole file at `path` in sandbox `id` (at most the host's `max_file_bytes`).
+    pub fn read_file(&self, scope: &Scope, id: &str, path: &str) -> Result<Vec<u8>, AppError> {
+        check_path(path, false)?;
+        let manager = self.manager()?;
+        let tenant = tenant_of(scope);
+        let max = self.max_file_bytes();
+        let mut data = Vec::new();
+        loop {
+            let offset = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            let piece = manager.read_file(tenant, id, path, offset, FILE_CHUNK_BYTES)?;
+            if piece.size > max {
+                return Err(AppError::invalid(
+                    "path",
+                    format!(
+                        "{path} is {} bytes, over the host's max_file_bytes ({max}); read it in parts with exec (split, head)",
+                        piece.size
+                    ),
+                ));
+            }
+            let got = piece.data.len();
+            data.extend_from_slice(&piece.data);
+            if got == 0 || u64::try_from(data.len()).unwrap_or(u64::MAX) >= piece.size {
+                return Ok(data);
+            }
+        }
+    }
+
+    /// The entries of the folder at `path` in sandbox `id` (`""`: the workspace).
+    pub fn list_files(&self, scope: &Scope, id: &str, path: &str) -> Result<FileList, AppError> {
+        check_path(path, true)?;
+        let entries = self.manager()?.list_files(tenant_of(scope), id, path)?;
+        Ok(FileList {
+            path: path.to_owned(),
+            entries,
+        })
+    }
+}
+
+/// A whole command's output as a stream: its output, then its exit.
+fn send_whole(out: ExecOutput, sink: &mut dyn ExecSink) {
+    let truncated = out.stdout_truncated || out.stderr_truncated;
+    let started = sink.send(ExecEvent::Started {
+        process_id: String::new(),
+    });
+    if !started {
+        return;
+    }
+    for (stream, data) in [
+        (OutputStream::Stdout, out.stdout),
+        (OutputStream::Stderr, out.stderr),
+    ] {
+        if !data.is_empty()
+            && !sink.send(ExecEvent::Output {
+                stream,
+                data: Output(data),
+            })
+        {
+            return;
+        }
+    }
+    sink.send(ExecEvent::Exit {
+        exit: out.exit,
+        truncated,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Command;
+
+    fn req(command: Command) -> ExecRequest {
+        ExecRequest {
+            command,
+            env: Vec::new(),
+            cwd: None,
+            stdin: Vec::new(),
+            keep_stdin_open: false,
+            timeout_ms: 0,
+            output_limit_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_and_limits_refused() {
+        let r = checked(req(Command::Shell("true".into()))).unwrap();
+        assert_eq!(r.timeout_ms, DEFAULT_EXEC_TIMEOUT_MS);
+        assert_eq!(r.output_limit_bytes, DEFAULT_OUTPUT_LIMIT_BYTES);
+        let mut long = req(Command::Shell("true".into()));
+        long.timeout_ms = MAX_EXEC_TIMEOUT_MS + 1;
+        let e = checked(long).unwrap_err();
+        assert!(matches!(e, AppError::Invalid { field: Some(ref f), .. } if f == "timeout_ms"));
+        let e = checked(req(Command::Argv(vec![]))).unwrap_err();
+        assert!(matches!(e, AppError::Invalid { field: Some(ref f), .. } if f == "argv"));
+        let mut env = req(Command::Shell("true".into()));
+        env.env = vec![("A=B".into(), "x".into())];
+        assert!(checked(env).is_err());
+    }
+
+    #[test]
+    fn paths_with_dot_dot_are_refused() {
+        for bad in ["../../etc/passwd", "a/../../b", "..", "x/.."] {
+            assert!(check_path(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_path("", false).is_err());
+        assert!(check_path("", true).is_ok());
+        assert!(check_path("a/b..c/./d.txt", false).is_ok());
+        assert!(check_path("a\0b", false).is_err());
+    }
+
+    #[test]
+    fn output_is_text_when_utf8_and_base64_otherwise() {
+        let exit = Exit {
+            status: ExitStatus::Exited,
+            exit_code: Some(0),
+            duration_ms: 3,
+            cpu_ms: Some(1),
+            detail: String::new(),
+        };
+        let a = ExecAnswer {
+            exit: exit.clone(),
+            stdout: Output(b"42\n".to_vec()),
+            stdout_truncated: false,
+            stderr: Output(vec![0xff, 0x00, 0x80]),
+            stderr_truncated: true,
+        };
+        let v: serde_json::Value = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["stdout"], "42\n");
+        assert!(v.get("stdout_b64").is_none());
+        assert_eq!(v["stderr_b64"], B64.encode([0xff, 0x00, 0x80]));
+        assert!(v.get("stderr").is_none());
+        assert_eq!(v["status"], "exited");
+        assert_eq!(v["exit_code"], 0);
+        assert_eq!(v["stderr_truncated"], true);
+        let e = ExecEvent::Output {
+            stream: OutputStream::Stderr,
+            data: Output(b"oops".to_vec()),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"stderr","data":"oops"}"#
+        );
+        let x = serde_json::to_value(ExecEvent::Exit {
+            exit,
+            truncated: false,
+        })
+        .unwrap();
+        assert_eq!(x["type"], "exit");
+        assert_eq!(x["cpu_ms"], 1);
+    }
+
+    struct Collect(Vec<ExecEvent>);
+    impl ExecSink for Collect {
+        fn send(&mut self, e: ExecEvent) -> bool {
+            self.0.push(e);
+            true
+        }
+    }
+
+    #[test]
+    fn a_whole_output_streams_as_started_chunks_exit() {
+        let mut sink = Collect(Vec::new());
+        send_whole(
+            ExecOutput {
+                exit: Exit {
+                    status: ExitStatus::Exited,
+                    exit_code: Some(3),
+                    duration_ms: 1,
+                    cpu_ms: None,
+                    detail: String::new(),
+                },
+                stdout: b"out".to_vec(),
+                stdout_truncated: false,
+                stderr: Vec::new(),
+                stderr_truncated: true,
+            },
+            &mut sink,
+        );
+        assert_eq!(sink.0.len(), 3);
+        assert!(matches!(sink.0[0], ExecEvent::Started { .. }));
+        assert!(matches!(
+            sink.0[1],
+            ExecEvent::Output {
+                stream: OutputStream::Stdout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            sink.0[2],
+            ExecEvent::Exit {
+                truncated: true,
+                ..
+            }
+        ));
+    }
+}
