@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod floor;
 pub mod fsops;
 pub mod init;
 pub mod manager;
