@@ -145,33 +145,17 @@ fn no_config_runs_real_sandboxes_on_the_embedded_agent_and_it_goes_with_the_host
     assert!(st == 200 || st == 202, "{st} {done}");
     let gone = h.wait_for(Duration::from_secs(20), || {
         let v = agent_get(&url, &token, &format!("/v1/sandboxes/{id}"))?;
-        (v["state"] == "stopped").then_some(v)
+        (v["state"] == "destroyed").then_some(v)
     });
     assert!(gone["usage"]["cpu_us"].as_u64().unwrap() > 0, "{gone}");
 
     // SIGTERM: the host stops its agent before it exits.
-    // The agent's own id for it (the only sandbox on this agent).
-    let (url, token) = agent_of(&s);
-    let listing = agent_get(&url, &token, "/v1/sandboxes").unwrap();
-    let agent_id = listing["sandboxes"][0]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no sandbox on the agent: {listing}"))
-        .to_owned();
-
     let pid = agent_pid(&s);
     assert!(h.terminate(), "the host did not exit cleanly");
     wait_gone(pid);
 
     // SIGKILL: the agent's parent-death signal stops it.
     let h = Host::start_with(&s, &[]);
-    // The agent's own id for it (the only sandbox on this agent).
-    let (url, token) = agent_of(&s);
-    let listing = agent_get(&url, &token, "/v1/sandboxes").unwrap();
-    let agent_id = listing["sandboxes"][0]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no sandbox on the agent: {listing}"))
-        .to_owned();
-
     let pid = agent_pid(&s);
     assert!(alive(pid));
     h.kill();
