@@ -195,32 +195,34 @@ fn tenant_of(scope: &Scope) -> Option<&str> {
     scope.tenant().map(TenantId::as_str)
 }
 
+/// `value`, or `default` when it is 0 (unset); refused, naming `field`, above `max`.
+fn within(field: &str, value: u64, default: u64, max: u64, unit: &str) -> Result<u64, AppError> {
+    match value {
+        0 => Ok(default),
+        v if v > max => Err(AppError::invalid(
+            field,
+            format!("{field} {v} is over the limit of {max}{unit}"),
+        )),
+        v => Ok(v),
+    }
+}
+
 /// Fills the defaults of `req` and refuses what is out of range, naming the field.
 fn checked(mut req: ExecRequest) -> Result<ExecRequest, AppError> {
-    if req.timeout_ms == 0 {
-        req.timeout_ms = DEFAULT_EXEC_TIMEOUT_MS;
-    }
-    if req.timeout_ms > MAX_EXEC_TIMEOUT_MS {
-        return Err(AppError::invalid(
-            "timeout_ms",
-            format!(
-                "timeout_ms {} is over the limit of {MAX_EXEC_TIMEOUT_MS} ms (one hour)",
-                req.timeout_ms
-            ),
-        ));
-    }
-    if req.output_limit_bytes == 0 {
-        req.output_limit_bytes = DEFAULT_OUTPUT_LIMIT_BYTES;
-    }
-    if req.output_limit_bytes > MAX_OUTPUT_LIMIT_BYTES {
-        return Err(AppError::invalid(
-            "output_limit_bytes",
-            format!(
-                "output_limit_bytes {} is over the limit of {MAX_OUTPUT_LIMIT_BYTES}",
-                req.output_limit_bytes
-            ),
-        ));
-    }
+    req.timeout_ms = within(
+        "timeout_ms",
+        req.timeout_ms,
+        DEFAULT_EXEC_TIMEOUT_MS,
+        MAX_EXEC_TIMEOUT_MS,
+        " ms (one hour)",
+    )?;
+    req.output_limit_bytes = within(
+        "output_limit_bytes",
+        req.output_limit_bytes,
+        DEFAULT_OUTPUT_LIMIT_BYTES,
+        MAX_OUTPUT_LIMIT_BYTES,
+        "",
+    )?;
     match &req.command {
         crate::domain::Command::Argv(a) if a.is_empty() || a[0].is_empty() => {
             return Err(AppError::invalid(

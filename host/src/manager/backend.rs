@@ -49,17 +49,11 @@ pub trait Backend: Send + Sync {
 
     /// `process.exec`.
     fn exec(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<ExecOutput, ExtensionError> {
-        match self.component() {
-            Some(e) => e.exec(ctx, req),
-            None => Err(unsupported(self.id(), Function::Exec)),
-        }
+        on_component(self, Function::Exec, |e| e.exec(ctx, req))
     }
     /// `process.start`: the backend's process id.
     fn start(&self, ctx: &SandboxContext, req: &ExecRequest) -> Result<String, ExtensionError> {
-        match self.component() {
-            Some(e) => e.start(ctx, req),
-            None => Err(unsupported(self.id(), Function::Start)),
-        }
+        on_component(self, Function::Start, |e| e.start(ctx, req))
     }
     /// `process.read-output`.
     fn read_output(
@@ -70,17 +64,13 @@ pub trait Backend: Send + Sync {
         wait: Duration,
         max_bytes: u32,
     ) -> Result<ProcessOutput, ExtensionError> {
-        match self.component() {
-            Some(e) => e.read_output(ctx, process_id, cursor, wait, max_bytes),
-            None => Err(unsupported(self.id(), Function::ReadOutput)),
-        }
+        on_component(self, Function::ReadOutput, |e| {
+            e.read_output(ctx, process_id, cursor, wait, max_bytes)
+        })
     }
     /// `process.kill`.
     fn kill(&self, ctx: &SandboxContext, process_id: &str) -> Result<(), ExtensionError> {
-        match self.component() {
-            Some(e) => e.kill(ctx, process_id),
-            None => Err(unsupported(self.id(), Function::Kill)),
-        }
+        on_component(self, Function::Kill, |e| e.kill(ctx, process_id))
     }
     /// `files.write-file`.
     fn write_file(
@@ -90,10 +80,9 @@ pub trait Backend: Send + Sync {
         data: &[u8],
         append: bool,
     ) -> Result<(), ExtensionError> {
-        match self.component() {
-            Some(e) => e.write_file(ctx, path, data, append),
-            None => Err(unsupported(self.id(), Function::WriteFile)),
-        }
+        on_component(self, Function::WriteFile, |e| {
+            e.write_file(ctx, path, data, append)
+        })
     }
     /// `files.read-file`.
     fn read_file(
@@ -103,10 +92,9 @@ pub trait Backend: Send + Sync {
         offset: u64,
         max_bytes: u32,
     ) -> Result<FileChunk, ExtensionError> {
-        match self.component() {
-            Some(e) => e.read_file(ctx, path, offset, max_bytes),
-            None => Err(unsupported(self.id(), Function::ReadFile)),
-        }
+        on_component(self, Function::ReadFile, |e| {
+            e.read_file(ctx, path, offset, max_bytes)
+        })
     }
     /// `files.list-files`.
     fn list_files(
@@ -114,10 +102,19 @@ pub trait Backend: Send + Sync {
         ctx: &SandboxContext,
         path: &str,
     ) -> Result<Vec<FileEntry>, ExtensionError> {
-        match self.component() {
-            Some(e) => e.list_files(ctx, path),
-            None => Err(unsupported(self.id(), Function::ListFiles)),
-        }
+        on_component(self, Function::ListFiles, |e| e.list_files(ctx, path))
+    }
+}
+
+/// `call` on the component behind `backend`, or `unsupported` when there is none.
+fn on_component<B: Backend + ?Sized, T>(
+    backend: &B,
+    function: Function,
+    call: impl FnOnce(&Extension) -> Result<T, ExtensionError>,
+) -> Result<T, ExtensionError> {
+    match backend.component() {
+        Some(e) => call(e),
+        None => Err(unsupported(backend.id(), function)),
     }
 }
 

@@ -145,27 +145,16 @@ fn three() -> View {
 fn each_strategy_orders_by_its_rule() {
     let h = HealthTracker::default();
     let v = three();
-    let d = route(
-        &profile("strategy = \"prefer-self-hosted\"\nmax_attempts = 3"),
-        &v,
-        &h,
-    )
-    .unwrap();
-    assert_eq!(order(&d), ["pool", "cheap-saas", "fast-saas"]);
-    let d = route(
-        &profile("strategy = \"lowest-cost\"\nmax_attempts = 3"),
-        &v,
-        &h,
-    )
-    .unwrap();
-    assert_eq!(order(&d), ["cheap-saas", "pool", "fast-saas"]);
-    let d = route(
-        &profile("strategy = \"lowest-latency\"\nmax_attempts = 3"),
-        &v,
-        &h,
-    )
-    .unwrap();
-    assert_eq!(order(&d), ["pool", "fast-saas", "cheap-saas"]);
+    let cases: [(&str, [&str; 3]); 3] = [
+        ("prefer-self-hosted", ["pool", "cheap-saas", "fast-saas"]),
+        ("lowest-cost", ["cheap-saas", "pool", "fast-saas"]),
+        ("lowest-latency", ["pool", "fast-saas", "cheap-saas"]),
+    ];
+    for (strategy, expected) in cases {
+        let spec = format!("strategy = \"{strategy}\"\nmax_attempts = 3");
+        let d = route(&profile(&spec), &v, &h).unwrap();
+        assert_eq!(order(&d), expected, "{strategy}");
+    }
     let d = route(
         &profile("strategy = \"explicit\"\nexplicit = \"fast-saas\"\ncandidates = [\"pool\"]"),
         &v,
@@ -255,26 +244,17 @@ fn price_cap_region_failures_and_missing_are_dropped_with_reasons() {
             .outcome
             .to_string()
     };
-    assert!(
-        reason("pool").contains("over the price cap: 0.2 USD/h > max_cost_per_hour 0.15 USD"),
-        "{}",
-        reason("pool")
-    );
-    assert!(
-        reason("fast-saas").contains("serves us-east only"),
-        "{}",
-        reason("fast-saas")
-    );
-    assert!(
-        reason("broken").contains("estimate failed"),
-        "{}",
-        reason("broken")
-    );
-    assert!(
-        reason("ghost").contains("not loaded"),
-        "{}",
-        reason("ghost")
-    );
+    for (id, why) in [
+        (
+            "pool",
+            "over the price cap: 0.2 USD/h > max_cost_per_hour 0.15 USD",
+        ),
+        ("fast-saas", "serves us-east only"),
+        ("broken", "estimate failed"),
+        ("ghost", "not loaded"),
+    ] {
+        assert!(reason(id).contains(why), "{id}: {}", reason(id));
+    }
     // The failed estimate counted against health.
     assert_eq!(
         h.status("broken"),

@@ -338,29 +338,18 @@ impl Extension {
 
     /// The sandbox's state as the backend sees it.
     pub fn status(&self, sandbox: &SandboxContext) -> Result<BackendStatus, ExtensionError> {
-        const F: Function = Function::Status;
-        let lists = bindings::request_lists(&sandbox.request);
-        let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self
+        let status = self
             .calls
-            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
-                g.call_status(s, arg)
-            })?;
-        let status = answer.map_err(|e| self.calls.backend_error(F, e))?;
+            .backend_on(Function::Status, sandbox, |g, s, ctx| g.call_status(s, ctx))?;
         Ok(bindings::status_from_wit(status))
     }
 
     /// Stops the sandbox and reports its usage.
     pub fn destroy(&self, sandbox: &SandboxContext) -> Result<Usage, ExtensionError> {
         const F: Function = Function::Destroy;
-        let lists = bindings::request_lists(&sandbox.request);
-        let arg = bindings::context_to_wit(sandbox, &lists);
-        let answer = self
+        let usage = self
             .calls
-            .invoke_as(F, Some(&sandbox.request.tenant), |g, s| {
-                g.call_destroy(s, arg)
-            })?;
-        let usage = answer.map_err(|e| self.calls.backend_error(F, e))?;
+            .backend_on(F, sandbox, |g, s, ctx| g.call_destroy(s, ctx))?;
         bindings::usage_from_wit(usage).map_err(|m| self.calls.bad_answer(F, m))
     }
 
@@ -402,16 +391,11 @@ impl Extension {
     ) -> Result<ExecOutput, ExtensionError> {
         const F: Function = Function::Exec;
         let budget = Duration::from_millis(request.timeout_ms).saturating_add(EXEC_CALL_MARGIN);
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let exec_lists = bindings::exec_lists(request);
         let req = bindings::exec_request_to_wit(request, &exec_lists);
-        let answer = self
+        let output = self
             .calls
-            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
-                p.call_exec(s, ctx, req)
-            })?;
-        let output = answer.map_err(|e| self.calls.backend_error(F, e))?;
+            .process_on(F, sandbox, budget, |p, s, ctx| p.call_exec(s, ctx, req))?;
         bindings::exec_output_from_wit(output, request.output_limit_bytes)
             .map_err(|m| self.calls.bad_answer(F, m))
     }
@@ -423,17 +407,12 @@ impl Extension {
         request: &ExecRequest,
     ) -> Result<String, ExtensionError> {
         const F: Function = Function::Start;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let exec_lists = bindings::exec_lists(request);
         let req = bindings::exec_request_to_wit(request, &exec_lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
+        let id = self
             .calls
-            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
-                p.call_start(s, ctx, req)
-            })?;
-        let id = answer.map_err(|e| self.calls.backend_error(F, e))?;
+            .process_on(F, sandbox, budget, |p, s, ctx| p.call_start(s, ctx, req))?;
         bindings::process_id_from_wit(id).map_err(|m| self.calls.bad_answer(F, m))
     }
 
@@ -451,14 +430,9 @@ impl Extension {
         let wait = wait.min(MAX_READ_OUTPUT_WAIT);
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
         let budget = wait.saturating_add(EXEC_CALL_MARGIN);
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
-        let answer = self
-            .calls
-            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
-                p.call_read_output(s, ctx, process_id, cursor, wait_ms, max_bytes)
-            })?;
-        let output = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        let output = self.calls.process_on(F, sandbox, budget, |p, s, ctx| {
+            p.call_read_output(s, ctx, process_id, cursor, wait_ms, max_bytes)
+        })?;
         bindings::process_output_from_wit(output).map_err(|m| self.calls.bad_answer(F, m))
     }
 
@@ -470,30 +444,20 @@ impl Extension {
         data: &[u8],
         close: bool,
     ) -> Result<(), ExtensionError> {
-        const F: Function = Function::WriteStdin;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
-            .calls
-            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+        self.calls
+            .process_on(Function::WriteStdin, sandbox, budget, |p, s, ctx| {
                 p.call_write_stdin(s, ctx, process_id, data, close)
-            })?;
-        answer.map_err(|e| self.calls.backend_error(F, e))
+            })
     }
 
     /// Kills a started process and everything it started.
     pub fn kill(&self, sandbox: &SandboxContext, process_id: &str) -> Result<(), ExtensionError> {
-        const F: Function = Function::Kill;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
-            .calls
-            .call_process(F, &sandbox.request.tenant, budget, |p, s| {
+        self.calls
+            .process_on(Function::Kill, sandbox, budget, |p, s, ctx| {
                 p.call_kill(s, ctx, process_id)
-            })?;
-        answer.map_err(|e| self.calls.backend_error(F, e))
+            })
     }
 
     /// Writes (or appends) `data` to the file at `path`.
@@ -504,16 +468,11 @@ impl Extension {
         data: &[u8],
         append: bool,
     ) -> Result<(), ExtensionError> {
-        const F: Function = Function::WriteFile;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
-            .calls
-            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
+        self.calls
+            .files_on(Function::WriteFile, sandbox, budget, |f, s, ctx| {
                 f.call_write_file(s, ctx, path, data, append)
-            })?;
-        answer.map_err(|e| self.calls.backend_error(F, e))
+            })
     }
 
     /// Reads at most `max_bytes` of the file at `path` from `offset`.
@@ -525,15 +484,10 @@ impl Extension {
         max_bytes: u32,
     ) -> Result<FileChunk, ExtensionError> {
         const F: Function = Function::ReadFile;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
-            .calls
-            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
-                f.call_read_file(s, ctx, path, offset, max_bytes)
-            })?;
-        let chunk = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        let chunk = self.calls.files_on(F, sandbox, budget, |f, s, ctx| {
+            f.call_read_file(s, ctx, path, offset, max_bytes)
+        })?;
         bindings::file_chunk_from_wit(chunk, max_bytes).map_err(|m| self.calls.bad_answer(F, m))
     }
 
@@ -544,52 +498,84 @@ impl Extension {
         path: &str,
     ) -> Result<Vec<FileEntry>, ExtensionError> {
         const F: Function = Function::ListFiles;
-        let lists = bindings::request_lists(&sandbox.request);
-        let ctx = bindings::context_to_wit(sandbox, &lists);
         let budget = self.calls.transfer_budget();
-        let answer = self
-            .calls
-            .call_files(F, &sandbox.request.tenant, budget, |f, s| {
-                f.call_list_files(s, ctx, path)
-            })?;
-        let entries = answer.map_err(|e| self.calls.backend_error(F, e))?;
+        let entries = self.calls.files_on(F, sandbox, budget, |f, s, ctx| {
+            f.call_list_files(s, ctx, path)
+        })?;
         bindings::entries_from_wit(entries).map_err(|m| self.calls.bad_answer(F, m))
     }
 }
 
+/// What a guest call about one sandbox answers: the guest's own result inside wasmtime's.
+type GuestAnswer<T> = wasmtime::Result<Result<T, wit::BackendError>>;
+
 impl Calls {
-    /// A call into `process`, or `unsupported` when the component does not export it.
-    fn call_process<T>(
+    /// A `backend` call about `sandbox`, on its tenant's behalf: the guest gets the sandbox's
+    /// context, and its error comes back as the host's.
+    fn backend_on<T>(
         &self,
         function: Function,
-        tenant: &str,
+        sandbox: &SandboxContext,
+        call: impl FnOnce(&wit::Guest, &mut Store<StoreData>, wit::SandboxContext<'_>) -> GuestAnswer<T>,
+    ) -> Result<T, ExtensionError> {
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let answer = self.invoke_as(function, Some(&sandbox.request.tenant), |g, s| {
+            call(g, s, ctx)
+        })?;
+        answer.map_err(|e| self.backend_error(function, e))
+    }
+
+    /// Like [`Self::backend_on`] into `process`, or `unsupported` when the component does
+    /// not export it.
+    fn process_on<T>(
+        &self,
+        function: Function,
+        sandbox: &SandboxContext,
         budget: Duration,
-        call: impl FnOnce(&wit_process::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+        call: impl FnOnce(
+            &wit_process::Guest,
+            &mut Store<StoreData>,
+            wit::SandboxContext<'_>,
+        ) -> GuestAnswer<T>,
     ) -> Result<T, ExtensionError> {
         if !self.exports.process {
             return Err(self.unsupported(function));
         }
-        self.invoke_within(function, Some(tenant), budget, |g, s| match &g.process {
-            Some(p) => call(p, s),
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let tenant = Some(sandbox.request.tenant.as_str());
+        let answer = self.invoke_within(function, tenant, budget, |g, s| match &g.process {
+            Some(p) => call(p, s, ctx),
             None => Err(wasmtime::Error::msg("the process export was not loaded")),
-        })
+        })?;
+        answer.map_err(|e| self.backend_error(function, e))
     }
 
-    /// A call into `files`, or `unsupported` when the component does not export it.
-    fn call_files<T>(
+    /// Like [`Self::backend_on`] into `files`, or `unsupported` when the component does
+    /// not export it.
+    fn files_on<T>(
         &self,
         function: Function,
-        tenant: &str,
+        sandbox: &SandboxContext,
         budget: Duration,
-        call: impl FnOnce(&wit_files::Guest, &mut Store<StoreData>) -> wasmtime::Result<T>,
+        call: impl FnOnce(
+            &wit_files::Guest,
+            &mut Store<StoreData>,
+            wit::SandboxContext<'_>,
+        ) -> GuestAnswer<T>,
     ) -> Result<T, ExtensionError> {
         if !self.exports.files {
             return Err(self.unsupported(function));
         }
-        self.invoke_within(function, Some(tenant), budget, |g, s| match &g.files {
-            Some(f) => call(f, s),
+        let lists = bindings::request_lists(&sandbox.request);
+        let ctx = bindings::context_to_wit(sandbox, &lists);
+        let tenant = Some(sandbox.request.tenant.as_str());
+        let answer = self.invoke_within(function, tenant, budget, |g, s| match &g.files {
+            Some(f) => call(f, s, ctx),
             None => Err(wasmtime::Error::msg("the files export was not loaded")),
-        })
+        })?;
+        answer.map_err(|e| self.backend_error(function, e))
     }
 
     /// Calls that move data or reach a started process: at least [`TRANSFER_CALL_BUDGET`].

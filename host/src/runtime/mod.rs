@@ -475,11 +475,10 @@ impl Runtime {
         file: &Path,
         sha: &str,
     ) -> Result<(Component, ArtifactSource), LoadFailure> {
-        let inner = &self.inner;
-        if let Some(component) = inner.components.lock().get(sha) {
-            inner.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((component.clone(), ArtifactSource::Shared));
+        if let Some(shared) = self.compiled_in_memory(sha) {
+            return Ok(shared);
         }
+        let inner = &self.inner;
         // Held across the lookup and compile of this component only: two ids on one new
         // component compile it once; other components are not held up.
         let guard = Arc::clone(inner.compiling.lock().entry(sha.to_owned()).or_default());
@@ -489,18 +488,27 @@ impl Runtime {
         outcome
     }
 
+    /// The component with digest `sha` when this process already compiled it (a hit).
+    fn compiled_in_memory(&self, sha: &str) -> Option<(Component, ArtifactSource)> {
+        let component = self.inner.components.lock().get(sha).cloned()?;
+        self.inner
+            .counters
+            .memory_hits
+            .fetch_add(1, Ordering::Relaxed);
+        Some((component, ArtifactSource::Shared))
+    }
+
     /// [`Runtime::component_for`] past the first memory lookup, under the component's guard.
     fn component_uncached(
         &self,
         file: &Path,
         sha: &str,
     ) -> Result<(Component, ArtifactSource), LoadFailure> {
-        let inner = &self.inner;
         // Another thread may have finished it while this one waited for the guard.
-        if let Some(component) = inner.components.lock().get(sha) {
-            inner.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((component.clone(), ArtifactSource::Shared));
+        if let Some(shared) = self.compiled_in_memory(sha) {
+            return Ok(shared);
         }
+        let inner = &self.inner;
         let mut source = ArtifactSource::Compiled;
         if let Some(cache) = &inner.cache {
             match cache.lookup(&inner.engine, sha) {

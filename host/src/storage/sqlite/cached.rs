@@ -17,6 +17,11 @@ pub trait CachedStatements {
     where
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+    /// Every row of a query, mapped by `f`, with the statement taken from the cache.
+    fn rows_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<Vec<T>>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>;
 }
 
 impl CachedStatements for Connection {
@@ -30,6 +35,14 @@ impl CachedStatements for Connection {
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
         self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn rows_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<Vec<T>>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_map(params, f)?.collect()
     }
 }
 
@@ -51,6 +64,10 @@ mod tests {
             .row_cached("SELECT COUNT(*) FROM t WHERE x >= ?1", [1], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
+        let xs: Vec<i64> = conn
+            .rows_cached("SELECT x FROM t ORDER BY x DESC", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(xs, [2, 1, 0]);
         // The INSERT and the SELECT are in the cache: flushing it finds two.
         conn.flush_prepared_statement_cache();
     }

@@ -44,19 +44,9 @@ impl SqliteCreditsStore {
             let split = settlement::split(hold.amount, charge.units);
             let posted = split.posted;
             let (_, uid) = tx.insert(NewTransfer {
-                kind: "post",
-                ikey: format!("settle:{idempotency_key}"),
-                debit: hold.debit,
-                credit: hold.credit,
-                amount: posted,
                 exact: Some(actual.amount),
-                currency: cur,
                 pending_id: Some(hold.id),
-                hold_id: None,
-                sandbox_id: Some(&hold.sandbox_id),
-                extension: Some(&hold.extension),
-                note: None,
-                at,
+                ..hold.transfer("post", format!("settle:{idempotency_key}"), posted, at)
             })?;
             tx.apply(hold.debit, hold.credit, -hold.amount, posted)?;
             let (released, excess) = (split.released, split.excess);
@@ -82,19 +72,9 @@ impl SqliteCreditsStore {
                         continue;
                     }
                     tx.insert(NewTransfer {
-                        kind,
-                        ikey: format!("settle:{idempotency_key}#{kind}"),
                         debit,
-                        credit: hold.credit,
-                        amount,
-                        exact: None,
-                        currency: cur,
-                        pending_id: None,
                         hold_id: Some(hold.id),
-                        sandbox_id: Some(&hold.sandbox_id),
-                        extension: Some(&hold.extension),
-                        note: None,
-                        at,
+                        ..hold.transfer(kind, format!("settle:{idempotency_key}#{kind}"), amount, at)
                     })?;
                     tx.apply(debit, hold.credit, 0, amount)?;
                 }
@@ -153,19 +133,13 @@ impl SqliteCreditsStore {
                 });
             }
             let (_, uid) = tx.insert(NewTransfer {
-                kind: "void",
-                ikey: format!("void:{idempotency_key}"),
-                debit: hold.debit,
-                credit: hold.credit,
-                amount: hold.amount,
-                exact: None,
-                currency: &hold.currency,
                 pending_id: Some(hold.id),
-                hold_id: None,
-                sandbox_id: Some(&hold.sandbox_id),
-                extension: Some(&hold.extension),
-                note: None,
-                at: now_ms(),
+                ..hold.transfer(
+                    "void",
+                    format!("void:{idempotency_key}"),
+                    hold.amount,
+                    now_ms(),
+                )
             })?;
             tx.apply(hold.debit, hold.credit, -hold.amount, 0)?;
             Ok(Void {
@@ -217,34 +191,22 @@ impl SqliteCreditsStore {
                 });
             }
             tx.insert(NewTransfer {
-                kind: "void",
-                ikey: format!("replace:{idempotency_key}#void"),
-                debit: old.debit,
-                credit: old.credit,
-                amount: old.amount,
-                exact: None,
-                currency: cur,
                 pending_id: Some(old.id),
-                hold_id: None,
-                sandbox_id: Some(&old.sandbox_id),
-                extension: Some(&old.extension),
-                note: None,
-                at,
+                ..old.transfer(
+                    "void",
+                    format!("replace:{idempotency_key}#void"),
+                    old.amount,
+                    at,
+                )
             })?;
             let (_, uid) = tx.insert(NewTransfer {
-                kind: "hold",
-                ikey: format!("replace:{idempotency_key}#hold"),
-                debit: old.debit,
-                credit: old.credit,
-                amount: rounded.units,
                 exact: Some(new_amount.amount),
-                currency: cur,
-                pending_id: None,
-                hold_id: None,
-                sandbox_id: Some(&old.sandbox_id),
-                extension: Some(&old.extension),
-                note: None,
-                at,
+                ..old.transfer(
+                    "hold",
+                    format!("replace:{idempotency_key}#hold"),
+                    rounded.units,
+                    at,
+                )
             })?;
             tx.apply(old.debit, old.credit, rounded.units - old.amount, 0)?;
             tracing::debug!(

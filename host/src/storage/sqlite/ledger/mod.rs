@@ -340,19 +340,9 @@ impl CreditsStore for SqliteCreditsStore {
             let source = tx.ensure_account("grants", GRANTS_ACCOUNT, cur, at)?;
             let account = tx.ensure_account("tenant", tenant, cur, at)?;
             let (_, uid) = tx.insert(NewTransfer {
-                kind: "grant",
-                ikey: format!("grant:{idempotency_key}"),
-                debit: source,
-                credit: account,
-                amount: units.units,
                 exact: Some(amount.amount),
-                currency: cur,
-                pending_id: None,
-                hold_id: None,
-                sandbox_id: None,
-                extension: None,
                 note: Some(note),
-                at,
+                ..NewTransfer::new("grant", format!("grant:{idempotency_key}"), (source, account), units.units, cur, at)
             })?;
             tx.apply(source, account, 0, units.units)?;
             tracing::info!(tenant, amount = %money(units.units, cur), transfer = %uid, "credits granted");
@@ -405,19 +395,10 @@ impl CreditsStore for SqliteCreditsStore {
             }
             let revenue = tx.ensure_account("revenue", extension, cur, at)?;
             let (_, uid) = tx.insert(NewTransfer {
-                kind: "hold",
-                ikey: format!("hold:{idempotency_key}"),
-                debit: account,
-                credit: revenue,
-                amount: rounded.units,
                 exact: Some(amount.amount),
-                currency: cur,
-                pending_id: None,
-                hold_id: None,
                 sandbox_id: Some(sandbox_id),
                 extension: Some(extension),
-                note: None,
-                at,
+                ..NewTransfer::new("hold", format!("hold:{idempotency_key}"), (account, revenue), rounded.units, cur, at)
             })?;
             tx.apply(account, revenue, rounded.units, 0)?;
             tracing::debug!(tenant, sandbox_id, extension, hold = %uid, amount = %money(rounded.units, cur), "credits held");

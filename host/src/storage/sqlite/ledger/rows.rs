@@ -127,6 +127,59 @@ pub(super) struct NewTransfer<'a> {
     pub(super) at: i64,
 }
 
+impl<'a> NewTransfer<'a> {
+    /// A transfer of `amount` from `debit` to `credit` with no link, sandbox or note: the
+    /// base the others are written over (`NewTransfer { note: Some(..), ..base }`).
+    pub(super) fn new(
+        kind: &'static str,
+        ikey: String,
+        (debit, credit): (i64, i64),
+        amount: i64,
+        currency: &'a Currency,
+        at: i64,
+    ) -> Self {
+        Self {
+            kind,
+            ikey,
+            debit,
+            credit,
+            amount,
+            exact: None,
+            currency,
+            pending_id: None,
+            hold_id: None,
+            sandbox_id: None,
+            extension: None,
+            note: None,
+            at,
+        }
+    }
+}
+
+impl HoldRow {
+    /// A transfer between this hold's accounts, for its sandbox and extension.
+    pub(super) fn transfer(
+        &self,
+        kind: &'static str,
+        ikey: String,
+        amount: i64,
+        at: i64,
+    ) -> NewTransfer<'_> {
+        NewTransfer {
+            sandbox_id: Some(&self.sandbox_id),
+            extension: Some(&self.extension),
+            ..NewTransfer::new(
+                kind,
+                ikey,
+                (self.debit, self.credit),
+                amount,
+                &self.currency,
+                at,
+            )
+        }
+    }
+}
+
 /// One write transaction plus the file it is on (for error messages).
 pub(super) struct Tx<'c> {
     pub(super) tx: Transaction<'c>,
@@ -310,22 +363,7 @@ pub(super) fn query_holds(
     );
     let mut stmt = conn.prepare_cached(sql).at(path)?;
     let raws: Vec<Raw> = stmt
-        .query_map(args, |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get(11)?,
-            ))
-        })
+        .query_map(args, |r| <_>::try_from(r))
         .at(path)?
         .collect::<rusqlite::Result<_>>()
         .at(path)?;

@@ -68,21 +68,7 @@ impl SqliteCreditsStore {
                 )
                 .at(path)?;
             let mut raws: Vec<Raw> = stmt
-                .query_map(params![tenant, after_seq, fetch], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                        r.get(10)?,
-                    ))
-                })
+                .query_map(params![tenant, after_seq, fetch], |r| <_>::try_from(r))
                 .at(path)?
                 .collect::<rusqlite::Result<_>>()
                 .at(path)?;

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use super::cached::CachedStatements;
+use super::gate::Ticket;
 use super::{ConnectOptions, Schema, SchemaVersion, SqlError, millis};
 use crate::domain::{SandboxState, SandboxStatus};
 use crate::manager::store::{Inserted, LeaseRow, Page, Row, SandboxKey, SandboxStore, StoreError};
@@ -101,6 +102,48 @@ impl SqliteSandboxStore {
             conn: Mutex::new(conn),
             gate: super::gate::gate(path),
         })
+    }
+
+    /// The one UPDATE of a sandbox's row, behind [`SandboxStore::update`] and
+    /// [`SandboxStore::transition`]: with `expect = (state, owner, version)` only while the
+    /// row is still as it was read. Returns the rows written and the commit's ticket.
+    fn write_row(
+        &self,
+        st: &SandboxStatus,
+        owner: Option<&str>,
+        expect: Option<(SandboxState, Option<&str>, i64)>,
+    ) -> Result<(usize, Ticket), StoreError> {
+        let doc = self.doc(st)?;
+        let path = &self.path;
+        let (from, from_owner, from_version) = match expect {
+            Some((state, owner, version)) => (Some(state.as_str()), owner, Some(version)),
+            None => (None, None, None),
+        };
+        let mut conn = self.conn.lock();
+        let writer = self.gate.writer();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at(path)?;
+        let n = tx
+            .exec_cached(
+                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
+                 version = version + 1 \
+                 WHERE id = ?1 AND (?7 IS NULL OR (state = ?7 AND owner IS ?8 AND version = ?9))",
+                params![
+                    st.id,
+                    st.state.as_str(),
+                    st.extension_id,
+                    owner,
+                    millis(st.updated_at),
+                    doc,
+                    from,
+                    from_owner,
+                    from_version
+                ],
+            )
+            .at(path)?;
+        tx.commit().at(path)?;
+        Ok((n, self.gate.committed(&writer)))
     }
 
     fn doc(&self, st: &SandboxStatus) -> Result<String, StoreError> {
@@ -201,33 +244,16 @@ impl SandboxStore for SqliteSandboxStore {
         owner: Option<&str>,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let doc = self.doc(st)?;
-        let path = &self.path;
-        let mut conn = self.conn.lock();
-        let writer = self.gate.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let n = tx
-            .exec_cached(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
-                 version = version + 1 WHERE id = ?1",
-                params![st.id, st.state.as_str(), st.extension_id, owner, millis(st.updated_at), doc],
-            )
-            .at(path)?;
+        let (n, ticket) = self.write_row(st, owner, None)?;
         if n != 1 {
             return Err(StoreError {
-                path: path.clone(),
+                path: self.path.clone(),
                 message: format!("sandbox {} is not recorded", st.id),
             });
         }
-        tx.commit().at(path)?;
-        let ticket = self.gate.committed(&writer);
-        drop(writer);
-        drop(conn);
         if durable {
             self.gate.wait_durable(ticket).map_err(|e| StoreError {
-                path: path.clone(),
+                path: self.path.clone(),
                 message: format!("could not fsync the write-ahead log: {e}"),
             })?;
         }
@@ -248,31 +274,7 @@ impl SandboxStore for SqliteSandboxStore {
         from_version: i64,
         owner: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let doc = self.doc(st)?;
-        let path = &self.path;
-        let mut conn = self.conn.lock();
-        let _writer = self.gate.writer();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .at(path)?;
-        let n = tx
-            .exec_cached(
-                "UPDATE manager_sandboxes SET state = ?2, extension_id = ?3, owner = ?4, updated_at = ?5, doc = ?6, \
-                 version = version + 1 WHERE id = ?1 AND state = ?7 AND owner IS ?8 AND version = ?9",
-                params![
-                    st.id,
-                    st.state.as_str(),
-                    st.extension_id,
-                    owner,
-                    millis(st.updated_at),
-                    doc,
-                    from.as_str(),
-                    from_owner,
-                    from_version
-                ],
-            )
-            .at(path)?;
-        tx.commit().at(path)?;
+        let (n, _) = self.write_row(st, owner, Some((from, from_owner, from_version)))?;
         Ok(n == 1)
     }
 
@@ -351,14 +353,12 @@ impl SandboxStore for SqliteSandboxStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let docs: Vec<String> = conn
-            .prepare_cached(
+            .rows_cached(
                 "SELECT doc FROM manager_sandboxes WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
                  ORDER BY created_at DESC, id DESC",
+                params![tenant, state.map(SandboxState::as_str)],
+                |r| r.get(0),
             )
-            .at(path)?
-            .query_map(params![tenant, state.map(SandboxState::as_str)], |r| r.get(0))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
             .at(path)?;
         drop(conn);
         docs.iter().map(|d| self.parse(d)).collect()
@@ -446,14 +446,12 @@ impl SandboxStore for SqliteSandboxStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let rows: Vec<(String, Option<String>, i64)> = conn
-            .prepare_cached(
+            .rows_cached(
                 "SELECT state, extension_id, COUNT(*) FROM manager_sandboxes \
                  GROUP BY state, extension_id",
+                [],
+                |r| <_>::try_from(r),
             )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
             .at(path)?;
         drop(conn);
         rows.into_iter()
@@ -472,14 +470,12 @@ impl SandboxStore for SqliteSandboxStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let rows: Vec<(String, Option<String>, i64)> = conn
-            .prepare_cached(
+            .rows_cached(
                 "SELECT doc, owner, version FROM manager_sandboxes WHERE state IN ('creating', 'destroying') \
                  ORDER BY created_at, id",
+                [],
+                |r| <_>::try_from(r),
             )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
             .at(path)?;
         drop(conn);
         rows.into_iter()
@@ -498,15 +494,13 @@ impl SandboxStore for SqliteSandboxStore {
         let path = &self.path;
         let conn = self.conn.lock();
         let rows: Vec<(String, i64)> = conn
-            .prepare_cached(
+            .rows_cached(
                 "SELECT extension_id, COUNT(*) FROM manager_sandboxes \
                  WHERE state IN ('creating', 'running', 'destroying') AND extension_id IS NOT NULL \
                  GROUP BY extension_id",
+                [],
+                |r| <_>::try_from(r),
             )
-            .at(path)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .at(path)?
-            .collect::<rusqlite::Result<_>>()
             .at(path)?;
         Ok(rows
             .into_iter()
