@@ -600,3 +600,48 @@ fn the_circuit_breaker_follows_the_health_settings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("health.failure_threshold"), "{err}");
 }
+
+#[test]
+fn the_reaper_settles_a_destroy_whose_meter_keeps_failing_by_the_fallback() {
+    let setup = Setup::new();
+    std::fs::copy(
+        http_host::repo().join("tests/guests/misbehave.wasm"),
+        setup.extensions().join("misbehave.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        setup.extensions().join("euro.toml"),
+        "component = \"misbehave.wasm\"\nid = \"euro\"\n\n[config]\nprice = \"0.36\"\nmeter-currency = \"EUR\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        setup.profiles().join("euro.toml"),
+        "id = \"euro\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = 3600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"euro\"\nfallback = false\n",
+    )
+    .unwrap();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let sb = h.create(TOKEN_A, "euro");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    let (s, err) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert_eq!(s, 502, "{err}");
+    assert!(err.to_string().contains("EUR"), "{err}");
+    // Nobody retries; the reaper does, and its third failed meter settles by the fallback.
+    let done = h.wait_for(Duration::from_secs(10), || {
+        let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+        (v["state"] == "destroyed").then_some(v)
+    });
+    let meter = &done["meter"];
+    assert!(
+        meter["fallback"].as_str().unwrap().contains("EUR"),
+        "{done}"
+    );
+    assert_eq!(meter["total"]["currency"], "USD");
+    let (_, b) = h.get("/v1/credits", TOKEN_A);
+    assert_eq!(b["balances"][0]["held"], "0", "{b}");
+    h.wait_for(Duration::from_secs(5), || {
+        h.metrics()
+            .contains("sandboxer_reaped_total{reason=\"destroy_retried\"} 1")
+            .then_some(())
+    });
+}

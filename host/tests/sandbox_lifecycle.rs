@@ -585,3 +585,136 @@ fn concurrent_creates_from_several_processes_never_overfill_the_pool() {
         5
     );
 }
+
+/// An extension `id` (the misbehave guest with `config`) behind a profile of the same name
+/// that routes to it alone, with `max_duration_secs`.
+fn misbehave_profile(f: &Fixture, id: &str, config: &str, max_duration_secs: u64) {
+    std::fs::write(
+        f.extensions().join(format!("{id}.toml")),
+        format!("component = \"misbehave.wasm\"\nid = \"{id}\"\n\n[config]\n{config}"),
+    )
+    .unwrap();
+    std::fs::write(
+        f.path().join(format!("profiles/{id}.toml")),
+        format!(
+            "id = \"{id}\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = {max_duration_secs}\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"{id}\"\nfallback = false\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn create_on(f: &Fixture, profile: &str) -> String {
+    let s = f.json(&[
+        "sandbox",
+        "create",
+        "--profile",
+        profile,
+        "--tenant",
+        "acme",
+    ]);
+    s["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_meter_above_the_hold_is_charged_at_the_hold_and_its_excess_recorded() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    misbehave_profile(
+        &f,
+        "greedy",
+        "price = \"0.0006\"\nmeter-price = \"0.75\"\n",
+        600,
+    );
+    let id = create_on(&f, "greedy");
+    let d = f.json(&["sandbox", "destroy", &id]);
+    assert_eq!(d["state"], "destroyed");
+    let meter = &d["meter"];
+    assert_eq!(dec(&meter["held"]["amount"]), Decimal::new(6, 4));
+    assert_eq!(
+        dec(&meter["total"]["amount"]),
+        Decimal::new(6, 4),
+        "{meter}"
+    );
+    assert_eq!(dec(&meter["over_hold"]["amount"]), Decimal::new(7494, 4));
+    assert_eq!(dec(&meter["written_off"]["amount"]), Decimal::ZERO);
+    // The tenant paid the hold and not a unit more; no overdraft was taken.
+    assert_eq!(
+        balance(&f, "acme"),
+        (
+            Decimal::from(5) - Decimal::new(6, 4),
+            Decimal::ZERO,
+            Decimal::from(5) - Decimal::new(6, 4)
+        )
+    );
+    assert_eq!(
+        kinds(&entries_for(&f.statement("acme"), &id)),
+        ["hold", "charge"]
+    );
+    let events = f.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["amount_charged"], "0.0006");
+    f.json(&["credits", "verify"]);
+}
+
+#[test]
+fn a_meter_that_keeps_failing_settles_by_the_prorated_estimate_after_three_tries() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    misbehave_profile(
+        &f,
+        "euro",
+        "price = \"0.36\"\nmeter-currency = \"EUR\"\n",
+        3600,
+    );
+    let id = create_on(&f, "euro");
+    // Every start of the CLI retries unfinished destroys, so the tries are counted across
+    // processes: the third failed meter settles by the fallback, whoever makes it.
+    let err = f.fails(&["sandbox", "destroy", &id]);
+    assert!(err.contains("EUR") && err.contains("USD"), "{err}");
+    assert_eq!(kinds(&entries_for(&f.statement("acme"), &id)), ["hold"]);
+    let mut tries = 1;
+    let d = loop {
+        let out = f.run(&["sandbox", "destroy", &id, "--json"]);
+        tries += 1;
+        if out.status.success() {
+            break serde_json::from_slice::<Value>(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("EUR"), "{err}");
+        assert!(tries < 3, "still failing after {tries} destroys: {err}");
+    };
+    let meter = &d["meter"];
+    let fallback = meter["fallback"].as_str().unwrap();
+    assert!(fallback.contains("EUR"), "{fallback}");
+    // The estimate (0.36 for an hour) prorated over a lifetime of seconds: under a cent,
+    // charged in the hold's currency, the rest released.
+    let charged = dec(&meter["total"]["amount"]);
+    assert!(
+        charged > Decimal::ZERO && charged < Decimal::new(1, 2),
+        "{charged}"
+    );
+    assert_eq!(meter["total"]["currency"], "USD");
+    assert_eq!(balance(&f, "acme").1, Decimal::ZERO);
+    assert_eq!(
+        kinds(&entries_for(&f.statement("acme"), &id)),
+        ["hold", "charge"]
+    );
+    assert_eq!(f.events().len(), 1);
+    f.json(&["credits", "verify"]);
+}
+
+#[test]
+fn billed_time_never_runs_past_the_maximum_duration() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "5"]);
+    // misbehave reports `now - created` as it is handed: the host's window decides.
+    misbehave_profile(&f, "brief", "price = \"0.0001\"\n", 1);
+    let id = create_on(&f, "brief");
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let d = f.json(&["sandbox", "destroy", &id]);
+    assert_eq!(d["state"], "destroyed");
+    let started = d["started_at_ms"].as_u64().unwrap();
+    let decided = d["destroy_at_ms"].as_u64().unwrap();
+    assert!(decided >= started + 1600, "{started}..{decided}");
+    assert_eq!(d["meter"]["usage"]["duration_ms"], 1000, "{}", d["meter"]);
+}

@@ -135,14 +135,15 @@ fn file_name(p: &Path) -> String {
 }
 
 impl App {
-    /// Destroys and settles every running sandbox past its maximum duration.
+    /// Destroys and settles every running sandbox past its maximum duration, and retries
+    /// unfinished destroys.
     pub fn reap_once(&self) -> Result<ReapReport, AppError> {
         let reaped = self.manager()?.reap_overdue()?;
         for st in &reaped.destroyed {
-            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""), "sandbox reached its maximum duration: destroyed and settled");
+            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, extension = st.extension_id.as_deref().unwrap_or(""), "reaper destroyed and settled a sandbox (past its maximum duration, or a destroy retried)");
         }
         for (id, e) in &reaped.left {
-            tracing::warn!(sandbox_id = %id, error = %e, "reaper could not destroy a sandbox past its maximum duration; will retry");
+            tracing::warn!(sandbox_id = %id, error = %e, "reaper could not destroy a sandbox; will retry");
         }
         Ok(ReapReport {
             destroyed: reaped.destroyed.into_iter().map(|s| s.id).collect(),

@@ -175,6 +175,14 @@ pub struct Meter {
     pub event_id: String,
     /// When it was settled.
     pub settled_at: DateTime<Utc>,
+    /// What the extension's meter asked beyond the hold: not charged (the charge is capped
+    /// at the hold), recorded for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_hold: Option<Money>,
+    /// Set when the meter kept failing and the host settled at its estimate prorated over
+    /// the sandbox's lifetime: the meter's last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// The reading taken from the extension before settlement; persisted first, so a crash
@@ -183,8 +191,11 @@ pub struct Meter {
 pub struct Reading {
     /// What `destroy` reported.
     pub usage: Usage,
-    /// What `meter-actual` priced it at.
+    /// What `meter-actual` priced it at (or the fallback, when `fallback` is set).
     pub cost: Cost,
+    /// Set when the meter kept failing and `cost` is the host's fallback: the last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// Everything the host knows about one sandbox. Durable before any manager call answers.
@@ -228,6 +239,13 @@ pub struct SandboxStatus {
     pub idempotency_key: Option<String>,
     /// Why it failed, or why the last operation on it could not finish.
     pub error: Option<String>,
+    /// Destroys whose meter could not be used so far (see `manager::meter`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub meter_failures: u32,
     /// When this record last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -110,6 +110,7 @@ impl SandboxManager {
                 meter: None,
                 idempotency_key: idempotency_key.map(str::to_owned),
                 error: None,
+                meter_failures: 0,
                 updated_at: now,
             };
             // The pool slot is taken in the same transaction as the intent, so another

@@ -7,9 +7,10 @@ use chrono::Utc;
 use rust_decimal::prelude::ToPrimitive;
 
 use super::backend::Backend;
-use super::{HookPoint, ManagerError, SandboxManager, ms_to_time, now_ms};
+use super::{HookPoint, ManagerError, SandboxManager, meter, ms_to_time, now_ms};
 use crate::domain::{
-    ExtensionError, Meter, Money, Reading, SandboxContext, SandboxState, SandboxStatus,
+    ExtensionError, Fault, Function, Meter, Money, Reading, SandboxContext, SandboxState,
+    SandboxStatus,
 };
 use crate::events::{MeterEventData, meter_event};
 use crate::payments::{LedgerError, OutboxEvent, Settlement, settlement};
@@ -144,8 +145,8 @@ impl SandboxManager {
         }
     }
 
-    /// Destroys and settles every running sandbox past its maximum duration (the
-    /// reaper's pass; the service calls it on a timer).
+    /// Destroys and settles every running sandbox past its maximum duration, and retries
+    /// every unfinished destroy (the reaper's pass; the service calls it on a timer).
     pub fn reap_overdue(&self) -> Result<Reaped, ManagerError> {
         let now = now_ms();
         let (mut done, mut left) = (Vec::new(), Vec::new());
@@ -163,6 +164,20 @@ impl SandboxManager {
                     metrics::reaped("max_duration");
                     done.push(s);
                 }
+                Err(e) => left.push((st.id.clone(), e)),
+            }
+        }
+        // Destroys that could not finish (an extension that failed, a meter that could not
+        // be used) are retried here too, so their holds do not wait for a tenant's retry or
+        // a restart: a meter that keeps failing settles by the fallback (`meter`).
+        for st in self.store.list(None, Some(SandboxState::Destroying))? {
+            match self.destroy(None, &st.id) {
+                Ok(s) => {
+                    metrics::reaped("destroy_retried");
+                    done.push(s);
+                }
+                // Another live process is finishing it.
+                Err(ManagerError::Busy { .. }) => {}
                 Err(e) => left.push((st.id.clone(), e)),
             }
         }
@@ -190,34 +205,6 @@ impl SandboxManager {
     ) -> Result<SandboxStatus, ManagerError> {
         let destroy_at = st.destroy_at_ms.unwrap_or_else(now_ms);
         st.destroy_at_ms = Some(destroy_at);
-        let reading = match st.reading.clone() {
-            Some(r) => r,
-            None => {
-                let backend = self.backend_for(&st)?;
-                let ctx = SandboxContext {
-                    request: st.request.clone(),
-                    handle: st.handle.clone().unwrap_or_default(),
-                    created_at_ms: st.started_at_ms.unwrap_or(destroy_at),
-                    now_ms: destroy_at,
-                };
-                let ext_err = |e: ExtensionError| {
-                    self.health.record_failure(backend.id(), &e);
-                    ManagerError::Extension {
-                        id: st.id.clone(),
-                        error: e,
-                    }
-                };
-                // `destroy` reports the same usage for the same context, so a retry after
-                // a crash here measures the same window.
-                let usage = backend.destroy(&ctx).map_err(ext_err)?;
-                let cost = backend.meter_actual(&st.request, &usage).map_err(ext_err)?;
-                let reading = Reading { usage, cost };
-                st.reading = Some(reading.clone());
-                st.updated_at = Utc::now();
-                self.store.update(&st, Some(self.owner.id()), false)?;
-                reading
-            }
-        };
         let hold_id = st.hold_id.clone().ok_or_else(|| ManagerError::BadMeter {
             id: st.id.clone(),
             reason: "no hold is recorded for it".into(),
@@ -226,6 +213,16 @@ impl SandboxManager {
             id: st.id.clone(),
             reason: "no held amount is recorded for it".into(),
         })?;
+        let reading = match st.reading.clone() {
+            Some(r) => r,
+            None => {
+                let reading = self.read_meter(&mut st, destroy_at, &held)?;
+                st.reading = Some(reading.clone());
+                st.updated_at = Utc::now();
+                self.store.update(&st, Some(self.owner.id()), false)?;
+                reading
+            }
+        };
         let (settlement, event_id) = match self.settle_hold(&st, &reading, &hold_id, &held) {
             // The recorded hold was replaced by a lease renewal this status does not show
             // (another process renewed between our read and our claim, or died between
@@ -249,6 +246,9 @@ impl SandboxManager {
             other => other?,
         };
         let total = &reading.cost.total;
+        let over_hold = meter::check(&reading.cost, st.held.as_ref().unwrap_or(&held))
+            .ok()
+            .and_then(|c| c.over_hold);
         st.meter = Some(Meter {
             total: settlement.charged.clone(),
             exact: total.amount,
@@ -262,6 +262,8 @@ impl SandboxManager {
             transfer_id: settlement.transfer_id.clone(),
             event_id: settlement.event_id.clone().unwrap_or(event_id),
             settled_at: Utc::now(),
+            over_hold,
+            fallback: reading.fallback.clone(),
         });
         st.state = SandboxState::Destroyed;
         st.error = None;
@@ -288,6 +290,96 @@ impl SandboxManager {
         Ok(st)
     }
 
+    /// Stops the sandbox at its extension and prices its usage, by the host's rules
+    /// ([`meter`]): the usage window ends at [`meter::billed_until`], a reported duration is
+    /// cut at the maximum, and a meter that cannot be used counts against the extension's
+    /// health and `st.meter_failures`; from the [`meter::METER_TRIES`]th such destroy on,
+    /// the fallback prices it instead.
+    fn read_meter(
+        &self,
+        st: &mut SandboxStatus,
+        destroy_at: u64,
+        held: &Money,
+    ) -> Result<Reading, ManagerError> {
+        let backend = self.backend_for(st)?;
+        let started = st.started_at_ms.unwrap_or(destroy_at);
+        let until = meter::billed_until(st, destroy_at);
+        let ctx = SandboxContext {
+            request: st.request.clone(),
+            handle: st.handle.clone().unwrap_or_default(),
+            created_at_ms: started,
+            now_ms: until,
+        };
+        let ext_err = |id: &str, e: ExtensionError| ManagerError::Extension {
+            id: id.to_owned(),
+            error: e,
+        };
+        // `destroy` reports the same usage for the same context, so a retry after a crash
+        // here measures the same window. Its failures are retried, never priced: the
+        // sandbox may still be running at the provider.
+        let mut usage = backend.destroy(&ctx).map_err(|e| {
+            self.health.record_failure(backend.id(), &e);
+            ext_err(&st.id, e)
+        })?;
+        usage.duration_ms = usage.duration_ms.min(meter::max_ms(st));
+        let failure = match backend.meter_actual(&st.request, &usage) {
+            Ok(cost) => match meter::check(&cost, held) {
+                Ok(charge) => {
+                    if let Some(over) = &charge.over_hold {
+                        tracing::warn!(
+                            sandbox_id = %st.id, tenant = %st.tenant, extension = backend.id(),
+                            meter = %cost.total, held = %held, over_hold = %over,
+                            "the meter is above the hold: charged at the hold"
+                        );
+                        self.health.record_failure(
+                            backend.id(),
+                            &bad_meter(
+                                backend.id(),
+                                format!("meter {} above the hold {held}", cost.total),
+                            ),
+                        );
+                    }
+                    return Ok(Reading {
+                        usage,
+                        cost,
+                        fallback: None,
+                    });
+                }
+                Err(reason) => {
+                    self.health
+                        .record_failure(backend.id(), &bad_meter(backend.id(), reason.clone()));
+                    ManagerError::BadMeter {
+                        id: st.id.clone(),
+                        reason,
+                    }
+                }
+            },
+            Err(e) => {
+                self.health.record_failure(backend.id(), &e);
+                ext_err(&st.id, e)
+            }
+        };
+        st.meter_failures = st.meter_failures.saturating_add(1);
+        if st.meter_failures < meter::METER_TRIES {
+            st.error = Some(failure.to_string());
+            st.updated_at = Utc::now();
+            self.store.update(st, Some(self.owner.id()), false)?;
+            return Err(failure);
+        }
+        let lifetime = until.saturating_sub(started);
+        let cost = meter::fallback(st.estimate.as_ref(), held, lifetime, meter::max_ms(st));
+        tracing::warn!(
+            sandbox_id = %st.id, tenant = %st.tenant, extension = backend.id(),
+            failures = st.meter_failures, charge = %cost.total, error = %failure,
+            "the meter kept failing: settling at the estimate prorated over the lifetime"
+        );
+        Ok(Reading {
+            usage,
+            cost,
+            fallback: Some(failure.to_string()),
+        })
+    }
+
     /// Settles `hold_id` (holding `held`) with the reading, storing the meter event in the
     /// same transaction. Returns the settlement and the event's id.
     fn settle_hold(
@@ -301,13 +393,8 @@ impl SandboxManager {
             id: st.id.clone(),
             reason,
         };
-        let total = &reading.cost.total;
-        if total.currency != held.currency {
-            return Err(bad(format!(
-                "the meter is in {}, the hold in {}",
-                total.currency, held.currency
-            )));
-        }
+        // Capped at this hold (the one being settled, which a renewal may have raised).
+        let total = &meter::check(&reading.cost, held).map_err(bad)?.charge;
         let (charged, released) =
             settlement::preview(held.amount, total.amount).map_err(|e| bad(e.to_string()))?;
         let settlement_id = format!("settle-{}", st.id);
@@ -344,5 +431,14 @@ impl SandboxManager {
             }),
         )?;
         Ok((settlement, event.id))
+    }
+}
+
+/// A meter the host could not use, as a fault of the extension's `meter-actual`.
+fn bad_meter(extension: &str, message: String) -> ExtensionError {
+    ExtensionError {
+        extension: extension.to_owned(),
+        function: Function::MeterActual,
+        fault: Fault::BadAnswer { message },
     }
 }

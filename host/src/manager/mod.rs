@@ -17,6 +17,7 @@ mod create;
 mod destroy;
 mod error;
 mod lease;
+pub mod meter;
 mod outbox;
 mod owner;
 mod reconcile;

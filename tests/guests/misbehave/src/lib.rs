@@ -20,6 +20,8 @@
 //!   its calls); amount modes `estimate-cost,meter-actual`; `fail-*` modes `create`.
 //!   Elsewhere the guest behaves as in `ok`.
 //! - `price` (default `0.0001`): the flat price in `ok` behaviour.
+//! - `meter-price`, `meter-currency`: what `meter-actual` answers instead of `price` and
+//!   USD (an over-meter, a meter in the wrong currency).
 //! - `kind` (`saas` default | `self-hosted`), `capacity` (a pool size): what `info` and
 //!   `capacity` report, so the guest can stand in for a pool in routing tests.
 //!
@@ -236,7 +238,15 @@ impl Guest for Misbehave {
     }
 
     fn meter_actual(_request: SandboxRequest, _usage: Usage) -> Result<Cost, BackendError> {
-        cost("meter-actual")
+        let mut cost = cost("meter-actual")?;
+        if let Some(p) = setting("meter-price") {
+            cost.total.amount = p.clone();
+            cost.line_items = vec![line(&p)];
+        }
+        if let Some(c) = setting("meter-currency") {
+            cost.total.currency = c;
+        }
+        Ok(cost)
     }
 
     fn capacity() -> Result<PoolCapacity, BackendError> {

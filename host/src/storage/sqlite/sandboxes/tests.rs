@@ -43,6 +43,7 @@ fn status(id: &str) -> SandboxStatus {
         meter: None,
         idempotency_key: None,
         error: None,
+        meter_failures: 0,
         updated_at: now,
     }
 }
