@@ -467,3 +467,92 @@ fn the_readme_curl_walkthrough_works() {
         .mode();
     assert_eq!(mode & 0o077, 0, "token file readable by others: {mode:o}");
 }
+
+/// The host's files are its own: the state folder 0700, the ledger and its WAL, the
+/// event log and the generated tokens 0600.
+#[test]
+fn the_state_folder_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    // A folder an operator created wide is tightened.
+    std::fs::create_dir_all(setup.state()).unwrap();
+    std::fs::set_permissions(setup.state(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let sb = h.create(TOKEN_A, "saas-stub");
+    let (s, _) = h.delete(
+        &format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
+    assert_eq!(s, 200);
+    let events = setup.state().join("events.jsonl");
+    h.wait_for(Duration::from_secs(10), || events.is_file().then_some(()));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&setup.state()), 0o700);
+    for f in ["ledger.sqlite3", "ledger.sqlite3-wal", "events.jsonl"] {
+        let p = setup.state().join(f);
+        assert_eq!(mode(&p), 0o600, "{f}");
+    }
+}
+
+#[test]
+fn a_token_given_to_two_principals_stops_the_host_with_both_keys_named() {
+    let setup = Setup::new();
+    std::fs::write(
+        setup.config(),
+        format!("[tenants.a]\ntoken = \"{TOKEN_A}\"\n[tenants.b]\ntoken = \"{TOKEN_A}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer-host"))
+        .args(["--extensions-dir", setup.extensions().to_str().unwrap()])
+        .args(["--profiles-dir", setup.profiles().to_str().unwrap()])
+        .args(["--state-dir", setup.state().to_str().unwrap()])
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(setup.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tenants.a") && err.contains("tenants.b"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN_A), "the token leaked: {err}");
+}
+
+#[test]
+fn metrics_want_their_token_when_one_is_configured() {
+    let setup = Setup::new();
+    setup.write_config("[metrics]\ntoken = \"metrics-token-0123456789\"\n");
+    let h = Host::start(&setup);
+    let (s, v) = h.call("GET", "/metrics", None, None, &[]);
+    assert_eq!(s, 401, "{v}");
+    let (s, _) = h.raw("GET", "/metrics", Some(TOKEN_A), None, &[]);
+    assert_eq!(s, 401, "a tenant's token is not enough");
+    for token in ["metrics-token-0123456789", ADMIN] {
+        let (s, text) = h.raw("GET", "/metrics", Some(token), None, &[]);
+        assert_eq!(s, 200, "{text}");
+        assert!(text.contains("sandboxer_"), "{text}");
+    }
+}
+
+/// A grant's idempotency key is scoped to its tenant on both surfaces; the longest
+/// tenant id with the longest key still fits, and a retry grants once.
+#[test]
+fn an_admin_grant_with_the_longest_tenant_and_key_is_idempotent() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    let tenant = "t".repeat(64);
+    let key = "k".repeat(200);
+    for _ in 0..2 {
+        let (s, v) = h.call(
+            "POST",
+            &format!("/v1/tenants/{tenant}/credits"),
+            Some(ADMIN),
+            Some(r#"{"amount":"2.50"}"#),
+            &[("idempotency-key", key.as_str())],
+        );
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["balance"]["available"], "2.5", "{v}");
+    }
+}

@@ -198,9 +198,9 @@ impl App {
 
     fn create_state_dir(&self) -> Result<(), AppError> {
         let dir = &self.inner.settings.state_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::storage::private::private_dir(dir).map_err(|e| {
             AppError::open(format!(
-                "cannot create the state folder {}: {e}",
+                "cannot create the state folder {} (0700): {e}",
                 dir.display()
             ))
         })

@@ -107,9 +107,26 @@ impl HttpSink {
     }
 }
 
+/// `url` without user info, query and fragment (`<unparsable url>` when it is not one).
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            // Neither fails on an http(s) URL, which is all a sink accepts.
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
 impl EventSink for HttpSink {
+    /// `http:<url>` without the URL's credentials, query or fragment: the name is a
+    /// metric label and a log field, and a sink URL may carry a token in either.
     fn name(&self) -> String {
-        format!("http:{}", self.opts.url)
+        format!("http:{}", redacted(&self.opts.url))
     }
 
     fn deliver(&self, events: &[EventRecord]) -> Result<(), EventError> {
@@ -144,6 +161,16 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_sink_name_carries_no_credentials() {
+        let sink = HttpSink::new(HttpSinkOptions::new(
+            "https://user:s3cret@hub.example:8443/ingest?token=abc#frag",
+        ))
+        .unwrap();
+        assert_eq!(sink.name(), "http:https://hub.example:8443/ingest");
+        assert_eq!(redacted("not a url"), "<unparsable url>");
+    }
 
     /// A tiny HTTP/1.1 receiver that fails its first `fail_first` requests with 503.
     fn receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<String>>>) {

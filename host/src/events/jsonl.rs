@@ -75,12 +75,12 @@ impl EventSink for JsonlSink {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| self.err(e))?;
+        let mut opts = OpenOptions::new();
+        opts.create(true).read(true).append(true);
+        // Meter events name tenants and amounts: the host's alone (docs/security.md).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(&self.path).map_err(|e| self.err(e))?;
         // Held until `file` is closed: other processes' deliveries wait, so reading the
         // ids and appending are one step.
         file.lock().map_err(|e| self.err(e))?;

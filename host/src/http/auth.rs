@@ -55,6 +55,12 @@ impl TokenSet {
         Self::default()
     }
 
+    /// Who already holds `token`, if anyone.
+    pub fn holder(&self, token: &str) -> Option<&Principal> {
+        let d = digest(token);
+        self.entries.iter().find(|(e, _)| *e == d).map(|(_, p)| p)
+    }
+
     /// Adds a token for `who`.
     pub fn insert(&mut self, token: &str, who: Principal) {
         self.entries.push((digest(token), who));
@@ -97,6 +103,27 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The token of `Authorization: Bearer <token>`, or 401 saying what to send.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing bearer token: send the header Authorization: Bearer <token>",
+        ));
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized("malformed Authorization header: expected Bearer <token>")
+        })
+}
+
 /// The caller, from `Authorization: Bearer <token>`. The token is never logged.
 #[derive(Debug, Clone)]
 pub struct Auth(pub Principal);
@@ -136,23 +163,7 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::unauthorized(
-                "missing bearer token: send the header Authorization: Bearer <token>",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("malformed Authorization header: expected Bearer <token>")
-            })?;
+        let token = bearer(&parts.headers)?;
         match state.tokens.authenticate(token) {
             Some(p) => Ok(Auth(p)),
             None => Err(ApiError::unauthorized("invalid token")),

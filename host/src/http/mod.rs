@@ -66,6 +66,8 @@ pub struct AppState {
     pub tokens: Arc<TokenSet>,
     /// The Prometheus handle (`None`: `/metrics` answers 503).
     pub metrics: Option<PrometheusHandle>,
+    /// When set, `/metrics` wants one of these tokens (or the admin's): `[metrics]`.
+    pub metrics_tokens: Option<Arc<TokenSet>>,
     /// Set when shutdown begins: `/healthz` answers 503 so load balancers drain.
     pub draining: Arc<AtomicBool>,
     /// Bounds the requests that write (grants) running at once. SQLite has one writer;
@@ -153,7 +155,18 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text(State(s): State<AppState>) -> Response {
+async fn metrics_text(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(allowed) = &s.metrics_tokens {
+        let token = match auth::bearer(&headers) {
+            Ok(t) => t,
+            Err(e) => return e.into_response(),
+        };
+        let admin = s.tokens.authenticate(token) == Some(auth::Principal::Admin);
+        if !admin && allowed.authenticate(token).is_none() {
+            return ApiError::unauthorized("invalid token: /metrics wants the [metrics] token")
+                .into_response();
+        }
+    }
     let Some(handle) = s.metrics.clone() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -117,6 +117,7 @@ fn state(app: App) -> AppState {
         app,
         tokens: Arc::new(tokens),
         metrics: None,
+        metrics_tokens: None,
         draining: Arc::new(AtomicBool::new(false)),
         writers: Arc::new(tokio::sync::Semaphore::new(4)),
     }

@@ -240,6 +240,7 @@ struct RawConfig {
     #[serde(default)]
     tenants: BTreeMap<String, TokenSource>,
     admin: Option<TokenSource>,
+    metrics: Option<TokenSource>,
     #[serde(default)]
     leases: RawLeases,
     #[serde(default)]
@@ -313,6 +314,8 @@ pub struct ServiceConfig {
     pub tenants: BTreeMap<TenantId, TokenSource>,
     /// Where the admin token comes from.
     pub admin: Option<TokenSource>,
+    /// Where the token `/metrics` wants comes from (`None`: `/metrics` is open).
+    pub metrics: Option<TokenSource>,
     /// Leases.
     pub leases: LeaseConfig,
     /// How often the reaper and lease renewer run.
@@ -344,6 +347,7 @@ impl Default for ServiceConfig {
             max_concurrent_writes: 8,
             tenants: BTreeMap::new(),
             admin: None,
+            metrics: None,
             leases: LeaseConfig::default(),
             reaper_interval: Duration::from_secs(5),
             events: EventsConfig {
@@ -438,6 +442,10 @@ impl ServiceConfig {
         if let Some(src) = raw.admin {
             check_source(&src, path, "admin", base)?;
             cfg.admin = Some(resolve_file(src, base));
+        }
+        if let Some(src) = raw.metrics {
+            check_source(&src, path, "metrics", base)?;
+            cfg.metrics = Some(resolve_file(src, base));
         }
         if !cfg.tenants.is_empty() && cfg.admin.is_none() {
             // Not an error: credits can still be added with `sandboxer credits add`.

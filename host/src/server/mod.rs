@@ -185,9 +185,9 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
         Some(a) => a,
         None => config::parse_listen(DEFAULT_LISTEN).map_err(ServiceError::Open)?,
     };
-    std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+    crate::storage::private::private_dir(&settings.state_dir).map_err(|e| {
         ServiceError::Open(format!(
-            "cannot create the state folder {}: {e}",
+            "cannot create the state folder {} (0700): {e}",
             settings.state_dir.display()
         ))
     })?;
@@ -241,12 +241,14 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
     for s in &started.skipped {
         tracing::warn!(file = %s, "extension not loaded");
     }
+    let metrics_tokens = tokens::metrics_from_config(&cfg)?.map(Arc::new);
     let handle = metrics::install();
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         app: app.clone(),
         tokens: Arc::new(tokens),
         metrics: handle.clone(),
+        metrics_tokens,
         draining: draining.clone(),
         writers: Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_writes)),
     };

@@ -38,15 +38,50 @@ pub fn from_config(cfg: &ServiceConfig) -> Result<TokenSet, TokenError> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("(no config)"));
     let mut set = TokenSet::new();
+    // One token, one principal: a token given twice would silently speak for whichever
+    // came first, so it is refused, naming both keys (never the token).
+    let add = |set: &mut TokenSet, tok: String, key: String, who: Principal| {
+        if let Some(first) = set.holder(&tok) {
+            let first = match first {
+                Principal::Tenant(t) => format!("tenants.{t}"),
+                Principal::Admin => "admin".to_owned(),
+            };
+            return Err(TokenError::Config(ConfigError {
+                file: file.display().to_string(),
+                key,
+                message: format!(
+                    "this token is already {first}'s; every tenant and the admin need a token of their own"
+                ),
+            }));
+        }
+        set.insert(&tok, who);
+        Ok(())
+    };
     for (tenant, src) in &cfg.tenants {
-        let tok = read_token(src, &file, &format!("tenants.{tenant}"))?;
-        set.insert(&tok, Principal::Tenant(tenant.clone()));
+        let key = format!("tenants.{tenant}");
+        let tok = read_token(src, &file, &key)?;
+        add(&mut set, tok, key, Principal::Tenant(tenant.clone()))?;
     }
     if let Some(src) = &cfg.admin {
         let tok = read_token(src, &file, "admin")?;
-        set.insert(&tok, Principal::Admin);
+        add(&mut set, tok, "admin".to_owned(), Principal::Admin)?;
     }
     Ok(set)
+}
+
+/// The tokens `/metrics` accepts besides the admin's, when `[metrics]` names one.
+pub fn metrics_from_config(cfg: &ServiceConfig) -> Result<Option<TokenSet>, TokenError> {
+    let Some(src) = &cfg.metrics else {
+        return Ok(None);
+    };
+    let file = cfg
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(no config)"));
+    let mut set = TokenSet::new();
+    // Only ever compared; the principal is never acted on.
+    set.insert(&read_token(src, &file, "metrics")?, Principal::Admin);
+    Ok(Some(set))
 }
 
 /// For a host without a config file: the `local` tenant's and the admin's tokens from
@@ -139,14 +174,7 @@ fn file_err(path: &Path, e: impl fmt::Display) -> TokenError {
 }
 
 pub(super) fn create_private_dir(dir: &Path) -> Result<(), TokenError> {
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| file_err(dir, e))?;
-    }
-    Ok(())
+    crate::storage::private::private_dir(dir).map_err(|e| file_err(dir, e))
 }
 
 pub(super) fn read_or_generate(path: &Path) -> Result<String, TokenError> {
@@ -243,5 +271,19 @@ mod tests {
             s.authenticate("file-token-0123456789"),
             Some(Principal::Tenant(TenantId::parse("b").unwrap()))
         );
+    }
+
+    #[test]
+    fn a_token_given_twice_is_refused_naming_both_keys_but_not_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[tenants.a]\ntoken = \"same-token-0123456789\"\n[tenants.b]\ntoken = \"same-token-0123456789\"\n";
+        let cfg = ServiceConfig::parse(text, &dir.path().join("s.toml")).unwrap();
+        let e = from_config(&cfg).unwrap_err().to_string();
+        assert!(e.contains("tenants.b") && e.contains("tenants.a"), "{e}");
+        assert!(!e.contains("same-token"), "{e}");
+        let text = "[tenants.a]\ntoken = \"same-token-0123456789\"\n[admin]\ntoken = \"same-token-0123456789\"\n";
+        let cfg = ServiceConfig::parse(text, &dir.path().join("s.toml")).unwrap();
+        let e = from_config(&cfg).unwrap_err().to_string();
+        assert!(e.contains("admin") && e.contains("tenants.a"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! same way (its stores beside each other, so one lifecycle step can later write the
 //! ledger and the status in one transaction).
 
+pub(crate) mod private;
 pub(crate) mod sqlite;
 
 use std::path::PathBuf;

@@ -107,6 +107,9 @@ pub(crate) fn connect<E: From<SqlError>>(
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags).at(path)?;
+    // SQLite creates the WAL and shared-memory files with the database file's mode.
+    super::private::private_file(path)
+        .map_err(|e| SqlError::other(path, format!("cannot make the file private (0600): {e}")))?;
     conn.busy_timeout(options.busy_timeout).at(path)?;
     conn.set_prepared_statement_cache_capacity(cached::STATEMENT_CACHE);
     check(&conn)?;

@@ -208,7 +208,8 @@ impl SqliteCreditsStore {
         fingerprint: &str,
         f: impl FnOnce(&Tx<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        check_text("idempotency key", key, 256, false)?;
+        // Room for a surface's scope before the caller's key: `grant:<64-char tenant>:<200-char key>`.
+        check_text("idempotency key", key, 512, false)?;
         let path = self.path.clone();
         // The writer lock before a pooled connection: writers waiting their turn do not
         // each hold (or open) a connection.
