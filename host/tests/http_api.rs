@@ -556,3 +556,64 @@ fn an_admin_grant_with_the_longest_tenant_and_key_is_idempotent() {
         assert_eq!(v["balance"]["available"], "2.5", "{v}");
     }
 }
+
+/// Half-sent requests are cut at the header timeout, the connection cap holds new ones
+/// back instead of serving without bound, and SIGTERM finishes within the grace period
+/// even with a client that never completes its request.
+#[test]
+fn slow_clients_are_cut_connections_are_capped_and_shutdown_is_bounded() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let setup = Setup::new();
+    // Top-level keys go before the tables `write_config` wrote.
+    let tables = std::fs::read_to_string(setup.config()).unwrap();
+    std::fs::write(
+        setup.config(),
+        format!(
+            "header_timeout_ms = 700\nmax_connections = 40\nshutdown_grace_ms = 1000\n{tables}"
+        ),
+    )
+    .unwrap();
+    let h = Host::start(&setup);
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let half_sent = |n: usize| -> Vec<std::net::TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+                s
+            })
+            .collect()
+    };
+    // 40 slow clients take every slot: a request behind them waits for the cut.
+    let slow = half_sent(40);
+    let start = Instant::now();
+    let (s, _) = h.call("GET", "/healthz", None, None, &[]);
+    assert_eq!(s, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "the 41st connection was served at once ({:?}): no cap",
+        start.elapsed()
+    );
+    // Every slow client was disconnected by the host.
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    // A client that never finishes does not hold shutdown up past the grace period.
+    let _stuck = half_sent(1);
+    let mut body = std::net::TcpStream::connect(&addr).unwrap();
+    body.write_all(b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    let start = Instant::now();
+    h.terminate();
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+}

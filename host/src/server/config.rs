@@ -73,6 +73,33 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// `v` when it is in `range`; else an error naming `key` and the range (with its `unit`).
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
+    path: &Path,
+    key: &str,
+    v: T,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    let unit = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    Err(ConfigError::new(
+        path,
+        key,
+        format!(
+            "expected {} ..= {}{unit}, got {v}",
+            range.start(),
+            range.end()
+        ),
+    ))
+}
+
 impl ConfigError {
     fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
@@ -237,6 +264,9 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     max_file_bytes: Option<u64>,
     max_concurrent_writes: Option<usize>,
+    header_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     tenants: BTreeMap<String, TokenSource>,
     admin: Option<TokenSource>,
@@ -310,6 +340,8 @@ pub struct ServiceConfig {
     pub max_file_bytes: u64,
     /// Writing requests (create, destroy, grant) served at once; the rest queue.
     pub max_concurrent_writes: usize,
+    /// The listener's limits: header-read timeout, connection cap, shutdown grace.
+    pub serve: super::serve::ServeLimits,
     /// Tenant id → where its token comes from. Empty with no config file.
     pub tenants: BTreeMap<TenantId, TokenSource>,
     /// Where the admin token comes from.
@@ -345,6 +377,7 @@ impl Default for ServiceConfig {
             max_body_bytes: 64 * 1024,
             max_file_bytes: crate::app::DEFAULT_MAX_FILE_BYTES,
             max_concurrent_writes: 8,
+            serve: super::serve::ServeLimits::default(),
             tenants: BTreeMap::new(),
             admin: None,
             metrics: None,
@@ -427,6 +460,19 @@ impl ServiceConfig {
                 ));
             }
             cfg.max_concurrent_writes = n;
+        }
+        let ms = |key: &str, v: Option<u64>, range: std::ops::RangeInclusive<u64>| {
+            v.map(|v| within(path, key, v, range, "milliseconds").map(Duration::from_millis))
+                .transpose()
+        };
+        if let Some(d) = ms("header_timeout_ms", raw.header_timeout_ms, 100..=600_000)? {
+            cfg.serve.header_timeout = d;
+        }
+        if let Some(d) = ms("shutdown_grace_ms", raw.shutdown_grace_ms, 0..=3_600_000)? {
+            cfg.serve.shutdown_grace = d;
+        }
+        if let Some(n) = raw.max_connections {
+            cfg.serve.max_connections = within(path, "max_connections", n, 1..=1_000_000, "")?;
         }
         for (tenant, src) in raw.tenants {
             let Ok(id) = TenantId::parse(&tenant) else {

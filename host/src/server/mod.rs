@@ -2,12 +2,14 @@
 //! (`config.rs`) and the tokens (`tokens.rs`), binds the listener, opens the [`App`], and
 //! schedules the app's background jobs on timers (event delivery, the reaper and the
 //! lease keeper, gauge upkeep) and hot reload on folder changes (`watch.rs`). At SIGTERM
-//! or SIGINT it finishes the requests in flight, stops the timers and drains the events.
+//! or SIGINT it finishes the requests in flight (within a grace period, `serve.rs`), stops
+//! the timers and drains the events.
 //! What each job does is app code; this module only decides when.
 
 mod config;
 mod embedded;
 pub use embedded::attach as attach_local_agent;
+mod serve;
 mod tokens;
 mod watch;
 
@@ -308,14 +310,16 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
     };
 
     let d2 = draining.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            d2.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .map_err(ServiceError::Serve)?;
+    let grace = cfg.serve.shutdown_grace;
+    serve::serve(listener, router, cfg.serve, async move {
+        shutdown_signal().await;
+        d2.store(true, Ordering::Relaxed);
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: finishing in-flight requests"
+        );
+    })
+    .await;
 
     // In-flight requests are done; stop the background work, then drain the events.
     let _ = stop_tx.send(true);
