@@ -617,3 +617,72 @@ fn slow_clients_are_cut_connections_are_capped_and_shutdown_is_bounded() {
         start.elapsed()
     );
 }
+
+/// An extension's huge error reaches the tenant cut to a few KiB, not echoed whole.
+#[test]
+fn a_huge_extension_error_is_answered_in_a_few_kib() {
+    let setup = Setup::new();
+    setup.add_misbehave("chatty", "mode = \"long-error\"\n", 600);
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let (s, text) = h.raw(
+        "POST",
+        "/v1/sandboxes",
+        Some(TOKEN_A),
+        Some(r#"{"profile":"chatty"}"#),
+        &[],
+    );
+    assert_eq!(s, 503, "{}", &text[..text.len().min(300)]);
+    assert!(text.len() < 16 * 1024, "{} bytes", text.len());
+    assert!(text.contains("truncated"), "{}", &text[..300]);
+    let log = h.log.lock().unwrap().len();
+    assert!(log < 256 * 1024, "the log grew to {log} bytes");
+}
+
+/// A guest that echoes its secret into `info`, regions and line items never shows it to a
+/// tenant, in the events or in the log.
+#[test]
+fn a_secret_an_extension_echoes_is_shown_nowhere() {
+    const SECRET: &str = "sk-live-very-secret-0123456789";
+    let setup = Setup::new();
+    setup.add_misbehave(
+        "leaky",
+        "echo = \"api_key\"\nprice = \"0.01\"\n\n[secrets]\napi_key = { file = \"leaky.key\" }\n",
+        600,
+    );
+    std::fs::write(setup.extensions().join("leaky.key"), SECRET).unwrap();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let (_, list) = h.raw("GET", "/v1/extensions", Some(TOKEN_B), None, &[]);
+    assert!(
+        list.contains("leaky") && list.contains("[redacted]"),
+        "{list}"
+    );
+    let sb = h.create(TOKEN_A, "leaky");
+    let id = sb["id"].as_str().unwrap();
+    let (s, done) = h.raw(
+        "DELETE",
+        &format!("/v1/sandboxes/{id}"),
+        Some(TOKEN_A),
+        None,
+        &[],
+    );
+    assert_eq!(s, 200, "{done}");
+    assert!(done.contains("Flat fee [redacted]"), "{done}");
+    let (_, admin_list) = h.raw("GET", "/v1/extensions", Some(ADMIN), None, &[]);
+    let events = setup.state().join("events.jsonl");
+    h.wait_for(Duration::from_secs(10), || events.is_file().then_some(()));
+    let events = std::fs::read_to_string(events).unwrap();
+    for (what, text) in [
+        ("tenant listing", &list),
+        ("admin listing", &admin_list),
+        ("destroy answer", &done),
+        ("events", &events),
+        ("host log", &*h.log.lock().unwrap()),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the secret is in the {what}: {text}"
+        );
+    }
+}

@@ -604,21 +604,7 @@ fn the_circuit_breaker_follows_the_health_settings() {
 #[test]
 fn the_reaper_settles_a_destroy_whose_meter_keeps_failing_by_the_fallback() {
     let setup = Setup::new();
-    std::fs::copy(
-        http_host::repo().join("tests/guests/misbehave.wasm"),
-        setup.extensions().join("misbehave.wasm"),
-    )
-    .unwrap();
-    std::fs::write(
-        setup.extensions().join("euro.toml"),
-        "component = \"misbehave.wasm\"\nid = \"euro\"\n\n[config]\nprice = \"0.36\"\nmeter-currency = \"EUR\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        setup.profiles().join("euro.toml"),
-        "id = \"euro\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = 3600\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"euro\"\nfallback = false\n",
-    )
-    .unwrap();
+    setup.add_misbehave("euro", "price = \"0.36\"\nmeter-currency = \"EUR\"\n", 3600);
     let h = Host::start(&setup);
     h.grant("a", "5.00");
     let sb = h.create(TOKEN_A, "euro");

@@ -363,3 +363,27 @@ fn usage() -> sandboxer_host::domain::Usage {
         measures: Vec::new(),
     }
 }
+
+#[test]
+fn huge_answers_are_cut_or_refused_and_quoted_by_a_prefix_only() {
+    let (rt, _, _) = shared();
+    // A 10-million-digit decimal: refused, the error quotes 64 bytes of it.
+    let ext = misbehave(rt, "long-decimal", &[]);
+    let err = ext.estimate_cost(&request()).unwrap_err().to_string();
+    assert!(err.len() < 1024, "{} bytes: {}", err.len(), &err[..200]);
+    assert!(err.contains("(10000000 bytes)"), "{err}");
+    // 200,000 line items: refused without storing any.
+    let ext = misbehave(rt, "many-items", &[]);
+    let err = ext.estimate_cost(&request()).unwrap_err().to_string();
+    assert!(err.contains("line_items: 200000 of them"), "{err}");
+    // A 4 MiB error message: kept to 4 KiB, marked as cut.
+    let ext = misbehave(rt, "long-error", &[]);
+    let err = ext.create(&request()).unwrap_err().to_string();
+    assert!(err.len() < 5000, "{} bytes", err.len());
+    assert!(
+        err.contains("truncated, 4194"),
+        "{}",
+        &err[err.len() - 80..]
+    );
+    stub_still_works();
+}

@@ -10,6 +10,7 @@ pub mod money;
 pub mod route;
 pub mod sandbox;
 pub mod tenant;
+pub mod text;
 
 pub use contract::{
     BackendError, BackendState, BackendStatus, Capability, Capacity, Cost, Created, ExtensionError,

@@ -17,13 +17,14 @@ use serde::{Deserialize, Serialize};
 pub enum DecimalError {
     #[error("empty string is not a decimal")]
     Empty,
-    #[error("{0:?} is negative; amounts and quantities must be zero or more")]
+    // Each variant holds the value as quoted by `text::quoted` (a prefix when long).
+    #[error("{0} is negative; amounts and quantities must be zero or more")]
     Negative(String),
-    #[error("{0:?} uses an exponent; write the digits out (e.g. 0.00001, not 1e-5)")]
+    #[error("{0} uses an exponent; write the digits out (e.g. 0.00001, not 1e-5)")]
     Exponent(String),
-    #[error("{0:?} is not a plain decimal (digits with at most one '.')")]
+    #[error("{0} is not a plain decimal (digits with at most one '.')")]
     Malformed(String),
-    #[error("{0:?} has more than 28 significant digits")]
+    #[error("{0} has more than 28 significant digits")]
     TooLarge(String),
 }
 
@@ -76,21 +77,21 @@ fn parse_decimal_slow(s: &str) -> Result<Decimal, DecimalError> {
         return Err(DecimalError::Empty);
     }
     if s.starts_with('-') {
-        return Err(DecimalError::Negative(s.to_owned()));
+        return Err(DecimalError::Negative(super::text::quoted(s)));
     }
     if s.contains(['e', 'E']) && s.chars().all(|c| c.is_ascii_digit() || "eE.+-".contains(c)) {
-        return Err(DecimalError::Exponent(s.to_owned()));
+        return Err(DecimalError::Exponent(super::text::quoted(s)));
     }
     let mut dots = 0;
     for c in s.chars() {
         match c {
             '0'..='9' => {}
             '.' => dots += 1,
-            _ => return Err(DecimalError::Malformed(s.to_owned())),
+            _ => return Err(DecimalError::Malformed(super::text::quoted(s))),
         }
     }
     if dots > 1 || s == "." || s.starts_with('.') || s.ends_with('.') {
-        return Err(DecimalError::Malformed(s.to_owned()));
+        return Err(DecimalError::Malformed(super::text::quoted(s)));
     }
     let significant = s
         .trim_start_matches(['0', '.'])
@@ -98,9 +99,9 @@ fn parse_decimal_slow(s: &str) -> Result<Decimal, DecimalError> {
         .filter(char::is_ascii_digit)
         .count();
     if significant > 28 {
-        return Err(DecimalError::TooLarge(s.to_owned()));
+        return Err(DecimalError::TooLarge(super::text::quoted(s)));
     }
-    Decimal::from_str_exact(s).map_err(|_| DecimalError::TooLarge(s.to_owned()))
+    Decimal::from_str_exact(s).map_err(|_| DecimalError::TooLarge(super::text::quoted(s)))
 }
 
 /// A currency code such as `USD`: 3 to 8 ASCII uppercase letters or digits.
@@ -110,7 +111,7 @@ pub struct Currency(String);
 
 /// Why a currency code was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a currency code (3 to 8 uppercase letters or digits, e.g. USD)")]
+#[error("{0} is not a currency code (3 to 8 uppercase letters or digits, e.g. USD)")]
 pub struct CurrencyError(pub String);
 
 impl Currency {
@@ -123,7 +124,7 @@ impl Currency {
         if ok {
             Ok(Self(code.to_owned()))
         } else {
-            Err(CurrencyError(code.to_owned()))
+            Err(CurrencyError(super::text::quoted(code)))
         }
     }
 

@@ -18,6 +18,7 @@ use crate::domain::exec::{
     Command, ExecOutput, ExecRequest, Exit, ExitStatus, FileChunk, FileEntry, FileKind,
     MAX_CURSOR_BYTES, OutputChunk, OutputStream, ProcessOutput,
 };
+use crate::domain::text::{bounded, bounded_text, quoted};
 use crate::domain::{Currency, Money, parse_decimal};
 
 mod generated {
@@ -202,31 +203,70 @@ pub fn usage_to_wit(u: &Usage) -> wit::Usage {
 }
 
 /// The guest's error variant, as a host error.
+/// Its message is cut to [`crate::domain::text::MAX_TEXT_BYTES`].
 pub fn backend_error_from_wit(e: wit::BackendError) -> BackendError {
+    let b = bounded_text;
     match e {
-        wit::BackendError::InvalidRequest(m) => BackendError::InvalidRequest(m),
-        wit::BackendError::Unsupported(m) => BackendError::Unsupported(m),
-        wit::BackendError::CapacityExhausted(m) => BackendError::CapacityExhausted(m),
-        wit::BackendError::Unavailable(m) => BackendError::Unavailable(m),
-        wit::BackendError::NotFound(m) => BackendError::NotFound(m),
-        wit::BackendError::Unauthorized(m) => BackendError::Unauthorized(m),
-        wit::BackendError::Internal(m) => BackendError::Internal(m),
+        wit::BackendError::InvalidRequest(m) => BackendError::InvalidRequest(b(m)),
+        wit::BackendError::Unsupported(m) => BackendError::Unsupported(b(m)),
+        wit::BackendError::CapacityExhausted(m) => BackendError::CapacityExhausted(b(m)),
+        wit::BackendError::Unavailable(m) => BackendError::Unavailable(b(m)),
+        wit::BackendError::NotFound(m) => BackendError::NotFound(b(m)),
+        wit::BackendError::Unauthorized(m) => BackendError::Unauthorized(b(m)),
+        wit::BackendError::Internal(m) => BackendError::Internal(b(m)),
     }
+}
+
+/// Most line items one cost may have.
+pub const MAX_LINE_ITEMS: usize = 256;
+/// Most measures one usage report may have.
+pub const MAX_MEASURES: usize = 64;
+/// Most regions `info` may list.
+pub const MAX_REGIONS: usize = 64;
+/// Longest extension id, region or measure name (they are keys, never cut: refused).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// `s` when it is a usable name of at most [`MAX_NAME_BYTES`]; else why not, naming `field`.
+fn name(field: &str, s: String) -> Result<String, String> {
+    if s.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "{field}: {} is longer than {MAX_NAME_BYTES} bytes",
+            quoted(&s)
+        ));
+    }
+    Ok(s)
+}
+
+/// `Err` naming `field` when `n` items are more than `max`.
+fn at_most(field: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!(
+            "{field}: {n} of them, more than the {max} the host accepts"
+        ));
+    }
+    Ok(())
 }
 
 /// Validates `info`: the currency must be a currency code.
 pub fn info_from_wit(i: wit::ExtensionInfo) -> Result<ExtensionInfo, String> {
     let currency = Currency::new(&i.currency).map_err(|e| format!("currency: {e}"))?;
+    at_most("regions", i.regions.len(), MAX_REGIONS)?;
+    let regions = i
+        .regions
+        .into_iter()
+        .enumerate()
+        .map(|(n, r)| name(&format!("regions[{n}]"), r))
+        .collect::<Result<_, _>>()?;
     Ok(ExtensionInfo {
-        id: i.id,
-        name: i.name,
-        version: i.version,
+        id: name("id", i.id)?,
+        name: bounded(i.name, MAX_NAME_BYTES),
+        version: bounded(i.version, MAX_NAME_BYTES),
         kind: match i.kind {
             wit::Kind::SelfHosted => Kind::SelfHosted,
             wit::Kind::Saas => Kind::Saas,
         },
         currency,
-        regions: i.regions,
+        regions,
         startup_latency_ms: i.startup_latency_ms,
         capabilities: i
             .capabilities
@@ -243,11 +283,12 @@ pub fn info_from_wit(i: wit::ExtensionInfo) -> Result<ExtensionInfo, String> {
 pub fn cost_from_wit(c: wit::Cost, currency: &Currency) -> Result<Cost, String> {
     if c.total.currency != currency.as_str() {
         return Err(format!(
-            "total.currency: {:?} differs from info.currency {:?}",
-            c.total.currency,
+            "total.currency: {} differs from info.currency {:?}",
+            quoted(&c.total.currency),
             currency.as_str()
         ));
     }
+    at_most("line_items", c.line_items.len(), MAX_LINE_ITEMS)?;
     let total = decimal(&c.total.amount, || "total.amount".to_owned())?;
     let mut sum = Decimal::ZERO;
     let mut line_items = Vec::with_capacity(c.line_items.len());
@@ -260,17 +301,17 @@ pub fn cost_from_wit(c: wit::Cost, currency: &Currency) -> Result<Cost, String> 
         })?;
         if product != amount {
             return Err(format!(
-                "line_items[{n}] ({:?}): quantity {quantity} × unit_price {unit_price} = {product}, but amount is {amount}",
-                item.description
+                "line_items[{n}] ({}): quantity {quantity} × unit_price {unit_price} = {product}, but amount is {amount}",
+                quoted(&item.description)
             ));
         }
         sum = sum
             .checked_add(amount)
             .ok_or_else(|| "the line items' amounts overflow when added".to_owned())?;
         line_items.push(LineItem {
-            description: item.description,
+            description: bounded(item.description, MAX_NAME_BYTES * 4),
             quantity,
-            unit: item.unit,
+            unit: name(&format!("line_items[{n}].unit"), item.unit)?,
             unit_price,
             amount,
         });
@@ -291,15 +332,16 @@ pub fn cost_from_wit(c: wit::Cost, currency: &Currency) -> Result<Cost, String> 
 
 /// Validates usage: every measure's quantity is a decimal.
 pub fn usage_from_wit(u: wit::Usage) -> Result<Usage, String> {
+    at_most("measures", u.measures.len(), MAX_MEASURES)?;
     let mut measures = Vec::with_capacity(u.measures.len());
     for (n, m) in u.measures.into_iter().enumerate() {
         let quantity = decimal(&m.quantity, || {
-            format!("measures[{n}] ({:?}).quantity", m.name)
+            format!("measures[{n}] ({}).quantity", quoted(&m.name))
         })?;
         measures.push(Measure {
-            name: m.name,
+            name: name(&format!("measures[{n}].name"), m.name)?,
             quantity,
-            unit: m.unit,
+            unit: name(&format!("measures[{n}].unit"), m.unit)?,
         });
     }
     Ok(Usage {
@@ -321,7 +363,7 @@ pub fn created_from_wit(c: wit::Created) -> Result<Created, String> {
     }
     Ok(Created {
         handle: c.handle,
-        region: c.region,
+        region: c.region.map(|r| name("region", r)).transpose()?,
     })
 }
 
@@ -333,7 +375,7 @@ pub fn status_from_wit(s: wit::SandboxStatus) -> BackendStatus {
             wit::SandboxState::Running => BackendState::Running,
             wit::SandboxState::Stopped => BackendState::Stopped,
         },
-        detail: s.detail,
+        detail: bounded_text(s.detail),
     }
 }
 

@@ -203,6 +203,11 @@ impl Extension {
         let mut info =
             bindings::info_from_wit(raw).map_err(|m| calls.bad_answer(Function::Info, m))?;
         info.id = calls.id.clone();
+        // What `info` says is listed to every tenant: never a secret the guest echoed.
+        let grants = &calls.options.grants;
+        info.name = grants.redact(&info.name);
+        info.version = grants.redact(&info.version);
+        info.regions = info.regions.iter().map(|r| grants.redact(r)).collect();
         if let Some(kind) = spec.kind {
             info.kind = kind;
         }
@@ -312,6 +317,19 @@ impl Extension {
         quarantine_of(&self.calls.health.lock())
     }
 
+    /// `cost` with no secret in its line items' words (they reach statuses and events).
+    fn scrubbed(&self, mut cost: Cost) -> Cost {
+        let grants = &self.calls.options.grants;
+        if !grants.has_secrets() {
+            return cost;
+        }
+        for item in &mut cost.line_items {
+            item.description = grants.redact(&item.description);
+            item.unit = grants.redact(&item.unit);
+        }
+        cost
+    }
+
     /// The price of `request` over its whole maximum duration.
     pub fn estimate_cost(&self, request: &SandboxRequest) -> Result<Cost, ExtensionError> {
         const F: Function = Function::EstimateCost;
@@ -321,7 +339,9 @@ impl Extension {
             g.call_estimate_cost(s, arg)
         })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
-        bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
+        let cost = bindings::cost_from_wit(cost, &self.info.currency)
+            .map_err(|m| self.calls.bad_answer(F, m))?;
+        Ok(self.scrubbed(cost))
     }
 
     /// Starts a sandbox; the handle is for the host to persist.
@@ -333,7 +353,10 @@ impl Extension {
             .calls
             .invoke_as(F, Some(&request.tenant), |g, s| g.call_create(s, arg))?;
         let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
-        bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))
+        let mut created =
+            bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))?;
+        created.region = created.region.map(|r| self.calls.options.grants.redact(&r));
+        Ok(created)
     }
 
     /// The sandbox's state as the backend sees it.
@@ -341,7 +364,9 @@ impl Extension {
         let status = self
             .calls
             .backend_on(Function::Status, sandbox, |g, s, ctx| g.call_status(s, ctx))?;
-        Ok(bindings::status_from_wit(status))
+        let mut status = bindings::status_from_wit(status);
+        status.detail = self.calls.options.grants.redact(&status.detail);
+        Ok(status)
     }
 
     /// Stops the sandbox and reports its usage.
@@ -367,7 +392,9 @@ impl Extension {
             g.call_meter_actual(s, req, &use_)
         })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
-        bindings::cost_from_wit(cost, &self.info.currency).map_err(|m| self.calls.bad_answer(F, m))
+        let cost = bindings::cost_from_wit(cost, &self.info.currency)
+            .map_err(|m| self.calls.bad_answer(F, m))?;
+        Ok(self.scrubbed(cost))
     }
 
     /// The pool size (`None`: unlimited).

@@ -667,6 +667,17 @@ impl Grants {
         self.hosts.iter().any(|p| p.allows(&scheme, &host, port))
     }
 
+    /// Whether there is any secret to scrub: the current set, rotated-away values or a
+    /// tenant's own keys (the cheap check before scrubbing every field of an answer).
+    pub fn has_secrets(&self) -> bool {
+        !self.secrets.read().values.is_empty()
+            || !self.previous.lock().is_empty()
+            || self
+                .tenant_keys
+                .as_ref()
+                .is_some_and(|k| k.cache.lock().values().any(|c| c.set.is_some()))
+    }
+
     /// `text` with every secret value replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
@@ -689,9 +700,8 @@ impl Grants {
 
     /// `fault` with every secret value scrubbed from its messages.
     pub fn redact_fault(&self, fault: Fault) -> Fault {
-        if self.secrets.read().values.is_empty() {
-            return fault;
-        }
+        // No early return on an empty operator set: rotated-away values and the tenants'
+        // own keys are scrubbed too.
         let r = |s: String| self.redact(&s);
         match fault {
             Fault::Backend(e) => Fault::Backend(match e {

@@ -60,6 +60,27 @@ impl Setup {
         s
     }
 
+    /// Adds the misbehave test guest as extension `id` with the sidecar `[config]` lines
+    /// `config`, and a profile `id` routing to it alone.
+    pub fn add_misbehave(&self, id: &str, config: &str, max_duration_secs: u64) {
+        let wasm = self.extensions().join("misbehave.wasm");
+        if !wasm.is_file() {
+            std::fs::copy(repo().join("tests/guests/misbehave.wasm"), &wasm).unwrap();
+        }
+        std::fs::write(
+            self.extensions().join(format!("{id}.toml")),
+            format!("component = \"misbehave.wasm\"\nid = \"{id}\"\n\n[config]\n{config}"),
+        )
+        .unwrap();
+        std::fs::write(
+            self.profiles().join(format!("{id}.toml")),
+            format!(
+                "id = \"{id}\"\ndescription = \"d\"\ntemplate = \"base\"\nmax_duration_secs = {max_duration_secs}\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"explicit\"\nexplicit = \"{id}\"\nfallback = false\n"
+            ),
+        )
+        .unwrap();
+    }
+
     pub fn path(&self) -> &Path {
         self.root.path()
     }

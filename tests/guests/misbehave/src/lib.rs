@@ -12,6 +12,8 @@
 //!   - `bad-sum`: line items 0.0001 + 0.0002 with a total of 0.0004.
 //!   - `fail-unavailable`, `fail-capacity`, `fail-unauthorized`: return `unavailable`,
 //!     `capacity-exhausted`, `unauthorized`.
+//!   - `long-error`: `create` fails `unavailable` with a 4 MiB message. `long-decimal`: a
+//!     10-million-digit total. `many-items`: 200,000 line items.
 //!   - `lax`: as `ok`, but accepts malformed requests (vCPUs, memory or maximum duration
 //!     of 0) instead of refusing them with `invalid-request` as every other mode does.
 //! - `functions`: comma-separated WIT function names the mode applies to (`info`,
@@ -20,6 +22,8 @@
 //!   its calls); amount modes `estimate-cost,meter-actual`; `fail-*` modes `create`.
 //!   Elsewhere the guest behaves as in `ok`.
 //! - `price` (default `0.0001`): the flat price in `ok` behaviour.
+//! - `echo` (a config key): its value goes into `info`'s name and a region, the status
+//!   detail and every line item's description (a guest leaking a secret).
 //! - `meter-price`, `meter-currency`: what `meter-actual` answers instead of `price` and
 //!   USD (an over-meter, a meter in the wrong currency).
 //! - `kind` (`saas` default | `self-hosted`), `capacity` (a pool size): what `info` and
@@ -42,7 +46,8 @@ struct Misbehave;
 
 /// Every mode, for the error message on an unknown one.
 const MODES: &str = "ok, loop, alloc, panic, abc, negative, huge, float, no-currency, bad-sum, \
-                     fail-unavailable, fail-capacity, fail-unauthorized, lax";
+                     fail-unavailable, fail-capacity, fail-unauthorized, lax, long-error, \
+                     long-decimal, many-items";
 
 fn setting(key: &str) -> Option<String> {
     wasi::config::store::get(key).ok().flatten()
@@ -60,7 +65,9 @@ fn mode_for(function: &str) -> Result<String, BackendError> {
         Some(list) => list.split(',').any(|f| f.trim() == function),
         None => match mode.as_str() {
             "loop" | "alloc" | "panic" => function != "info",
-            "fail-unavailable" | "fail-capacity" | "fail-unauthorized" => function == "create",
+            "fail-unavailable" | "fail-capacity" | "fail-unauthorized" | "long-error" => {
+                function == "create"
+            }
             _ => matches!(function, "estimate-cost" | "meter-actual"),
         },
     };
@@ -93,6 +100,10 @@ fn misbehave(mode: &str, function: &str) -> Result<(), BackendError> {
         "fail-unauthorized" => Err(BackendError::Unauthorized(format!(
             "misbehave: {function} unauthorized, as configured"
         ))),
+        "long-error" => Err(BackendError::Unavailable(format!(
+            "misbehave: {function} unavailable: {}",
+            "x".repeat(4 << 20)
+        ))),
         _ => Ok(()),
     }
 }
@@ -120,6 +131,7 @@ fn bad_amount(mode: &str) -> Option<String> {
         "negative" => Some("-1".to_owned()),
         "huge" => Some("1234567890123456789012345678901234567890".to_owned()),
         "float" => Some("1e-5".to_owned()),
+        "long-decimal" => Some("9".repeat(10_000_000)),
         _ => None,
     }
 }
@@ -136,9 +148,18 @@ fn currency(mode: &str) -> String {
     }
 }
 
+/// With `echo = KEY`: `" "` and the value of config key `KEY` (a secret, say), which the
+/// guest then puts into `info`'s name and regions, status detail and line items.
+fn echoed() -> String {
+    setting("echo")
+        .and_then(|k| setting(&k))
+        .map(|v| format!(" {v}"))
+        .unwrap_or_default()
+}
+
 fn line(amount: &str) -> LineItem {
     LineItem {
-        description: "Flat fee".to_owned(),
+        description: format!("Flat fee{}", echoed()),
         quantity: "1".to_owned(),
         unit: "sandbox".to_owned(),
         unit_price: amount.to_owned(),
@@ -150,6 +171,15 @@ fn line(amount: &str) -> LineItem {
 fn cost(function: &str) -> Result<Cost, BackendError> {
     let mode = mode_for(function)?;
     misbehave(&mode, function)?;
+    if mode == "many-items" {
+        return Ok(Cost {
+            total: Money {
+                amount: "0".to_owned(),
+                currency: currency(&mode),
+            },
+            line_items: (0..200_000).map(|_| line("0")).collect(),
+        });
+    }
     if mode == "bad-sum" {
         return Ok(Cost {
             total: Money {
@@ -180,8 +210,9 @@ impl Guest for Misbehave {
         ExtensionInfo {
             id: "misbehave".to_owned(),
             name: format!(
-                "Misbehaving test guest (mode {})",
-                setting("mode").unwrap_or_else(|| "ok".to_owned())
+                "Misbehaving test guest (mode {}){}",
+                setting("mode").unwrap_or_else(|| "ok".to_owned()),
+                echoed()
             ),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             kind: if setting("kind").as_deref() == Some("self-hosted") {
@@ -190,7 +221,9 @@ impl Guest for Misbehave {
                 Kind::Saas
             },
             currency: currency(&mode),
-            regions: Vec::new(),
+            regions: setting("echo")
+                .map(|_| vec![format!("r{}", echoed())])
+                .unwrap_or_default(),
             startup_latency_ms: 10,
             capabilities: if capacity.is_some() {
                 vec![Capability::Capacity]
@@ -218,7 +251,7 @@ impl Guest for Misbehave {
         misbehave(&mode_for("status")?, "status")?;
         Ok(SandboxStatus {
             state: SandboxState::Running,
-            detail: "misbehave".to_owned(),
+            detail: format!("misbehave{}", echoed()),
         })
     }
 
