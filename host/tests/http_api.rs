@@ -686,3 +686,44 @@ fn a_secret_an_extension_echoes_is_shown_nowhere() {
         );
     }
 }
+
+/// A create stuck on a slow extension does not hold up another tenant's create on a
+/// profile that does not route to it: no lock is held across extension calls.
+#[test]
+fn a_slow_extension_does_not_delay_creates_elsewhere() {
+    let setup = Setup::new();
+    setup.add_misbehave(
+        "slowpoke",
+        "mode = \"loop\"\nfunctions = \"estimate-cost\"\n",
+        600,
+    );
+    // Each estimate loops until the call's budget ends it.
+    let sidecar = setup.extensions().join("slowpoke.toml");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    std::fs::write(&sidecar, format!("call_timeout_ms = 2000\n{text}")).unwrap();
+    let h = std::sync::Arc::new(Host::start(&setup));
+    h.grant("a", "5.00");
+    h.grant("b", "5.00");
+    h.create(TOKEN_B, "saas-stub"); // warm
+    let slow = {
+        let h = std::sync::Arc::clone(&h);
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let (s, _) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"slowpoke"}"#);
+            (s, start.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    h.create(TOKEN_B, "saas-stub");
+    let other = start.elapsed();
+    let (status, slow_took) = slow.join().unwrap();
+    assert!(
+        slow_took >= Duration::from_millis(1500),
+        "the slow create took {slow_took:?} ({status})"
+    );
+    assert!(
+        other < Duration::from_millis(1000),
+        "tenant b's create took {other:?} while a's waited on a slow extension"
+    );
+}

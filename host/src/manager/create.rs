@@ -15,6 +15,9 @@ use crate::payments::validate_tenant;
 use crate::routing::{HealthTracker, resolve_extension};
 use crate::telemetry::metrics;
 
+/// Routing rounds a create makes when the slot it routed to was taken meanwhile.
+const POOL_FULL_ROUNDS: usize = 8;
+
 impl SandboxManager {
     /// Creates a sandbox for `tenant` from `spec` (its profile and overrides).
     ///
@@ -80,9 +83,11 @@ impl SandboxManager {
         let request = profile.request(tenant, &id, spec)?;
         let _busy = self.mark_busy(&id);
 
-        // Route and record the intent under one lock: the next create counts this one's
-        // slot on a capacity-limited pool.
-        let route_guard = self.route_lock.lock();
+        // Routing asks every candidate for its estimate and capacity: no lock is held
+        // across those calls, so a slow extension delays only the creates that route to
+        // it. A capacity-limited pool's slot is taken atomically with the intent
+        // (`insert` with `slot`); a create that lost the last slot meanwhile routes again
+        // and then sees the pool full.
         let mut rounds = 0;
         let (decision, mut st) = loop {
             rounds += 1;
@@ -138,7 +143,7 @@ impl SandboxManager {
                 }
                 // Another process filled the pool since we counted: route again (the
                 // router now sees it full).
-                Inserted::PoolFull if rounds < 3 => continue,
+                Inserted::PoolFull if rounds < POOL_FULL_ROUNDS => continue,
                 Inserted::PoolFull => {
                     return Err(ManagerError::Setup(format!(
                         "sandbox {id}: the pool kept filling up while routing; try again"
@@ -146,7 +151,6 @@ impl SandboxManager {
                 }
             }
         };
-        drop(route_guard);
         tracing::debug!(sandbox_id = %id, tenant, profile = %profile.id, attempts = decision.attempts.len(), "create: intent recorded");
 
         let mut called_any = false;

@@ -25,7 +25,7 @@ mod session;
 pub mod store;
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,11 +120,11 @@ pub struct SandboxManager {
     config: ManagerConfig,
     store: Arc<dyn SandboxStore>,
     owner: OwnerLock,
-    // Held while routing and recording the intent, so concurrent creates count each
-    // other's slots on a capacity-limited pool.
-    route_lock: Mutex<()>,
     // Per-key serialisation (an idempotency key, a sandbox id) without a map that grows.
+    // The stripe of a key is a keyed hash (random per process), so a tenant cannot pick
+    // keys that land on every stripe and hold up other tenants' operations.
     stripes: Vec<Mutex<()>>,
+    stripe_hasher: RandomState,
     // Sandboxes with an operation running in this process: reconciliation leaves them.
     busy: Mutex<HashSet<String>>,
     // One delivery at a time.
@@ -164,8 +164,8 @@ impl SandboxManager {
             config: parts.config,
             store,
             owner,
-            route_lock: Mutex::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_hasher: RandomState::new(),
             busy: Mutex::new(HashSet::new()),
             delivery: Mutex::new(()),
             test_hook: RwLock::new(None),
@@ -280,9 +280,7 @@ impl SandboxManager {
     }
 
     fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
+        let i = usize::try_from(self.stripe_hasher.hash_one(key) % STRIPES as u64).unwrap_or(0);
         self.stripes[i].lock()
     }
 
