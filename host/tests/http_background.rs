@@ -631,3 +631,37 @@ fn the_reaper_settles_a_destroy_whose_meter_keeps_failing_by_the_fallback() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_slow_extension_does_not_hold_up_the_reaper_for_the_others() {
+    let setup = Setup::new();
+    // Its destroy loops until the 2 s budget of each call ends it.
+    setup.add_misbehave("slowpoke", "mode = \"loop\"\nfunctions = \"destroy\"\n", 1);
+    let sidecar = setup.extensions().join("slowpoke.toml");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    std::fs::write(&sidecar, format!("call_timeout_ms = 2000\n{text}")).unwrap();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    h.grant("b", "5.00");
+    let (s, quick) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","max_duration_secs":2}"#,
+    );
+    assert_eq!(s, 201, "{quick}");
+    // Overdue first, and listed first (newest): a serial reaper would meet it first.
+    h.create(http_host::TOKEN_B, "slowpoke");
+    let id = quick["id"].as_str().unwrap().to_owned();
+    let done = h.wait_for(Duration::from_secs(15), || {
+        let (_, v) = h.get(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+        (v["state"] == "destroyed").then_some(v)
+    });
+    let started = done["started_at_ms"].as_u64().unwrap();
+    let decided = done["destroy_at_ms"].as_u64().unwrap();
+    // Reaped within a pass or two of its end, not after the slow extension's turns.
+    assert!(
+        decided < started + 2000 + 700,
+        "reaped {} ms after its maximum duration",
+        decided - started - 2000
+    );
+}

@@ -147,38 +147,43 @@ impl SandboxManager {
 
     /// Destroys and settles every running sandbox past its maximum duration, and retries
     /// every unfinished destroy (the reaper's pass; the service calls it on a timer).
-    pub fn reap_overdue(&self) -> Result<Reaped, ManagerError> {
+    pub fn reap_overdue(self: &Arc<Self>) -> Result<Reaped, ManagerError> {
         let now = now_ms();
-        let (mut done, mut left) = (Vec::new(), Vec::new());
-        for st in self.store.list(None, Some(SandboxState::Running))? {
-            let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
-            let overdue = st
-                .started_at_ms
-                .is_some_and(|t| now >= t.saturating_add(limit_ms));
-            if !overdue {
-                continue;
-            }
-            tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
-            match self.destroy(None, &st.id) {
-                Ok(s) => {
-                    metrics::reaped("max_duration");
-                    done.push(s);
-                }
-                Err(e) => left.push((st.id.clone(), e)),
-            }
-        }
+        let overdue = self
+            .store
+            .list(None, Some(SandboxState::Running))?
+            .into_iter()
+            .filter(|st| {
+                let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
+                st.started_at_ms
+                    .is_some_and(|t| now >= t.saturating_add(limit_ms))
+            });
         // Destroys that could not finish (an extension that failed, a meter that could not
         // be used) are retried here too, so their holds do not wait for a tenant's retry or
         // a restart: a meter that keeps failing settles by the fallback (`meter`).
-        for st in self.store.list(None, Some(SandboxState::Destroying))? {
-            match self.destroy(None, &st.id) {
-                Ok(s) => {
-                    metrics::reaped("destroy_retried");
-                    done.push(s);
-                }
+        let unfinished = self.store.list(None, Some(SandboxState::Destroying))?;
+        let rows: Vec<SandboxStatus> = overdue.chain(unfinished).collect();
+        let outcomes = self.per_extension(rows, |manager, st| {
+            let reason = if st.state == SandboxState::Running {
+                tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, "reaping a sandbox past its maximum duration");
+                "max_duration"
+            } else {
+                "destroy_retried"
+            };
+            let outcome = manager.destroy(None, &st.id);
+            match &outcome {
+                Ok(_) => metrics::reaped(reason),
+                Err(e) => tracing::debug!(sandbox_id = %st.id, error = %e, "reaper: not finished this pass"),
+            }
+            (st.id.clone(), reason, outcome)
+        });
+        let (mut done, mut left) = (Vec::new(), Vec::new());
+        for (id, reason, outcome) in outcomes {
+            match outcome {
+                Ok(s) => done.push(s),
                 // Another live process is finishing it.
-                Err(ManagerError::Busy { .. }) => {}
-                Err(e) => left.push((st.id.clone(), e)),
+                Err(ManagerError::Busy { .. }) if reason == "destroy_retried" => {}
+                Err(e) => left.push((id, e)),
             }
         }
         Ok(Reaped {

@@ -37,6 +37,7 @@
 //! How far each sandbox is covered, and since when a renewal was refused, is kept by the
 //! status store beside the statuses ([`LeaseRow`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -98,11 +99,11 @@ impl SandboxManager {
     }
 
     /// One pass of the lease keeper over the running sandboxes (see the module docs).
-    pub fn keep_leases(&self) -> LeaseReport {
+    pub fn keep_leases(self: &Arc<Self>) -> LeaseReport {
         let mut report = LeaseReport::default();
-        let Some(policy) = self.config.lease else {
+        if self.config.lease.is_none() {
             return report;
-        };
+        }
         let running = match self.store.list(None, Some(SandboxState::Running)) {
             Ok(l) => l,
             Err(e) => {
@@ -110,20 +111,31 @@ impl SandboxManager {
                 return report;
             }
         };
-        for st in running {
-            if let Err(e) = self.keep_lease(&policy, &st, &mut report) {
-                report.errors.push((st.id.clone(), e.to_string()));
+        let passes = self.per_extension(running, |manager, st| {
+            let mut one = LeaseReport::default();
+            let Some(policy) = manager.config.lease else {
+                return one;
+            };
+            if let Err(e) = manager.keep_lease(&policy, st, &mut one) {
+                one.errors.push((st.id.clone(), e.to_string()));
             }
+            for _ in &one.renewed {
+                metrics::lease_renewal("renewed");
+            }
+            for _ in &one.refused {
+                metrics::lease_renewal("refused");
+            }
+            one
+        });
+        for one in passes {
+            report.renewed.extend(one.renewed);
+            report.refused.extend(one.refused);
+            report.ended.extend(one.ended);
+            report.errors.extend(one.errors);
         }
         // Forget finished sandboxes.
         if let Err(e) = self.store.forget_finished_leases() {
             tracing::debug!(error = %e, "finished leases stay recorded until the next pass");
-        }
-        for _ in &report.renewed {
-            metrics::lease_renewal("renewed");
-        }
-        for _ in &report.refused {
-            metrics::lease_renewal("refused");
         }
         report
     }

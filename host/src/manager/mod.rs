@@ -110,6 +110,9 @@ pub struct ManagerParts {
 
 const STRIPES: usize = 64;
 
+/// How long a background pass waits for its per-extension groups before returning.
+const BACKGROUND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sequences sandbox lifecycles. Thread safe; share it in an `Arc`.
 pub struct SandboxManager {
     extensions: Arc<Extensions>,
@@ -125,6 +128,8 @@ pub struct SandboxManager {
     // keys that land on every stripe and hold up other tenants' operations.
     stripes: Vec<Mutex<()>>,
     stripe_hasher: RandomState,
+    // Extensions with a background group (reaper, lease keeper) still running.
+    background: Mutex<HashSet<String>>,
     // Sandboxes with an operation running in this process: reconciliation leaves them.
     busy: Mutex<HashSet<String>>,
     // One delivery at a time.
@@ -166,6 +171,7 @@ impl SandboxManager {
             owner,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stripe_hasher: RandomState::new(),
+            background: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashSet::new()),
             delivery: Mutex::new(()),
             test_hook: RwLock::new(None),
@@ -282,6 +288,59 @@ impl SandboxManager {
     fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
         let i = usize::try_from(self.stripe_hasher.hash_one(key) % STRIPES as u64).unwrap_or(0);
         self.stripes[i].lock()
+    }
+
+    /// Runs `work` on each of `rows`, one thread per extension (the rows of one extension
+    /// in turn), and returns what finished within [`BACKGROUND_WAIT`]: a background pass is
+    /// never held up across extensions by a slow one. A group still running when the pass
+    /// returns finishes on its own thread (its work logs and counts itself), and later
+    /// passes skip that extension until it is done, so threads do not pile up behind it.
+    pub(super) fn per_extension<T: Send + 'static>(
+        self: &Arc<Self>,
+        rows: Vec<SandboxStatus>,
+        work: fn(&SandboxManager, &SandboxStatus) -> T,
+    ) -> Vec<T> {
+        let mut groups: std::collections::BTreeMap<String, Vec<SandboxStatus>> =
+            std::collections::BTreeMap::new();
+        for st in rows {
+            groups
+                .entry(st.extension_id.clone().unwrap_or_default())
+                .or_default()
+                .push(st);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut started = 0;
+        for (extension, rows) in groups {
+            if !self.background.lock().insert(extension.clone()) {
+                tracing::debug!(extension = %extension, "background work on it still running: skipped this pass");
+                continue;
+            }
+            started += 1;
+            let (me, tx) = (Arc::clone(self), tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name("sandboxer-background".into())
+                .spawn(move || {
+                    let out: Vec<T> = rows.iter().map(|st| work(&me, st)).collect();
+                    me.background.lock().remove(&extension);
+                    // The pass may have stopped waiting: then nobody needs the results.
+                    let _ = tx.send(out);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "could not start a background thread");
+                started -= 1;
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + BACKGROUND_WAIT;
+        let mut out = Vec::new();
+        for _ in 0..started {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(done) => out.extend(done),
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// Marks `id` as worked on by this process until the guard drops.
