@@ -1089,3 +1089,40 @@ proptest! {
         run_machine(policy, ops)?;
     }
 }
+
+/// Shared accounts only grow: a write that would take one past its limit is refused,
+/// naming the account, changes nothing, and `verify` warns well before.
+#[test]
+fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, OverdraftPolicy::WriteOff);
+    // 5e9 currency units at 9 decimal places: 5e18 of the grants account's ~9e18.
+    store.grant("a", &usd("5000000000"), "", "g1").unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("grants account")),
+        "{report:?}"
+    );
+    let err = store
+        .grant("b", &usd("5000000000"), "", "g2")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("grants account") && err.contains("limit"),
+        "{err}"
+    );
+    // Nothing of the refused grant was written.
+    assert!(matches!(
+        store.balances(Some("b")),
+        Err(LedgerError::UnknownTenant(_))
+    ));
+    assert_eq!(balance(&store, "a").0, dec("5000000000"));
+    assert_verified(&store);
+    // The tenant's own sums are guarded the same way.
+    let err = store
+        .grant("a", &usd("4500000000"), "", "g3")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limit"), "{err}");
+}

@@ -308,6 +308,9 @@ fn verify(app: &App, json: bool) -> anyhow::Result<ExitCode> {
         for p in &report.problems {
             println!("problem: {p}");
         }
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

@@ -115,4 +115,7 @@ pub struct VerifyReport {
     pub open_holds: u64,
     /// Each broken invariant, in words.
     pub problems: Vec<String>,
+    /// What is not broken but needs the operator soon (an account past half its limit).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

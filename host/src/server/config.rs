@@ -338,7 +338,10 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     /// Largest file written or read in one request (`PUT`/`GET …/files/{path}`).
     pub max_file_bytes: u64,
-    /// Writing requests (create, destroy, grant) served at once; the rest queue.
+    /// Credit grants served at once; the rest queue in arrival order. Creates and destroys
+    /// are not under it on purpose: they call extensions, and a shared limit would let a
+    /// slow extension's requests hold up every tenant's (docs/security.md). Their SQLite
+    /// writes queue on the database file's writer gate instead.
     pub max_concurrent_writes: usize,
     /// The listener's limits: header-read timeout, connection cap, shutdown grace.
     pub serve: super::serve::ServeLimits,

@@ -180,6 +180,11 @@ impl HoldRow {
     }
 }
 
+/// The most any of an account's sums may reach, in ledger units: below `i64::MAX` by a
+/// margin, so the guard in [`Tx::apply`] compares exactly even where SQLite's arithmetic
+/// would overflow into a float.
+pub(super) const MAX_ACCOUNT_UNITS: i64 = 9_000_000_000_000_000_000;
+
 /// One write transaction plus the file it is on (for error messages).
 pub(super) struct Tx<'c> {
     pub(super) tx: Transaction<'c>,
@@ -262,19 +267,42 @@ impl Tx<'_> {
         pending: i64,
         posted: i64,
     ) -> Result<(), LedgerError> {
+        // A sum that would pass MAX_ACCOUNT_UNITS matches no row: refused here, naming the
+        // account, instead of SQLite turning the integer into a float.
         for (sql, account) in [
             (
-                "UPDATE accounts SET debits_pending = debits_pending + ?2, debits_posted = debits_posted + ?3 WHERE id = ?1",
+                "UPDATE accounts SET debits_pending = debits_pending + ?2, debits_posted = debits_posted + ?3 \
+                 WHERE id = ?1 AND debits_pending + ?2 <= ?4 AND debits_posted + ?3 <= ?4",
                 debit,
             ),
             (
-                "UPDATE accounts SET credits_pending = credits_pending + ?2, credits_posted = credits_posted + ?3 WHERE id = ?1",
+                "UPDATE accounts SET credits_pending = credits_pending + ?2, credits_posted = credits_posted + ?3 \
+                 WHERE id = ?1 AND credits_pending + ?2 <= ?4 AND credits_posted + ?3 <= ?4",
                 credit,
             ),
         ] {
-            self.tx
-                .exec_cached(sql, params![account, pending, posted])
+            let n = self
+                .tx
+                .exec_cached(sql, params![account, pending, posted, MAX_ACCOUNT_UNITS])
                 .at(self.path)?;
+            if n != 1 {
+                let (kind, name, cur): (String, String, String) = self
+                    .tx
+                    .row_cached(
+                        "SELECT kind, name, currency FROM accounts WHERE id = ?1",
+                        params![account],
+                        |r| <_>::try_from(r),
+                    )
+                    .at(self.path)?;
+                return Err(invalid(
+                    "amount",
+                    format!(
+                        "the {kind} account {name} ({cur}) would pass its limit of {} units; nothing was written \
+                         (see docs/payments.md, \"Account limits\")",
+                        MAX_ACCOUNT_UNITS
+                    ),
+                ));
+            }
         }
         Ok(())
     }

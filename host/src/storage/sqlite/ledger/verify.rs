@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::rows::MAX_ACCOUNT_UNITS;
 use super::{At, SqliteCreditsStore};
 use crate::payments::{LedgerError, VerifyReport};
 use crate::storage::sqlite::cached::CachedStatements;
@@ -89,6 +90,7 @@ impl SqliteCreditsStore {
                 .collect::<rusqlite::Result<_>>()
                 .at(path)?;
             let mut totals: HashMap<String, [i128; 4]> = HashMap::new();
+            let mut warnings = Vec::new();
             for (id, kind, name, cur, dpend, dpost, cpend, cpost) in &accounts {
                 let f = folds.get(id).copied().unwrap_or_default();
                 let cached = [*dpend, *dpost, *cpend, *cpost].map(i128::from);
@@ -97,6 +99,13 @@ impl SqliteCreditsStore {
                     problems.push(format!(
                         "{kind} account {name} ({cur}): stored sums {cached:?} differ from the transfers' {derived:?} \
                          (debits pending, debits posted, credits pending, credits posted)"
+                    ));
+                }
+                let highest = cached.iter().copied().max().unwrap_or(0);
+                if highest > i128::from(MAX_ACCOUNT_UNITS / 2) {
+                    warnings.push(format!(
+                        "{kind} account {name} ({cur}) is at {highest} units, past half its limit of {MAX_ACCOUNT_UNITS}; \
+                         writes that would pass the limit are refused (docs/payments.md, \"Account limits\")"
                     ));
                 }
                 let t = totals.entry(cur.clone()).or_default();
@@ -134,6 +143,7 @@ impl SqliteCreditsStore {
                 transfers,
                 open_holds: u64::try_from(open_holds).unwrap_or(0),
                 problems,
+                warnings,
             })
         })
     }
