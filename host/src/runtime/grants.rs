@@ -156,7 +156,6 @@ enum HostMatch {
     Exact(String),
     /// `*.example.com`: any subdomain (not the apex).
     Suffix(String),
-    Any,
 }
 
 /// Which ports a pattern allows; `Default` is the scheme's (80 / 443).
@@ -165,6 +164,41 @@ enum PortMatch {
     Default,
     Exact(u16),
     Any,
+}
+
+/// Where `{ file = … }` secrets may be read from.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretFiles<'a> {
+    /// A sidecar's grants: files in its folder only (relative, no `..`, no link out).
+    In(&'a Path),
+    /// Grants the host itself configured (the embedded agent's token file).
+    Anywhere,
+}
+
+/// `file` inside `base_dir` (the sidecar's folder): a relative path without `..`, which
+/// after following links is still in that folder. A sidecar cannot name the admin token,
+/// the ledger or any other file of the host as its "secret".
+fn confined(base_dir: &Path, file: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    if !file
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(
+            "a secret file is named relative to the sidecar's folder, without .. or a leading /"
+                .to_owned(),
+        );
+    }
+    let path = base_dir.join(file);
+    let real = std::fs::canonicalize(&path).map_err(|e| e.to_string())?;
+    let folder = std::fs::canonicalize(base_dir).map_err(|e| e.to_string())?;
+    if !real.starts_with(&folder) {
+        return Err(format!(
+            "it leads out of the sidecar's folder {} (a link?)",
+            folder.display()
+        ));
+    }
+    Ok(real)
 }
 
 /// One `allowed_outbound_hosts` entry, parsed.
@@ -221,7 +255,11 @@ impl HostPattern {
             ),
         };
         let host = if host == "*" {
-            HostMatch::Any
+            // A package must not grant itself the whole network (with its secrets in
+            // hand): the hosts are named, or a domain's subdomains.
+            return Err(fail(
+                "a bare * host would let the extension reach any address; name the hosts, or *.domain for a domain's subdomains",
+            ));
         } else if let Some(domain) = host.strip_prefix("*.") {
             if domain.is_empty() || domain.contains('*') {
                 return Err(fail("a wildcard host looks like *.example.com"));
@@ -247,7 +285,6 @@ impl HostPattern {
         let host_ok = match &self.host {
             HostMatch::Exact(h) => h == host,
             HostMatch::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
-            HostMatch::Any => true,
         };
         let port_ok = match self.port {
             PortMatch::Any => true,
@@ -398,13 +435,13 @@ impl Grants {
     }
 
     /// Resolves `spec` for `extension`: parses the host patterns and reads every secret
-    /// now (from the environment, files relative to `base_dir`, or `openbao`), so a
+    /// now (from the environment, files (in the sidecar's folder, see [`SecretFiles`]), or `openbao`), so a
     /// missing secret fails the load, not a sandbox later. `config` is the plain
     /// `[config]` table: a key may not be both.
     pub fn resolve(
         extension: &str,
         spec: &GrantSpec,
-        base_dir: &Path,
+        files: SecretFiles<'_>,
         config: &BTreeMap<String, String>,
         openbao: Option<&Arc<OpenBao>>,
     ) -> Result<Self, GrantError> {
@@ -427,7 +464,16 @@ impl Grants {
                     })?
                 }
                 SecretSource::File { file } => {
-                    let path = base_dir.join(file);
+                    let path = match files {
+                        SecretFiles::In(dir) => {
+                            confined(dir, file).map_err(|reason| GrantError::File {
+                                key: key.clone(),
+                                file: file.clone(),
+                                reason,
+                            })?
+                        }
+                        SecretFiles::Anywhere => file.clone(),
+                    };
                     std::fs::read_to_string(&path)
                         .map_err(|e| GrantError::File {
                             key: key.clone(),
@@ -893,7 +939,14 @@ mod tests {
             allowed_outbound_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             ..Default::default()
         };
-        Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap()
+        Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(Path::new(".")),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap()
     }
 
     fn allows(g: &Grants, url: &str) -> bool {
@@ -945,9 +998,38 @@ mod tests {
             "https://x:port",
             "https://a*b",
             "https://*.",
+            "*://*:*",
+            "https://*",
         ] {
             let err = HostPattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn secret_files_stay_in_the_sidecars_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let ext = root.path().join("extensions");
+        std::fs::create_dir_all(&ext).unwrap();
+        std::fs::write(root.path().join("admin.token"), "the-admin-token").unwrap();
+        std::os::unix::fs::symlink(root.path().join("admin.token"), ext.join("link.key")).unwrap();
+        for file in ["../admin.token", "/etc/passwd", "link.key"] {
+            let spec = GrantSpec {
+                secrets: [(
+                    "api_key".to_owned(),
+                    SecretSource::File { file: file.into() },
+                )]
+                .into(),
+                ..GrantSpec::default()
+            };
+            let err = Grants::resolve("x", &spec, SecretFiles::In(&ext), &BTreeMap::new(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("secrets.api_key") && err.contains(file),
+                "{err}"
+            );
+            assert!(!err.contains("the-admin-token"), "{err}");
         }
     }
 
@@ -963,7 +1045,14 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let g = Grants::resolve("x", &spec, dir.path(), &BTreeMap::new(), None).unwrap();
+        let g = Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(dir.path()),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             g.current().pairs().collect::<Vec<_>>(),
             [("api_key", "e2b_s3cr3t_value")]
@@ -991,13 +1080,21 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        let err = Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(Path::new(".")),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("SANDBOXER_TEST_UNSET_VAR_7731"),
             "{err}"
         );
         let config = [("api_key".to_owned(), "plain".to_owned())].into();
-        let err = Grants::resolve("x", &spec, Path::new("."), &config, None).unwrap_err();
+        let err = Grants::resolve("x", &spec, SecretFiles::In(Path::new(".")), &config, None)
+            .unwrap_err();
         assert!(matches!(err, GrantError::Clash { .. }), "{err}");
         let spec = GrantSpec {
             secrets: [(
@@ -1009,7 +1106,14 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        let err = Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(Path::new(".")),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/sandboxer/key"),
             "{err}"
@@ -1029,14 +1133,28 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        let err = Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(Path::new(".")),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, GrantError::NoOpenBao { .. }), "{err}");
         assert!(!err.is_transient());
         let spec = GrantSpec {
             byok: vec!["token".into()],
             ..Default::default()
         };
-        let err = Grants::resolve("x", &spec, Path::new("."), &BTreeMap::new(), None).unwrap_err();
+        let err = Grants::resolve(
+            "x",
+            &spec,
+            SecretFiles::In(Path::new(".")),
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("byok: \"token\""), "{err}");
         let parsed: BTreeMap<String, SecretSource> =
             toml::from_str("k = { openbao = \"a/b\", key = \"f\" }").unwrap();

@@ -393,10 +393,17 @@ impl Runtime {
             .or(Some(file.as_path()))
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
+        // A sidecar is the package's word: its secret files stay in its folder. A spec
+        // without one was configured by the host (an overlay) and may name its own files.
+        let files = if spec.sidecar.is_some() {
+            grants::SecretFiles::In(grants_dir)
+        } else {
+            grants::SecretFiles::Anywhere
+        };
         let grants = grants::Grants::resolve(
             &spec.id,
             &spec.grants,
-            grants_dir,
+            files,
             &spec.config,
             self.inner.config.openbao.as_ref(),
         )
