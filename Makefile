@@ -5,6 +5,8 @@
 # share, and the provider fakes (driven by native clients).
 NATIVE_TEST_PACKAGES := -p saas-stub -p local -p e2b -p modal -p modal-proto -p guest-kit \
 	-p fake-worker -p fake-e2b -p fake-modal
+# Everything `make test`, `make lint` and `make bench` build natively, in one invocation.
+ALL_TEST_PACKAGES := -p sandboxer-host -p sandboxer-agent $(NATIVE_TEST_PACKAGES)
 
 .PHONY: extensions run test bench lint
 
@@ -19,19 +21,18 @@ run: extensions
 	cargo run --bin sandboxer-host -- run
 
 ## Build the extensions, then run the whole test suite.
+## One cargo invocation for every crate: features resolve once, so shared dependencies are
+## built once (separate invocations rebuilt serde, tokio and friends with other features).
+## The agent binary the host tests start is built by it too (the agent's own tests need it).
 test: extensions
-	cargo build -p sandboxer-agent
-	cargo test
-	cargo test $(NATIVE_TEST_PACKAGES)
+	cargo test $(ALL_TEST_PACKAGES)
 
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions
-	cargo bench --profile dev
-	cargo bench --profile dev -p fake-modal --bench native_create
+	cargo bench --profile dev $(ALL_TEST_PACKAGES)
 
 ## Formatting and clippy, host and guests, warnings denied.
 lint:
 	cargo fmt --all --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --all-targets $(NATIVE_TEST_PACKAGES) -- -D warnings
+	cargo clippy --all-targets $(ALL_TEST_PACKAGES) -- -D warnings
 	cargo clippy --target wasm32-wasip2 $$(bash scripts/build-extensions.sh --packages) -- -D warnings

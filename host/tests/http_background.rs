@@ -665,3 +665,55 @@ fn a_slow_extension_does_not_hold_up_the_reaper_for_the_others() {
         decided - started - 2000
     );
 }
+
+#[test]
+fn a_sidecar_edited_while_a_sandbox_runs_does_not_change_its_terms() {
+    let setup = Setup::new();
+    setup.add_misbehave("terms", "price = \"0.25\"\n", 600);
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let v1 = extension_ids(&h)["terms"].clone();
+    // One version per loaded extension, before any edit.
+    let baseline = extension_ids(&h).len() as u64;
+    let old = h.create(TOKEN_A, "terms");
+    assert_eq!(old["extension_version"], v1.as_str(), "{old}");
+
+    // Same .wasm, new terms: a new version serves new sandboxes.
+    std::fs::write(
+        setup.extensions().join("terms.toml"),
+        "component = \"misbehave.wasm\"\nid = \"terms\"\n\n[config]\nprice = \"0.75\"\n",
+    )
+    .unwrap();
+    let v2 = h.wait_for(Duration::from_secs(20), || {
+        extension_ids(&h)
+            .get("terms")
+            .filter(|v| **v != v1)
+            .cloned()
+    });
+    let new = h.create(TOKEN_A, "terms");
+    assert_eq!(new["extension_version"], v2.as_str(), "{new}");
+
+    // The sandbox created before the edit is metered by the terms it was created on.
+    let (s, gone) = h.delete(
+        &format!("/v1/sandboxes/{}", old["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
+    assert_eq!(s, 200, "{gone}");
+    assert_eq!(gone["meter"]["total"]["amount"], "0.25", "{gone}");
+    let (s, gone) = h.delete(
+        &format!("/v1/sandboxes/{}", new["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
+    assert_eq!(s, 200, "{gone}");
+    assert_eq!(gone["meter"]["total"]["amount"], "0.75", "{gone}");
+    // With no sandbox left on it, the old version is dropped at the reaper's next pass.
+    let kept = |h: &Host| {
+        h.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("sandboxer_extension_versions "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    h.wait_for(Duration::from_secs(10), || {
+        (kept(&h) == Some(baseline)).then_some(())
+    });
+}

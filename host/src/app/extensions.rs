@@ -55,7 +55,9 @@ pub struct ExtensionRow {
     pub capabilities: Option<Vec<Capability>>,
     /// Its declared startup latency.
     pub startup_latency_ms: Option<u32>,
-    /// sha256 of its `.wasm`: which version serves new sandboxes.
+    /// Which version serves new sandboxes (what their `extension_version` says): a sha256
+    /// over the `.wasm`'s digest and its resolved spec, so an edited sidecar is a new
+    /// version too.
     pub version_hash: Option<String>,
     /// Its circuit as routing sees it.
     pub health: Option<HealthStatus>,
@@ -299,7 +301,7 @@ fn loaded_row(b: &dyn Backend, health: HealthStatus, operator: bool) -> Extensio
         regions: Some(info.regions.clone()),
         capabilities: Some(info.capabilities.clone()),
         startup_latency_ms: Some(info.startup_latency_ms),
-        version_hash: Some(b.version_hash().to_owned()),
+        version_hash: Some(b.version().to_owned()),
         health: Some(health),
         artifact: component
             .filter(|_| operator)

@@ -362,8 +362,8 @@ impl Backend for Instrumented {
     fn id(&self) -> &str {
         self.inner.id()
     }
-    fn version_hash(&self) -> &str {
-        self.inner.version_hash()
+    fn version(&self) -> &str {
+        self.inner.version()
     }
     fn info(&self) -> &ExtensionInfo {
         self.inner.info()

@@ -1,7 +1,7 @@
 //! The manager's view of extensions: the calls it sequences, and a registry of loaded
 //! extensions by id and by version, which routing sees through [`ExtensionView`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -22,8 +22,9 @@ use crate::runtime::Extension;
 pub trait Backend: Send + Sync {
     /// The extension id.
     fn id(&self) -> &str;
-    /// The sha256 (hex) of its component: which version created a sandbox.
-    fn version_hash(&self) -> &str;
+    /// Which code and terms created a sandbox: a digest of the component and its
+    /// resolved spec (`Extension::version`).
+    fn version(&self) -> &str;
     /// Its effective info.
     fn info(&self) -> &ExtensionInfo;
     /// `estimate-cost`.
@@ -149,7 +150,7 @@ impl Extensions {
     pub fn upsert(&self, backend: Arc<dyn Backend>) {
         let mut inner = self.inner.write();
         inner.by_version.insert(
-            (backend.id().to_owned(), backend.version_hash().to_owned()),
+            (backend.id().to_owned(), backend.version().to_owned()),
             backend.clone(),
         );
         inner.current.insert(backend.id().to_owned(), backend);
@@ -175,6 +176,28 @@ impl Extensions {
             return Some(b.clone());
         }
         inner.current.get(id).cloned()
+    }
+
+    /// Forgets the versions that are neither current nor in `live` (the `(id, version)`
+    /// of every sandbox not yet destroyed), so a host whose extensions are edited often
+    /// does not keep every old component and its instances forever. Returns how many.
+    pub fn retain_versions(&self, live: &HashSet<(String, String)>) -> usize {
+        let mut inner = self.inner.write();
+        let current: HashSet<(String, String)> = inner
+            .current
+            .values()
+            .map(|b| (b.id().to_owned(), b.version().to_owned()))
+            .collect();
+        let before = inner.by_version.len();
+        inner
+            .by_version
+            .retain(|key, _| current.contains(key) || live.contains(key));
+        before - inner.by_version.len()
+    }
+
+    /// How many versions are kept (current ones and those live sandboxes use).
+    pub fn version_count(&self) -> usize {
+        self.inner.read().by_version.len()
     }
 
     /// Ids currently routed to.
@@ -239,8 +262,8 @@ impl Backend for Extension {
     fn id(&self) -> &str {
         Extension::id(self)
     }
-    fn version_hash(&self) -> &str {
-        Extension::version_hash(self)
+    fn version(&self) -> &str {
+        Extension::version(self)
     }
     fn info(&self) -> &ExtensionInfo {
         Extension::info(self)

@@ -170,7 +170,7 @@ impl SandboxManager {
             if !self.health.acquire(ext_id) {
                 st.attempts.push(failed_attempt(
                     attempt,
-                    backend.version_hash(),
+                    backend.version(),
                     started,
                     "circuit open (too many recent failures)".into(),
                     true,
@@ -196,13 +196,13 @@ impl SandboxManager {
                     }
                 };
             st.extension_id = Some(ext_id.to_owned());
-            st.extension_version = Some(backend.version_hash().to_owned());
+            st.extension_version = Some(backend.version().to_owned());
             st.estimate = Some(attempt.estimate.clone());
             st.hold_id = Some(hold.id.clone());
             st.held = Some(hold.amount.clone());
             st.attempts.push(AttemptRecord {
                 extension_id: ext_id.to_owned(),
-                extension_version: backend.version_hash().to_owned(),
+                extension_version: backend.version().to_owned(),
                 estimate: attempt.estimate.total.clone(),
                 hold_id: Some(hold.id.clone()),
                 started_at: started,

@@ -1,6 +1,7 @@
 //! `destroy`: fix the usage window, ask the extension that created the sandbox, meter,
 //! settle with the meter event, record.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -145,23 +146,46 @@ impl SandboxManager {
         }
     }
 
+    /// Drops the extension versions no sandbox still alive was created on (`creating` rows
+    /// are read here too: a create records its version before it runs).
+    fn forget_unused_versions(
+        &self,
+        running: &[SandboxStatus],
+        destroying: &[SandboxStatus],
+    ) -> Result<(), ManagerError> {
+        let creating = self.store.list(None, Some(SandboxState::Creating))?;
+        let live: HashSet<(String, String)> = running
+            .iter()
+            .chain(destroying)
+            .chain(&creating)
+            .filter_map(|st| Some((st.extension_id.clone()?, st.extension_version.clone()?)))
+            .collect();
+        let forgotten = self.extensions.retain_versions(&live);
+        if forgotten > 0 {
+            tracing::debug!(
+                forgotten,
+                "extension versions no live sandbox uses were dropped"
+            );
+        }
+        metrics::extension_versions(self.extensions.version_count());
+        Ok(())
+    }
+
     /// Destroys and settles every running sandbox past its maximum duration, and retries
     /// every unfinished destroy (the reaper's pass; the service calls it on a timer).
     pub fn reap_overdue(self: &Arc<Self>) -> Result<Reaped, ManagerError> {
         let now = now_ms();
-        let overdue = self
-            .store
-            .list(None, Some(SandboxState::Running))?
-            .into_iter()
-            .filter(|st| {
-                let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
-                st.started_at_ms
-                    .is_some_and(|t| now >= t.saturating_add(limit_ms))
-            });
+        let running = self.store.list(None, Some(SandboxState::Running))?;
+        let unfinished = self.store.list(None, Some(SandboxState::Destroying))?;
+        self.forget_unused_versions(&running, &unfinished)?;
+        let overdue = running.into_iter().filter(|st| {
+            let limit_ms = st.request.max_duration_secs.saturating_mul(1000);
+            st.started_at_ms
+                .is_some_and(|t| now >= t.saturating_add(limit_ms))
+        });
         // Destroys that could not finish (an extension that failed, a meter that could not
         // be used) are retried here too, so their holds do not wait for a tenant's retry or
         // a restart: a meter that keeps failing settles by the fallback (`meter`).
-        let unfinished = self.store.list(None, Some(SandboxState::Destroying))?;
         let rows: Vec<SandboxStatus> = overdue.chain(unfinished).collect();
         let outcomes = self.per_extension(rows, |manager, st| {
             let reason = if st.state == SandboxState::Running {

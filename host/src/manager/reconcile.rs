@@ -176,7 +176,7 @@ impl SandboxManager {
                 // know it did not exist yet is unknown; the start is the fair bound).
                 st.state = SandboxState::Running;
                 st.extension_id = Some(ext);
-                st.extension_version = Some(backend.version_hash().to_owned());
+                st.extension_version = Some(backend.version().to_owned());
                 st.hold_id = Some(hold.id.clone());
                 st.held = Some(hold.amount.clone());
                 st.handle = Some(st.handle.clone().unwrap_or_default());

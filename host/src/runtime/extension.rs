@@ -143,6 +143,7 @@ pub struct Extension {
     info: ExtensionInfo,
     spec: ExtensionSpec,
     version_hash: String,
+    version: String,
     source: ArtifactSource,
     calls: Calls,
 }
@@ -225,10 +226,12 @@ impl Extension {
         if exports.files {
             add(Capability::Files);
         }
+        let version = version_of(&version_hash, &spec);
         Ok(Self {
             info,
             spec,
             version_hash,
+            version,
             source,
             calls,
         })
@@ -262,6 +265,14 @@ impl Extension {
     /// The sha256 (hex) of the `.wasm`: identifies exactly which code served a sandbox.
     pub fn version_hash(&self) -> &str {
         &self.version_hash
+    }
+
+    /// The code *and* the terms a sandbox was created under: a sha256 (hex) over the
+    /// `.wasm`'s digest and the resolved spec (config, limits, grants as written, never
+    /// secret values). An edited sidecar is a new version, so sandboxes created before the
+    /// edit are destroyed and metered by the version (and config) they were created on.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Whether the compiled code came from the cache or a compile.
@@ -824,6 +835,18 @@ fn quarantine_of(h: &HealthState) -> Option<Quarantine> {
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The version key of a component with digest `wasm_sha256` loaded with `spec`.
+fn version_of(wasm_sha256: &str, spec: &ExtensionSpec) -> String {
+    // The spec serializes deterministically (ordered maps, sources not values); a spec
+    // that cannot serialize would be a bug, and the wasm digest alone is still a version.
+    let terms = serde_json::to_string(spec).unwrap_or_default();
+    let mut keyed = Vec::with_capacity(wasm_sha256.len() + 1 + terms.len());
+    keyed.extend_from_slice(wasm_sha256.as_bytes());
+    keyed.push(b'\n');
+    keyed.extend_from_slice(terms.as_bytes());
+    super::cache::sha256_hex(&keyed)
 }
 
 #[cfg(test)]

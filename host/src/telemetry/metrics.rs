@@ -43,6 +43,9 @@ pub const RELOADS: &str = "sandboxer_reloads_total";
 pub const HTTP_REQUESTS: &str = "sandboxer_http_requests_total";
 /// HTTP request latency, by `route`.
 pub const HTTP_REQUEST_SECONDS: &str = "sandboxer_http_request_duration_seconds";
+/// Extension versions kept loaded: the current ones and those live sandboxes were
+/// created on.
+pub const EXTENSION_VERSIONS: &str = "sandboxer_extension_versions";
 
 const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -80,6 +83,10 @@ fn describe() {
     describe_gauge!(
         SETTLED_AMOUNT,
         "Amount charged by settlements since the host started, by currency"
+    );
+    describe_gauge!(
+        EXTENSION_VERSIONS,
+        "Extension versions kept loaded (current, or used by a live sandbox)"
     );
     describe_gauge!(
         OUTBOX_PENDING,
@@ -135,6 +142,11 @@ pub fn extension_call(
 pub fn settlement(currency: &str, amount: f64) {
     counter!(SETTLEMENTS, "currency" => currency.to_owned()).increment(1);
     gauge!(SETTLED_AMOUNT, "currency" => currency.to_owned()).increment(amount);
+}
+
+/// Sets the kept-versions gauge.
+pub fn extension_versions(kept: usize) {
+    gauge!(EXTENSION_VERSIONS).set(kept as f64);
 }
 
 /// Sets the outbox gauges.
