@@ -186,7 +186,7 @@ impl SandboxManager {
                 {
                     Ok(h) => h,
                     Err(e) => {
-                        release_trial(&self.health, ext_id);
+                        release_trial(&self.health, ext_id, "the hold was refused");
                         return self.give_up(
                             st,
                             called_any,
@@ -215,7 +215,12 @@ impl SandboxManager {
                 // attempt's extension is already in the intent, and reconciliation finds
                 // the hold by sandbox id, so the common path skips this write.
                 st.updated_at = Utc::now();
-                self.store.update(&st, Some(self.owner.id()), false)?;
+                if let Err(e) = self.store.update(&st, Some(self.owner.id()), false) {
+                    // The trial taken by `acquire` must end, or a half-open circuit
+                    // would wait for it forever; the hold is found by reconciliation.
+                    release_trial(&self.health, ext_id, "the status write failed");
+                    return Err(e.into());
+                }
             }
 
             let t0 = Instant::now();
@@ -312,12 +317,20 @@ fn replay(
             sandbox_id: existing.id,
         });
     }
-    if existing.state == SandboxState::Failed {
-        return Err(ManagerError::CreateFailed {
+    match existing.state {
+        SandboxState::Failed => Err(ManagerError::CreateFailed {
             status: Box::new(existing),
-        });
+        }),
+        // The first request (another process: in this one the key's stripe orders them)
+        // has not answered yet, so its outcome is neither known nor durable: the retry
+        // is told to come back rather than shown a sandbox that may never exist.
+        SandboxState::Creating => Err(ManagerError::WrongState {
+            id: existing.id,
+            state: SandboxState::Creating,
+            hint: "the first request with this idempotency key is still creating it; try again shortly",
+        }),
+        _ => Ok(existing),
     }
-    Ok(existing)
 }
 
 fn failed_attempt(
@@ -368,14 +381,13 @@ fn fingerprint(spec: &SandboxSpec) -> String {
 }
 
 /// Frees a half-open circuit's trial that was granted but not used (the hold was
-/// refused, so the extension was never called): a final, non-health answer does that.
-fn release_trial(health: &HealthTracker, ext_id: &str) {
+/// refused, or the status write before the call failed, so the extension was never
+/// called): a final, non-health answer does that.
+fn release_trial(health: &HealthTracker, ext_id: &str, why: &str) {
     let not_called = ExtensionError {
         extension: ext_id.to_owned(),
         function: Function::Create,
-        fault: Fault::Backend(BackendError::Unsupported(
-            "not called: the hold was refused".into(),
-        )),
+        fault: Fault::Backend(BackendError::Unsupported(format!("not called: {why}"))),
     };
     health.record_failure(ext_id, &not_called);
 }
@@ -393,4 +405,45 @@ fn new_sandbox_id() -> String {
         r[2],
         r[3]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::sandboxes::tests::status;
+
+    #[test]
+    fn a_retry_while_the_first_request_is_creating_is_told_to_come_back() {
+        let mut creating = status("sb-1");
+        creating.state = SandboxState::Creating;
+        let err = replay(creating, "fp", "fp", "acme", "k1").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManagerError::WrongState {
+                    state: SandboxState::Creating,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("still creating"), "{err}");
+    }
+
+    #[test]
+    fn a_retry_after_the_answer_gets_the_same_sandbox_or_failure() {
+        let running = status("sb-2");
+        let again = replay(running.clone(), "fp", "fp", "acme", "k2").unwrap();
+        assert_eq!(again, running);
+        let mut failed = status("sb-3");
+        failed.state = SandboxState::Failed;
+        assert!(matches!(
+            replay(failed, "fp", "fp", "acme", "k3"),
+            Err(ManagerError::CreateFailed { .. })
+        ));
+        assert!(matches!(
+            replay(status("sb-4"), "fp", "other", "acme", "k4"),
+            Err(ManagerError::IdempotencyConflict { .. })
+        ));
+    }
 }

@@ -35,6 +35,10 @@ struct SyncState {
     syncing: bool,
     /// fsyncs performed (for tests and metrics).
     syncs: u64,
+    /// The WAL file (device, inode) whose directory entry is known durable.
+    wal_entry_synced: Option<(u64, u64)>,
+    /// Directory fsyncs performed (for tests).
+    dir_syncs: u64,
 }
 
 /// The writer lock and the group-commit state of one database file.
@@ -113,7 +117,7 @@ impl DbGate {
             s.syncing = true;
             let target = s.committed;
             drop(s);
-            let result = (self.sync_fn)(&self.wal);
+            let result = (self.sync_fn)(&self.wal).and_then(|()| self.sync_wal_entry());
             s = self.state.lock();
             s.syncing = false;
             s.syncs += 1;
@@ -129,6 +133,30 @@ impl DbGate {
     /// fsyncs performed through this gate so far.
     pub fn syncs(&self) -> u64 {
         self.state.lock().syncs
+    }
+
+    /// Makes the WAL's directory entry durable once per WAL file. SQLite fsyncs the
+    /// folder itself when it syncs a new WAL, but here the WAL is synced outside SQLite
+    /// (by the group commit), so a WAL created since the last sync (a new database, or
+    /// one SQLite deleted and recreated) could otherwise vanish with its commits on power
+    /// loss. Only the leader of a sync calls this.
+    fn sync_wal_entry(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let entry = match std::fs::metadata(&self.wal) {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if self.state.lock().wal_entry_synced == Some(entry) {
+            return Ok(());
+        }
+        if let Some(dir) = self.wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        let mut s = self.state.lock();
+        s.wal_entry_synced = Some(entry);
+        s.dir_syncs += 1;
+        Ok(())
     }
 }
 
@@ -216,6 +244,37 @@ mod tests {
         let err = g.wait_durable(t).unwrap_err();
         assert!(err.to_string().contains("disk on fire"));
         assert_eq!(g.state.lock().synced, 0);
+    }
+
+    fn plain_sync(path: &Path) -> std::io::Result<()> {
+        fsync_file(path)
+    }
+
+    #[test]
+    fn a_new_wal_file_has_its_directory_entry_synced_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let g = DbGate::new(&db, plain_sync);
+        let commit_and_wait = || {
+            let t = {
+                let w = g.writer();
+                g.committed(&w)
+            };
+            g.wait_durable(t).unwrap();
+        };
+        // No WAL yet: nothing to make durable.
+        commit_and_wait();
+        assert_eq!(g.state.lock().dir_syncs, 0);
+        std::fs::write(dir.path().join("db-wal"), b"frames").unwrap();
+        commit_and_wait();
+        commit_and_wait();
+        assert_eq!(g.state.lock().dir_syncs, 1, "one folder fsync per WAL file");
+        // A new WAL file in its place (made while the old one exists, so it is surely
+        // another inode): a new entry to make durable.
+        std::fs::write(dir.path().join("db-wal.new"), b"frames").unwrap();
+        std::fs::rename(dir.path().join("db-wal.new"), dir.path().join("db-wal")).unwrap();
+        commit_and_wait();
+        assert_eq!(g.state.lock().dir_syncs, 2);
     }
 
     #[test]

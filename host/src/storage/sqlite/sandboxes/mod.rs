@@ -561,4 +561,4 @@ impl SandboxStore for SqliteSandboxStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,8 @@ use super::*;
 use crate::domain::{Resources, SandboxRequest};
 use crate::storage::sqlite::ledger::SqliteCreditsStore;
 
-fn status(id: &str) -> SandboxStatus {
+/// A running sandbox's status, for tests here and in the manager.
+pub(crate) fn status(id: &str) -> SandboxStatus {
     let now = chrono::Utc::now();
     SandboxStatus {
         id: id.to_owned(),
