@@ -352,6 +352,39 @@ fn a_host_not_granted_is_denied_inside_the_guest_and_logged() {
 }
 
 #[test]
+fn a_granted_name_that_resolves_to_an_internal_address_is_refused() {
+    let fake = FakeE2b::start(KEY).unwrap();
+    let setup = Setup::new();
+    std::fs::write(setup.dir.path().join("k"), KEY).unwrap();
+    let port = fake.addr().port();
+    // `localhost` is granted by name, and resolves to loopback: not what a name grants.
+    let ext = setup.load(
+        "e2b-rebound",
+        &format!(
+            "allowed_outbound_hosts = [\"http://localhost:*\"]\n[secrets]\napi_key = {{ file = \"k\" }}\n[config]\nbase_url = \"http://localhost:{port}\"\n"
+        ),
+    );
+    let e = backend_error(ext.create(&request("sb-rebound")).unwrap_err());
+    assert!(
+        matches!(&e, BackendError::Unavailable(m) if m.contains("denied")),
+        "{e:?}"
+    );
+    assert!(fake.requests().is_empty(), "nothing reached the server");
+    let logs = captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("internal address") && l.contains("e2b-rebound"))
+        .unwrap_or_else(|| panic!("no refusal logged in:\n{logs}"));
+    assert!(line.contains("localhost resolves to"), "{line}");
+
+    // The same server granted by its address is reached.
+    let ext = setup.e2b("e2b-by-address", &fake, KEY, "");
+    let created = ext.create(&request("sb-by-address")).unwrap();
+    assert!(!created.handle.is_empty());
+    assert!(!fake.requests().is_empty());
+}
+
+#[test]
 fn the_api_key_never_appears_in_errors_or_logs() {
     let secret = "e2b_leaky_secret_93b1d7";
     let fake = FakeE2b::start(KEY).unwrap();

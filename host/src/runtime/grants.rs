@@ -837,6 +837,19 @@ impl WasiHttpHooks for OutboundHooks {
         Box::new(async move {
             use http_body_util::BodyExt;
             let h2 = super::h2::wants_h2(&request);
+            // HTTP/2 connections are pooled and checked when opened (`h2`); an HTTP/1
+            // request is one connection, checked here.
+            let request = if h2 {
+                request
+            } else {
+                match pin_to_checked_address(request).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(extension = %grants.extension, target = %target, error = %e, "outbound request denied: internal address");
+                        return Err(HttpError::HttpRequestDenied);
+                    }
+                }
+            };
             let send = async {
                 if h2 {
                     let connect = options.connect_timeout.unwrap_or(limit);
@@ -887,6 +900,43 @@ impl WasiHttpHooks for OutboundHooks {
             Ok((response, io))
         })
     }
+}
+
+/// Resolves and checks the request's host ([`super::outbound`]); a plain `http://`
+/// request to a name is then sent to the checked address (with its `Host` header), so
+/// the connection cannot go where the check did not look.
+async fn pin_to_checked_address(
+    mut request: http::Request<WasiBody>,
+) -> Result<http::Request<WasiBody>, super::outbound::Refused> {
+    let uri = request.uri().clone();
+    let (Some(host), Some(scheme)) = (uri.host(), uri.scheme_str()) else {
+        return Ok(request);
+    };
+    let port = uri.port_u16().unwrap_or_else(|| default_port(scheme));
+    let addr = super::outbound::checked_addr(host, port).await?;
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    if scheme.eq_ignore_ascii_case("http") && !literal {
+        let mut parts = uri.into_parts();
+        if let (Ok(authority), Some(original)) = (
+            addr.to_string().parse::<http::uri::Authority>(),
+            parts.authority.clone(),
+        ) {
+            parts.authority = Some(authority);
+            if let Ok(pinned) = http::Uri::from_parts(parts) {
+                if !request.headers().contains_key(http::header::HOST)
+                    && let Ok(v) = http::HeaderValue::from_str(original.as_str())
+                {
+                    request.headers_mut().insert(http::header::HOST, v);
+                }
+                *request.uri_mut() = pinned;
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// A response body that fails once more than `cap` bytes have come through.

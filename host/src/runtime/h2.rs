@@ -147,9 +147,14 @@ impl H2Pool {
     ) -> Result<SendRequest<WasiBody>, HttpError> {
         // `[::1]` in a URI is `::1` to the resolver and to rustls.
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((bare, port))
+        // Checked once per connection: its calls then reuse the checked address.
+        let addr = super::outbound::checked_addr(host, port)
             .await
-            .map_err(HttpError::Connect)?;
+            .map_err(|e| {
+                tracing::warn!(host = %bare, port, error = %e, "outbound connection refused");
+                HttpError::HttpRequestDenied
+            })?;
+        let tcp = TcpStream::connect(addr).await.map_err(HttpError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         // gRPC pings keep long streams (exec output) alive through idle middleboxes.

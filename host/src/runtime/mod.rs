@@ -38,6 +38,7 @@ pub mod grants;
 pub mod h2;
 pub mod limits;
 pub mod link;
+pub mod outbound;
 pub mod sidecar;
 /// The contract mirror types, which live in the domain (routing, payments, events and
 /// the surfaces speak them too); the runtime's own code names them `types::…`.
