@@ -23,6 +23,7 @@ test: extensions
 	cargo build -p sandboxer-agent
 	cargo test
 	cargo test $(NATIVE_TEST_PACKAGES)
+	bash tests/browser/run.sh
 
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions
