@@ -26,6 +26,7 @@ run: extensions
 ## The agent binary the host tests start is built by it too (the agent's own tests need it).
 test: extensions
 	cargo test $(ALL_TEST_PACKAGES)
+	bash tests/browser/run.sh
 
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions

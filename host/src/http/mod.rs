@@ -8,6 +8,7 @@
 //! [`crate::app::to_json`], the same bytes `sandboxer … --json` prints.
 
 pub mod auth;
+mod dashboard;
 pub mod error;
 pub mod extract;
 mod keys;
@@ -104,11 +105,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/credits/entries", get(credit_entries))
         .route("/v1/tenants/{tenant}/credits", post(add_credits))
         .route("/v1/extensions", get(extensions))
+        .route("/v1/admin/overview", get(overview))
         .route("/v1/keys", get(keys::list_keys))
         .route(
             "/v1/keys/{extension}",
             axum::routing::put(keys::set_key).delete(keys::remove_key),
         )
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -331,6 +334,11 @@ async fn add_credits(
 async fn extensions(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.scope();
     call(&s, StatusCode::OK, move |app| app.extensions(&scope)).await
+}
+
+async fn overview(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
+    auth.admin()?;
+    call(&s, StatusCode::OK, App::overview).await
 }
 
 async fn not_found() -> ApiError {
