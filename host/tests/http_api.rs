@@ -727,3 +727,55 @@ fn a_slow_extension_does_not_delay_creates_elsewhere() {
         "tenant b's create took {other:?} while a's waited on a slow extension"
     );
 }
+
+#[test]
+fn the_dashboard_is_served_with_a_strict_csp_and_its_overview_is_admin_only() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    h.grant("a", "3.00");
+    h.grant("b", "4.00");
+    let sb = h.create(TOKEN_A, "saas-stub");
+
+    let (s, v) = h.get("/v1/admin/overview", TOKEN_A);
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = h.get("/v1/admin/overview", "wrong-token-0123456789");
+    assert_eq!(s, 401, "{v}");
+    let (s, v) = h.get("/v1/admin/overview", ADMIN);
+    assert_eq!(s, 200, "{v}");
+    let balances = v["balances"].as_array().unwrap();
+    assert!(balances.iter().any(|b| b["tenant"] == "a"), "{v}");
+    assert!(balances.iter().any(|b| b["tenant"] == "b"), "{v}");
+    let in_use = v["in_use"].as_array().unwrap();
+    assert!(
+        in_use
+            .iter()
+            .any(|u| u["extension"] == "saas-stub" && u["sandboxes"] == 1),
+        "{v}"
+    );
+    let (s, _) = h.delete(
+        &format!("/v1/sandboxes/{}", sb["id"].as_str().unwrap()),
+        TOKEN_A,
+    );
+    assert_eq!(s, 200);
+
+    // The page itself: no token needed, and nothing but its own assets may run.
+    let page = reqwest::blocking::get(h.url("/")).unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        header("content-type").starts_with("text/html"),
+        "{:?}",
+        page.headers()
+    );
+    assert!(
+        header("content-security-policy").starts_with("default-src 'none'; script-src 'self'"),
+        "{:?}",
+        page.headers()
+    );
+}
