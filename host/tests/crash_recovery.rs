@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use lifecycle_support::Fixture;
 use sandboxer_host::app::{App, AppOptions};
 use sandboxer_host::domain::{EntryKind, SandboxSpec, SandboxState, Scope, TenantId};
+use sandboxer_host::layers::manager::HookPoint;
 use sandboxer_host::layers::payments::{CreditsStore, SqliteCreditsStore};
 
 const CHILD_DIR: &str = "SANDBOXER_CRASH_CHILD_DIR";
@@ -98,6 +99,17 @@ fn child_process_entry_point() {
         r.left.len()
     );
     log.write_all(line.as_bytes()).unwrap();
+    if std::env::var(CHILD_MODE).as_deref() == Ok("die-after-create") {
+        // Dies the moment the backend's create returned, before its handle is recorded.
+        app.set_test_hook(Some(std::sync::Arc::new(|point, _id: &str| {
+            if point == HookPoint::CreateAfterBackend {
+                std::process::exit(3);
+            }
+        })))
+        .unwrap();
+        let _ = app.create_sandbox(&acme(), &SandboxSpec::of_profile("saas-stub"), Some("lost"));
+        panic!("the hook did not run");
+    }
     if std::env::var(CHILD_MODE).as_deref() == Ok("finish") {
         let (running, _) = app
             .all_sandboxes(&Scope::Operator, Some(SandboxState::Running), None)
@@ -291,4 +303,51 @@ fn sigkilled_lifecycles_settle_exactly_once_and_leave_no_dangling_hold() {
         .collect();
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
     assert_eq!(ledger.outbox_lag().unwrap().0, 0);
+}
+
+/// A process that dies after the backend started a sandbox but before its handle was
+/// recorded leaves a `creating` row and an open hold. The next start finds the sandbox
+/// at the backend by its id, and since nothing could address it without its handle,
+/// destroys it at once and bills it from the create's start: never `running` with an
+/// empty handle, charged once, nothing left held.
+#[test]
+fn a_create_whose_handle_was_lost_is_destroyed_and_billed_once_on_restart() {
+    let f = Fixture::new();
+    f.json(&["credits", "add", "acme", "1000"]);
+    let dir = f.path();
+    drop(open(dir));
+    let status = spawn_child(dir, "die-after-create").wait().unwrap();
+    assert_eq!(status.code(), Some(3), "the child did not die at the hook");
+
+    let app = open(dir);
+    let (all, _) = app.all_sandboxes(&Scope::Operator, None, None).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let st = &all[0];
+    assert_eq!(st.state, SandboxState::Destroyed, "{st:?}");
+    assert!(
+        st.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("before its handle was recorded"),
+        "{:?}",
+        st.error
+    );
+    let meter = st.meter.as_ref().expect("settled");
+    assert!(
+        meter.total.amount > rust_decimal::Decimal::ZERO,
+        "{meter:?}"
+    );
+    let (statement, _) = app.statement_lines(&acme(), None).unwrap();
+    let charges = statement
+        .iter()
+        .filter(|e| e.kind == EntryKind::Charge && e.sandbox_id.as_deref() == Some(st.id.as_str()))
+        .count();
+    assert_eq!(charges, 1);
+    let ledger = SqliteCreditsStore::open(settings(dir).ledger_path()).unwrap();
+    assert!(ledger.open_holds().unwrap().is_empty(), "a hold is left");
+    // A second start finds nothing more to do.
+    drop(app);
+    let again = open(dir);
+    let verify = again.verify_ledger().unwrap();
+    assert!(verify.ok, "{:?}", verify.problems);
 }

@@ -387,3 +387,82 @@ fn huge_answers_are_cut_or_refused_and_quoted_by_a_prefix_only() {
     );
     stub_still_works();
 }
+
+/// Concurrent calls of one extension are bounded (`PoolPolicy::max_instances`): with a
+/// cap of one, three looping calls at once never run side by side, and a call that
+/// cannot get an instance within its budget is refused as capacity exhausted (retryable)
+/// instead of building one more instance. Without the cap all three run and time out.
+#[test]
+fn concurrent_instances_of_one_extension_are_capped() {
+    fn three_at_once(max_instances: usize) -> Vec<ExtensionError> {
+        let cache = tempfile::tempdir().unwrap();
+        let rt = runtime_with(cache.path(), |c| c.pool.max_instances = max_instances);
+        let mut s = spec(&guest("misbehave"), "misbehave-loop", &[("mode", "loop")]);
+        s.call_timeout_ms = Some(400);
+        let ext = rt.load_spec(s).unwrap();
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let ext = Arc::clone(&ext);
+                std::thread::spawn(move || ext.estimate_cost(&request()).unwrap_err())
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    }
+    let refused = |errs: &[ExtensionError]| {
+        errs.iter()
+            .filter(|e| {
+                matches!(&e.fault, Fault::Backend(sandboxer_host::domain::BackendError::CapacityExhausted(m)) if m.contains("instances"))
+            })
+            .count()
+    };
+
+    let capped = three_at_once(1);
+    assert!(refused(&capped) >= 1, "{capped:?}");
+    assert!(capped.iter().all(|e| e.is_retryable()), "{capped:?}");
+    let open = three_at_once(8);
+    assert_eq!(refused(&open), 0, "{open:?}");
+    assert!(
+        open.iter()
+            .all(|e| matches!(e.fault, Fault::Timeout { .. })),
+        "{open:?}"
+    );
+}
+
+/// A guest blocked in a host call (a WASI sleep) is not running guest code, so epoch
+/// interruption cannot stop it: the bounded `wasi:io/poll` does, at the call's budget,
+/// and the call fails as a timeout like a loop. A sleep within the budget answers.
+#[test]
+fn a_guest_asleep_in_a_host_call_is_stopped_at_its_budget() {
+    let (rt, _, _) = shared();
+    let load = |id: &str, sleep_ms: &str, budget_ms: u64| {
+        let mut s = spec(
+            &guest("misbehave"),
+            id,
+            &[("mode", "sleep"), ("sleep-ms", sleep_ms)],
+        );
+        s.call_timeout_ms = Some(budget_ms);
+        rt.load_spec(s).unwrap()
+    };
+    let sleeper = load("misbehave-sleep", "5000", 300);
+    let started = Instant::now();
+    let err = sleeper.estimate_cost(&request()).unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err.fault, Fault::Timeout { budget_ms: 300 }),
+        "{err}"
+    );
+    assert!(err.is_retryable() && err.counts_against_health(), "{err}");
+    // It waited its budget, not the guest's five seconds.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The next call gets a fresh instance and is bounded the same way.
+    assert!(matches!(
+        sleeper.create(&request()).unwrap_err().fault,
+        Fault::Timeout { .. }
+    ));
+
+    let napper = load("misbehave-nap", "50", 5000);
+    napper
+        .estimate_cost(&request())
+        .expect("a 50 ms sleep within a 5 s budget");
+    stub_still_works();
+}

@@ -160,7 +160,9 @@ pub fn status(
     created_at_ms: u64,
     now_ms: u64,
 ) -> Result<(State, String), Error> {
-    if handle.strip_prefix(HANDLE_PREFIX) != Some(request.sandbox_id) {
+    // An empty handle is the host asking after a create whose answer it lost: the
+    // sandbox is found by its id, as a provider finds one by the tag `create` set.
+    if !handle.is_empty() && handle.strip_prefix(HANDLE_PREFIX) != Some(request.sandbox_id) {
         return Err(Error::NotFound(format!(
             "handle {handle:?} does not name sandbox {:?}",
             request.sandbox_id
@@ -558,6 +560,8 @@ mod tests {
             status(&r, "stub-other", 0, 0),
             Err(Error::NotFound(_))
         ));
+        // A lost handle: found by the request's sandbox id.
+        assert_eq!(status(&r, "", 0, 1).unwrap().0, State::Running);
     }
 
     #[test]

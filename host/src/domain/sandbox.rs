@@ -209,9 +209,11 @@ pub struct SandboxStatus {
     pub profile: String,
     /// The extension serving it (the current try while `creating`).
     pub extension_id: Option<String>,
-    /// The sha256 of that extension's wasm: destroy and metering use this version.
+    /// That extension's version (sha256 over its wasm and resolved spec): destroy and
+    /// metering use this version.
     pub extension_version: Option<String>,
-    /// The backend's opaque handle (empty when recovered without one).
+    /// The backend's opaque handle (empty only on a sandbox whose create was interrupted
+    /// before the handle was recorded; reconciliation destroys such a sandbox at once).
     pub handle: Option<String>,
     /// Lifecycle state.
     pub state: SandboxState,

@@ -6,7 +6,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 
 use super::store::Inserted;
-use super::{ManagerError, SandboxManager, now_ms};
+use super::{HookPoint, ManagerError, SandboxManager, now_ms};
 use crate::domain::{
     AttemptRecord, BackendError, ExtensionError, Fault, Function, SandboxSpec, SandboxState,
     SandboxStatus,
@@ -232,6 +232,7 @@ impl SandboxManager {
                 Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
             match result {
                 Ok(created) => {
+                    self.hook(HookPoint::CreateAfterBackend, &id);
                     self.health.record_success(ext_id, latency);
                     st.state = SandboxState::Running;
                     st.handle = Some(created.handle);

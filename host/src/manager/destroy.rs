@@ -295,7 +295,10 @@ impl SandboxManager {
             fallback: reading.fallback.clone(),
         });
         st.state = SandboxState::Destroyed;
-        st.error = None;
+        // Earlier attempts' errors are over; why reconciliation ended it is not.
+        if st.error.as_deref() != Some(super::reconcile::LOST_HANDLE) {
+            st.error = None;
+        }
         st.updated_at = Utc::now();
         // Not fsynced: the settlement is durable, and re-running this function after a
         // lost write replays it (same key) to the same figures.

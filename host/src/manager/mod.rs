@@ -146,6 +146,8 @@ pub enum HookPoint {
     DestroyBeforeClaim,
     /// The lease keeper replaced a sandbox's hold and is about to record the new one.
     LeaseAfterReplace,
+    /// The backend's `create` returned; its handle is not recorded yet.
+    CreateAfterBackend,
 }
 
 /// A test's callback at a [`HookPoint`], with the sandbox id.

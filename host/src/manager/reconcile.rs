@@ -40,6 +40,11 @@ impl ReconcileReport {
     }
 }
 
+/// Why a sandbox was destroyed by reconciliation right after its create (kept on the
+/// destroyed status: the tenant never saw it running).
+pub(super) const LOST_HANDLE: &str = "create interrupted (process died) after the backend \
+     started it but before its handle was recorded: destroyed and billed from the create's start";
+
 impl SandboxManager {
     /// Finishes or rolls back every sandbox a dead process left in `creating` or
     /// `destroying`, releases holds no live sandbox needs, and delivers undelivered meter
@@ -171,6 +176,25 @@ impl SandboxManager {
             now_ms: now_ms(),
         };
         match backend.status(&ctx) {
+            Ok(backend_status) if st.handle.as_deref().is_none_or(str::is_empty) => {
+                // It exists, but the handle `create` returned never reached the row: no
+                // exec, files or status call could address it, so it is ended now (the
+                // extension gets the empty handle and finds it by `request.sandbox-id`,
+                // as it just did for `status`) and billed from when the create started.
+                st.state = SandboxState::Destroying;
+                st.extension_id = Some(ext);
+                st.extension_version = Some(backend.version().to_owned());
+                st.hold_id = Some(hold.id.clone());
+                st.held = Some(hold.amount.clone());
+                st.handle = Some(String::new());
+                st.started_at_ms = Some(started_ms);
+                st.destroy_at_ms = Some(now_ms());
+                st.error = Some(LOST_HANDLE.into());
+                st.updated_at = Utc::now();
+                self.store.update(&st, Some(self.owner.id()), true)?;
+                tracing::info!(sandbox_id = %st.id, tenant = %st.tenant, backend = ?backend_status.state, "reconcile: create found without a handle; destroying it");
+                self.finish_destroy(st)
+            }
             Ok(backend_status) => {
                 // It exists: bill it from when the create started (the latest moment we
                 // know it did not exist yet is unknown; the start is the fair bound).

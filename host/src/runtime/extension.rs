@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use wasmtime::{Engine, Store};
 
@@ -57,13 +57,23 @@ pub struct PoolPolicy {
     pub max_idle: usize,
     /// Calls after which an instance is discarded and replaced by a fresh one.
     pub recycle_after: u32,
+    /// Calls of one extension in progress at once, each in an instance of its own (so,
+    /// with `max_idle`, the bound on its live instances and their memory). A call past it
+    /// waits for one to end, at most its own time budget, then fails as
+    /// `capacity-exhausted` (retryable: the router tries the next candidate).
+    pub max_instances: usize,
 }
+
+/// Default of [`PoolPolicy::max_instances`]: with the default 64 MiB cap per instance, at
+/// most 4 GiB of guest memory per extension.
+pub const DEFAULT_MAX_INSTANCES: usize = 64;
 
 impl Default for PoolPolicy {
     fn default() -> Self {
         Self {
             max_idle: 4,
             recycle_after: 10_000,
+            max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
 }
@@ -159,6 +169,10 @@ struct Calls {
     /// Which of `process` and `files` the component exports.
     exports: OptionalExports,
     idle: Mutex<Vec<Warm>>,
+    /// Calls in progress (each holds an instance), and the wake-up of a call waiting for
+    /// one to end (see [`PoolPolicy::max_instances`]).
+    in_calls: Mutex<usize>,
+    call_ended: Condvar,
     health: Mutex<HealthState>,
     /// Keeps the epoch advancing while the extension exists, even if its runtime is gone.
     _ticker: Arc<EpochTicker>,
@@ -197,6 +211,8 @@ impl Extension {
             indices,
             exports,
             idle: Mutex::new(Vec::new()),
+            in_calls: Mutex::new(0),
+            call_ended: Condvar::new(),
             health: Mutex::new(HealthState::default()),
             _ticker: ticker,
         };
@@ -671,6 +687,7 @@ impl Calls {
         call: impl FnOnce(&Guests, &mut Store<StoreData>) -> wasmtime::Result<T>,
     ) -> Result<T, ExtensionError> {
         self.admit(function)?;
+        let _slot = self.instance_slot(function, budget)?;
         let secrets = self
             .options
             .grants
@@ -734,6 +751,39 @@ impl Calls {
             }),
             Err(err) => Err(limits::fault_from_error(&err, &store, mark)),
         }
+    }
+
+    /// Waits (at most `budget`) until fewer than `max_instances` calls are in progress,
+    /// and counts this one in until the slot is dropped.
+    fn instance_slot(
+        &self,
+        function: Function,
+        budget: Duration,
+    ) -> Result<InstanceSlot<'_>, ExtensionError> {
+        let max = self.options.pool.max_instances.max(1);
+        let deadline = Instant::now() + budget;
+        let mut in_calls = self.in_calls.lock();
+        while *in_calls >= max {
+            if self
+                .call_ended
+                .wait_until(&mut in_calls, deadline)
+                .timed_out()
+                && *in_calls >= max
+            {
+                drop(in_calls);
+                tracing::warn!(extension = %self.id, %function, max_instances = max, "every instance is in a call");
+                return Err(self.error(
+                    function,
+                    Fault::Backend(BackendError::CapacityExhausted(format!(
+                        "all {max} instances the host allows this extension are in calls \
+                         (waited {} ms); try again",
+                        budget.as_millis()
+                    ))),
+                ));
+            }
+        }
+        *in_calls += 1;
+        Ok(InstanceSlot { calls: self })
     }
 
     /// Refuses the call while quarantined; counts it.
@@ -819,6 +869,18 @@ impl Calls {
             function,
             fault: self.options.grants.redact_fault(fault),
         }
+    }
+}
+
+/// One call's share of [`PoolPolicy::max_instances`], given back when the call ends.
+struct InstanceSlot<'a> {
+    calls: &'a Calls,
+}
+
+impl Drop for InstanceSlot<'_> {
+    fn drop(&mut self) {
+        *self.calls.in_calls.lock() -= 1;
+        self.calls.call_ended.notify_one();
     }
 }
 

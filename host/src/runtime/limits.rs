@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
@@ -63,48 +63,95 @@ impl CallLimits {
     }
 }
 
-/// Refuses memory growth past the cap and remembers that it did, so the trap that
-/// usually follows (an allocator aborting) is reported as out-of-memory.
+/// Table elements one store may hold across all its tables. Elements are pointers: a
+/// million is 8 MiB, plenty for any guest (the Python guest uses about 30 000).
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Core instances, linear memories and tables one store may create. A component is a
+/// handful of core modules; every shipped guest, Python and JavaScript included, loads
+/// well within these (host/tests/polyglot_extensions.rs).
+pub const MAX_CORE_INSTANCES: usize = 100;
+/// See [`MAX_CORE_INSTANCES`].
+pub const MAX_MEMORIES: usize = 16;
+/// See [`MAX_CORE_INSTANCES`].
+pub const MAX_TABLES: usize = 100;
+
+/// Refuses growth past the caps and remembers that it did, so the trap that usually
+/// follows (an allocator aborting) is reported as out-of-memory.
+///
+/// The memory cap is for the whole store, summed over every linear memory its core
+/// instances declare (a component declaring many memories gets no more than one would);
+/// the table cap likewise sums elements over all tables.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
+    memory_bytes: usize,
+    table_elements: usize,
     refused: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            memory_bytes: 0,
+            table_elements: 0,
+            refused: false,
+        }
+    }
+}
+
+/// `total` with one item grown from `current` to `desired`, if it stays within `cap`.
+fn grown(total: usize, current: usize, desired: usize, cap: usize) -> Option<usize> {
+    total
+        .checked_sub(current.min(total))?
+        .checked_add(desired)
+        .filter(|t| *t <= cap)
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let Some(total) = grown(self.memory_bytes, current, desired, self.max_bytes) else {
             self.refused = true;
             return Ok(false);
+        };
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
         }
-        Ok(maximum.is_none_or(|max| desired <= max))
+        self.memory_bytes = total;
+        Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Table elements are pointers: a million of them is 8 MiB, plenty for any guest.
-        Ok(desired <= 1_000_000 && maximum.is_none_or(|max| desired <= max))
+        let Some(total) = grown(self.table_elements, current, desired, MAX_TABLE_ELEMENTS) else {
+            return Ok(false);
+        };
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
-        1000
+        MAX_CORE_INSTANCES
     }
 
     fn tables(&self) -> usize {
-        1000
+        MAX_TABLES
     }
 
     fn memories(&self) -> usize {
-        100
+        MAX_MEMORIES
     }
 }
 
@@ -122,6 +169,9 @@ pub struct StoreData {
     limits: CallLimits,
     /// The budget of the call in progress (reported when it runs out).
     budget: Duration,
+    /// When the call in progress runs out of budget: bounds the guest's waits in host
+    /// calls (see [`super::waits`]), which epoch interruption cannot reach.
+    deadline: Instant,
     http: WasiHttpCtx,
     outbound: OutboundHooks,
 }
@@ -149,6 +199,14 @@ impl StoreData {
     /// The `wasi:config/store` values of this instance.
     pub fn config(&self) -> &WasiConfigVariables {
         &self.config
+    }
+
+    /// The instance's resources with the current call's deadline, for the bounded waits.
+    pub(super) fn waits(&mut self) -> super::waits::BoundedWaits<'_> {
+        super::waits::BoundedWaits {
+            table: &mut self.table,
+            deadline: self.deadline,
+        }
     }
 }
 
@@ -178,13 +236,11 @@ pub fn new_store(
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain(secrets.pairs())
             .collect(),
-        limiter: MemoryLimiter {
-            max_bytes: limits.memory_limit_bytes(),
-            refused: false,
-        },
+        limiter: MemoryLimiter::new(limits.memory_limit_bytes()),
         stderr,
         limits,
         budget: limits.call_timeout,
+        deadline: Instant::now() + limits.call_timeout,
         http: WasiHttpCtx::new(),
         outbound: OutboundHooks::new(Arc::clone(grants)),
     };
@@ -211,6 +267,7 @@ pub fn begin_call_within(store: &mut Store<StoreData>, budget: Duration) -> Call
     store.set_epoch_deadline(ticks_for(budget));
     let data = store.data_mut();
     data.budget = budget;
+    data.deadline = Instant::now() + budget;
     data.limiter.refused = false;
     CallMark {
         stderr_len: data.stderr.contents().len(),
@@ -226,7 +283,11 @@ pub fn fault_from_error(err: &wasmtime::Error, store: &Store<StoreData>, mark: C
         };
     }
     let trap = err.downcast_ref::<Trap>();
-    if trap == Some(&Trap::Interrupt) {
+    if trap == Some(&Trap::Interrupt)
+        || err
+            .downcast_ref::<super::waits::BudgetSpentWaiting>()
+            .is_some()
+    {
         return Fault::Timeout {
             budget_ms: u64::try_from(data.budget.as_millis()).unwrap_or(u64::MAX),
         };
@@ -270,4 +331,35 @@ fn stderr_since(data: &StoreData, mark: CallMark) -> String {
         joined.push('…');
     }
     joined
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn the_memory_cap_is_for_the_whole_store_not_each_memory() {
+        let mut l = MemoryLimiter::new(64 * MIB);
+        // Two memories of 40 MiB: each alone is under the cap, together they are not.
+        assert!(l.memory_growing(0, 40 * MIB, None).unwrap());
+        assert!(!l.memory_growing(0, 40 * MIB, None).unwrap());
+        assert!(l.refused);
+        // Growing the first within what is left is fine; past it is not.
+        assert!(l.memory_growing(40 * MIB, 64 * MIB, None).unwrap());
+        assert!(!l.memory_growing(0, 1, None).unwrap());
+        // A memory's own maximum still applies (and is not reported as the host's cap).
+        let mut l = MemoryLimiter::new(64 * MIB);
+        assert!(!l.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+        assert!(!l.refused);
+    }
+
+    #[test]
+    fn table_elements_are_capped_over_all_tables() {
+        let mut l = MemoryLimiter::new(64 * MIB);
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(!l.table_growing(0, 1, None).unwrap());
+    }
 }

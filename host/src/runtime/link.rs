@@ -15,6 +15,11 @@ use super::limits::StoreData;
 pub fn build_linker(engine: &Engine) -> wasmtime::Result<Linker<StoreData>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // `wasi:io/poll` again, bounded by the call's budget (a guest blocked in a sleep or
+    // an HTTP wait would otherwise run past it: epoch interruption only reaches guest code).
+    linker.allow_shadowing(true);
+    super::waits::add_to_linker(&mut linker)?;
+    linker.allow_shadowing(false);
     wasmtime_wasi_config::add_to_linker(&mut linker, |data: &mut StoreData| {
         WasiConfig::from(data.config())
     })?;

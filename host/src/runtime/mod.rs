@@ -40,6 +40,7 @@ pub mod limits;
 pub mod link;
 pub mod outbound;
 pub mod sidecar;
+pub mod waits;
 /// The contract mirror types, which live in the domain (routing, payments, events and
 /// the surfaces speak them too); the runtime's own code names them `types::…`.
 pub use crate::domain::contract as types;

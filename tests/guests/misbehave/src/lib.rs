@@ -5,6 +5,8 @@
 //! - `mode` (default `ok`):
 //!   - `ok`: valid answers; estimate and meter are a flat `price`.
 //!   - `loop`: never returns. `alloc`: allocates without bound. `panic`: panics.
+//!   - `sleep`: sleeps `sleep-ms` (default 5000) in a WASI sleep, i.e. blocked in a host
+//!     call where no epoch interrupt reaches it, then answers as `ok`.
 //!   - `abc`, `negative` (`-1`), `huge` (a 40-digit number), `float` (`1e-5`): that string
 //!     as the cost's total, the line's unit price and amount (and, in `destroy`, as a
 //!     measure's quantity).
@@ -18,7 +20,7 @@
 //!     of 0) instead of refusing them with `invalid-request` as every other mode does.
 //! - `functions`: comma-separated WIT function names the mode applies to (`info`,
 //!   `estimate-cost`, `create`, `status`, `destroy`, `meter-actual`, `capacity`). Default:
-//!   `loop`/`alloc`/`panic` every function but `info` (so the extension loads, then fails
+//!   `loop`/`alloc`/`panic`/`sleep` every function but `info` (so the extension loads, then fails
 //!   its calls); amount modes `estimate-cost,meter-actual`; `fail-*` modes `create`.
 //!   Elsewhere the guest behaves as in `ok`.
 //! - `price` (default `0.0001`): the flat price in `ok` behaviour.
@@ -45,7 +47,7 @@ use exports::sandboxer::extension::backend::{
 struct Misbehave;
 
 /// Every mode, for the error message on an unknown one.
-const MODES: &str = "ok, loop, alloc, panic, abc, negative, huge, float, no-currency, bad-sum, \
+const MODES: &str = "ok, loop, alloc, panic, sleep, abc, negative, huge, float, no-currency, bad-sum, \
                      fail-unavailable, fail-capacity, fail-unauthorized, lax, long-error, \
                      long-decimal, many-items";
 
@@ -64,7 +66,7 @@ fn mode_for(function: &str) -> Result<String, BackendError> {
     let applies = match setting("functions") {
         Some(list) => list.split(',').any(|f| f.trim() == function),
         None => match mode.as_str() {
-            "loop" | "alloc" | "panic" => function != "info",
+            "loop" | "alloc" | "panic" | "sleep" => function != "info",
             "fail-unavailable" | "fail-capacity" | "fail-unauthorized" | "long-error" => {
                 function == "create"
             }
@@ -91,6 +93,13 @@ fn misbehave(mode: &str, function: &str) -> Result<(), BackendError> {
             }
         }
         "panic" => panic!("misbehave: panic in {function}, as configured"),
+        "sleep" => {
+            let ms = setting("sleep-ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
         "fail-unavailable" => Err(BackendError::Unavailable(format!(
             "misbehave: {function} unavailable, as configured"
         ))),
@@ -203,7 +212,7 @@ impl Guest for Misbehave {
     fn info() -> ExtensionInfo {
         let mode = mode_for("info").unwrap_or_else(|_| "ok".to_owned());
         // `info` cannot fail: only the diverging modes and `no-currency` affect it.
-        if matches!(mode.as_str(), "loop" | "alloc" | "panic") {
+        if matches!(mode.as_str(), "loop" | "alloc" | "panic" | "sleep") {
             let _ = misbehave(&mode, "info");
         }
         let capacity = setting("capacity");
