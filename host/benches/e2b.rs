@@ -34,6 +34,7 @@ fn request(i: usize) -> SandboxRequest {
         region: None,
         env: vec![("MODE".into(), "bench".into())],
         metadata: vec![],
+        byok: Default::default(),
     }
 }
 

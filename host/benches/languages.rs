@@ -40,6 +40,7 @@ fn request() -> SandboxRequest {
         region: None,
         env: vec![],
         metadata: vec![],
+        byok: Default::default(),
     }
 }
 

@@ -92,6 +92,7 @@ fn request(id: &str) -> SandboxRequest {
         region: None,
         env: vec![("MODE".into(), "ci".into())],
         metadata: vec![("team".into(), "ml".into())],
+        byok: Default::default(),
     }
 }
 

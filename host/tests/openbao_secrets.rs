@@ -71,6 +71,41 @@ fn setup_with(
     s
 }
 
+/// Stores `own` as tenant a's key for e2b through `PUT /v1/keys/e2b`; the answer.
+fn put_own_key(h: &Host, own: &str) -> Value {
+    let (st, v) = h.call(
+        "PUT",
+        "/v1/keys/e2b",
+        Some(TOKEN_A),
+        Some(&format!("{{\"api_key\":\"{own}\"}}")),
+        &[],
+    );
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// A host folder whose e2b takes tenants' keys (`extra` sidecar lines), with the
+/// operator's key `operator` at `path` in `bao`, and a fake E2B that accepts it and `own`.
+fn byok_setup(
+    bao: &OpenBaoAddr,
+    path: &str,
+    (operator, own): (&str, &str),
+    refresh_secs: u64,
+    extra: &str,
+) -> (FakeE2b, Setup) {
+    bao.write(path, &[("api_key", operator)]);
+    let fake = FakeE2b::start(operator).unwrap();
+    fake.accept_key(own);
+    let s = setup_with(
+        bao,
+        &fake,
+        path,
+        refresh_secs,
+        &format!("byok = [\"api_key\"]\n{extra}"),
+    );
+    (fake, s)
+}
+
 /// Creates a sandbox on `profile` for tenant a and destroys it; returns the sandbox.
 fn create_and_destroy(h: &Host, profile: &str) -> Value {
     create_and_destroy_as(h, TOKEN_A, profile)
@@ -241,16 +276,7 @@ fn a_tenants_own_key_reaches_only_its_own_calls() {
         "e2b_operator_key_for_byok_3e7a",
         "e2b_tenant_a_own_key_c4d2",
     );
-    bao.write("sandboxer/e2b-byok", &[("api_key", operator)]);
-    let fake = FakeE2b::start(operator).unwrap();
-    fake.accept_key(own);
-    let s = setup_with(
-        &bao,
-        &fake,
-        "sandboxer/e2b-byok",
-        60,
-        "byok = [\"api_key\"]",
-    );
+    let (fake, s) = byok_setup(&bao, "sandboxer/e2b-byok", (operator, own), 60, "");
     let h = Host::start(&s);
     h.grant("a", "50");
     h.grant("b", "50");
@@ -260,14 +286,7 @@ fn a_tenants_own_key_reaches_only_its_own_calls() {
     assert_eq!(v["keys"][0]["extension"], "e2b", "{v}");
     assert_eq!(v["keys"][0]["set"], false, "{v}");
 
-    let (st, v) = h.call(
-        "PUT",
-        "/v1/keys/e2b",
-        Some(TOKEN_A),
-        Some(&format!("{{\"api_key\":\"{own}\"}}")),
-        &[],
-    );
-    assert_eq!(st, 200, "{v}");
+    let v = put_own_key(&h, own);
     assert_eq!(v["set"], true, "{v}");
     assert!(
         v["fingerprint"].as_str().unwrap().starts_with("sha256:"),
@@ -429,28 +448,11 @@ fn a_byok_sandbox_is_destroyed_on_the_tenants_account_while_openbao_is_down() {
         "e2b_operator_key_outage_77aa",
         "e2b_tenant_a_key_outage_19bc",
     );
-    bao.addr
-        .write("sandboxer/e2b-byok-down", &[("api_key", operator)]);
-    let fake = FakeE2b::start(operator).unwrap();
-    fake.accept_key(own);
     // A short refresh: the tenant's key is due for a re-read when the destroy comes.
-    let s = setup_with(
-        &bao.addr,
-        &fake,
-        "sandboxer/e2b-byok-down",
-        1,
-        "byok = [\"api_key\"]",
-    );
+    let (fake, s) = byok_setup(&bao.addr, "sandboxer/e2b-byok-down", (operator, own), 1, "");
     let h = Host::start(&s);
     h.grant("a", "10");
-    let (st, v) = h.call(
-        "PUT",
-        "/v1/keys/e2b",
-        Some(TOKEN_A),
-        Some(&format!("{{\"api_key\":\"{own}\"}}")),
-        &[],
-    );
-    assert_eq!(st, 200, "{v}");
+    put_own_key(&h, own);
     let (st, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"e2b-only"}"#);
     assert_eq!(st, 201, "{sb}");
 
@@ -560,27 +562,17 @@ fn a_byok_sandbox_is_billed_the_platform_fee_and_its_event_says_so() {
         "e2b_operator_key_billing_4b4b",
         "e2b_tenant_a_billing_key_6c6c",
     );
-    bao.write("sandboxer/e2b-billing", &[("api_key", operator)]);
-    let fake = FakeE2b::start(operator).unwrap();
-    fake.accept_key(own);
-    let s = setup_with(
+    let (_fake, s) = byok_setup(
         &bao,
-        &fake,
         "sandboxer/e2b-billing",
+        (operator, own),
         60,
-        "byok = [\"api_key\"]\nbyok_fee_percent = \"10\"\nbyok_fee_per_sandbox_hour = \"0.36\"",
+        "byok_fee_percent = \"10\"\nbyok_fee_per_sandbox_hour = \"0.36\"",
     );
     let h = Host::start(&s);
     h.grant("a", "10");
     h.grant("b", "10");
-    let (st, v) = h.call(
-        "PUT",
-        "/v1/keys/e2b",
-        Some(TOKEN_A),
-        Some(&format!("{{\"api_key\":\"{own}\"}}")),
-        &[],
-    );
-    assert_eq!(st, 200, "{v}");
+    put_own_key(&h, own);
 
     let a = create_and_destroy(&h, "e2b-only");
     let b = create_and_destroy_as(&h, TOKEN_B, "e2b-only");
@@ -614,13 +606,454 @@ fn a_byok_sandbox_is_billed_the_platform_fee_and_its_event_says_so() {
             .contains("provider price")
     );
     // The statement charges the fee, not the provider's price.
-    let (_, stmt) = h.get("/v1/credits/entries", TOKEN_A);
-    assert!(
-        stmt.to_string()
-            .contains(&format!("{}", want.round_dp(9).normalize()))
-            || stmt.to_string().contains("charge"),
-        "{stmt}"
+    let entry = |token: &str, id: &Value, kind: &str| {
+        let (_, stmt) = h.get("/v1/credits/entries", token);
+        let e = stmt["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["sandbox_id"] == *id && e["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} of {id} in {stmt}"));
+        dec(&e["exact"])
+    };
+    assert_eq!(entry(TOKEN_A, &a["id"], "charge"), want, "{ea}");
+    // The estimate (and so the hold) follows the same rule: 10% of the provider's
+    // estimate plus 0.36 for the hour the profile allows.
+    let estimate = |token: &str| {
+        let x = explain(&h, token, r#"{"profile":"e2b-only"}"#);
+        dec(&x["decision"]["attempts"][0]["estimate"]["total"]["amount"])
+    };
+    let (est_a, est_b) = (estimate(TOKEN_A), estimate(TOKEN_B));
+    assert_eq!(
+        est_a,
+        est_b * rust_decimal::Decimal::new(1, 1) + rust_decimal::Decimal::new(36, 2)
     );
+    let (hold_a, hold_b) = (
+        entry(TOKEN_A, &a["id"], "hold"),
+        entry(TOKEN_B, &b["id"], "hold"),
+    );
+    assert_eq!(hold_a * est_b, hold_b * est_a, "holds {hold_a} {hold_b}");
     assert!(!ea.to_string().contains(own));
+    assert!(h.terminate());
+}
+
+/// Over the self-hosted `local-pool` and `e2b`: `prefer-self-hosted` puts the pool first
+/// unless the tenant's own key ranks e2b first.
+const BYOK_ROUTE: &str = r#"
+id = "byok-route"
+description = "the pool, or E2B"
+template = "base"
+max_duration_secs = 3600
+[resources]
+vcpus = 2
+memory_mib = 512
+[route]
+strategy = "prefer-self-hosted"
+candidates = ["local-pool", "e2b"]
+"#;
+
+/// Explains `body` for the tenant of `token` over HTTP.
+fn explain(h: &Host, token: &str, body: &str) -> Value {
+    let (st, v) = h.post("/v1/route/explain", token, body);
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+/// Whose key each candidate would use, by extension id.
+fn keys_of(x: &Value) -> std::collections::BTreeMap<String, String> {
+    let candidates = x["decision"]["candidates"]
+        .as_array()
+        .or_else(|| x["candidates"].as_array())
+        .unwrap();
+    candidates
+        .iter()
+        .map(|c| {
+            (
+                c["extension_id"].as_str().unwrap().to_owned(),
+                c["key"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn first_attempt(x: &Value) -> &str {
+    x["decision"]["attempts"][0]["extension_id"]
+        .as_str()
+        .unwrap_or("-")
+}
+
+#[test]
+fn routing_prefers_requires_or_never_uses_the_tenants_own_key() {
+    let bao = openbao::shared();
+    let (operator, own) = (
+        "e2b_operator_key_routing_1d1d",
+        "e2b_tenant_a_routing_key_2e2e",
+    );
+    let (fake, s) = byok_setup(
+        &bao,
+        "sandboxer/e2b-routing",
+        (operator, own),
+        60,
+        "byok_fee_percent = \"10\"",
+    );
+    std::fs::copy(
+        support::built("tests/fixtures/extensions/local-pool.toml"),
+        s.extensions().join("local-pool.toml"),
+    )
+    .unwrap();
+    std::fs::write(s.profiles().join("byok-route.toml"), BYOK_ROUTE).unwrap();
+    std::fs::write(
+        s.profiles().join("e2b-own-key.toml"),
+        E2B_ONLY
+            .replace("id = \"e2b-only\"", "id = \"e2b-own-key\"")
+            .replace("fallback = false", "fallback = false\nbyok = \"require\""),
+    )
+    .unwrap();
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    h.grant("b", "10");
+    put_own_key(&h, own);
+
+    // prefer (the default): a's key ranks e2b before the self-hosted pool; b's order is
+    // the strategy's. Explain says whose key each would use.
+    let xa = explain(&h, TOKEN_A, r#"{"profile":"byok-route"}"#);
+    assert_eq!(xa["byok"], "prefer", "{xa}");
+    assert_eq!(first_attempt(&xa), "e2b", "{xa}");
+    let ka = keys_of(&xa);
+    assert_eq!(ka["e2b"], "tenant", "{xa}");
+    assert_eq!(ka["local-pool"], "none", "{xa}");
+    let xb = explain(&h, TOKEN_B, r#"{"profile":"byok-route"}"#);
+    assert_eq!(first_attempt(&xb), "local-pool", "{xb}");
+    assert_eq!(keys_of(&xb)["e2b"], "operator", "{xb}");
+    // never: a's order is the strategy's and e2b would use the operator's key.
+    let xn = explain(&h, TOKEN_A, r#"{"profile":"byok-route","byok":"never"}"#);
+    assert_eq!(first_attempt(&xn), "local-pool", "{xn}");
+    assert_eq!(keys_of(&xn)["e2b"], "operator", "{xn}");
+
+    // A create with never: the operator's key, the provider's price (no BYOK marks).
+    let before = fake.requests().len();
+    let (st, sb) = h.post(
+        "/v1/sandboxes",
+        TOKEN_A,
+        r#"{"profile":"e2b-only","byok":"never"}"#,
+    );
+    assert_eq!(st, 201, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    let (st, v) = h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert!(st == 200 || st == 202, "{st} {v}");
+    let calls: Vec<_> = fake.requests()[before..]
+        .iter()
+        .filter(|r| !r.envd)
+        .cloned()
+        .collect();
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert!(
+        calls.iter().all(|r| r.api_key.as_deref() == Some(operator)),
+        "{calls:?}"
+    );
+    let event = meter_event(&h, &s, &id);
+    assert!(event["data"].get("byok").is_none(), "{event}");
+
+    // require, from the profile: b has no key → 409 naming e2b and what to do, nothing
+    // held; a's create runs on its own key.
+    let (_, credits_before) = h.get("/v1/credits", TOKEN_B);
+    let (st, v) = h.post("/v1/sandboxes", TOKEN_B, r#"{"profile":"e2b-own-key"}"#);
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(v["error"]["code"], "own_key_required", "{v}");
+    assert_eq!(v["error"]["extensions"], serde_json::json!(["e2b"]), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("e2b") && msg.contains("PUT /v1/keys/"),
+        "{msg}"
+    );
+    let (_, credits_after) = h.get("/v1/credits", TOKEN_B);
+    assert_eq!(credits_before, credits_after);
+    // The request may say otherwise: prefer runs b on the operator's key.
+    let (st, v) = h.post(
+        "/v1/sandboxes",
+        TOKEN_B,
+        r#"{"profile":"e2b-own-key","byok":"prefer"}"#,
+    );
+    assert_eq!(st, 201, "{v}");
+    h.delete(
+        &format!("/v1/sandboxes/{}", v["id"].as_str().unwrap()),
+        TOKEN_B,
+    );
+    // require over a route with a candidate that takes no keys: the pool is dropped.
+    let (st, v) = h.post(
+        "/v1/sandboxes",
+        TOKEN_B,
+        r#"{"profile":"byok-route","byok":"require"}"#,
+    );
+    assert_eq!(st, 409, "{v}");
+    let pool = v["error"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["extension_id"] == "local-pool")
+        .cloned()
+        .unwrap();
+    assert_eq!(pool["reason"], "no-tenant-key", "{v}");
+    assert_eq!(pool["takes_keys"], false, "{v}");
+    let before = fake.requests().len();
+    let (st, sb) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"e2b-own-key"}"#);
+    assert_eq!(st, 201, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_owned();
+    h.delete(&format!("/v1/sandboxes/{id}"), TOKEN_A);
+    assert!(
+        fake.requests()[before..]
+            .iter()
+            .filter(|r| !r.envd)
+            .all(|r| r.api_key.as_deref() == Some(own))
+    );
+    assert_eq!(meter_event(&h, &s, &id)["data"]["byok"], true);
+
+    // The CLI's explain shows the same, as a table and as JSON.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer"))
+            .args(["--extensions-dir", s.extensions().to_str().unwrap()])
+            .args(["--profiles-dir", s.profiles().to_str().unwrap()])
+            .args(["--state-dir", s.state().to_str().unwrap()])
+            .args(args)
+            .args(["--openbao-address", &bao.address])
+            .args(["--tenant-prefix", "sandboxer/e2b-routing-tenants"])
+            .env("BAO_TOKEN", openbao::ROOT_TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&[
+        "route",
+        "explain",
+        "--profile",
+        "byok-route",
+        "--tenant",
+        "a",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let e2b_row = out
+        .lines()
+        .find(|l| l.contains("┆ e2b "))
+        .unwrap_or_default();
+    assert!(e2b_row.contains("┆ tenant "), "{out}");
+    assert!(out.contains("byok prefer"), "{out}");
+    assert!(out.contains("Would try: e2b → local-pool"), "{out}");
+    let (code, out, err) = cli(&[
+        "--json",
+        "route",
+        "explain",
+        "--profile",
+        "byok-route",
+        "--tenant",
+        "b",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let xb: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys_of(&xb)["e2b"], "operator", "{xb}");
+    let (code, out, err) = cli(&[
+        "route",
+        "explain",
+        "--profile",
+        "e2b-own-key",
+        "--tenant",
+        "b",
+    ]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("own key") && err.contains("e2b"), "{err}");
+
+    // No key in any answer, the log or the state files.
+    for x in [&xa, &xb, &xn] {
+        assert!(!x.to_string().contains(own) && !x.to_string().contains(operator));
+    }
+    let log = h.log.lock().unwrap().clone();
+    for k in [operator, own] {
+        assert!(!log.contains(k), "a key is in the host's log");
+        assert_eq!(files_containing(&s.state(), k), Vec::<String>::new());
+    }
+    assert!(h.terminate());
+}
+
+/// Enables AppRole on the shared server (once) with a role whose tokens live `ttl`
+/// seconds and may read `sandboxer/*`; its role id and a fresh secret id.
+fn approle(bao: &OpenBaoAddr, role: &str, ttl: u32) -> (String, String) {
+    let c = reqwest::blocking::Client::new();
+    let a = &bao.address;
+    let root = Some(openbao::ROOT_TOKEN);
+    let enabled = c
+        .get(format!("{a}/v1/sys/auth"))
+        .header("X-Vault-Token", openbao::ROOT_TOKEN)
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap();
+    if enabled["approle/"].is_null() {
+        openbao::api(
+            &c,
+            "POST",
+            &format!("{a}/v1/sys/auth/approle"),
+            root,
+            &serde_json::json!({ "type": "approle" }),
+        );
+    }
+    openbao::api(
+        &c,
+        "PUT",
+        &format!("{a}/v1/sys/policies/acl/{role}"),
+        root,
+        &serde_json::json!({
+            "policy": "path \"secret/data/sandboxer/*\" { capabilities = [\"read\"] }"
+        }),
+    );
+    openbao::api(
+        &c,
+        "POST",
+        &format!("{a}/v1/auth/approle/role/{role}"),
+        root,
+        &serde_json::json!({
+            "token_policies": [role],
+            "token_ttl": format!("{ttl}s"),
+            "token_max_ttl": format!("{ttl}s"),
+        }),
+    );
+    let role_id = openbao::api(
+        &c,
+        "GET",
+        &format!("{a}/v1/auth/approle/role/{role}/role-id"),
+        root,
+        &Value::Null,
+    )["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = openbao::api(
+        &c,
+        "POST",
+        &format!("{a}/v1/auth/approle/role/{role}/secret-id"),
+        root,
+        &serde_json::json!({}),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (role_id, secret_id)
+}
+
+#[test]
+fn an_approle_login_reads_the_key_and_logs_in_again_when_its_token_expires() {
+    let bao = openbao::shared();
+    let (k1, k2) = ("e2b_approle_key_one_3c3c", "e2b_approle_key_two_4d4d");
+    bao.write("sandboxer/e2b-approle", &[("api_key", k1)]);
+    // Tokens of 2 s: every create after the first few seconds needs a fresh login.
+    let (role_id, secret_id) = approle(&bao, "sandboxer-host", 2);
+    let fake = FakeE2b::start(k1).unwrap();
+    fake.accept_key(k2);
+    let s = setup(&bao, &fake, "sandboxer/e2b-approle", 1);
+    std::fs::write(s.path().join("secret-id"), format!("{secret_id}\n")).unwrap();
+    s.write_config(&format!(
+        "[openbao]\naddress = \"{}\"\nrole_id = \"{role_id}\"\nsecret_id_file = \"secret-id\"\nrefresh_secs = 1\nretry_secs = 1\ntimeout_ms = 1000\n",
+        bao.address
+    ));
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    create_and_destroy(&h, "e2b-only");
+    assert_eq!(create_keys(&fake), [k1]);
+
+    // Past the first token's lifetime: the rotated key is read with a new login.
+    bao.write("sandboxer/e2b-approle", &[("api_key", k2)]);
+    std::thread::sleep(Duration::from_millis(2500));
+    create_and_destroy(&h, "e2b-only");
+    std::thread::sleep(Duration::from_millis(1100));
+    create_and_destroy(&h, "e2b-only");
+    let keys = create_keys(&fake);
+    assert_eq!(keys.last().map(String::as_str), Some(k2), "{keys:?}");
+
+    let log = h.log.lock().unwrap().clone();
+    assert!(log.contains("logged in to OpenBao with AppRole"), "{log}");
+    for secret in [secret_id.as_str(), k1, k2] {
+        assert!(!log.contains(secret), "a secret is in the host's log");
+        assert_eq!(files_containing(&s.state(), secret), Vec::<String>::new());
+    }
+    assert!(h.terminate());
+}
+
+#[test]
+fn openbao_over_https_is_verified_against_the_ca_file() {
+    let tls = openbao::TlsServer::start();
+    let key = "e2b_key_over_https_5e5e";
+    tls.write("sandboxer/e2b-tls", &[("api_key", key)]);
+    let fake = FakeE2b::start(key).unwrap();
+    let s = setup(&tls.server.addr, &fake, "sandboxer/e2b-tls", 60);
+    // The CA the server wrote: trusted, the key is read over https.
+    std::fs::copy(&tls.ca, s.path().join("bao-ca.pem")).unwrap();
+    s.write_config(&format!(
+        "{}ca_file = \"bao-ca.pem\"\n",
+        tls.server.addr.config(60)
+    ));
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    create_and_destroy(&h, "e2b-only");
+    assert_eq!(create_keys(&fake), [key]);
+    assert!(h.terminate());
+
+    // A file without the server's CA (its own leaf certificate, which signs nothing):
+    // the server is not trusted, the extension is skipped saying so.
+    std::fs::copy(
+        tls.ca.with_file_name("vault-cert.pem"),
+        s.path().join("bao-ca.pem"),
+    )
+    .unwrap();
+    let h = Host::start(&s);
+    let row = extension_row(&h, "e2b").expect("a row for the skipped e2b");
+    assert_eq!(row["status"], "skipped", "{row}");
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("sandboxer/e2b-tls") && reason.contains("TLS"),
+        "{reason}"
+    );
+    assert!(!reason.contains(key));
+    assert!(h.terminate());
+}
+
+#[test]
+fn a_sealed_openbao_skips_the_extension_until_it_is_unsealed() {
+    let sealed = openbao::SealedServer::start();
+    let key = "e2b_key_behind_the_seal_6f6f";
+    sealed.unseal();
+    sealed.write_kv("sandboxer/e2b-sealed", &[("api_key", key)]);
+    sealed.seal();
+    let fake = FakeE2b::start(key).unwrap();
+    let addr = &sealed.server.addr;
+    let s = setup(addr, &fake, "sandboxer/e2b-sealed", 60);
+    s.write_config(&format!(
+        "[openbao]\naddress = \"{}\"\ntoken = \"{}\"\nrefresh_secs = 60\nretry_secs = 1\ntimeout_ms = 1000\ntenant_prefix = \"sandboxer/e2b-sealed-tenants\"\n",
+        addr.address, sealed.root_token
+    ));
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    let row = extension_row(&h, "e2b").expect("a row for the skipped e2b");
+    assert_eq!(row["status"], "skipped", "{row}");
+    let reason = row["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("is sealed"), "{reason}");
+    assert!(
+        reason.contains("secrets.api_key") && reason.contains("sandboxer/e2b-sealed"),
+        "{reason}"
+    );
+    create_and_destroy(&h, "saas-stub");
+
+    // Unsealed: loaded by itself, and its calls carry the key.
+    sealed.unseal();
+    h.wait_for(Duration::from_secs(20), || {
+        (extension_row(&h, "e2b")?["status"] == "loaded").then_some(())
+    });
+    create_and_destroy(&h, "e2b-only");
+    assert_eq!(create_keys(&fake), [key]);
+    let log = h.log.lock().unwrap().clone();
+    assert!(!log.contains(key) && !log.contains(&sealed.root_token));
+    assert!(!reason.contains(key));
     assert!(h.terminate());
 }

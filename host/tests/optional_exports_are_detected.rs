@@ -32,6 +32,7 @@ fn context() -> SandboxContext {
             region: None,
             env: vec![],
             metadata: vec![],
+            byok: Default::default(),
         },
         handle: "h".into(),
         created_at_ms: 0,

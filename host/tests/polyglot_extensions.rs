@@ -95,6 +95,7 @@ fn request(vcpus: u32, memory_mib: u32, max_duration_secs: u64) -> SandboxReques
         region: None,
         env: vec![],
         metadata: vec![("team".into(), "ml".into())],
+        byok: Default::default(),
     }
 }
 

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use crate::domain::{
-    BackendError, CandidateReport, Fault, InvalidTenant, Money, SandboxState, SandboxStatus,
+    BackendError, CandidateReport, Fault, InvalidTenant, Money, RouteError, SandboxState,
+    SandboxStatus,
 };
 use crate::manager::{ManagerError, StoreError};
 use crate::payments::LedgerError;
@@ -78,6 +79,17 @@ pub enum AppError {
         /// Why, in one line.
         message: String,
         /// Every candidate with its estimate, health, capacity and fate.
+        candidates: Vec<CandidateReport>,
+    },
+    /// `byok = "require"` and the tenant has no own key on any candidate: the tenant
+    /// stores one (`PUT /v1/keys/EXTENSION`) or routes with `prefer`. Nothing was held.
+    #[error("{message}")]
+    OwnKeyRequired {
+        /// Which profile, which extensions take a key, what to do.
+        message: String,
+        /// The candidates that take tenants' own keys.
+        extensions: Vec<String>,
+        /// Every candidate with its fate.
         candidates: Vec<CandidateReport>,
     },
     /// Every attempt failed (each hold was released); the failed status lists them.
@@ -215,6 +227,15 @@ impl From<ManagerError> for AppError {
         match e {
             ManagerError::UnknownProfile { .. } => AppError::invalid("profile", message),
             ManagerError::InvalidRequest(r) => AppError::invalid(r.field, message),
+            ManagerError::NoRoute(RouteError::OwnKeyRequired {
+                extensions,
+                candidates,
+                ..
+            }) => AppError::OwnKeyRequired {
+                message,
+                extensions,
+                candidates,
+            },
             ManagerError::NoRoute(r) => AppError::NoRoute {
                 message,
                 candidates: r.candidates().to_vec(),

@@ -72,7 +72,7 @@ use crate::storage::{Database, SqliteDatabase};
 use registry::Registry;
 
 pub use crate::secrets::openbao::DEFAULT_TENANT_PREFIX;
-pub use crate::secrets::{OpenBao, OpenBaoError, OpenBaoSettings};
+pub use crate::secrets::{OpenBao, OpenBaoAuth, OpenBaoError, OpenBaoSettings};
 
 /// Uncached components larger than this (4 MiB) compile in the background in a service:
 /// interpreted-language guests are 12 to 20 MB, Rust ones well under 1 MB.

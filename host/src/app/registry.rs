@@ -346,8 +346,8 @@ fn failure_kind(f: &Fault) -> &'static str {
 impl Instrumented {
     /// The platform fee when `tenant` runs on its own key here, else `None` (the
     /// provider's price is billed).
-    fn byok_fee(&self, tenant: &str) -> Option<ByokFee> {
-        if self.inner.byok_fields().is_empty() || !self.inner.runs_on_tenant_key(tenant) {
+    fn byok_fee(&self, req: &SandboxRequest) -> Option<ByokFee> {
+        if self.inner.byok_fields().is_empty() || !self.inner.runs_on_tenant_key(req) {
             return None;
         }
         let g = &self.inner.spec().grants;
@@ -370,7 +370,7 @@ impl Backend for Instrumented {
     }
     fn estimate_cost(&self, req: &SandboxRequest) -> Result<Cost, ExtensionError> {
         let price = self.timed(Function::EstimateCost, || self.inner.estimate_cost(req))?;
-        Ok(match self.byok_fee(&req.tenant) {
+        Ok(match self.byok_fee(req) {
             Some(fee) => {
                 let hours = Decimal::from(req.max_duration_secs) / Decimal::from(3600);
                 byok_charge(&price, fee, hours)
@@ -391,7 +391,7 @@ impl Backend for Instrumented {
         let price = self.timed(Function::MeterActual, || {
             self.inner.meter_actual(req, usage)
         })?;
-        Ok(match self.byok_fee(&req.tenant) {
+        Ok(match self.byok_fee(req) {
             Some(fee) => {
                 let hours = Decimal::from(usage.duration_ms) / Decimal::from(3_600_000);
                 byok_charge(&price, fee, hours)

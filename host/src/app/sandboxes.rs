@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::paging::{self, PageRequest};
 use super::{App, AppError};
 use crate::domain::{
-    CandidateReport, Capability, Currency, RouteDecision, SandboxRequest, SandboxSpec,
+    ByokMode, CandidateReport, Capability, Currency, RouteDecision, SandboxRequest, SandboxSpec,
     SandboxState, SandboxStatus, Scope, Strategy, TenantId,
 };
 
@@ -55,6 +55,9 @@ pub struct Explanation {
     pub profile: ProfileSummary,
     /// The request as built from the profile and the overrides.
     pub request: SandboxRequest,
+    /// Whether tenants' own keys are preferred, required or never used (the request's
+    /// `byok`, else the profile's); each candidate's `key` says whose key it would use.
+    pub byok: ByokMode,
     /// The decision, when routable: whom a create tries, in order, and every candidate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<RouteDecision>,
@@ -174,6 +177,7 @@ impl App {
             Ok(d) => Explanation {
                 routable: true,
                 profile: summary,
+                byok: request.byok,
                 request,
                 decision: Some(d),
                 reason: None,
@@ -183,6 +187,7 @@ impl App {
             Err(e) => Explanation {
                 routable: false,
                 profile: summary,
+                byok: request.byok,
                 request,
                 decision: None,
                 reason: Some(e.to_string()),

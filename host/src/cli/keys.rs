@@ -16,18 +16,38 @@ use crate::app::{App, AppOptions, KeyRow, OpenBao, OpenBaoSettings};
 use crate::domain::TenantId;
 use crate::settings::Settings;
 
-/// Where OpenBao is (the `[openbao]` of the host's sandboxer.toml).
+/// Where OpenBao is (the `[openbao]` of the host's sandboxer.toml); the token comes from
+/// `BAO_TOKEN`.
 #[derive(Debug, Clone, Args)]
 pub struct OpenBaoArgs {
     /// OpenBao's address, e.g. http://127.0.0.1:8200.
     #[arg(long, env = "BAO_ADDR")]
-    pub openbao_address: String,
+    pub openbao_address: Option<String>,
     /// The KV v2 mount.
     #[arg(long, default_value = "secret")]
     pub openbao_mount: String,
     /// Where tenants' keys live under the mount (the host's `tenant_prefix`).
     #[arg(long, default_value = crate::app::DEFAULT_TENANT_PREFIX)]
     pub tenant_prefix: String,
+}
+
+impl OpenBaoArgs {
+    /// A client of the OpenBao these flags name, `None` without an address.
+    pub fn client(&self) -> anyhow::Result<Option<Arc<OpenBao>>> {
+        let Some(address) = &self.openbao_address else {
+            return Ok(None);
+        };
+        let token = std::env::var("BAO_TOKEN")
+            .context("set BAO_TOKEN to an OpenBao token that may read tenants' keys")?;
+        Ok(Some(Arc::new(OpenBao::new(
+            OpenBaoSettings::with_defaults(
+                address.clone(),
+                token.trim().to_owned(),
+                self.openbao_mount.clone(),
+                self.tenant_prefix.clone(),
+            ),
+        ))))
+    }
 }
 
 /// `sandboxer keys` subcommands.
@@ -80,18 +100,14 @@ pub fn run(
     options: AppOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let token = std::env::var("BAO_TOKEN")
-        .context("set BAO_TOKEN to an OpenBao token that may write tenants' keys")?;
-    let bao = OpenBaoSettings::with_defaults(
-        keys.openbao.openbao_address,
-        token.trim().to_owned(),
-        keys.openbao.openbao_mount,
-        keys.openbao.tenant_prefix,
-    );
+    let bao = keys
+        .openbao
+        .client()?
+        .context("set --openbao-address (or BAO_ADDR) to the OpenBao holding tenants' keys")?;
     let app = App::open(
         settings,
         AppOptions {
-            openbao: Some(Arc::new(OpenBao::new(bao))),
+            openbao: Some(bao),
             ..options
         },
     );

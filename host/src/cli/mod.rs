@@ -95,6 +95,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Local sandboxes run on the agent a `sandboxer-host run` on this state folder started.
     opts.overlays
         .extend(crate::server::attach_local_agent(&settings));
+    if let Command::Route(route::RouteCommand::Explain(args)) = &cli.command {
+        opts.openbao = args.openbao.client()?;
+    }
     let app = App::open(&settings, opts);
     match cli.command {
         Command::Extensions(cmd) => extensions::run(cmd, &app, cli.json),

@@ -28,6 +28,10 @@ pub struct ExplainArgs {
     /// Tenant the request is made for.
     #[arg(long, default_value = "explain", value_parser = parse_tenant)]
     pub tenant: TenantId,
+    /// The OpenBao holding operator secrets and tenants' keys, to show whose key each
+    /// candidate would use (`--openbao-address`, or BAO_ADDR; token from BAO_TOKEN).
+    #[command(flatten)]
+    pub openbao: super::keys::OpenBaoArgs,
 }
 
 /// Runs a `sandboxer route` subcommand.
@@ -75,12 +79,13 @@ fn render_text(app: &App, x: &Explanation) -> anyhow::Result<()> {
         request.tenant
     );
     println!(
-        "Route: fallback {}, max {} attempt(s){}",
+        "Route: fallback {}, max {} attempt(s){}, byok {}",
         if p.fallback { "on" } else { "off" },
         p.max_attempts,
         p.max_cost_per_hour
             .map(|c| format!(", max {} {}/h", c.normalize(), p.currency))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        x.byok
     );
     let candidates = x.all_candidates();
     println!("{}", render(candidates));
@@ -150,6 +155,7 @@ fn render(candidates: &[CandidateReport]) -> comfy_table::Table {
         "latency",
         "health",
         "capacity",
+        "key",
         "decision",
     ]);
     for c in candidates {
@@ -189,6 +195,7 @@ fn render(candidates: &[CandidateReport]) -> comfy_table::Table {
             latency,
             c.health.to_string(),
             capacity,
+            c.key.map_or("-", |k| k.as_str()).to_owned(),
             decision,
         ]);
     }

@@ -4,7 +4,7 @@
 
 use clap::Args;
 
-use crate::domain::SandboxSpec;
+use crate::domain::{ByokMode, SandboxSpec};
 
 /// A profile and the overrides of its request.
 #[derive(Debug, Clone, Args)]
@@ -24,6 +24,10 @@ pub struct SpecArgs {
     /// Pin a region (one the profile allows).
     #[arg(long)]
     pub region: Option<String>,
+    /// The tenant's own provider key: prefer, require or never (default: the profile's
+    /// `[route] byok`, else prefer).
+    #[arg(long)]
+    pub byok: Option<ByokMode>,
 }
 
 impl SpecArgs {
@@ -35,6 +39,7 @@ impl SpecArgs {
             memory_mib: self.memory_mib,
             max_duration_secs: self.max_duration_secs,
             region: self.region.clone(),
+            byok: self.byok,
             ..SandboxSpec::default()
         }
     }

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::money::{Currency, Money};
+use super::route::ByokMode;
 
 /// Where a backend runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,6 +96,18 @@ pub struct SandboxRequest {
     pub region: Option<String>,
     pub env: Vec<(String, String)>,
     pub metadata: Vec<(String, String)>,
+    /// Whether its calls may carry the tenant's own key (host-side only, never sent to the
+    /// extension; records written before it existed read as the default).
+    #[serde(default, skip_serializing_if = "ByokMode::is_default")]
+    pub byok: ByokMode,
+}
+
+impl SandboxRequest {
+    /// The tenant whose own keys this request's calls may carry: `None` with
+    /// `byok = "never"` (the operator's key, always).
+    pub fn key_tenant(&self) -> Option<&str> {
+        (self.byok != ByokMode::Never).then_some(self.tenant.as_str())
+    }
 }
 
 /// A running sandbox as handed back to `status` and `destroy`.

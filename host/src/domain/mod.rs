@@ -24,8 +24,8 @@ pub use exec::{
 };
 pub use money::{Currency, CurrencyError, DecimalError, Money, display_decimal, parse_decimal};
 pub use route::{
-    Attempt, CandidateReport, CapacityReport, DropReason, HealthStatus, LatencyReport,
-    LatencySource, Outcome, RouteDecision, RouteError, Strategy,
+    Attempt, ByokMode, CandidateReport, CapacityReport, DropReason, HealthStatus, KeyUse,
+    LatencyReport, LatencySource, Outcome, RouteDecision, RouteError, Strategy,
 };
 pub use sandbox::{
     AttemptRecord, Meter, Reading, SandboxSpec, SandboxState, SandboxStatus, UnknownState,

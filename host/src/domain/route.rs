@@ -44,6 +44,94 @@ impl fmt::Display for Strategy {
     }
 }
 
+/// Whether a sandbox runs on the tenant's own provider key (BYOK) where it stored one:
+/// `byok` in a profile's `[route]` or in a create request (the request's wins). See
+/// docs/secrets.md, "Routing by key".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ByokMode {
+    /// Candidates where the tenant has its own key are ranked first (then the strategy's
+    /// order); each runs on the tenant's key where it has one, else the operator's.
+    #[default]
+    Prefer,
+    /// Only candidates where the tenant has its own key; none: refused (409,
+    /// `own_key_required`) naming the extensions that take one.
+    Require,
+    /// The operator's key always, even where the tenant stored one (billed the
+    /// provider's price).
+    Never,
+}
+
+impl ByokMode {
+    /// The name used in profiles and requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByokMode::Prefer => "prefer",
+            ByokMode::Require => "require",
+            ByokMode::Never => "never",
+        }
+    }
+
+    /// Whether serde may leave it out (the default).
+    pub fn is_default(&self) -> bool {
+        *self == ByokMode::Prefer
+    }
+}
+
+impl fmt::Display for ByokMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ByokMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "prefer" => Ok(ByokMode::Prefer),
+            "require" => Ok(ByokMode::Require),
+            "never" => Ok(ByokMode::Never),
+            other => Err(format!(
+                "unknown byok mode {other:?}: expected prefer, require or never"
+            )),
+        }
+    }
+}
+
+/// Whose provider key a candidate's calls would carry (never the key itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyUse {
+    /// The tenant's own key (BYOK; billed the platform fee).
+    Tenant,
+    /// The operator's key (the tenant has none here, the extension takes none, or
+    /// `byok = "never"`).
+    Operator,
+    /// The extension has no secrets at all (a self-hosted pool, a stub).
+    None,
+}
+
+impl KeyUse {
+    /// `tenant`, `operator` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUse::Tenant => "tenant",
+            KeyUse::Operator => "operator",
+            KeyUse::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for KeyUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyUse::Tenant => "tenant's own",
+            KeyUse::Operator => "operator's",
+            KeyUse::None => "none",
+        })
+    }
+}
+
 /// One extension to try, in order, with the estimate to hold for it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attempt {
@@ -136,6 +224,14 @@ pub enum DropReason {
         /// What the profile requires and it does not have.
         missing: Vec<Capability>,
     },
+    /// `byok = "require"` and the tenant has no own key here (`takes_keys`: whether the
+    /// extension takes tenants' keys at all); `error`: the key could not be read.
+    NoTenantKey {
+        /// The candidate (so the reason says where to store a key).
+        extension: String,
+        takes_keys: bool,
+        error: Option<String>,
+    },
     /// Its price per hour is above the route's `max_cost_per_hour`.
     OverPriceCap {
         #[serde(with = "rust_decimal::serde::str")]
@@ -195,6 +291,21 @@ impl fmt::Display for DropReason {
             DropReason::CapacityFailed { error } => write!(f, "capacity check failed: {error}"),
             DropReason::CannotServe { error } => write!(f, "cannot serve this request: {error}"),
             DropReason::EstimateFailed { error } => write!(f, "estimate failed: {error}"),
+            DropReason::NoTenantKey {
+                takes_keys: false, ..
+            } => f.write_str(
+                "takes no tenant's own key (byok = \"require\"); route it with byok = \"prefer\"",
+            ),
+            DropReason::NoTenantKey {
+                error: Some(error), ..
+            } => write!(
+                f,
+                "the tenant's own key cannot be read now (byok = \"require\"): {error}"
+            ),
+            DropReason::NoTenantKey { extension, .. } => write!(
+                f,
+                "the tenant has no own key for it (byok = \"require\"); store one with PUT /v1/keys/{extension}"
+            ),
             DropReason::OverPriceCap {
                 cost_per_hour,
                 cap,
@@ -261,6 +372,8 @@ pub struct CandidateReport {
     pub health: HealthStatus,
     /// Its pool, when it was asked (self-hosted pools with the capacity capability).
     pub capacity: Option<CapacityReport>,
+    /// Whose key its calls would carry (unknown when not loaded); never the key.
+    pub key: Option<KeyUse>,
     /// Ordered or dropped, and why.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -292,6 +405,20 @@ pub enum RouteError {
         profile: String,
         candidates: Vec<CandidateReport>,
     },
+    /// `byok = "require"` and the tenant has no own key on any candidate that could
+    /// otherwise serve: a 4xx the tenant fixes by storing a key (or routing with
+    /// `prefer`).
+    #[error(
+        "profile {profile:?} needs the tenant's own key (byok = \"require\"), and tenant {tenant:?} has none for {}: store one with PUT /v1/keys/EXTENSION (sandboxer keys set), or create with byok = \"prefer\"",
+        if extensions.is_empty() { "any candidate (none of them takes tenants' keys)".to_owned() } else { extensions.join(", ") }
+    )]
+    OwnKeyRequired {
+        profile: String,
+        tenant: String,
+        /// The candidates that take tenants' keys (where one could be stored).
+        extensions: Vec<String>,
+        candidates: Vec<CandidateReport>,
+    },
     /// The `explicit` target cannot serve and the profile lists no fallbacks.
     #[error(
         "profile {profile:?} routes explicitly to {target:?}, which cannot serve: {reason} (no fallbacks listed)"
@@ -309,6 +436,7 @@ impl RouteError {
     pub fn candidates(&self) -> &[CandidateReport] {
         match self {
             RouteError::NoCandidate { candidates, .. }
+            | RouteError::OwnKeyRequired { candidates, .. }
             | RouteError::ExplicitUnavailable { candidates, .. } => candidates,
         }
     }

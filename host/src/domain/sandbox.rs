@@ -36,6 +36,10 @@ pub struct SandboxSpec {
     /// Extra labels (override the profile's on the same key).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// `prefer`, `require` or `never` the tenant's own provider key, instead of the
+    /// profile's `[route] byok` (docs/secrets.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byok: Option<super::route::ByokMode>,
 }
 
 impl SandboxSpec {

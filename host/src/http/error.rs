@@ -125,6 +125,13 @@ impl From<AppError> for ApiError {
                 Self::new(S::SERVICE_UNAVAILABLE, "no_backend_available", message)
                     .with("candidates", to_value(&candidates))
             }
+            AppError::OwnKeyRequired {
+                extensions,
+                candidates,
+                ..
+            } => Self::conflict("own_key_required", message)
+                .with("extensions", to_value(&extensions))
+                .with("candidates", to_value(&candidates)),
             AppError::CreateFailed { status, .. } => {
                 Self::new(S::SERVICE_UNAVAILABLE, "create_failed", message)
                     .with("sandbox", to_value(&status))

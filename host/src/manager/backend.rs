@@ -14,6 +14,7 @@ use crate::domain::{
     SandboxRequest, Usage,
 };
 use crate::routing::ExtensionView;
+use crate::routing::view::KeyView;
 use crate::runtime::Extension;
 
 /// One loaded extension, as the manager calls it. Implemented for the runtime's
@@ -246,6 +247,13 @@ impl ExtensionView for RouteView {
 
     fn in_use(&self, id: &str) -> u32 {
         self.in_use.get(id).copied().unwrap_or(0)
+    }
+
+    fn keys(&self, id: &str, req: &SandboxRequest) -> KeyView {
+        match self.current.get(id).and_then(|b| b.component()) {
+            Some(ext) => crate::routing::loaded::key_view(ext, req),
+            None => KeyView::none(),
+        }
     }
 }
 

@@ -10,9 +10,9 @@ use super::health::HealthTracker;
 use super::profile::{Candidates, Profile};
 use super::view::ExtensionView;
 use crate::domain::{
-    Attempt, CandidateReport, Capability, CapacityReport, Cost, DropReason, ExtensionError,
-    HealthStatus, Kind, LatencyReport, LatencySource, Money, Outcome, RouteDecision, RouteError,
-    SandboxRequest, Strategy,
+    Attempt, ByokMode, CandidateReport, Capability, CapacityReport, Cost, DropReason,
+    ExtensionError, HealthStatus, KeyUse, Kind, LatencyReport, LatencySource, Money, Outcome,
+    RouteDecision, RouteError, SandboxRequest, Strategy,
 };
 
 /// A candidate that survived the filters, with its sort keys.
@@ -21,6 +21,8 @@ struct Survivor {
     kind: Kind,
     cost: Decimal,
     latency_ms: f64,
+    /// Its calls would carry the tenant's own key.
+    own_key: bool,
     /// Moved into the attempt (the report keeps only the total): one copy, not two.
     estimate: Cost,
 }
@@ -87,7 +89,13 @@ pub fn resolve_extension(
     } else {
         let prefer_self_hosted = spec.strategy == Strategy::PreferSelfHosted;
         let by_latency = spec.strategy == Strategy::LowestLatency;
+        let own_keys_first = req.byok == ByokMode::Prefer;
         survivors.sort_by(|a, b| {
+            let own = if own_keys_first {
+                b.own_key.cmp(&a.own_key)
+            } else {
+                Ordering::Equal
+            };
             let group = if prefer_self_hosted {
                 (a.kind != Kind::SelfHosted).cmp(&(b.kind != Kind::SelfHosted))
             } else {
@@ -98,7 +106,7 @@ pub fn resolve_extension(
             } else {
                 (a.cost.cmp(&b.cost), a.latency_ms.total_cmp(&b.latency_ms))
             };
-            group
+            own.then(group)
                 .then(first)
                 .then(second)
                 .then_with(|| reports_id(&reports, a.index).cmp(reports_id(&reports, b.index)))
@@ -141,6 +149,20 @@ pub fn resolve_extension(
         order.iter().filter_map(|&i| sorted[i].take()).collect();
     candidates.extend(sorted.into_iter().flatten());
 
+    // `require` and nothing left because the tenant has no key where one was needed: the
+    // tenant's to fix (store a key), so its own error, naming where a key would do.
+    if attempts.is_empty()
+        && req.byok == ByokMode::Require
+        && let Some(extensions) = missing_own_keys(&candidates)
+    {
+        tracing::info!(profile = %profile.id, tenant = %req.tenant, extensions = ?extensions, "no candidate with the tenant's own key");
+        return Err(RouteError::OwnKeyRequired {
+            profile: profile.id.clone(),
+            tenant: req.tenant.clone(),
+            extensions,
+            candidates,
+        });
+    }
     // Its own error only when the target was the sole candidate; with fallbacks listed
     // (and all dropped too) the general error lists every reason.
     if let Some((target, reason)) = explicit_target_dropped
@@ -178,6 +200,25 @@ pub fn resolve_extension(
     })
 }
 
+/// With `require`: the candidates that take tenants' keys, when at least one candidate
+/// was dropped for want of the tenant's key (`None`: dropped for other reasons only).
+fn missing_own_keys(candidates: &[CandidateReport]) -> Option<Vec<String>> {
+    let mut any = false;
+    let mut takers = Vec::new();
+    for c in candidates {
+        if let Outcome::Dropped {
+            reason: DropReason::NoTenantKey { takes_keys, .. },
+        } = &c.outcome
+        {
+            any = true;
+            if *takes_keys {
+                takers.push(c.extension_id.clone());
+            }
+        }
+    }
+    any.then_some(takers)
+}
+
 fn reports_id(reports: &[CandidateReport], i: usize) -> &str {
     &reports[i].extension_id
 }
@@ -202,6 +243,7 @@ fn assess(
         latency: None,
         health: status,
         capacity: None,
+        key: None,
         outcome: Outcome::Dropped {
             reason: DropReason::NotLoaded,
         },
@@ -259,6 +301,19 @@ fn assess(
         .collect();
     if !missing.is_empty() {
         return drop(report, DropReason::MissingCapability { missing });
+    }
+    // Whose key: with `require`, a candidate without the tenant's is dropped before it is
+    // asked for capacity or an estimate.
+    let keys = view.keys(id, req);
+    report.key = Some(keys.key);
+    let own_key = keys.key == KeyUse::Tenant;
+    if req.byok == ByokMode::Require && !own_key {
+        let reason = DropReason::NoTenantKey {
+            extension: id.to_owned(),
+            takes_keys: keys.takes_keys,
+            error: keys.error,
+        };
+        return drop(report, reason);
     }
     if info.capabilities.contains(&Capability::Capacity) {
         match view.capacity(id) {
@@ -337,6 +392,7 @@ fn assess(
             kind,
             cost: total,
             latency_ms,
+            own_key,
             estimate,
         }),
     )

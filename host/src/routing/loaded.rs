@@ -4,11 +4,29 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::view::ExtensionView;
+use super::view::{ExtensionView, KeyView};
 use crate::domain::{
-    BackendError, Capacity, Cost, ExtensionError, ExtensionInfo, Fault, Function, SandboxRequest,
+    BackendError, Capacity, Cost, ExtensionError, ExtensionInfo, Fault, Function, KeyUse,
+    SandboxRequest,
 };
 use crate::runtime::Extension;
+
+/// Whose key `ext` would use for `req`, as routing sees it.
+pub fn key_view(ext: &Extension, req: &SandboxRequest) -> KeyView {
+    let takes_keys = !ext.byok_fields().is_empty();
+    match ext.key_use(req) {
+        Ok(key) => KeyView {
+            key,
+            takes_keys,
+            error: None,
+        },
+        Err(e) => KeyView {
+            key: KeyUse::Operator,
+            takes_keys,
+            error: Some(e.to_string()),
+        },
+    }
+}
 
 /// The loaded extensions as routing sees them.
 #[derive(Clone, Default)]
@@ -90,5 +108,10 @@ impl ExtensionView for LoadedExtensions {
 
     fn in_use(&self, id: &str) -> u32 {
         self.in_use.get(id).copied().unwrap_or(0)
+    }
+
+    fn keys(&self, id: &str, req: &SandboxRequest) -> KeyView {
+        self.get(id)
+            .map_or_else(KeyView::none, |e| key_view(e, req))
     }
 }

@@ -25,6 +25,8 @@ struct Fake {
     in_use: u32,
     regions: Vec<String>,
     latency_ms: u32,
+    /// Whose key it would use for tenant `t` (`byok` not `never`).
+    key: crate::domain::KeyUse,
     info: ExtensionInfo,
 }
 
@@ -64,6 +66,7 @@ impl View {
                 in_use: 0,
                 regions: vec![],
                 latency_ms,
+                key: crate::domain::KeyUse::None,
                 info,
             },
         );
@@ -115,6 +118,18 @@ impl ExtensionView for View {
     }
     fn in_use(&self, id: &str) -> u32 {
         self.0[id].in_use
+    }
+    fn keys(&self, id: &str, req: &SandboxRequest) -> super::view::KeyView {
+        use crate::domain::KeyUse;
+        let key = match (self.0[id].key, req.key_tenant()) {
+            (KeyUse::Tenant, None) => KeyUse::Operator,
+            (k, _) => k,
+        };
+        super::view::KeyView {
+            key,
+            takes_keys: self.0[id].key != KeyUse::None,
+            error: None,
+        }
     }
 }
 
@@ -401,4 +416,75 @@ fn a_profile_requiring_exec_drops_backends_without_it_and_says_why() {
     let bad = text.replace("\"files\"", "\"teleport\"");
     let e = parse_profile(&bad, Path::new("p.toml")).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("requires"), "{e}");
+}
+
+#[test]
+fn byok_prefer_ranks_own_keys_first_require_drops_the_rest_never_ignores_them() {
+    use crate::domain::{ByokMode, KeyUse};
+    let view = three()
+        .set("fast-saas", |f| f.key = KeyUse::Tenant)
+        .set("cheap-saas", |f| f.key = KeyUse::Operator);
+    let health = HealthTracker::default();
+    let p = profile("strategy = \"prefer-self-hosted\"\ncandidates = [\"*\"]");
+    let routed = |byok: Option<ByokMode>| {
+        let spec = SandboxSpec {
+            byok,
+            ..SandboxSpec::default()
+        };
+        let req = p.request("t", "sb", &spec).unwrap();
+        resolve_extension(&p, &req, &view, &health)
+    };
+    // prefer (the default): the candidate with the tenant's key first, then the strategy.
+    let d = routed(None).unwrap();
+    assert_eq!(order(&d), ["fast-saas", "pool", "cheap-saas"]);
+    let keys: Vec<_> = d.candidates.iter().map(|c| c.key).collect();
+    assert_eq!(
+        keys,
+        [
+            Some(KeyUse::Tenant),
+            Some(KeyUse::None),
+            Some(KeyUse::Operator)
+        ]
+    );
+    // never: the strategy's order, the operator's key everywhere.
+    let d = routed(Some(ByokMode::Never)).unwrap();
+    assert_eq!(order(&d), ["pool", "cheap-saas", "fast-saas"]);
+    assert!(d.candidates.iter().all(|c| c.key != Some(KeyUse::Tenant)));
+    // require: only the one with the key.
+    let d = routed(Some(ByokMode::Require)).unwrap();
+    assert_eq!(order(&d), ["fast-saas"]);
+    // require with no key anywhere: its own error naming the extensions that take keys.
+    let none = three().set("cheap-saas", |f| f.key = KeyUse::Operator);
+    let req = p
+        .request(
+            "t",
+            "sb",
+            &SandboxSpec {
+                byok: Some(ByokMode::Require),
+                ..SandboxSpec::default()
+            },
+        )
+        .unwrap();
+    match resolve_extension(&p, &req, &none, &health) {
+        Err(RouteError::OwnKeyRequired { extensions, .. }) => {
+            assert_eq!(extensions, ["cheap-saas"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A profile's byok is the default of its requests; a request's wins.
+    let p = profile("strategy = \"lowest-cost\"\ncandidates = [\"*\"]\nbyok = \"never\"");
+    let req = p.request("t", "sb", &SandboxSpec::default()).unwrap();
+    assert_eq!(req.byok, ByokMode::Never);
+    let spec = SandboxSpec {
+        byok: Some(ByokMode::Require),
+        ..SandboxSpec::default()
+    };
+    assert_eq!(p.request("t", "sb", &spec).unwrap().byok, ByokMode::Require);
+    assert!(
+        parse_profile(
+            "template = \"b\"\nmax_duration_secs = 60\n[resources]\nvcpus = 1\nmemory_mib = 512\n[route]\nstrategy = \"lowest-cost\"\nbyok = \"always\"\n",
+            Path::new("p.toml")
+        )
+        .is_err()
+    );
 }

@@ -72,6 +72,7 @@ pub fn sample_request() -> SandboxRequest {
         region: None,
         env: Vec::new(),
         metadata: vec![("purpose".into(), "conformance-check".into())],
+        byok: Default::default(),
     }
 }
 

@@ -27,6 +27,7 @@ use super::types::{
     BackendError, BackendStatus, Capability, Capacity, Cost, Created, ExtensionError,
     ExtensionInfo, Fault, Function, SandboxContext, SandboxRequest, Usage,
 };
+use crate::domain::KeyUse;
 use crate::domain::exec::{ExecOutput, ExecRequest, FileChunk, FileEntry, ProcessOutput};
 
 /// When an extension is quarantined and for how long.
@@ -302,14 +303,29 @@ impl Extension {
         self.calls.options.grants.byok_fields()
     }
 
-    /// Whether `tenant`'s calls run on its own key (it stored one); `false` too when that
-    /// cannot be told now (the call itself then fails as unavailable).
-    pub fn runs_on_tenant_key(&self, tenant: &str) -> bool {
-        self.calls
-            .options
-            .grants
-            .secrets_for(Some(tenant))
-            .is_ok_and(|s| s.tenant.is_some())
+    /// Whether the calls of `req` run on its tenant's own key (it stored one and the
+    /// request's `byok` is not `never`); `false` too when that cannot be told now (the
+    /// call itself then fails as unavailable).
+    pub fn runs_on_tenant_key(&self, req: &SandboxRequest) -> bool {
+        matches!(self.key_use(req), Ok(KeyUse::Tenant))
+    }
+
+    /// Whose key the calls of `req` carry: the tenant's own (stored, and `byok` is not
+    /// `never`), the operator's, or none (the extension has no secrets). An error when the
+    /// tenant's keys cannot be read now (OpenBao down before they were ever read).
+    pub fn key_use(&self, req: &SandboxRequest) -> Result<KeyUse, BackendError> {
+        let grants = &self.calls.options.grants;
+        if let Some(tenant) = req.key_tenant()
+            && !grants.byok_fields().is_empty()
+            && grants.secrets_for(Some(tenant))?.tenant.is_some()
+        {
+            return Ok(KeyUse::Tenant);
+        }
+        Ok(if grants.current().values.is_empty() {
+            KeyUse::None
+        } else {
+            KeyUse::Operator
+        })
     }
 
     /// Makes the next call of `tenant` read its own keys again (they were just changed).
@@ -362,9 +378,9 @@ impl Extension {
         const F: Function = Function::EstimateCost;
         let lists = bindings::request_lists(request);
         let arg = bindings::request_to_wit(request, &lists);
-        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
-            g.call_estimate_cost(s, arg)
-        })?;
+        let answer = self
+            .calls
+            .invoke_as(F, request.key_tenant(), |g, s| g.call_estimate_cost(s, arg))?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
         let cost = bindings::cost_from_wit(cost, &self.info.currency)
             .map_err(|m| self.calls.bad_answer(F, m))?;
@@ -378,7 +394,7 @@ impl Extension {
         let arg = bindings::request_to_wit(request, &lists);
         let answer = self
             .calls
-            .invoke_as(F, Some(&request.tenant), |g, s| g.call_create(s, arg))?;
+            .invoke_as(F, request.key_tenant(), |g, s| g.call_create(s, arg))?;
         let created = answer.map_err(|e| self.calls.backend_error(F, e))?;
         let mut created =
             bindings::created_from_wit(created).map_err(|m| self.calls.bad_answer(F, m))?;
@@ -415,7 +431,7 @@ impl Extension {
         let lists = bindings::request_lists(request);
         let req = bindings::request_to_wit(request, &lists);
         let use_ = bindings::usage_to_wit(usage);
-        let answer = self.calls.invoke_as(F, Some(&request.tenant), |g, s| {
+        let answer = self.calls.invoke_as(F, request.key_tenant(), |g, s| {
             g.call_meter_actual(s, req, &use_)
         })?;
         let cost = answer.map_err(|e| self.calls.backend_error(F, e))?;
@@ -574,7 +590,7 @@ impl Calls {
     ) -> Result<T, ExtensionError> {
         let lists = bindings::request_lists(&sandbox.request);
         let ctx = bindings::context_to_wit(sandbox, &lists);
-        let answer = self.invoke_as(function, Some(&sandbox.request.tenant), |g, s| {
+        let answer = self.invoke_as(function, sandbox.request.key_tenant(), |g, s| {
             call(g, s, ctx)
         })?;
         answer.map_err(|e| self.backend_error(function, e))
@@ -598,7 +614,7 @@ impl Calls {
         }
         let lists = bindings::request_lists(&sandbox.request);
         let ctx = bindings::context_to_wit(sandbox, &lists);
-        let tenant = Some(sandbox.request.tenant.as_str());
+        let tenant = sandbox.request.key_tenant();
         let answer = self.invoke_within(function, tenant, budget, |g, s| match &g.process {
             Some(p) => call(p, s, ctx),
             None => Err(wasmtime::Error::msg("the process export was not loaded")),
@@ -624,7 +640,7 @@ impl Calls {
         }
         let lists = bindings::request_lists(&sandbox.request);
         let ctx = bindings::context_to_wit(sandbox, &lists);
-        let tenant = Some(sandbox.request.tenant.as_str());
+        let tenant = sandbox.request.key_tenant();
         let answer = self.invoke_within(function, tenant, budget, |g, s| match &g.files {
             Some(f) => call(f, s, ctx),
             None => Err(wasmtime::Error::msg("the files export was not loaded")),

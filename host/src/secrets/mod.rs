@@ -6,4 +6,4 @@
 
 pub mod openbao;
 
-pub use openbao::{OpenBao, OpenBaoError, OpenBaoSettings};
+pub use openbao::{OpenBao, OpenBaoAuth, OpenBaoError, OpenBaoSettings};

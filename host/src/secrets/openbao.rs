@@ -1,5 +1,8 @@
 //! A small client of OpenBao's (and Vault's) KV version 2 secrets engine: read, write and
-//! delete the fields of one secret path, with the token in `X-Vault-Token`.
+//! delete the fields of one secret path, with the token in `X-Vault-Token`: a configured
+//! token, or one got by an AppRole login (`auth/approle/login`) and got again before it
+//! expires (and at once when OpenBao refuses it). `https://` addresses are verified
+//! against the `ca_file`'s certificates, else the bundled web PKI roots (rustls).
 //!
 //! Blocking (reqwest's blocking client, built on first use so it is never made or dropped
 //! on the async runtime); every call is bounded by the configured timeout. Errors name the
@@ -20,13 +23,29 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(60);
 /// Default interval between retries of extensions skipped because OpenBao failed.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(10);
 
+/// How the host authenticates to OpenBao.
+#[derive(Clone)]
+pub enum OpenBaoAuth {
+    /// A token, sent as `X-Vault-Token` as it is (renew it outside the host, or use a
+    /// periodic one).
+    Token(String),
+    /// An AppRole: `role_id` and `secret_id` are exchanged for a token at
+    /// `auth/approle/login`, again before the token's lease ends.
+    AppRole {
+        /// The role's id (not secret on its own).
+        role_id: String,
+        /// The secret id (a credential: never logged).
+        secret_id: String,
+    },
+}
+
 /// How to reach OpenBao (`[openbao]` in `sandboxer.toml`).
 #[derive(Clone)]
 pub struct OpenBaoSettings {
-    /// `http://host:port` (no path).
+    /// `http://host:port` or `https://host:port` (no path).
     pub address: String,
-    /// The token sent as `X-Vault-Token`.
-    pub token: String,
+    /// A token, or an AppRole to log in with.
+    pub auth: OpenBaoAuth,
     /// The KV v2 engine's mount (`secret` by default).
     pub mount: String,
     /// A PEM file of CA certificates to trust (for an `https://` address).
@@ -52,7 +71,7 @@ impl OpenBaoSettings {
     ) -> Self {
         Self {
             address: address.trim_end_matches('/').to_owned(),
-            token,
+            auth: OpenBaoAuth::Token(token),
             mount,
             ca_file: None,
             timeout: DEFAULT_TIMEOUT,
@@ -70,7 +89,15 @@ impl fmt::Debug for OpenBaoSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenBaoSettings")
             .field("address", &self.address)
-            .field("token", &"[redacted]")
+            .field(
+                "auth",
+                &match &self.auth {
+                    OpenBaoAuth::Token(_) => "token [redacted]".to_owned(),
+                    OpenBaoAuth::AppRole { role_id, .. } => {
+                        format!("approle {role_id} (secret id [redacted])")
+                    }
+                },
+            )
             .field("mount", &self.mount)
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
@@ -102,6 +129,10 @@ pub enum OpenBaoError {
     BadAnswer { mount: String, path: String },
     #[error("secret path {path:?}: {reason}")]
     BadPath { path: String, reason: &'static str },
+    #[error(
+        "OpenBao at {address} refused the AppRole login (HTTP {status}): check role_id and secret_id"
+    )]
+    LoginRefused { address: String, status: u16 },
     #[error("OpenBao client: {reason}")]
     Client { reason: String },
 }
@@ -116,6 +147,8 @@ impl OpenBaoError {
                 | Self::Sealed { .. }
                 | Self::NotFound { .. }
                 | Self::Status { .. }
+                // The role or its secret id may be fixed in OpenBao without the host.
+                | Self::LoginRefused { .. }
         )
     }
 }
@@ -124,6 +157,27 @@ impl OpenBaoError {
 pub struct OpenBao {
     settings: OpenBaoSettings,
     client: OnceCell<reqwest::blocking::Client>,
+    /// The token an AppRole login got, and when to log in again.
+    login: parking_lot::Mutex<Option<Login>>,
+}
+
+/// A token from an AppRole login.
+struct Login {
+    token: String,
+    /// Log in again from then on (two thirds into the lease); `None`: it does not expire.
+    renew_at: Option<std::time::Instant>,
+}
+
+#[derive(Deserialize)]
+struct LoginAnswer {
+    auth: LoginAuth,
+}
+
+#[derive(Deserialize)]
+struct LoginAuth {
+    client_token: String,
+    #[serde(default)]
+    lease_duration: u64,
 }
 
 impl fmt::Debug for OpenBao {
@@ -150,6 +204,7 @@ impl OpenBao {
         Self {
             settings,
             client: OnceCell::new(),
+            login: parking_lot::Mutex::new(None),
         }
     }
 
@@ -166,23 +221,90 @@ impl OpenBao {
 
     fn client(&self) -> Result<&reqwest::blocking::Client, OpenBaoError> {
         self.client.get_or_try_init(|| {
-            if self.settings.ca_file.is_some() || self.settings.address.starts_with("https://") {
-                // The host is built without a TLS stack; say so rather than fail obscurely.
+            let https = self.settings.address.starts_with("https://");
+            if self.settings.ca_file.is_some() && !https {
                 return Err(OpenBaoError::Client {
-                    reason: "https:// and ca_file are not supported by this build; reach \
-                             OpenBao over http:// on loopback or a private network"
-                        .into(),
+                    reason: "ca_file is set but the address is not https://".into(),
                 });
             }
-            reqwest::blocking::Client::builder()
+            let mut builder = reqwest::blocking::Client::builder()
                 .timeout(self.settings.timeout)
                 .connect_timeout(self.settings.timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| OpenBaoError::Client {
-                    reason: e.to_string(),
-                })
+                .redirect(reqwest::redirect::Policy::none());
+            if https {
+                builder = builder
+                    .use_preconfigured_tls(tls_config(self.settings.ca_file.as_deref())?)
+                    .https_only(true);
+            }
+            builder.build().map_err(|e| OpenBaoError::Client {
+                reason: e.to_string(),
+            })
         })
+    }
+
+    /// The token to send: the configured one, or the AppRole login's (logging in when
+    /// there is none yet or it is due for renewal).
+    fn token(&self) -> Result<String, OpenBaoError> {
+        let (role_id, secret_id) = match &self.settings.auth {
+            OpenBaoAuth::Token(t) => return Ok(t.clone()),
+            OpenBaoAuth::AppRole { role_id, secret_id } => (role_id, secret_id),
+        };
+        let mut login = self.login.lock();
+        if let Some(l) = login.as_ref()
+            && l.renew_at.is_none_or(|at| std::time::Instant::now() < at)
+        {
+            return Ok(l.token.clone());
+        }
+        let url = format!("{}/v1/auth/approle/login", self.settings.address);
+        let answer = self
+            .client()?
+            .post(url)
+            .json(&serde_json::json!({ "role_id": role_id, "secret_id": secret_id }))
+            .send()
+            .map_err(|e| self.unreachable(&e))?;
+        let address = self.settings.address.clone();
+        match answer.status().as_u16() {
+            200 => {}
+            503 => return Err(OpenBaoError::Sealed { address }),
+            status => return Err(OpenBaoError::LoginRefused { address, status }),
+        }
+        let parsed: LoginAnswer = answer.json().map_err(|_| OpenBaoError::LoginRefused {
+            address: self.settings.address.clone(),
+            status: 200,
+        })?;
+        let lease = parsed.auth.lease_duration;
+        let renew_at = (lease > 0)
+            .then(|| std::time::Instant::now() + Duration::from_millis(lease * 2000 / 3));
+        tracing::info!(address = %self.settings.address, role_id = %role_id, lease_secs = lease, "logged in to OpenBao with AppRole");
+        let token = parsed.auth.client_token;
+        *login = Some(Login {
+            token: token.clone(),
+            renew_at,
+        });
+        Ok(token)
+    }
+
+    /// Sends the request `build` makes with the current token; when an AppRole token is
+    /// refused (expired or revoked), logs in again once and sends it again.
+    fn send(
+        &self,
+        build: impl Fn(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
+    ) -> Result<reqwest::blocking::Response, OpenBaoError> {
+        let client = self.client()?;
+        let answer = build(client)
+            .header("X-Vault-Token", self.token()?)
+            .send()
+            .map_err(|e| self.unreachable(&e))?;
+        if answer.status().as_u16() != 403
+            || !matches!(self.settings.auth, OpenBaoAuth::AppRole { .. })
+        {
+            return Ok(answer);
+        }
+        *self.login.lock() = None;
+        build(client)
+            .header("X-Vault-Token", self.token()?)
+            .send()
+            .map_err(|e| self.unreachable(&e))
     }
 
     fn url(&self, kind: &str, path: &str) -> Result<String, OpenBaoError> {
@@ -199,6 +321,8 @@ impl OpenBao {
         // reqwest's message names the URL (address and path, no secret) and the cause.
         let reason = if e.is_timeout() {
             "timed out".to_owned()
+        } else if e.is_connect() && self.settings.address.starts_with("https://") {
+            "connection or TLS handshake failed (is the server's CA in ca_file?)".to_owned()
         } else if e.is_connect() {
             "connection refused or failed".to_owned()
         } else {
@@ -229,12 +353,7 @@ impl OpenBao {
     /// The string fields of the newest version of the secret at `path`.
     pub fn read(&self, path: &str) -> Result<BTreeMap<String, String>, OpenBaoError> {
         let url = self.url("data", path)?;
-        let answer = self
-            .client()?
-            .get(url)
-            .header("X-Vault-Token", &self.settings.token)
-            .send()
-            .map_err(|e| self.unreachable(&e))?;
+        let answer = self.send(|c| c.get(&url))?;
         let status = answer.status().as_u16();
         if status != 200 {
             return Err(self.status_error(status, path));
@@ -260,13 +379,8 @@ impl OpenBao {
     /// Writes `fields` as a new version of the secret at `path`.
     pub fn write(&self, path: &str, fields: &BTreeMap<String, String>) -> Result<(), OpenBaoError> {
         let url = self.url("data", path)?;
-        let answer = self
-            .client()?
-            .post(url)
-            .header("X-Vault-Token", &self.settings.token)
-            .json(&serde_json::json!({ "data": fields }))
-            .send()
-            .map_err(|e| self.unreachable(&e))?;
+        let body = serde_json::json!({ "data": fields });
+        let answer = self.send(|c| c.post(&url).json(&body))?;
         match answer.status().as_u16() {
             200 | 204 => Ok(()),
             status => Err(self.status_error(status, path)),
@@ -276,17 +390,54 @@ impl OpenBao {
     /// Deletes the secret at `path` with all its versions; deleting a missing one is fine.
     pub fn delete(&self, path: &str) -> Result<(), OpenBaoError> {
         let url = self.url("metadata", path)?;
-        let answer = self
-            .client()?
-            .delete(url)
-            .header("X-Vault-Token", &self.settings.token)
-            .send()
-            .map_err(|e| self.unreachable(&e))?;
+        let answer = self.send(|c| c.delete(&url))?;
         match answer.status().as_u16() {
             200 | 204 | 404 => Ok(()),
             status => Err(self.status_error(status, path)),
         }
     }
+}
+
+/// The TLS settings of an `https://` OpenBao: the certificates of `ca_file` (PEM) as the
+/// only roots, else the bundled web PKI roots.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, OpenBaoError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let fail = |reason: String| OpenBaoError::Client { reason };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    fail(format!(
+                        "ca_file {}: not PEM certificates: {e}",
+                        path.display()
+                    ))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    fail(format!(
+                        "ca_file {}: a certificate is refused: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(fail(format!(
+                    "ca_file {}: holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    .map_err(|e| fail(format!("TLS: {e}")))
 }
 
 /// A secret path is `segment/segment/…` of letters, digits, `.`, `_` and `-`, with no
@@ -336,7 +487,7 @@ mod tests {
     fn an_unreachable_server_is_a_transient_error_naming_the_address() {
         let bao = OpenBao::new(OpenBaoSettings {
             address: "http://127.0.0.1:9".into(),
-            token: "root-token-never-shown".into(),
+            auth: OpenBaoAuth::Token("root-token-never-shown".into()),
             mount: "secret".into(),
             ca_file: None,
             timeout: Duration::from_millis(300),

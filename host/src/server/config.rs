@@ -101,7 +101,7 @@ fn within<T: PartialOrd + std::fmt::Display + Copy>(
 }
 
 impl ConfigError {
-    fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(file: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             file: file.display().to_string(),
             key: key.into(),
@@ -189,9 +189,15 @@ struct RawReload {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenBaoConfig {
-    /// `http://host:port` of OpenBao.
+    /// `http://host:port` or `https://host:port` of OpenBao.
     pub address: String,
-    /// The token (`token`, `token_env` or `token_file`, exactly one).
+    /// AppRole login instead of a token: the role's id (with a `secret_id_*`).
+    pub role_id: Option<String>,
+    /// AppRole: an environment variable holding the secret id.
+    pub secret_id_env: Option<String>,
+    /// AppRole: a file holding the secret id (relative: to sandboxer.toml's folder).
+    pub secret_id_file: Option<PathBuf>,
+    /// The token (`token`, `token_env` or `token_file`, exactly one), unless `role_id`.
     #[serde(flatten)]
     pub auth: TokenSource,
     /// The KV v2 engine's mount.
@@ -701,8 +707,42 @@ fn check_openbao(
         ));
     }
     b.address = a.to_owned();
-    check_source(&b.auth, path, "openbao", base)?;
-    b.auth = resolve_file(b.auth, base);
+    if let Some(role_id) = &b.role_id {
+        let tokens =
+            b.auth.token.is_some() || b.auth.token_env.is_some() || b.auth.token_file.is_some();
+        if tokens {
+            return Err(ConfigError::new(
+                path,
+                "openbao.role_id",
+                "expected either role_id (AppRole) or one of token, token_env, token_file, not both",
+            ));
+        }
+        if role_id.trim().is_empty() {
+            return Err(ConfigError::new(
+                path,
+                "openbao.role_id",
+                "expected the AppRole's role id",
+            ));
+        }
+        if usize::from(b.secret_id_env.is_some()) + usize::from(b.secret_id_file.is_some()) != 1 {
+            return Err(ConfigError::new(
+                path,
+                "openbao.role_id",
+                "expected exactly one of secret_id_env, secret_id_file with role_id",
+            ));
+        }
+        b.secret_id_file = b.secret_id_file.map(|p| under(base, p));
+    } else {
+        if b.secret_id_env.is_some() || b.secret_id_file.is_some() {
+            return Err(ConfigError::new(
+                path,
+                "openbao.role_id",
+                "a secret_id needs the AppRole's role_id",
+            ));
+        }
+        check_source(&b.auth, path, "openbao", base)?;
+        b.auth = resolve_file(b.auth, base);
+    }
     if b.mount.is_empty()
         || b.mount.starts_with('/')
         || b.mount.ends_with('/')
@@ -723,9 +763,14 @@ fn check_openbao(
             "expected a path such as \"sandboxer/tenants\" (letters, digits, `.`, `_`, `-` and `/`)",
         ));
     }
-    b.ca_file = b
-        .ca_file
-        .map(|p| if p.is_relative() { base.join(p) } else { p });
+    b.ca_file = b.ca_file.map(|p| under(base, p));
+    if b.ca_file.is_some() && !b.address.starts_with("https://") {
+        return Err(ConfigError::new(
+            path,
+            "openbao.ca_file",
+            "expected an https:// address with a ca_file",
+        ));
+    }
     for (key, v) in [
         ("openbao.refresh_secs", b.refresh_secs),
         ("openbao.retry_secs", b.retry_secs),
@@ -736,6 +781,11 @@ fn check_openbao(
         }
     }
     Ok(b)
+}
+
+/// `p`, relative to `base` (the config file's folder) unless absolute.
+fn under(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_relative() { base.join(p) } else { p }
 }
 
 fn resolve_file(mut src: TokenSource, base: &Path) -> TokenSource {
@@ -884,6 +934,20 @@ mod tests {
             b.auth.token_file.as_deref(),
             Some(Path::new("/etc/sandboxer/bao.token"))
         );
+        let c = parse(
+            "[openbao]\naddress = \"https://bao:8200\"\nrole_id = \"r-1\"\nsecret_id_file = \"sid\"\nca_file = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let b = c.openbao.unwrap();
+        assert_eq!(b.role_id.as_deref(), Some("r-1"));
+        assert_eq!(
+            b.secret_id_file.as_deref(),
+            Some(Path::new("/etc/sandboxer/sid"))
+        );
+        assert_eq!(
+            b.ca_file.as_deref(),
+            Some(Path::new("/etc/sandboxer/ca.pem"))
+        );
         for (text, key) in [
             (
                 "address = \"127.0.0.1:8200\"\ntoken_env = \"T\"",
@@ -909,6 +973,22 @@ mod tests {
             (
                 "address = \"http://b:1\"\ntoken_env = \"T\"\nrole = \"x\"",
                 "openbao",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nrole_id = \"r\"\nsecret_id_env = \"S\"",
+                "openbao.role_id",
+            ),
+            (
+                "address = \"http://b:1\"\nrole_id = \"r\"",
+                "openbao.role_id",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nsecret_id_env = \"S\"",
+                "openbao.role_id",
+            ),
+            (
+                "address = \"http://b:1\"\ntoken_env = \"T\"\nca_file = \"ca.pem\"",
+                "openbao.ca_file",
             ),
         ] {
             let e = parse(&format!("[openbao]\n{text}\n")).unwrap_err();

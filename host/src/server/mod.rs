@@ -23,7 +23,7 @@ use tokio::sync::watch as signal_watch;
 
 use crate::app::{App, AppOptions, DEFER_COMPILE_ABOVE_BYTES, EventHub, LeasePolicy};
 use crate::http::{self, AppState};
-use crate::secrets::openbao::{self, OpenBao, OpenBaoSettings};
+use crate::secrets::openbao::{self, OpenBao, OpenBaoAuth, OpenBaoSettings};
 use crate::settings::Settings;
 use crate::telemetry::metrics;
 use config::{ConfigError, DEFAULT_LISTEN, ServiceConfig};
@@ -108,6 +108,53 @@ pub fn effective_settings(opts: &RunOptions, cfg: &ServiceConfig) -> Settings {
 /// share one sink write, and no request waits on a sink), large uncached components
 /// compiled in the background while the others serve, leases and the circuit breaker as
 /// configured, and the configured event hubs with their tokens resolved.
+/// How the host logs in to OpenBao: `role_id` with the secret id read from its env var or
+/// file now, else the token from its source.
+fn openbao_auth(
+    b: &config::OpenBaoConfig,
+    file: &std::path::Path,
+) -> Result<OpenBaoAuth, ServiceError> {
+    let Some(role_id) = &b.role_id else {
+        return Ok(OpenBaoAuth::Token(tokens::read_token(
+            &b.auth, file, "openbao",
+        )?));
+    };
+    let fail = |key: &str, message: String| ConfigError::new(file, key, message);
+    let secret_id = match (&b.secret_id_env, &b.secret_id_file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            fail(
+                "openbao.secret_id_env",
+                format!("expected the environment variable {var} to hold the AppRole's secret id; it is unset or not UTF-8"),
+            )
+        })?,
+        (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| {
+            fail(
+                "openbao.secret_id_file",
+                format!("expected a readable file holding the AppRole's secret id at {}: {e}", p.display()),
+            )
+        })?,
+        (None, None) => {
+            return Err(fail(
+                "openbao.role_id",
+                "expected one of secret_id_env, secret_id_file".into(),
+            )
+            .into());
+        }
+    };
+    let secret_id = secret_id.trim().to_owned();
+    if secret_id.is_empty() {
+        return Err(fail(
+            "openbao.secret_id",
+            "the AppRole's secret id is empty".into(),
+        )
+        .into());
+    }
+    Ok(OpenBaoAuth::AppRole {
+        role_id: role_id.trim().to_owned(),
+        secret_id,
+    })
+}
+
 fn app_options(
     cfg: &ServiceConfig,
     embedding: &embedded::Embedding,
@@ -139,7 +186,7 @@ fn app_options(
         None => None,
         Some(b) => Some(Arc::new(OpenBao::new(OpenBaoSettings {
             address: b.address.clone(),
-            token: tokens::read_token(&b.auth, &file, "openbao")?,
+            auth: openbao_auth(b, &file)?,
             mount: b.mount.clone(),
             ca_file: b.ca_file.clone(),
             timeout: b

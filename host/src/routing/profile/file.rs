@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{Candidates, Profile, ProfileError, RouteSpec, Strategy, bounds};
-use crate::domain::{Capability, Currency, Resources, parse_decimal};
+use crate::domain::{ByokMode, Capability, Currency, Resources, parse_decimal};
 
 /// Loads and validates one profile file.
 pub fn load_profile_file(file: &Path) -> Result<Profile, ProfileError> {
@@ -100,6 +100,8 @@ struct RawRoute {
     max_cost_per_hour: Option<String>,
     currency: Option<String>,
     explicit: Option<String>,
+    #[serde(default)]
+    byok: ByokMode,
 }
 
 fn default_true() -> bool {
@@ -294,6 +296,7 @@ impl RawProfile {
                 max_cost_per_hour,
                 currency,
                 explicit: route.explicit,
+                byok: route.byok,
             },
             file: file.to_path_buf(),
         })

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 pub use crate::domain::Strategy;
-use crate::domain::{Capability, Currency, Resources};
+use crate::domain::{ByokMode, Capability, Currency, Resources};
 pub use file::{load_profile_file, parse_profile};
 pub use folder::{load_profiles, reload_profiles};
 pub use request::RequestError;
@@ -66,6 +66,9 @@ pub struct RouteSpec {
     pub currency: Currency,
     /// The target of the `explicit` strategy.
     pub explicit: Option<String>,
+    /// `byok`: whether tenants' own keys are preferred, required or never used (a
+    /// request may say otherwise; default `prefer`).
+    pub byok: ByokMode,
 }
 
 impl RouteSpec {

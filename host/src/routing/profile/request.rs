@@ -114,6 +114,7 @@ impl Profile {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             metadata: metadata.into_iter().collect(),
+            byok: overrides.byok.unwrap_or(self.route.byok),
         })
     }
 

@@ -35,6 +35,7 @@ pub(crate) fn status(id: &str) -> SandboxStatus {
             region: None,
             env: Vec::new(),
             metadata: Vec::new(),
+            byok: Default::default(),
         },
         estimate: None,
         hold_id: Some("h1".into()),
