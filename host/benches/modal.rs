@@ -75,7 +75,7 @@ fn row(name: &str, times: &[Duration], floor: &[Duration]) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let p50 = us(percentile(times, 0.5));
     println!(
-        "| {name:<40} | {p50:>8.0} | {:>8.0} | {:>8.0} | {:>5.2}x |",
+        "| {name:<42} | {p50:>8.0} | {:>8.0} | {:>8.0} | {:>5.2}x |",
         us(percentile(times, 0.9)),
         us(percentile(times, 0.99)),
         p50 / us(percentile(floor, 0.5)),
@@ -203,11 +203,11 @@ fn main() {
         "Modal through the component vs a native tonic client, fake-modal over h2c, {rounds} rounds after {WARMUP} warm-up"
     );
     println!(
-        "| {:<40} | {:>8} | {:>8} | {:>8} | {:>6} |",
+        "| {:<42} | {:>8} | {:>8} | {:>8} | {:>6} |",
         "path", "p50 µs", "p90 µs", "p99 µs", "ratio"
     );
     println!(
-        "|{:-<42}|{:->10}|{:->10}|{:->10}|{:->8}|",
+        "|{:-<44}|{:->10}|{:->10}|{:->10}|{:->8}|",
         "", "", "", "", ""
     );
     row(
