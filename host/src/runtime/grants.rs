@@ -91,6 +91,9 @@ pub struct GrantSpec {
     pub byok_fee_percent: Option<rust_decimal::Decimal>,
     /// `byok_fee_per_sandbox_hour`: the flat platform fee of a BYOK sandbox per hour.
     pub byok_fee_per_sandbox_hour: Option<rust_decimal::Decimal>,
+    /// `outbound_ca_file`: a PEM file (in the sidecar's folder, like secret files) of CA
+    /// certificates the extension's TLS connections trust besides the public web roots.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 /// A grant that cannot be honoured; names the key at fault. Never contains a secret value.
@@ -128,6 +131,8 @@ pub enum GrantError {
         path: String,
         field: String,
     },
+    #[error("outbound_ca_file: cannot use {}: {reason}", file.display())]
+    CaFile { file: PathBuf, reason: String },
 }
 
 impl GrantError {
@@ -175,6 +180,36 @@ pub enum SecretFiles<'a> {
     Anywhere,
 }
 
+/// The public web roots plus the CA certificates in `file` (PEM), read where `files`
+/// allows (a sidecar's folder, as for secret files).
+fn roots_with_ca(file: &Path, files: SecretFiles<'_>) -> Result<rustls::RootCertStore, GrantError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let fail = |reason: String| GrantError::CaFile {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let path = match files {
+        SecretFiles::In(dir) => confined(dir, file).map_err(fail)?,
+        SecretFiles::Anywhere => file.to_path_buf(),
+    };
+    let pem = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    let mut added = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| fail(format!("not a PEM file of certificates: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("not a usable CA certificate: {e}")))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(fail("it holds no CERTIFICATE block".to_owned()));
+    }
+    Ok(roots)
+}
+
 /// `file` inside `base_dir` (the sidecar's folder): a relative path without `..`, which
 /// after following links is still in that folder. A sidecar cannot name the admin token,
 /// the ledger or any other file of the host as its "secret".
@@ -185,7 +220,7 @@ fn confined(base_dir: &Path, file: &Path) -> Result<PathBuf, String> {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
         return Err(
-            "a secret file is named relative to the sidecar's folder, without .. or a leading /"
+            "a file a sidecar grants is named relative to the sidecar's folder, without .. or a leading /"
                 .to_owned(),
         );
     }
@@ -535,6 +570,10 @@ impl Grants {
                 key: "max_response_bytes",
             });
         }
+        let h2 = match &spec.outbound_ca_file {
+            None => super::h2::H2Pool::default(),
+            Some(file) => super::h2::H2Pool::with_roots(roots_with_ca(file, files)?),
+        };
         Ok(Self {
             extension: extension.to_owned(),
             hosts,
@@ -553,7 +592,7 @@ impl Grants {
             max_response_bytes: spec
                 .max_response_bytes
                 .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
-            h2: super::h2::H2Pool::default(),
+            h2,
         })
     }
 
@@ -1080,6 +1119,39 @@ mod tests {
                 "{err}"
             );
             assert!(!err.contains("the-admin-token"), "{err}");
+        }
+    }
+
+    /// A self-signed CA certificate (openssl, EC P-256, valid for a century).
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjzCCATWgAwIBAgIUaGFKBy6qQo/aDFa6zwb/apRh5uYwCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRc2FuZGJveGVyIHRlc3QgQ0EwIBcNMjYxMjAzMTcyMjA5WhgP\nMjEyNjExMDkxNzIyMDlaMBwxGjAYBgNVBAMMEXNhbmRib3hlciB0ZXN0IENBMFkw\nEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYjsaFuuI42KFrzmIiTOMYtgYTGEeSXPv\nijiRPgbPHAFmxWsTPtOurh2wj4gPTPhdhFKbMOwxKQpYNreQGuu/DaNTMFEwHQYD\nVR0OBBYEFLx5wjDVtcT1ESdOhpSWKH14uvG+MB8GA1UdIwQYMBaAFLx5wjDVtcT1\nESdOhpSWKH14uvG+MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIh\nAJCHBVR5GXOpWYip3KoHFaLun8KL/fGrma8NUSV8sA3fAiAeJ458OkVZP5xlauMj\nNoe5EHoyjUIRoR/Q+Dc68CJLKA==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn the_outbound_ca_file_is_read_from_the_sidecars_folder_and_must_hold_certificates() {
+        let root = tempfile::tempdir().unwrap();
+        let ext = root.path().join("extensions");
+        std::fs::create_dir_all(&ext).unwrap();
+        std::fs::write(ext.join("ca.pem"), TEST_CA).unwrap();
+        std::fs::write(root.path().join("outside.pem"), TEST_CA).unwrap();
+        std::fs::write(ext.join("empty.pem"), "not a certificate\n").unwrap();
+        let resolve = |file: &str| {
+            let spec = GrantSpec {
+                outbound_ca_file: Some(file.into()),
+                ..GrantSpec::default()
+            };
+            Grants::resolve("x", &spec, SecretFiles::In(&ext), &BTreeMap::new(), None)
+        };
+        assert!(resolve("ca.pem").is_ok());
+        for (file, why) in [
+            ("../outside.pem", "relative to the sidecar's folder"),
+            ("/etc/ssl/certs/ca.pem", "relative to the sidecar's folder"),
+            ("missing.pem", "No such file"),
+            ("empty.pem", "no CERTIFICATE"),
+        ] {
+            let err = resolve(file).unwrap_err().to_string();
+            assert!(
+                err.starts_with("outbound_ca_file: ") && err.contains(file) && err.contains(why),
+                "{err}"
+            );
         }
     }
 

@@ -9,8 +9,8 @@
 //! (string values, handed to the guest through `wasi:config/store`), `memory_limit_mib`,
 //! `call_timeout_ms`, and the grants `allowed_outbound_hosts`, `[secrets]`,
 //! `outbound_timeout_ms`, `max_response_bytes`, `byok`, `byok_fee_percent`,
-//! `byok_fee_per_sandbox_hour` (see [`super::grants`] and docs/secrets.md). Any other key is an
-//! error naming the file and the key.
+//! `byok_fee_per_sandbox_hour`, `outbound_ca_file` (see [`super::grants`], docs/secrets.md and
+//! docs/extensions.md). Any other key is an error naming the file and the key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -134,6 +134,7 @@ impl ExtensionSpec {
                     parsed.byok_fee_per_sandbox_hour.as_deref(),
                     "byok_fee_per_sandbox_hour",
                 )?,
+                outbound_ca_file: parsed.outbound_ca_file,
             },
         })
     }
@@ -194,6 +195,7 @@ struct SidecarFile {
     byok: Vec<String>,
     byok_fee_percent: Option<String>,
     byok_fee_per_sandbox_hour: Option<String>,
+    outbound_ca_file: Option<PathBuf>,
 }
 
 /// Lists the extensions in `dir` (sorted by file name, so ids are assigned

@@ -332,6 +332,7 @@ fn local_spec(component: PathBuf, url: &str, token_file: &Path) -> ExtensionSpec
             byok: Vec::new(),
             byok_fee_percent: None,
             byok_fee_per_sandbox_hour: None,
+            outbound_ca_file: None,
         },
     }
 }

@@ -32,27 +32,7 @@ async fn app_and_image(c: &mut ModalClientClient<Channel>) -> (String, String) {
 }
 
 fn create_request(app: &str, image: &str, i: usize) -> pb::SandboxCreateRequest {
-    pb::SandboxCreateRequest {
-        app_id: app.to_owned(),
-        definition: Some(pb::Sandbox {
-            image_id: image.to_owned(),
-            resources: Some(pb::Resources {
-                memory_mb: 1024,
-                milli_cpu: 1000,
-                memory_mb_max: 1024,
-                milli_cpu_max: 1000,
-                ephemeral_disk_mb: 0,
-            }),
-            timeout_secs: 600,
-            workdir: Some("/root".into()),
-            name: Some(format!("bench-{i}")),
-            ..Default::default()
-        }),
-        tags: vec![pb::SandboxTag {
-            tag_name: "sandboxer_id".into(),
-            tag_value: format!("bench-{i}"),
-        }],
-    }
+    native::sandbox_create_request(app, image, &format!("bench-{i}"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -102,19 +102,7 @@ async fn router(
 }
 
 fn start(task: &str, exec: &str, args: &[&str], jwt: &str) -> Request<pb::TaskExecStartRequest> {
-    bearer(
-        pb::TaskExecStartRequest {
-            task_id: task.into(),
-            exec_id: exec.into(),
-            command_args: args.iter().map(|s| (*s).to_owned()).collect(),
-            stdout_config: pb::TaskExecStdoutConfig::Pipe as i32,
-            stderr_config: pb::TaskExecStderrConfig::Pipe as i32,
-            timeout_secs: None,
-            workdir: None,
-            env: [("EXTRA".to_owned(), "x".to_owned())].into(),
-        },
-        jwt,
-    )
+    native::exec_start(task, exec, args, jwt)
 }
 
 async fn read_all(
@@ -125,24 +113,9 @@ async fn read_all(
     offset: u64,
     fd: pb::TaskExecStdioFileDescriptor,
 ) -> Vec<u8> {
-    let mut stream = r
-        .task_exec_stdio_read(bearer(
-            pb::TaskExecStdioReadRequest {
-                task_id: task.into(),
-                exec_id: exec.into(),
-                offset,
-                file_descriptor: fd as i32,
-            },
-            jwt,
-        ))
+    native::read_all(r, jwt, task, exec, offset, fd)
         .await
         .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(msg) = stream.message().await.unwrap() {
-        out.extend_from_slice(&msg.data);
-    }
-    out
 }
 
 async fn run_to_end(
@@ -152,52 +125,10 @@ async fn run_to_end(
     exec: &str,
     args: &[&str],
     stdin: &[u8],
-) -> (Vec<u8>, Vec<u8>, Option<pb::ExitStatus>) {
-    r.task_exec_start(start(task, exec, args, jwt))
-        .await
-        .unwrap();
-    r.task_exec_stdin_write(bearer(
-        pb::TaskExecStdinWriteRequest {
-            task_id: task.into(),
-            exec_id: exec.into(),
-            offset: 0,
-            data: stdin.to_vec(),
-            eof: true,
-        },
-        jwt,
-    ))
-    .await
-    .unwrap();
-    let out = read_all(
-        r,
-        jwt,
-        task,
-        exec,
-        0,
-        pb::TaskExecStdioFileDescriptor::Stdout,
-    )
-    .await;
-    let err = read_all(
-        r,
-        jwt,
-        task,
-        exec,
-        0,
-        pb::TaskExecStdioFileDescriptor::Stderr,
-    )
-    .await;
-    let wait = r
-        .task_exec_wait(bearer(
-            pb::TaskExecWaitRequest {
-                task_id: task.into(),
-                exec_id: exec.into(),
-            },
-            jwt,
-        ))
+) -> native::RunOutput {
+    native::run_to_end(r, jwt, task, exec, args, stdin)
         .await
         .unwrap()
-        .into_inner();
-    (out, err, wait.exit_status)
 }
 
 const FS_TOOLS: &str = fake_modal::fs_tools::FS_TOOLS_PATH;
