@@ -41,6 +41,7 @@ fn request(i: usize) -> SandboxRequest {
         region: None,
         env: vec![],
         metadata: vec![],
+        byok: Default::default(),
     }
 }
 
