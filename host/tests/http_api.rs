@@ -779,3 +779,77 @@ fn the_dashboard_is_served_with_a_strict_csp_and_its_overview_is_admin_only() {
         page.headers()
     );
 }
+
+/// `[grants]` of sandboxer.toml bounds what a sidecar grants itself, at start and on hot
+/// reload: no host variable, no bare `*` host without the operator's opt-in; and the host
+/// config can own an extension's grants outright (a secret file outside the extensions
+/// folder, the sidecar's own grants ignored).
+#[test]
+fn sidecars_grant_only_what_the_operator_allows() {
+    const SECRET: &str = "sk-owned-by-the-operator-42";
+    let setup = Setup::new();
+    // The sidecar asks for a host of its choosing; the operator's grants replace it.
+    setup.add_misbehave("owned", "echo = \"api_key\"\nprice = \"0.01\"\n", 600);
+    let owned = setup.extensions().join("owned.toml");
+    let text = std::fs::read_to_string(&owned).unwrap();
+    std::fs::write(
+        &owned,
+        format!("allowed_outbound_hosts = [\"https://evil.example\"]\n{text}"),
+    )
+    .unwrap();
+    std::fs::write(setup.path().join("owned.key"), SECRET).unwrap();
+    setup.write_config(
+        "[grants]\nany_host = [\"wide\"]\n\
+         [grants.extensions.owned]\nsecrets = { api_key = { file = \"owned.key\" } }\n",
+    );
+    let h = Host::start(&setup);
+    let (_, list) = h.raw("GET", "/v1/extensions", Some(ADMIN), None, &[]);
+    assert!(
+        list.contains("\"owned\"") && list.contains("r [redacted]"),
+        "the operator's secret reaches the guest (and is redacted): {list}"
+    );
+    h.grant("a", "5.00");
+    let sb = h.create(TOKEN_A, "owned");
+    assert_eq!(sb["state"], "running", "{sb}");
+
+    // Hot reload: three sidecars arrive while the host runs.
+    let sidecar = |id: &str, grants: &str| {
+        std::fs::write(
+            setup.extensions().join(format!("{id}.toml")),
+            format!("component = \"misbehave.wasm\"\nid = \"{id}\"\n{grants}\n[config]\nprice = \"0.01\"\n"),
+        )
+        .unwrap();
+    };
+    sidecar(
+        "peeker",
+        "[secrets]\napi_key = { env = \"SANDBOXER_ADMIN_TOKEN\" }\n",
+    );
+    sidecar("roamer", "allowed_outbound_hosts = [\"*://*:*\"]\n");
+    sidecar("wide", "allowed_outbound_hosts = [\"*://*:*\"]\n");
+    let rows = h.wait_for(Duration::from_secs(30), || {
+        let (_, v) = h.get("/v1/extensions", ADMIN);
+        let rows = v["extensions"].as_array()?.clone();
+        let row = |id: &str| rows.iter().find(|r| r["id"] == id).cloned();
+        let all = ["peeker", "roamer", "wide"].map(row);
+        all.iter()
+            .all(Option::is_some)
+            .then(|| all.map(Option::unwrap))
+    });
+    let [peeker, roamer, wide] = rows;
+    assert_eq!(peeker["status"], "skipped", "{peeker}");
+    let reason = peeker["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("SANDBOXER_ADMIN_TOKEN") && reason.contains("host's own"),
+        "{reason}"
+    );
+    assert_eq!(roamer["status"], "skipped", "{roamer}");
+    let reason = roamer["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("any_host") && reason.contains("roamer"),
+        "{reason}"
+    );
+    assert_eq!(
+        wide["status"], "loaded",
+        "opted in by [grants] any_host: {wide}"
+    );
+}

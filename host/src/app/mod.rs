@@ -115,6 +115,8 @@ pub struct AppOptions {
     /// Extensions the host configures itself in place of sidecar files (a service's
     /// embedded agent wires `local` this way, or skips it with the reason).
     pub overlays: Vec<Overlay>,
+    /// `[grants]` of sandboxer.toml: what sidecars may grant, and grants the host owns.
+    pub grant_policy: crate::runtime::grant_policy::GrantPolicy,
     /// The largest file written or read in one request ([`DEFAULT_MAX_FILE_BYTES`]).
     pub max_file_bytes: u64,
 }
@@ -136,6 +138,7 @@ impl Default for AppOptions {
             skip_reconcile: false,
             openbao: None,
             overlays: Vec::new(),
+            grant_policy: Default::default(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
@@ -218,6 +221,7 @@ impl App {
             ),
             on_compile: self.options().on_compile.clone(),
             openbao: self.options().openbao.clone(),
+            grant_policy: self.options().grant_policy.clone(),
             ..RuntimeConfig::default()
         }
     }

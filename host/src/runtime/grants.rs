@@ -161,6 +161,9 @@ enum HostMatch {
     Exact(String),
     /// `*.example.com`: any subdomain (not the apex).
     Suffix(String),
+    /// A bare `*`: any name, and any public address; only where `sandboxer.toml` opts in
+    /// (`[grants] any_host`, checked by [`super::grant_policy`]).
+    Any,
 }
 
 /// Which ports a pattern allows; `Default` is the scheme's (80 / 443).
@@ -290,11 +293,7 @@ impl HostPattern {
             ),
         };
         let host = if host == "*" {
-            // A package must not grant itself the whole network (with its secrets in
-            // hand): the hosts are named, or a domain's subdomains.
-            return Err(fail(
-                "a bare * host would let the extension reach any address; name the hosts, or *.domain for a domain's subdomains",
-            ));
+            HostMatch::Any
         } else if let Some(domain) = host.strip_prefix("*.") {
             if domain.is_empty() || domain.contains('*') {
                 return Err(fail("a wildcard host looks like *.example.com"));
@@ -310,6 +309,11 @@ impl HostPattern {
         Ok(Self { scheme, host, port })
     }
 
+    /// Whether `pattern` parses to a bare `*` host (any name).
+    pub fn names_any_host(pattern: &str) -> bool {
+        Self::parse(pattern).is_ok_and(|p| p.host == HostMatch::Any)
+    }
+
     /// Whether a request to `scheme://host:port` is allowed by this pattern.
     fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
         let scheme_ok = match self.scheme {
@@ -320,6 +324,12 @@ impl HostPattern {
         let host_ok = match &self.host {
             HostMatch::Exact(h) => h == host,
             HostMatch::Suffix(s) => host.ends_with(s.as_str()) && host.len() > s.len(),
+            // An internal address is reachable only when granted by that very address.
+            HostMatch::Any => !host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(super::outbound::is_internal),
         };
         let port_ok = match self.port {
             PortMatch::Any => true,
@@ -1079,6 +1089,23 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_star_reaches_public_names_and_addresses_but_no_internal_address() {
+        let g = grants(&["*://*:*"]);
+        assert!(allows(&g, "https://api.e2b.app/x"));
+        assert!(allows(&g, "http://93.184.216.34:8080/"));
+        for internal in [
+            "http://127.0.0.1:7733/",
+            "http://169.254.169.254/latest",
+            "http://10.0.0.1/",
+            "http://[::1]:80/",
+        ] {
+            assert!(!allows(&g, internal), "{internal}");
+        }
+        assert!(HostPattern::names_any_host("*://*:*"));
+        assert!(!HostPattern::names_any_host("https://*.example.com"));
+    }
+
+    #[test]
     fn bad_patterns_name_the_pattern() {
         for bad in [
             "api.e2b.app",
@@ -1087,8 +1114,7 @@ mod tests {
             "https://x:port",
             "https://a*b",
             "https://*.",
-            "*://*:*",
-            "https://*",
+            "https://*x",
         ] {
             let err = HostPattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");

@@ -33,6 +33,7 @@ pub mod extension;
 // Some accessors of resolved grants are not called by the host (they were the runtime's
 // public API before the crate's face shrank); kept for the process and files grants
 // being added to the runtime.
+pub mod grant_policy;
 #[allow(dead_code)]
 pub mod grants;
 pub mod h2;
@@ -86,6 +87,8 @@ pub struct RuntimeConfig {
     pub on_compile: Option<CompileHook>,
     /// Where `{ openbao = … }` secrets are read (`None`: such an extension is skipped).
     pub openbao: Option<Arc<crate::secrets::OpenBao>>,
+    /// What sidecars may grant themselves, and the grants the host config owns.
+    pub grant_policy: grant_policy::GrantPolicy,
 }
 
 impl RuntimeConfig {
@@ -107,6 +110,7 @@ impl fmt::Debug for RuntimeConfig {
             .field("quarantine", &self.quarantine)
             .field("on_compile", &self.on_compile.as_ref().map(|_| "…"))
             .field("openbao", &self.openbao)
+            .field("grant_policy", &self.grant_policy)
             .finish()
     }
 }
@@ -382,7 +386,7 @@ impl Runtime {
     }
 
     /// Loads one extension as `spec` describes it.
-    pub fn load_spec(&self, spec: ExtensionSpec) -> Result<Arc<Extension>, LoadError> {
+    pub fn load_spec(&self, mut spec: ExtensionSpec) -> Result<Arc<Extension>, LoadError> {
         let file = spec.component.clone();
         let fail = |failure| LoadError {
             file: file.clone(),
@@ -395,16 +399,22 @@ impl Runtime {
             .or(Some(file.as_path()))
             .and_then(Path::parent)
             .unwrap_or(Path::new("."));
-        // A sidecar is the package's word: its secret files stay in its folder. A spec
-        // without one was configured by the host (an overlay) and may name its own files.
-        let files = if spec.sidecar.is_some() {
-            grants::SecretFiles::In(grants_dir)
-        } else {
-            grants::SecretFiles::Anywhere
-        };
+        // A sidecar is the package's word: its grants are bounded by the operator's
+        // policy and its secret files stay in its folder. Grants the host config owns (or
+        // an overlay's) may name their own files.
+        let (grant_spec, files) = self
+            .inner
+            .config
+            .grant_policy
+            .grants_for(&spec, grants_dir)
+            .map_err(|reason| LoadError {
+                file: spec.defining_file().to_path_buf(),
+                id: Some(spec.id.clone()),
+                failure: LoadFailure::Spec { reason },
+            })?;
         let grants = grants::Grants::resolve(
             &spec.id,
-            &spec.grants,
+            &grant_spec,
             files,
             &spec.config,
             self.inner.config.openbao.as_ref(),
@@ -422,6 +432,9 @@ impl Runtime {
                 }
             },
         })?;
+        // The extension keeps the grants it runs with (billing reads the BYOK fees, and
+        // the version key covers them), not necessarily what its sidecar wrote.
+        spec.grants = grant_spec;
         let (sha, head, len) = cache::file_digest(&file).map_err(|e| {
             fail(LoadFailure::Read {
                 reason: e.to_string(),

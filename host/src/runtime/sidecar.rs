@@ -104,17 +104,18 @@ impl ExtensionSpec {
         if parsed.call_timeout_ms == Some(0) {
             return Err(fail("call_timeout_ms: must be at least 1".into()));
         }
-        let fee = |v: Option<&str>,
-                   key: &str|
-         -> Result<Option<rust_decimal::Decimal>, SpecError> {
-            let Some(v) = v else { return Ok(None) };
-            match v.parse::<rust_decimal::Decimal>() {
-                Ok(d) if !d.is_sign_negative() => Ok(Some(d)),
-                _ => Err(fail(format!(
-                    "{key}: expected a decimal string of at least 0 such as \"5\" or \"0.02\", got {v:?}"
-                ))),
-            }
-        };
+        let grants = GrantKeys {
+            allowed_outbound_hosts: parsed.allowed_outbound_hosts,
+            secrets: parsed.secrets,
+            outbound_timeout_ms: parsed.outbound_timeout_ms,
+            max_response_bytes: parsed.max_response_bytes,
+            byok: parsed.byok,
+            byok_fee_percent: parsed.byok_fee_percent,
+            byok_fee_per_sandbox_hour: parsed.byok_fee_per_sandbox_hour,
+            outbound_ca_file: parsed.outbound_ca_file,
+        }
+        .into_spec()
+        .map_err(fail)?;
         Ok(Self {
             id,
             component,
@@ -123,19 +124,7 @@ impl ExtensionSpec {
             config: parsed.config,
             memory_limit_mib: parsed.memory_limit_mib,
             call_timeout_ms: parsed.call_timeout_ms,
-            grants: GrantSpec {
-                allowed_outbound_hosts: parsed.allowed_outbound_hosts,
-                secrets: parsed.secrets,
-                outbound_timeout_ms: parsed.outbound_timeout_ms,
-                max_response_bytes: parsed.max_response_bytes,
-                byok: parsed.byok,
-                byok_fee_percent: fee(parsed.byok_fee_percent.as_deref(), "byok_fee_percent")?,
-                byok_fee_per_sandbox_hour: fee(
-                    parsed.byok_fee_per_sandbox_hour.as_deref(),
-                    "byok_fee_per_sandbox_hour",
-                )?,
-                outbound_ca_file: parsed.outbound_ca_file,
-            },
+            grants,
         })
     }
 
@@ -196,6 +185,52 @@ struct SidecarFile {
     byok_fee_percent: Option<String>,
     byok_fee_per_sandbox_hour: Option<String>,
     outbound_ca_file: Option<PathBuf>,
+}
+
+/// The grant keys as written, in a sidecar or in `[grants.extensions.ID]` of
+/// `sandboxer.toml`; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantKeys {
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
+    outbound_timeout_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+    #[serde(default)]
+    byok: Vec<String>,
+    byok_fee_percent: Option<String>,
+    byok_fee_per_sandbox_hour: Option<String>,
+    outbound_ca_file: Option<PathBuf>,
+}
+
+impl GrantKeys {
+    /// Checks the fees and gives the grants to resolve; the error names the key.
+    pub fn into_spec(self) -> Result<GrantSpec, String> {
+        let fee = |v: Option<String>, key: &str| -> Result<Option<rust_decimal::Decimal>, String> {
+            let Some(v) = v else { return Ok(None) };
+            match v.parse::<rust_decimal::Decimal>() {
+                Ok(d) if !d.is_sign_negative() => Ok(Some(d)),
+                _ => Err(format!(
+                    "{key}: expected a decimal string of at least 0 such as \"5\" or \"0.02\", got {v:?}"
+                )),
+            }
+        };
+        Ok(GrantSpec {
+            allowed_outbound_hosts: self.allowed_outbound_hosts,
+            secrets: self.secrets,
+            outbound_timeout_ms: self.outbound_timeout_ms,
+            max_response_bytes: self.max_response_bytes,
+            byok: self.byok,
+            byok_fee_percent: fee(self.byok_fee_percent, "byok_fee_percent")?,
+            byok_fee_per_sandbox_hour: fee(
+                self.byok_fee_per_sandbox_hour,
+                "byok_fee_per_sandbox_hour",
+            )?,
+            outbound_ca_file: self.outbound_ca_file,
+        })
+    }
 }
 
 /// Lists the extensions in `dir` (sorted by file name, so ids are assigned

@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use crate::app::HealthConfig;
 use crate::domain::TenantId;
+use crate::runtime::grant_policy::{self, GrantPolicy, SidecarGrants};
+use crate::runtime::grants::SecretSource;
+use crate::runtime::sidecar::GrantKeys;
 
 fn parse_local(raw: RawLocal, path: &Path, base: &Path) -> Result<LocalConfig, ConfigError> {
     let mode = match &raw.enabled {
@@ -290,6 +293,21 @@ struct RawConfig {
     openbao: Option<OpenBaoConfig>,
     #[serde(default)]
     local: RawLocal,
+    #[serde(default)]
+    grants: RawGrants,
+}
+
+/// `[grants]`: see [`crate::runtime::grant_policy`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    sidecars: SidecarGrants,
+    sidecar_env: Option<Vec<String>>,
+    #[serde(default)]
+    any_host: Vec<String>,
+    #[serde(default)]
+    extensions: BTreeMap<String, GrantKeys>,
 }
 
 /// Lease settings: credits are held one chunk at a time and renewed while a sandbox runs.
@@ -373,6 +391,8 @@ pub struct ServiceConfig {
     pub openbao: Option<OpenBaoConfig>,
     /// The embedded agent.
     pub local: LocalConfig,
+    /// `[grants]`: what sidecars may grant themselves, grants the host owns.
+    pub grants: GrantPolicy,
 }
 
 impl Default for ServiceConfig {
@@ -403,6 +423,7 @@ impl Default for ServiceConfig {
             health: HealthConfig::default(),
             openbao: None,
             local: LocalConfig::default(),
+            grants: GrantPolicy::default(),
         }
     }
 }
@@ -646,8 +667,61 @@ impl ServiceConfig {
         if let Some(b) = raw.openbao {
             cfg.openbao = Some(check_openbao(b, path, base)?);
         }
+        cfg.grants = parse_grants(raw.grants, path, base)?;
+        cfg.grants.host_env = host_env(&cfg);
         Ok(cfg)
     }
+}
+
+fn parse_grants(raw: RawGrants, path: &Path, base: &Path) -> Result<GrantPolicy, ConfigError> {
+    let mut policy = GrantPolicy {
+        sidecars: raw.sidecars,
+        ..GrantPolicy::default()
+    };
+    if let Some(list) = raw.sidecar_env {
+        for (i, p) in list.iter().enumerate() {
+            grant_policy::check_env_pattern(p)
+                .map_err(|m| ConfigError::new(path, format!("grants.sidecar_env[{i}]"), m))?;
+        }
+        policy.sidecar_env = Some(list);
+    }
+    for (i, id) in raw.any_host.into_iter().enumerate() {
+        crate::runtime::sidecar::validate_id(&id)
+            .map_err(|m| ConfigError::new(path, format!("grants.any_host[{i}]"), m))?;
+        policy.any_host.insert(id);
+    }
+    for (id, keys) in raw.extensions {
+        let key = format!("grants.extensions.{id}");
+        crate::runtime::sidecar::validate_id(&id)
+            .map_err(|m| ConfigError::new(path, key.as_str(), m))?;
+        let mut spec = keys
+            .into_spec()
+            .map_err(|m| ConfigError::new(path, key.as_str(), m))?;
+        // The operator's files: relative to sandboxer.toml's folder, anywhere it says.
+        for source in spec.secrets.values_mut() {
+            if let SecretSource::File { file } = source {
+                *file = under(base, std::mem::take(file));
+            }
+        }
+        spec.outbound_ca_file = spec.outbound_ca_file.map(|f| under(base, f));
+        policy.extensions.insert(id, spec);
+    }
+    Ok(policy)
+}
+
+/// The variables this config reads tokens from: no sidecar may read them.
+fn host_env(cfg: &ServiceConfig) -> std::collections::BTreeSet<String> {
+    let sources = cfg
+        .tenants
+        .values()
+        .chain(cfg.admin.as_ref())
+        .chain(cfg.metrics.as_ref())
+        .chain(cfg.events.http.iter().map(|h| &h.auth))
+        .chain(cfg.openbao.as_ref().map(|b| &b.auth));
+    let mut vars: std::collections::BTreeSet<String> =
+        sources.filter_map(|s| s.token_env.clone()).collect();
+    vars.extend(cfg.openbao.as_ref().and_then(|b| b.secret_id_env.clone()));
+    vars
 }
 
 /// Parses a listen address such as `127.0.0.1:7733` or `[::1]:8080`.
@@ -849,6 +923,46 @@ mod tests {
             parse("[local]\nbwrap = 1\n").unwrap_err().key,
             "local.bwrap"
         );
+    }
+
+    #[test]
+    fn grants_are_checked_and_the_hosts_own_variables_collected() {
+        let c = parse(
+            "[tenants.a]\ntoken_env = \"A_TOKEN\"\n[admin]\ntoken_env = \"OPS_ADMIN\"\n\
+             [grants]\nsidecars = \"refuse\"\nsidecar_env = [\"E2B_*\"]\nany_host = [\"proxy\"]\n\
+             [grants.extensions.e2b]\nsecrets = { api_key = { file = \"keys/e2b\" } }\n",
+        )
+        .unwrap();
+        let g = &c.grants;
+        assert_eq!(g.sidecars, SidecarGrants::Refuse);
+        assert_eq!(g.sidecar_env.as_deref(), Some(&["E2B_*".to_owned()][..]));
+        assert!(g.any_host.contains("proxy"));
+        assert!(g.host_env.contains("A_TOKEN") && g.host_env.contains("OPS_ADMIN"));
+        assert_eq!(
+            g.extensions["e2b"].secrets["api_key"],
+            SecretSource::File {
+                file: PathBuf::from("/etc/sandboxer/keys/e2b")
+            },
+            "relative to the config file's folder"
+        );
+        for (text, key) in [
+            ("[grants]\nsidecars = \"maybe\"\n", "grants.sidecars"),
+            (
+                "[grants]\nsidecar_env = [\"A-B\"]\n",
+                "grants.sidecar_env[0]",
+            ),
+            ("[grants]\nany_host = [\"Bad Id\"]\n", "grants.any_host[0]"),
+            (
+                "[grants.extensions.e2b]\nsecrts = {}\n",
+                "grants.extensions.e2b.secrts",
+            ),
+            (
+                "[grants.extensions.e2b]\nbyok_fee_percent = \"-1\"\n",
+                "grants.extensions.e2b",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
     }
 
     #[test]

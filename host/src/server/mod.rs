@@ -217,6 +217,7 @@ fn app_options(
         defer_compile_above_bytes: Some(DEFER_COMPILE_ABOVE_BYTES),
         event_hubs,
         overlays: embedding.overlay().into_iter().collect(),
+        grant_policy: cfg.grants.clone(),
         max_file_bytes: cfg.max_file_bytes,
         ..AppOptions::default()
     })
