@@ -352,11 +352,12 @@ impl SandboxStore for SqliteSandboxStore {
     ) -> Result<Vec<SandboxStatus>, StoreError> {
         let path = &self.path;
         let conn = self.conn.lock();
+        let state = state.map(SandboxState::as_str);
+        let values: Vec<&str> = tenant.into_iter().chain(state).collect();
         let docs: Vec<String> = conn
             .rows_cached(
-                "SELECT doc FROM manager_sandboxes WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) \
-                 ORDER BY created_at DESC, id DESC",
-                params![tenant, state.map(SandboxState::as_str)],
+                &list_sql(tenant.is_some(), state.is_some()),
+                rusqlite::params_from_iter(values),
                 |r| r.get(0),
             )
             .at(path)?;
@@ -558,6 +559,20 @@ impl SandboxStore for SqliteSandboxStore {
         .at(path)?;
         Ok(())
     }
+}
+
+/// The statement of [`SqliteSandboxStore::list`] for a tenant and/or a state filter.
+/// One text per combination: a cached `(?1 IS NULL OR tenant = ?1)` is planned without
+/// the values and scans every sandbox ever created, under the connection's lock, on every
+/// reaper pass (latency grew with the history). Each of these is an index search.
+fn list_sql(tenant: bool, state: bool) -> String {
+    let filter = match (tenant, state) {
+        (false, false) => "",
+        (false, true) => "WHERE state = ?1",
+        (true, false) => "WHERE tenant = ?1",
+        (true, true) => "WHERE tenant = ?1 AND state = ?2",
+    };
+    format!("SELECT doc FROM manager_sandboxes {filter} ORDER BY created_at DESC, id DESC")
 }
 
 #[cfg(test)]

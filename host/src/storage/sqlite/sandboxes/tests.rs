@@ -169,6 +169,49 @@ fn pages_and_counts_read_indexes_not_sorts() {
     assert!(plan("SELECT state, extension_id, COUNT(*) FROM manager_sandboxes GROUP BY state, extension_id").contains("COVERING INDEX"));
 }
 
+/// The reaper and the lease keeper list one state on every pass: that must be an index
+/// search, not a scan of every sandbox ever created (the cost grew with the history and
+/// was paid under the connection's lock), and each filter answers its own rows.
+#[test]
+fn filtered_lists_search_an_index_and_filter_right() {
+    let (_dir, store) = open_store();
+    insert_at(&store, "s1", "acme", 1, SandboxState::Running);
+    insert_at(&store, "s2", "acme", 2, SandboxState::Destroyed);
+    insert_at(&store, "s3", "globex", 3, SandboxState::Running);
+    let list = |tenant, state| -> Vec<String> {
+        store
+            .list(tenant, state)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    assert_eq!(list(None, None), ["s3", "s2", "s1"]);
+    assert_eq!(list(None, Some(SandboxState::Running)), ["s3", "s1"]);
+    assert_eq!(list(Some("acme"), None), ["s2", "s1"]);
+    assert_eq!(list(Some("acme"), Some(SandboxState::Running)), ["s1"]);
+    assert!(list(Some("initech"), None).is_empty());
+    let conn = store.conn.lock();
+    for (tenant, state) in [(false, true), (true, false), (true, true)] {
+        let sql = list_sql(tenant, state);
+        // Planned as the cached statement is: without the values.
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(
+                rusqlite::params_from_iter(["a", "running"].iter().take(sql.matches('?').count())),
+                |r| r.get::<_, String>(3),
+            )
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("SEARCH") && plan.contains("INDEX"),
+            "{sql}: {plan}"
+        );
+    }
+}
+
 #[test]
 fn counts_by_state_group_in_sql() {
     let (_dir, store) = open_store();
