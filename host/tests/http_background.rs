@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_host::{Host, Setup, TOKEN_A};
+use http_host::{Host, Setup, TOKEN_A, TOKEN_B};
 use serde_json::Value;
 
 /// A CloudEvents batch receiver that answers 503 to its first `fail_first` requests and
@@ -716,4 +716,47 @@ fn a_sidecar_edited_while_a_sandbox_runs_does_not_change_its_terms() {
     h.wait_for(Duration::from_secs(10), || {
         (kept(&h) == Some(baseline)).then_some(())
     });
+}
+
+/// A half-open circuit's one trial goes to a create whose hold is then refused (a tenant
+/// without credits): the extension was never called, so the trial is handed back and the
+/// next create gets it. Before the fix the trial stayed taken and the extension was
+/// unroutable for good.
+#[test]
+fn a_trial_whose_hold_is_refused_is_handed_back() {
+    let setup = Setup::new();
+    setup.add_misbehave("flaky", "mode = \"fail-unavailable\"\n", 60);
+    setup.write_config("[health]\nfailure_threshold = 1\ncool_down_secs = 1\n");
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"flaky"}"#);
+    assert_eq!(s, 503, "{v}");
+    let health = |h: &Host| {
+        let (_, v) = h.get("/v1/extensions", TOKEN_A);
+        let row = v["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == "flaky")
+            .cloned()
+            .unwrap_or_else(|| panic!("flaky not listed: {v}"));
+        (
+            row["health"]["state"].as_str().unwrap_or("").to_owned(),
+            row,
+        )
+    };
+    assert_eq!(health(&h).0, "open");
+    // The backend recovers (hot reload) while its circuit cools down.
+    setup.add_misbehave("flaky", "mode = \"ok\"\n", 60);
+    h.wait_for(Duration::from_secs(20), || {
+        let (state, row) = health(&h);
+        (state != "open" && row["version_hash"].is_string()).then_some(())
+    });
+    // Tenant b has no credits: routing grants it the trial, the hold is refused.
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_B, r#"{"profile":"flaky"}"#);
+    assert_eq!(s, 402, "{v}");
+    // The trial is free again: a's create is that trial, and it closes the circuit.
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"flaky"}"#);
+    assert_eq!(s, 201, "the trial was not handed back: {v}");
+    assert_eq!(health(&h).0, "closed");
 }
