@@ -393,11 +393,11 @@ fn the_api_key_never_appears_in_errors_or_logs() {
     let setup = Setup::new();
     // SAFETY: set before any secret is resolved; the name is unique to this test and no
     // other code of this binary reads it.
-    unsafe { std::env::set_var("SANDBOXER_TEST_E2B_LEAKY_KEY", secret) };
+    unsafe { std::env::set_var("E2B_TEST_LEAKY_KEY", secret) };
     let path = setup.sidecar_path(
         "e2b-leaky",
         &format!(
-            "allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n[secrets]\napi_key = {{ env = \"SANDBOXER_TEST_E2B_LEAKY_KEY\" }}\n[config]\nbase_url = \"{}\"\n",
+            "allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\n[secrets]\napi_key = {{ env = \"E2B_TEST_LEAKY_KEY\" }}\n[config]\nbase_url = \"{}\"\n",
             fake.base_url()
         ),
     );
@@ -443,10 +443,10 @@ fn bad_grants_fail_the_load_naming_the_key() {
     let base = format!("[config]\nbase_url = \"{}\"\n", fake.base_url());
     let err = load(
         "a",
-        &format!("[secrets]\napi_key = {{ env = \"SANDBOXER_TEST_UNSET_E2B_KEY\" }}\n{base}"),
+        &format!("[secrets]\napi_key = {{ env = \"E2B_TEST_UNSET_KEY\" }}\n{base}"),
     );
     assert!(
-        err.contains("secrets.api_key") && err.contains("SANDBOXER_TEST_UNSET_E2B_KEY"),
+        err.contains("secrets.api_key") && err.contains("E2B_TEST_UNSET_KEY"),
         "{err}"
     );
     let err = load(
