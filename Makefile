@@ -20,13 +20,15 @@ run: extensions
 	cargo build -p sandboxer-agent -p sandboxer-host
 	cargo run --bin sandboxer-host -- run
 
-## Build the extensions, then run the whole test suite.
+## Build the extensions, then run the whole test suite (Rust, the dashboard in Chromium, the
+## Python client against the real host).
 ## One cargo invocation for every crate: features resolve once, so shared dependencies are
 ## built once (separate invocations rebuilt serde, tokio and friends with other features).
 ## The agent binary the host tests start is built by it too (the agent's own tests need it).
 test: extensions
 	cargo test $(ALL_TEST_PACKAGES)
 	bash tests/browser/run.sh
+	bash clients/python/run-tests.sh
 
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions

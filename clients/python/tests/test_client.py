@@ -195,7 +195,7 @@ def test_admin_and_tenant_tokens_keep_to_their_endpoints(host: Host, client: Cli
         assert g.amount.amount == Decimal("0.000000001") and g.tenant == "b"
         assert g.balance.posted == Decimal("0.000000001")
         with pytest.raises(TypeError):
-            admin.grant_credits("b", 0.1)  # type: ignore[arg-type]
+            admin.grant_credits("b", 0.1)  # type: ignore[arg-type]  # refused at run time too
         with pytest.raises(BadRequest) as bad:
             admin.grant_credits("b", "-1")
         assert bad.value.field == "amount"

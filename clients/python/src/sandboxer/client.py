@@ -28,6 +28,7 @@ from .models import (
     OutputChunk,
     SandboxPage,
     SandboxStatus,
+    Started,
     StatementEntry,
     StatementPage,
     Balance,
@@ -132,7 +133,7 @@ class ExecStream:
                 if ev is None:
                     continue
                 self._collect.add(ev)
-                if isinstance(ev, _http.Started):
+                if isinstance(ev, Started):
                     self.process_id = ev.process_id
                 yield ev
                 if isinstance(ev, Exit):
@@ -197,7 +198,7 @@ class AsyncExecStream:
                 if ev is None:
                     continue
                 self._collect.add(ev)
-                if isinstance(ev, _http.Started):
+                if isinstance(ev, Started):
                     self.process_id = ev.process_id
                 yield ev
                 if isinstance(ev, Exit):

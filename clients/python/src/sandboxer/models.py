@@ -92,7 +92,8 @@ class Money:
         return None if obj is None else cls.from_json(obj)
 
     def __str__(self) -> str:
-        return f"{self.amount} {self.currency}"
+        # Positional notation: str(Decimal("0.000000103")) would be "1.03E-7".
+        return f"{self.amount:f} {self.currency}"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ block ends.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Generator, Mapping
+from typing import Any, Callable, Coroutine, Generator, Mapping
 
 from ._http import Command
 from .client import AsyncClient, AsyncExecStream, Client, ExecStream
@@ -188,7 +188,7 @@ class _Creating:
     """What ``AsyncSandbox.create(...)`` returns: await it for the sandbox, or use it in
     ``async with`` to have the sandbox destroyed at the end of the block."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, AsyncSandbox]]) -> None:
         self._make = make
         self._sb: AsyncSandbox | None = None
 
@@ -196,8 +196,9 @@ class _Creating:
         return self._make().__await__()
 
     async def __aenter__(self) -> AsyncSandbox:
-        self._sb = await self._make()
-        return self._sb
+        sb = await self._make()
+        self._sb = sb
+        return sb
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
