@@ -27,6 +27,7 @@ fi
 rm -rf "$here/build" "$here"/src/*.egg-info
 
 cd "$here"
+export PYTHONDONTWRITEBYTECODE=1
 # The package is typed (py.typed): its hints must hold under mypy --strict.
 "$venv/bin/python" -m mypy --strict --cache-dir "$repo/target/python-mypy-cache" src/sandboxer
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -118,7 +118,7 @@ def _start(root: Path, tokens: dict[str, str]) -> Host:
 
 
 @pytest.fixture(scope="session")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+def host(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Host]:
     root = tmp_path_factory.mktemp("sandboxer-host")
     (root / "extensions").mkdir()
     (root / "profiles").mkdir()
@@ -137,6 +137,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         h.cli("credits", "add", "poor", "0.0001", "--note", "not enough for a sandbox")
         yield h
     finally:
+        if request.session.testsfailed:
+            print("\n---- the host's log (last 200 lines) ----\n" + h.log())
         h.proc.send_signal(signal.SIGTERM)
         try:
             h.proc.wait(timeout=20)

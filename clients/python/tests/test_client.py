@@ -278,6 +278,9 @@ def test_statement_and_sandbox_lists_page_as_the_api_pages(client: Client) -> No
         page = client.statement(limit=2, after=page.next)
         pages += 1
     assert paged == whole and pages == (len(whole) + 1) // 2
+    # A page that holds exactly the rest is the last one: no empty page after it.
+    exact = client.statement(limit=len(whole))
+    assert list(exact.entries) == whole and exact.next is None
     ids = [e.transfer_id for e in whole]
     assert len(set(ids)) == len(ids)
 
