@@ -536,3 +536,40 @@ fn files_move_bytes_exactly_and_paths_never_leave_the_workspace() {
         "{stdout}"
     );
 }
+
+/// A client that leaves a streamed exec gets its command killed promptly, even a silent
+/// one: it must not run on to its end (here: write a file three seconds in).
+#[test]
+fn a_streamed_command_is_killed_soon_after_its_client_leaves() {
+    let s = setup("");
+    let h = Host::start(&s);
+    h.grant("a", "10");
+    let id = create(&h, TOKEN_A, "burst-sandbox");
+    let resp = reqwest::blocking::Client::new()
+        .post(h.url(&format!("/v1/sandboxes/{id}/exec")))
+        .bearer_auth(TOKEN_A)
+        .header("accept", "application/x-ndjson")
+        .body(json!({"shell": "echo go; sleep 3; echo late > late.txt"}).to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut lines = BufReader::new(resp).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "started", "{first}");
+    let out: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(out["data"], "go\n", "{out}");
+    // The client leaves while the command is silent in its sleep.
+    drop(lines);
+    std::thread::sleep(Duration::from_secs(5));
+    let (st, body) = get_bytes(&h, TOKEN_A, &id, "late.txt");
+    assert_eq!(
+        st,
+        404,
+        "the command ran on after its client left: {}",
+        String::from_utf8_lossy(&body)
+    );
+    // The sandbox still serves.
+    let v = ok_exec(&h, &id, json!({"argv": ["echo", "still here"]}));
+    assert_eq!(v["stdout"], "still here\n", "{v}");
+}

@@ -205,6 +205,17 @@ fn bad_input_is_refused_and_changes_nothing() {
             .contains("insufficient credits: need"),
         "{v}"
     );
+    // A tenant the ledger never saw (B is granted nothing here): the same 402 with the
+    // same two amounts, zero available, rather than an "unknown tenant" the client
+    // cannot act on.
+    let (s, v) = h.post("/v1/sandboxes", TOKEN_B, r#"{"profile":"saas-stub"}"#);
+    assert_eq!((s, error_code(&v)), (402, "insufficient_credits"), "{v}");
+    assert_eq!(v["error"]["available"]["amount"], "0", "{v}");
+    assert_eq!(v["error"]["available"]["currency"], "USD", "{v}");
+    assert_eq!(v["error"]["need"]["amount"], "0.01665", "{v}");
+    let (s, v) = h.get("/v1/sandboxes", TOKEN_B);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["sandboxes"].as_array().map(Vec::len), Some(0), "{v}");
 
     // A request that routes nowhere: 503 with every candidate's reason.
     let (s, v) = h.post("/v1/sandboxes", TOKEN_A, r#"{"profile":"nowhere"}"#);

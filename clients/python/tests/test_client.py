@@ -135,8 +135,8 @@ def test_streamed_exec_delivers_output_as_it_comes(client: Client) -> None:
 
         # Leaving the stream early closes the connection, which kills the command: the
         # file it would have written after 1.5 s never appears. (The command prints while
-        # it runs: the host notices a client that left when it next has output to send,
-        # or after its 10 s long poll of a silent command; see the README.)
+        # it runs; the host notices a client that left between its reads of the output,
+        # which wait at most 1 s: host/tests/exec_and_files.rs covers a silent command.)
         with sb.exec_stream("for i in $(seq 15); do echo tick; sleep 0.1; done; touch data-late") as s:
             for ev in s:
                 if isinstance(ev, OutputChunk):
@@ -169,11 +169,14 @@ def test_insufficient_credits_carries_need_and_available(host: Host) -> None:
         assert (bal.posted, bal.held) == (Decimal("0.0001"), Decimal(0))
         assert [x.kind for x in poor.iter_statement()] == ["grant"]
 
-    # A tenant never granted anything: the same code, without amounts (the API sends none).
+    # A tenant never granted anything: the same code and the same two amounts, zero available.
     with host.client("b") as b:
         with pytest.raises(InsufficientCredits) as e2:
             b.create_sandbox(PROFILE)
         assert e2.value.status == 402
+        assert e2.value.available is not None and e2.value.need is not None, e2.value.details
+        assert e2.value.available.amount == Decimal(0) and e2.value.available.currency == "USD"
+        assert e2.value.need.amount > 0
 
 
 def test_a_wrong_token_is_unauthorized(host: Host) -> None:

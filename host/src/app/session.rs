@@ -35,8 +35,10 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 pub const FILE_CHUNK_BYTES: u32 = 4 << 20;
 /// The longest path accepted, in bytes.
 pub const MAX_PATH_BYTES: usize = 4096;
-/// How long one read of a streamed command's output waits for more.
-const STREAM_POLL: Duration = Duration::from_secs(10);
+/// How long one read of a streamed command's output waits for more. Also how late a
+/// client's leaving is noticed on a silent command (the wait cannot be interrupted), so
+/// short: a command whose client left must not run on to its end.
+const STREAM_POLL: Duration = Duration::from_secs(1);
 /// The most output one read of a streamed command returns.
 const STREAM_READ_BYTES: u32 = 1 << 20;
 /// A streamed command is killed by the host when its backend has not ended it this long

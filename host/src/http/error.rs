@@ -106,9 +106,13 @@ impl From<AppError> for ApiError {
             AppError::Invalid { field, .. } => Self::bad_request(field.as_deref(), message),
             AppError::InsufficientCredits {
                 need, available, ..
-            } => Self::new(S::PAYMENT_REQUIRED, "insufficient_credits", message)
-                .with("need", to_value(&need))
-                .with("available", to_value(&available)),
+            } => Self::new(
+                S::PAYMENT_REQUIRED,
+                "insufficient_credits",
+                format!("{message}; ask the operator to add credits"),
+            )
+            .with("need", to_value(&need))
+            .with("available", to_value(&available)),
             AppError::NoCredits { .. } => Self::new(
                 S::PAYMENT_REQUIRED,
                 "insufficient_credits",

@@ -3,15 +3,16 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use super::store::Inserted;
 use super::{HookPoint, ManagerError, SandboxManager, now_ms};
 use crate::domain::{
-    AttemptRecord, BackendError, ExtensionError, Fault, Function, SandboxSpec, SandboxState,
+    AttemptRecord, BackendError, ExtensionError, Fault, Function, Money, SandboxSpec, SandboxState,
     SandboxStatus,
 };
-use crate::payments::validate_tenant;
+use crate::payments::{LedgerError, validate_tenant};
 use crate::routing::{HealthTracker, resolve_extension};
 use crate::telemetry::metrics;
 
@@ -187,6 +188,7 @@ impl SandboxManager {
                     Ok(h) => h,
                     Err(e) => {
                         release_trial(&self.health, ext_id, "the hold was refused");
+                        let e = with_amounts(e, &amount);
                         return self.give_up(
                             st,
                             called_any,
@@ -379,6 +381,21 @@ fn fingerprint(spec: &SandboxSpec) -> String {
     h.update([0]);
     h.update(serde_json::to_vec(&overrides).unwrap_or_default());
     hex::encode(h.finalize())
+}
+
+/// A tenant the ledger never saw holds nothing: refused like any short balance, with the
+/// hold asked for and zero available, so a client reads the same two amounts either way.
+fn with_amounts(e: LedgerError, need: &Money) -> LedgerError {
+    match e {
+        LedgerError::UnknownTenant(_) => LedgerError::InsufficientCredits {
+            need: need.clone(),
+            available: Money {
+                amount: Decimal::ZERO,
+                currency: need.currency.clone(),
+            },
+        },
+        other => other,
+    }
 }
 
 /// Frees a half-open circuit's trial that was granted but not used (the hold was
