@@ -214,14 +214,11 @@ fn commands_run_for_real_with_their_output_exit_limits_stream_owner_and_bill() {
 
     // Streamed: the first chunk arrives while the command still runs.
     let started = Instant::now();
-    let resp = reqwest::blocking::Client::new()
-        .post(h.url(&format!("/v1/sandboxes/{id}/exec")))
-        .bearer_auth(TOKEN_A)
-        .header("accept", "application/x-ndjson")
-        .body(json!({"shell": "echo first; sleep 2; echo second"}).to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .unwrap();
+    let resp = h.exec_stream(
+        TOKEN_A,
+        &id,
+        &json!({"shell": "echo first; sleep 2; echo second"}),
+    );
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
@@ -545,14 +542,11 @@ fn a_streamed_command_is_killed_soon_after_its_client_leaves() {
     let h = Host::start(&s);
     h.grant("a", "10");
     let id = create(&h, TOKEN_A, "burst-sandbox");
-    let resp = reqwest::blocking::Client::new()
-        .post(h.url(&format!("/v1/sandboxes/{id}/exec")))
-        .bearer_auth(TOKEN_A)
-        .header("accept", "application/x-ndjson")
-        .body(json!({"shell": "echo go; sleep 3; echo late > late.txt"}).to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .unwrap();
+    let resp = h.exec_stream(
+        TOKEN_A,
+        &id,
+        &json!({"shell": "echo go; sleep 3; echo late > late.txt"}),
+    );
     assert_eq!(resp.status().as_u16(), 200);
     let mut lines = BufReader::new(resp).lines();
     let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();

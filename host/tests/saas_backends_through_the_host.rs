@@ -786,14 +786,11 @@ fn the_real_binary_explains_routes_and_runs_modal_end_to_end() {
         (json!(2), json!("from modal\n"), json!("err\n")),
         "{v}"
     );
-    let resp = reqwest::blocking::Client::new()
-        .post(h.url(&format!("/v1/sandboxes/{id}/exec")))
-        .bearer_auth(TOKEN_A)
-        .header("accept", "application/x-ndjson")
-        .body(json!({"shell": "echo one; sleep 1; echo two"}).to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .unwrap();
+    let resp = h.exec_stream(
+        TOKEN_A,
+        &id,
+        &json!({"shell": "echo one; sleep 1; echo two"}),
+    );
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().unwrap();
     let events: Vec<serde_json::Value> = text

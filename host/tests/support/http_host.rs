@@ -197,6 +197,19 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// Starts a streamed exec (`accept: application/x-ndjson`) of `body` in sandbox `id`;
+    /// the response is returned unread, so a test can read it line by line or leave it.
+    pub fn exec_stream(&self, token: &str, id: &str, body: &Value) -> reqwest::blocking::Response {
+        reqwest::blocking::Client::new()
+            .post(self.url(&format!("/v1/sandboxes/{id}/exec")))
+            .bearer_auth(token)
+            .header("accept", "application/x-ndjson")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .unwrap()
+    }
+
     /// Sends a request; returns status and JSON body (`Value::Null` if not JSON).
     pub fn call(
         &self,
