@@ -237,6 +237,26 @@ fn checked(mut req: ExecRequest) -> Result<ExecRequest, AppError> {
         }
         _ => {}
     }
+    if let Some(cwd) = &req.cwd {
+        // Same rule as file paths: a `..` segment could only mean leaving the workspace.
+        let bad = if cwd.is_empty() {
+            Some("is empty: leave it out to run in the workspace, or name a folder")
+        } else if cwd.len() > MAX_PATH_BYTES {
+            Some("is too long")
+        } else if cwd.contains('\0') {
+            Some("contains a NUL byte")
+        } else if cwd.split('/').any(|seg| seg == "..") {
+            Some("has a `..` segment; the working folder stays inside the sandbox's workspace")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err(AppError::invalid(
+                "cwd",
+                format!("the working folder (cwd) {why}"),
+            ));
+        }
+    }
     for (k, _) in &req.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(AppError::invalid(
@@ -521,6 +541,20 @@ mod tests {
         let mut env = req(Command::Shell("true".into()));
         env.env = vec![("A=B".into(), "x".into())];
         assert!(checked(env).is_err());
+        for bad in ["../..", "work/../../etc", "", "a\0b"] {
+            let mut r = req(Command::Shell("pwd".into()));
+            r.cwd = Some(bad.into());
+            let e = checked(r).unwrap_err();
+            assert!(
+                matches!(e, AppError::Invalid { field: Some(ref f), .. } if f == "cwd"),
+                "{bad:?}: {e:?}"
+            );
+        }
+        for good in ["sub/dir", "/tmp", "a..b"] {
+            let mut r = req(Command::Shell("pwd".into()));
+            r.cwd = Some(good.into());
+            assert!(checked(r).is_ok(), "{good}");
+        }
     }
 
     #[test]

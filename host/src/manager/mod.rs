@@ -23,6 +23,8 @@ mod owner;
 mod reconcile;
 mod session;
 pub mod store;
+#[cfg(test)]
+mod trial_tests;
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
