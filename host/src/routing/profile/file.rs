@@ -87,6 +87,10 @@ struct RawResources {
     #[serde(default)]
     disk_mib: u32,
     gpu: Option<String>,
+    /// The most vCPUs a request may ask for (default: the host-wide bound).
+    max_vcpus: Option<u32>,
+    /// The most memory a request may ask for (default: the host-wide bound).
+    max_memory_mib: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +166,30 @@ impl RawProfile {
                     "{} is out of range: expected {} to {}",
                     r.memory_mib,
                     bounds::MIN_MEMORY_MIB,
+                    bounds::MAX_MEMORY_MIB
+                ),
+            ));
+        }
+        if let Some(max) = r.max_vcpus
+            && !(r.vcpus..=bounds::MAX_VCPUS).contains(&max)
+        {
+            return Err(err(
+                "resources.max_vcpus",
+                format!(
+                    "{max} is out of range: expected {} (resources.vcpus) to {}",
+                    r.vcpus,
+                    bounds::MAX_VCPUS
+                ),
+            ));
+        }
+        if let Some(max) = r.max_memory_mib
+            && !(r.memory_mib..=bounds::MAX_MEMORY_MIB).contains(&max)
+        {
+            return Err(err(
+                "resources.max_memory_mib",
+                format!(
+                    "{max} is out of range: expected {} (resources.memory_mib) to {}",
+                    r.memory_mib,
                     bounds::MAX_MEMORY_MIB
                 ),
             ));
@@ -280,6 +308,11 @@ impl RawProfile {
                 disk_mib: self.resources.disk_mib,
                 gpu: self.resources.gpu,
             },
+            max_vcpus: self.resources.max_vcpus.unwrap_or(bounds::MAX_VCPUS),
+            max_memory_mib: self
+                .resources
+                .max_memory_mib
+                .unwrap_or(bounds::MAX_MEMORY_MIB),
             max_duration_secs: self.max_duration_secs,
             regions: self.regions,
             metadata: self.metadata,

@@ -93,6 +93,12 @@ pub struct Profile {
     pub template: String,
     /// Default resources (requests may override vCPUs and memory).
     pub resources: Resources,
+    /// The most vCPUs a request may ask for (`resources.max_vcpus`, else the host-wide
+    /// bound).
+    pub max_vcpus: u32,
+    /// The most memory a request may ask for (`resources.max_memory_mib`, else the
+    /// host-wide bound).
+    pub max_memory_mib: u32,
     /// Longest a sandbox may live; requests may only lower it.
     pub max_duration_secs: u64,
     /// Regions a sandbox may run in; empty means any.
@@ -240,6 +246,34 @@ max_cost_per_hour = "1.5"
         assert!(p.route.fallback);
         assert_eq!(p.route.currency.as_str(), "USD");
         assert_eq!(p.route.max_cost_per_hour, Some(Decimal::new(15, 1)));
+    }
+
+    #[test]
+    fn a_profile_caps_the_resources_a_request_may_ask_for() {
+        let capped = GOOD.replace(
+            "memory_mib = 2048",
+            "memory_mib = 2048\nmax_vcpus = 4\nmax_memory_mib = 4096",
+        );
+        let p = parse_profile(&capped, Path::new("capped.toml")).unwrap();
+        let ask = |vcpus, memory_mib| SandboxSpec {
+            vcpus,
+            memory_mib,
+            ..Default::default()
+        };
+        assert!(p.request("t", "sb", &ask(Some(4), Some(4096))).is_ok());
+        let e = p.request("t", "sb", &ask(Some(5), None)).unwrap_err();
+        assert_eq!(e.field, "vcpus");
+        assert!(e.message.contains("1 to 4 (the profile's maximum)"), "{e}");
+        let e = p.request("t", "sb", &ask(None, Some(4097))).unwrap_err();
+        assert_eq!(e.field, "memory_mib");
+        // Without caps, the host-wide bounds apply.
+        let open = parse_profile(GOOD, Path::new("good.toml")).unwrap();
+        assert_eq!(open.max_vcpus, bounds::MAX_VCPUS);
+        assert!(open.request("t", "sb", &ask(Some(64), None)).is_ok());
+        // A cap below the profile's own default is a mistake in the file.
+        let low = GOOD.replace("memory_mib = 2048", "memory_mib = 2048\nmax_vcpus = 1");
+        let e = parse_profile(&low, Path::new("low.toml")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("resources.max_vcpus"), "{e}");
     }
 
     #[test]

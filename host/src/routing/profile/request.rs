@@ -34,23 +34,23 @@ impl Profile {
             return Err(err("tenant", "is empty: expected a tenant id".into()));
         }
         let vcpus = overrides.vcpus.unwrap_or(self.resources.vcpus);
-        if vcpus == 0 || vcpus > bounds::MAX_VCPUS {
+        if vcpus == 0 || vcpus > self.max_vcpus {
             return Err(err(
                 "vcpus",
                 format!(
-                    "{vcpus} is out of range: expected 1 to {}",
-                    bounds::MAX_VCPUS
+                    "{vcpus} is out of range: expected 1 to {} (the profile's maximum)",
+                    self.max_vcpus
                 ),
             ));
         }
         let memory_mib = overrides.memory_mib.unwrap_or(self.resources.memory_mib);
-        if !(bounds::MIN_MEMORY_MIB..=bounds::MAX_MEMORY_MIB).contains(&memory_mib) {
+        if !(bounds::MIN_MEMORY_MIB..=self.max_memory_mib).contains(&memory_mib) {
             return Err(err(
                 "memory_mib",
                 format!(
-                    "{memory_mib} is out of range: expected {} to {}",
+                    "{memory_mib} is out of range: expected {} to {} (the profile's maximum)",
                     bounds::MIN_MEMORY_MIB,
-                    bounds::MAX_MEMORY_MIB
+                    self.max_memory_mib
                 ),
             ));
         }
