@@ -349,10 +349,12 @@ impl LedgerTx for PgTx<'_> {
         // Compared in numeric: the guard itself cannot overflow a bigint.
         let sql = if debit {
             "UPDATE accounts SET debits_pending = debits_pending + $2, debits_posted = debits_posted + $3 \
-             WHERE id = $1 AND debits_pending::numeric + $2 <= $4 AND debits_posted::numeric + $3 <= $4"
+             WHERE id = $1 AND debits_pending::numeric + $2::bigint <= $4::bigint \
+             AND debits_posted::numeric + $3::bigint <= $4::bigint"
         } else {
             "UPDATE accounts SET credits_pending = credits_pending + $2, credits_posted = credits_posted + $3 \
-             WHERE id = $1 AND credits_pending::numeric + $2 <= $4 AND credits_posted::numeric + $3 <= $4"
+             WHERE id = $1 AND credits_pending::numeric + $2::bigint <= $4::bigint \
+             AND credits_posted::numeric + $3::bigint <= $4::bigint"
         };
         let r = self
             .tx

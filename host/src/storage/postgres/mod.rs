@@ -61,17 +61,20 @@ impl PgError {
     /// What `e`, raised on the database at `url` (redacted), means for the operator.
     pub(crate) fn from_pg(url: &str, e: &postgres::Error) -> Self {
         let Some(db) = e.as_db_error() else {
-            // No answer from the server: connection refused, timed out, closed.
+            // No answer from the server (refused, timed out, closed), or a client error.
             let mut message = e.to_string();
-            if e.is_closed() {
-                message.push_str(" (the connection to the server was lost)");
-            } else if let Some(src) = std::error::Error::source(e) {
+            if let Some(src) = std::error::Error::source(e) {
                 let s = src.to_string();
                 if !message.contains(&s) {
                     message = format!("{message}: {s}");
                 }
             }
-            return Self::other(url, format!("{message} (is the server running and reachable?)"));
+            if e.is_closed() {
+                message.push_str(" (the connection to the server was lost)");
+            } else if message.contains("connecting") || message.contains("communicating") {
+                message.push_str(" (is the server running and reachable at this address?)");
+            }
+            return Self::other(url, message);
         };
         let code = db.code();
         let retry = *code == SqlState::T_R_DEADLOCK_DETECTED
