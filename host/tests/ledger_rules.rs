@@ -827,7 +827,11 @@ fn units(d: Decimal) -> i128 {
     model_units(d, false)
 }
 
-fn run_machine(backend: Backend, policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run_machine(
+    backend: Backend,
+    policy: OverdraftPolicy,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     let db = TestLedger::new(backend);
     let mut store = db.open(policy);
     let mut model = Model::default();

@@ -185,7 +185,9 @@ impl HoldRow {
             Some("post") => HoldState::Posted,
             Some("void") => HoldState::Voided,
             Some(other) => {
-                return Err(corrupt(format!("hold {uid} resolved by a {other} transfer")));
+                return Err(corrupt(format!(
+                    "hold {uid} resolved by a {other} transfer"
+                )));
             }
         };
         Ok(HoldRow {

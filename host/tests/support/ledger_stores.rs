@@ -40,8 +40,11 @@ impl TestLedger {
     pub fn open(&self, policy: OverdraftPolicy) -> Arc<dyn CreditsStore> {
         match self.backend {
             Backend::Sqlite => Arc::new(
-                SqliteCreditsStore::open_with_policy(self.dir.path().join("ledger.sqlite3"), policy)
-                    .unwrap(),
+                SqliteCreditsStore::open_with_policy(
+                    self.dir.path().join("ledger.sqlite3"),
+                    policy,
+                )
+                .unwrap(),
             ),
             Backend::Postgres => Arc::new(self.open_pg(policy)),
         }

@@ -190,7 +190,14 @@ fn start() -> Server {
     initdb
         .arg("-D")
         .arg(&data)
-        .args(["-U", USER, "--auth=scram-sha-256", "--no-locale", "-E", "UTF8"])
+        .args([
+            "-U",
+            USER,
+            "--auth=scram-sha-256",
+            "--no-locale",
+            "-E",
+            "UTF8",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .arg("--no-sync")
         .stdin(Stdio::null());

@@ -139,12 +139,16 @@ impl PgCreditsStore {
 
     fn conn(
         &self,
-    ) -> Result<r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>, LedgerError>
-    {
+    ) -> Result<
+        r2d2::PooledConnection<r2d2_postgres::PostgresConnectionManager<postgres::NoTls>>,
+        LedgerError,
+    > {
         self.pool.get().map_err(|e| {
             PgError::other(
                 &self.url,
-                format!("no connection to the database: {e} (is the server running and reachable?)"),
+                format!(
+                    "no connection to the database: {e} (is the server running and reachable?)"
+                ),
             )
             .into()
         })
@@ -254,7 +258,9 @@ impl PgCreditsStore {
                 .collect()
         })?;
         let c = |m: String| self.corrupt(m);
-        raws.into_iter().map(|raw| HoldRow::from_raw(&c, raw)).collect()
+        raws.into_iter()
+            .map(|raw| HoldRow::from_raw(&c, raw))
+            .collect()
     }
 }
 
@@ -424,10 +430,9 @@ impl LedgerTx for PgTx<'_> {
     }
 
     fn outbox_has(&mut self, id: &str) -> Result<bool, LedgerError> {
-        let r = self.tx.query_one(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)",
-            &[&id],
-        );
+        let r = self
+            .tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)", &[&id]);
         Ok(self.pg(r)?.get(0))
     }
 
@@ -673,7 +678,10 @@ impl CreditsStore for PgCreditsStore {
 
     fn hold_for_sandbox(&self, sandbox_id: &str) -> Result<Option<Hold>, LedgerError> {
         Ok(self
-            .holds_where("AND t.sandbox_id = $1 ORDER BY t.id DESC LIMIT 1", Some(sandbox_id))?
+            .holds_where(
+                "AND t.sandbox_id = $1 ORDER BY t.id DESC LIMIT 1",
+                Some(sandbox_id),
+            )?
             .first()
             .map(HoldRow::to_hold))
     }

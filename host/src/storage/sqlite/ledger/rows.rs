@@ -226,5 +226,7 @@ pub(super) fn query_holds(
         .collect::<rusqlite::Result<_>>()
         .at(path)?;
     let c = |m: String| corrupt(path, m);
-    raws.into_iter().map(|raw| HoldRow::from_raw(&c, raw)).collect()
+    raws.into_iter()
+        .map(|raw| HoldRow::from_raw(&c, raw))
+        .collect()
 }
