@@ -286,3 +286,33 @@ fn row_locks_hold_across_two_stores_on_one_database() {
     ));
     assert!(hosts[1].verify().unwrap().ok);
 }
+
+#[test]
+fn passwords_never_reach_a_message() {
+    assert_eq!(
+        redact("postgres://app:s3cret@db.example:5432/ledger"),
+        "postgres://app:***@db.example:5432/ledger"
+    );
+    assert_eq!(
+        redact("postgresql://app:p%40ss@db/ledger?sslmode=disable&password=x"),
+        "postgresql://app:***@db/ledger?sslmode=disable&password=***"
+    );
+    // An unencoded @ in the password: everything up to the last @ is user info.
+    assert_eq!(
+        redact("postgres://app:p@ss@db/ledger"),
+        "postgres://app:***@db/ledger"
+    );
+    assert_eq!(
+        redact("postgres://app@db/ledger"),
+        "postgres://app@db/ledger"
+    );
+    assert_eq!(redact("postgres://db"), "postgres://db");
+    assert_eq!(
+        redact("host=db user=app password=s3cret dbname=ledger"),
+        "host=db user=app password=*** dbname=ledger"
+    );
+    assert_eq!(
+        redact("host=db password = 'a b c' dbname=x"),
+        "host=db password=*** dbname=x"
+    );
+}

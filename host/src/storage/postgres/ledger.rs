@@ -131,9 +131,12 @@ impl PgCreditsStore {
         let url = &self.url;
         let sync: String = conn
             .query_one("SHOW synchronous_commit", &[])
-            .at(url)?
-            .get(0);
-        let fsync: String = conn.query_one("SHOW fsync", &[]).at(url)?.get(0);
+            .and_then(|r| r.try_get(0))
+            .at(url)?;
+        let fsync: String = conn
+            .query_one("SHOW fsync", &[])
+            .and_then(|r| r.try_get(0))
+            .at(url)?;
         Ok((sync, fsync))
     }
 
@@ -193,12 +196,19 @@ impl PgCreditsStore {
                 &[&KEY_LOCK_CLASS, &key],
             );
             tx.pg(r)?;
-            let r = tx.tx.query_opt(
-                "SELECT operation, fingerprint, response FROM requests WHERE ikey = $1",
-                &[&key],
-            );
-            if let Some(row) = tx.pg(r)? {
-                let prior: ledger_ops::Prior = (row.get(0), row.get(1), row.get(2));
+            let r = tx
+                .tx
+                .query_opt(
+                    "SELECT operation, fingerprint, response FROM requests WHERE ikey = $1",
+                    &[&key],
+                )
+                .and_then(|row| {
+                    row.map(|r| -> Result<ledger_ops::Prior, postgres::Error> {
+                        Ok(cols!(r; 0, 1, 2))
+                    })
+                    .transpose()
+                });
+            if let Some(prior) = tx.pg(r)? {
                 return ledger_ops::replay(&|m| tx.corrupt(m), key, operation, fingerprint, prior);
             }
             let answer = op.run(&mut tx)?;
@@ -293,11 +303,14 @@ impl LedgerTx for PgTx<'_> {
         name: &str,
         currency: &Currency,
     ) -> Result<Option<i64>, LedgerError> {
-        let r = self.tx.query_opt(
-            "SELECT id FROM accounts WHERE kind = $1 AND name = $2 AND currency = $3",
-            &[&kind, &name, &currency.as_str()],
-        );
-        Ok(self.pg(r)?.map(|row| row.get(0)))
+        let r = self
+            .tx
+            .query_opt(
+                "SELECT id FROM accounts WHERE kind = $1 AND name = $2 AND currency = $3",
+                &[&kind, &name, &currency.as_str()],
+            )
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose());
+        self.pg(r)
     }
 
     fn ensure_account(
@@ -311,13 +324,16 @@ impl LedgerTx for PgTx<'_> {
             return Ok(id);
         }
         // A concurrent creator wins or waits for us; either way the row exists after.
-        let r = self.tx.query_opt(
-            "INSERT INTO accounts (kind, name, currency, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (kind, name, currency) DO NOTHING RETURNING id",
-            &[&kind, &name, &currency.as_str(), &at],
-        );
+        let r = self
+            .tx
+            .query_opt(
+                "INSERT INTO accounts (kind, name, currency, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, name, currency) DO NOTHING RETURNING id",
+                &[&kind, &name, &currency.as_str(), &at],
+            )
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose());
         match self.pg(r)? {
-            Some(row) => Ok(row.get(0)),
+            Some(id) => Ok(id),
             None => self
                 .account_id(kind, name, currency)?
                 .ok_or_else(|| self.corrupt(format!("the {kind} account {name} vanished"))),
@@ -329,7 +345,7 @@ impl LedgerTx for PgTx<'_> {
             "SELECT EXISTS (SELECT 1 FROM accounts WHERE kind = 'tenant' AND name = $1)",
             &[&tenant],
         );
-        Ok(self.pg(r)?.get(0))
+        self.pg(r.and_then(|row| row.try_get(0)))
     }
 
     fn lock_account(&mut self, account: i64) -> Result<Sums, LedgerError> {
@@ -337,11 +353,14 @@ impl LedgerTx for PgTx<'_> {
             "SELECT debits_pending, debits_posted, credits_posted FROM accounts WHERE id = $1 FOR UPDATE",
             &[&account],
         );
-        let row = self.pg(r)?;
+        let r = r.and_then(|row| -> Result<(i64, i64, i64), postgres::Error> {
+            Ok(cols!(row; 0, 1, 2))
+        });
+        let (debits_pending, debits_posted, credits_posted) = self.pg(r)?;
         Ok(Sums {
-            debits_pending: row.get(0),
-            debits_posted: row.get(1),
-            credits_posted: row.get(2),
+            debits_pending,
+            debits_posted,
+            credits_posted,
         })
     }
 
@@ -373,8 +392,10 @@ impl LedgerTx for PgTx<'_> {
             "SELECT kind, name, currency FROM accounts WHERE id = $1",
             &[&account],
         );
-        let row = self.pg(r)?;
-        Ok((row.get(0), row.get(1), row.get(2)))
+        let r = r.and_then(|row| -> Result<(String, String, String), postgres::Error> {
+            Ok(cols!(row; 0, 1, 2))
+        });
+        self.pg(r)
     }
 
     fn insert(&mut self, t: NewTransfer<'_>) -> Result<(i64, String), LedgerError> {
@@ -401,21 +422,25 @@ impl LedgerTx for PgTx<'_> {
                 &t.at,
             ],
         );
-        Ok((self.pg(r)?.get(0), uid))
+        let id = self.pg(r.and_then(|row| row.try_get(0)))?;
+        Ok((id, uid))
     }
 
     fn hold(&mut self, hold_id: &str) -> Result<HoldRow, LedgerError> {
         // The tenant's account first (a hold's accounts never change), then the hold's
         // state as of that lock: a concurrent settle, void or replace has committed or
         // waits for us.
-        let r = self.tx.query_opt(
-            "SELECT debit_account FROM transfers WHERE uid = $1 AND kind = 'hold'",
-            &[&hold_id],
-        );
-        let Some(row) = self.pg(r)? else {
+        let r = self
+            .tx
+            .query_opt(
+                "SELECT debit_account FROM transfers WHERE uid = $1 AND kind = 'hold'",
+                &[&hold_id],
+            )
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose());
+        let Some(account) = self.pg(r)? else {
             return Err(LedgerError::HoldNotFound(hold_id.to_owned()));
         };
-        self.lock_account(row.get(0))?;
+        self.lock_account(account)?;
         let sql = format!("{HOLD_SELECT} AND t.uid = $1");
         let r = self.tx.query_opt(&sql, &[&hold_id]).and_then(|row| {
             row.map(|r| -> Result<HoldRaw, postgres::Error> {
@@ -433,7 +458,7 @@ impl LedgerTx for PgTx<'_> {
         let r = self
             .tx
             .query_one("SELECT EXISTS (SELECT 1 FROM outbox WHERE id = $1)", &[&id]);
-        Ok(self.pg(r)?.get(0))
+        self.pg(r.and_then(|row| row.try_get(0)))
     }
 
     fn outbox_insert(&mut self, event: &OutboxEvent, at: i64) -> Result<(), LedgerError> {
@@ -579,7 +604,7 @@ impl CreditsStore for PgCreditsStore {
                     "SELECT EXISTS (SELECT 1 FROM accounts WHERE kind = 'tenant' AND name = $1)",
                     &[&tenant],
                 )?
-                .get(0);
+                .try_get(0)?;
             if !exists {
                 return Ok(Page::UnknownTenant);
             }

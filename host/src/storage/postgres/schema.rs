@@ -42,16 +42,16 @@ impl Schema {
         .at(url)?;
         let marked: bool = tx
             .query_one("SELECT to_regclass('sandboxer_schema') IS NOT NULL", &[])
-            .at(url)?
-            .get(0);
+            .and_then(|r| r.try_get(0))
+            .at(url)?;
         if !marked {
             let tables: i64 = tx
                 .query_one(
                     "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()",
                     &[],
                 )
-                .at(url)?
-                .get(0);
+                .and_then(|r| r.try_get(0))
+                .at(url)?;
             if tables > 0 {
                 return Err(PgError::corrupt(
                     url,
@@ -76,8 +76,8 @@ impl Schema {
                 "SELECT version FROM sandboxer_schema WHERE component = $1",
                 &[&self.component],
             )
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
             .at(url)?
-            .map(|r| r.get(0))
             .unwrap_or(0);
         if version > known {
             return Err(PgError::corrupt(
