@@ -48,6 +48,8 @@ pub mod layers {
             CreditsStore, Entry, EntryKind, Hold, HoldState, LedgerError, OutboxEvent,
             OverdraftPolicy, Settlement,
         };
+        pub use crate::storage::postgres::ledger::{DEFAULT_POOL_SIZE, PgCreditsStore};
+        pub use crate::storage::postgres::redact;
         pub use crate::storage::sqlite::ledger::SqliteCreditsStore;
     }
 

@@ -1,5 +1,11 @@
-//! The ledger under concurrency, through the real SQLite file: concurrent holds cannot
-//! overspend, a hold is resolved exactly once, and retried requests apply once.
+//! The ledger under concurrency, on SQLite and on a real PostgreSQL server alike
+//! (`on_sqlite::*`, `on_postgres::*`): concurrent holds cannot overspend, a hold is
+//! resolved exactly once, and retried requests apply once.
+
+#[path = "support/pg.rs"]
+mod pg;
+#[path = "support/ledger_stores.rs"]
+mod stores;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +14,8 @@ use std::thread;
 
 use rust_decimal::Decimal;
 use sandboxer_host::domain::{Currency, Money};
-use sandboxer_host::layers::payments::{CreditsStore, HoldState, LedgerError, SqliteCreditsStore};
+use sandboxer_host::layers::payments::{CreditsStore, HoldState, LedgerError, OverdraftPolicy};
+use stores::{Backend, TestLedger};
 
 fn usd(s: &str) -> Money {
     Money {
@@ -25,15 +32,14 @@ fn cur() -> Currency {
     Currency::new("USD").unwrap()
 }
 
-fn fresh() -> (tempfile::TempDir, Arc<SqliteCreditsStore>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteCreditsStore::open(dir.path().join("ledger.sqlite3")).unwrap();
-    (dir, Arc::new(store))
+fn fresh(backend: Backend) -> (TestLedger, Arc<dyn CreditsStore>) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::default());
+    (db, store)
 }
 
-#[test]
-fn sixty_four_concurrent_holds_of_ten_on_a_balance_of_100_exactly_ten_succeed() {
-    let (_dir, store) = fresh();
+fn sixty_four_concurrent_holds_of_ten_on_a_balance_of_100_exactly_ten_succeed(backend: Backend) {
+    let (_db, store) = fresh(backend);
     store.grant("acme", &usd("100"), "start", "g1").unwrap();
 
     // A watcher reads balances the whole time: holds may never exceed the balance.
@@ -129,9 +135,8 @@ fn sixty_four_concurrent_holds_of_ten_on_a_balance_of_100_exactly_ten_succeed() 
     assert_eq!(report.transfers, 1 + 10 + 10);
 }
 
-#[test]
-fn settle_and_void_racing_on_one_hold_exactly_one_wins() {
-    let (_dir, store) = fresh();
+fn settle_and_void_racing_on_one_hold_exactly_one_wins(backend: Backend) {
+    let (_db, store) = fresh(backend);
     store.grant("acme", &usd("1000"), "", "g").unwrap();
     let (mut settles_won, mut voids_won) = (0, 0);
     for round in 0..20 {
@@ -201,9 +206,8 @@ fn settle_and_void_racing_on_one_hold_exactly_one_wins() {
     assert_eq!(report.open_holds, 0);
 }
 
-#[test]
-fn replace_and_settle_racing_on_one_hold_exactly_one_wins() {
-    let (_dir, store) = fresh();
+fn replace_and_settle_racing_on_one_hold_exactly_one_wins(backend: Backend) {
+    let (_db, store) = fresh(backend);
     store.grant("acme", &usd("1000"), "", "g").unwrap();
     let (mut settles_won, mut replaces_won) = (0, 0);
     for round in 0..20 {
@@ -268,16 +272,16 @@ fn replace_and_settle_racing_on_one_hold_exactly_one_wins() {
 
 /// Runs `op` five times with the same key (three in a row, then two at once) and
 /// checks it made exactly `transfers` transfers and gave the same answer every time.
-fn five_times<T, F>(store: &Arc<SqliteCreditsStore>, transfers: u64, op: F) -> T
+fn five_times<T, F>(store: &Arc<dyn CreditsStore>, transfers: u64, op: F) -> T
 where
     T: PartialEq + std::fmt::Debug + Send + 'static,
-    F: Fn(&SqliteCreditsStore) -> Result<T, LedgerError> + Send + Sync + 'static,
+    F: Fn(&dyn CreditsStore) -> Result<T, LedgerError> + Send + Sync + 'static,
 {
     let before = store.verify().unwrap().transfers;
     let op = Arc::new(op);
-    let first = op(store).unwrap();
+    let first = op(store.as_ref()).unwrap();
     for _ in 0..2 {
-        assert_eq!(op(store).unwrap(), first);
+        assert_eq!(op(store.as_ref()).unwrap(), first);
     }
     let barrier = Arc::new(Barrier::new(2));
     let handles: Vec<_> = (0..2)
@@ -285,7 +289,7 @@ where
             let (store, op, barrier) = (store.clone(), op.clone(), barrier.clone());
             thread::spawn(move || {
                 barrier.wait();
-                op(&store).unwrap()
+                op(store.as_ref()).unwrap()
             })
         })
         .collect();
@@ -302,9 +306,8 @@ where
     first
 }
 
-#[test]
-fn every_operation_replayed_five_times_applies_once() {
-    let (_dir, store) = fresh();
+fn every_operation_replayed_five_times_applies_once(backend: Backend) {
+    let (_db, store) = fresh(backend);
     five_times(&store, 1, |s| {
         s.grant("acme", &usd("50"), "top-up", "grant-1")
     });
@@ -377,3 +380,10 @@ fn every_operation_replayed_five_times_applies_once() {
         Err(LedgerError::UnknownTenant(_))
     ));
 }
+
+on_both_stores!(
+    sixty_four_concurrent_holds_of_ten_on_a_balance_of_100_exactly_ten_succeed,
+    settle_and_void_racing_on_one_hold_exactly_one_wins,
+    replace_and_settle_racing_on_one_hold_exactly_one_wins,
+    every_operation_replayed_five_times_applies_once,
+);

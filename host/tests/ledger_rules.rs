@@ -1,6 +1,13 @@
-//! The ledger's rules, through the real SQLite file: settlement and the overdraft policy,
-//! the rounding rule, the durability settings, the outbox, bad input and damaged files,
-//! and a state-machine property test against an in-memory model.
+//! The ledger's rules, through the real stores: settlement and the overdraft policy, the
+//! rounding rule, the outbox, bad input, account limits and a state-machine property test
+//! against an in-memory model run on SQLite and on a real PostgreSQL server alike
+//! (`on_sqlite::*`, `on_postgres::*`); SQLite's own durability settings and damaged files
+//! are tested here too (PostgreSQL's own cases: `ledger_postgres.rs`).
+
+#[path = "support/pg.rs"]
+mod pg;
+#[path = "support/ledger_stores.rs"]
+mod stores;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,29 +37,30 @@ fn cur() -> Currency {
     Currency::new("USD").unwrap()
 }
 
+use stores::{Backend, TestLedger};
+
 fn open(dir: &tempfile::TempDir, policy: OverdraftPolicy) -> SqliteCreditsStore {
     SqliteCreditsStore::open_with_policy(dir.path().join("ledger.sqlite3"), policy).unwrap()
 }
 
-fn balance(store: &SqliteCreditsStore, tenant: &str) -> (Decimal, Decimal, Decimal) {
+fn balance(store: &dyn CreditsStore, tenant: &str) -> (Decimal, Decimal, Decimal) {
     let b = store.balance(tenant, &cur()).unwrap();
     (b.posted, b.held, b.available)
 }
 
-fn assert_verified(store: &SqliteCreditsStore) {
+fn assert_verified(store: &dyn CreditsStore) {
     let report = store.verify().unwrap();
     assert!(report.ok, "ledger does not verify: {:?}", report.problems);
 }
 
-#[test]
-fn partial_settlement_posts_the_cost_and_releases_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn partial_settlement_posts_the_cost_and_releases_the_rest(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("100"), "welcome", "g").unwrap();
     let hold = store
         .hold("acme", &usd("10"), "sbx-1", "saas-stub", "h")
         .unwrap();
-    assert_eq!(balance(&store, "acme"), (dec("100"), dec("10"), dec("90")));
+    assert_eq!(balance(&*store, "acme"), (dec("100"), dec("10"), dec("90")));
 
     let s = store.settle(&hold.id, &usd("7.25"), "s", None).unwrap();
     assert_eq!(s.held, usd("10"));
@@ -61,7 +69,7 @@ fn partial_settlement_posts_the_cost_and_releases_the_rest() {
     assert_eq!(s.released, usd("2.75"));
     assert_eq!((s.written_off.amount, s.debt.amount), (dec("0"), dec("0")));
     assert_eq!(
-        balance(&store, "acme"),
+        balance(&*store, "acme"),
         (dec("92.75"), dec("0"), dec("92.75"))
     );
 
@@ -82,13 +90,12 @@ fn partial_settlement_posts_the_cost_and_releases_the_rest() {
     let charge = &store.statement("acme").unwrap()[2];
     assert_eq!(charge.hold_id.as_deref(), Some(hold.id.as_str()));
     assert_eq!(charge.sandbox_id.as_deref(), Some("sbx-1"));
-    assert_verified(&store);
+    assert_verified(&*store);
 }
 
-#[test]
-fn excess_under_write_off_takes_what_is_available_and_writes_off_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn excess_under_write_off_takes_what_is_available_and_writes_off_the_rest(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     // Enough available: the whole excess comes from the tenant.
     store.grant("rich", &usd("100"), "", "g-rich").unwrap();
     let h = store
@@ -103,7 +110,7 @@ fn excess_under_write_off_takes_what_is_available_and_writes_off_the_rest() {
         ),
         (usd("12"), dec("0"), dec("0"))
     );
-    assert_eq!(balance(&store, "rich"), (dec("88"), dec("0"), dec("88")));
+    assert_eq!(balance(&*store, "rich"), (dec("88"), dec("0"), dec("88")));
 
     // Not enough: take the 2 still available, write off the other 2; never negative.
     store.grant("poor", &usd("10"), "", "g-poor").unwrap();
@@ -115,7 +122,7 @@ fn excess_under_write_off_takes_what_is_available_and_writes_off_the_rest() {
     assert_eq!(s.from_tenant, usd("10"));
     assert_eq!(s.written_off, usd("2"));
     assert_eq!(s.debt.amount, dec("0"));
-    assert_eq!(balance(&store, "poor"), (dec("0"), dec("0"), dec("0")));
+    assert_eq!(balance(&*store, "poor"), (dec("0"), dec("0"), dec("0")));
     let kinds: Vec<_> = store
         .statement("poor")
         .unwrap()
@@ -140,14 +147,13 @@ fn excess_under_write_off_takes_what_is_available_and_writes_off_the_rest() {
         .unwrap();
     let s = store.settle(&h1.id, &usd("6"), "s-b1", None).unwrap();
     assert_eq!((s.from_tenant, s.written_off), (usd("5"), usd("1")));
-    assert_eq!(balance(&store, "busy"), (dec("5"), dec("5"), dec("0")));
-    assert_verified(&store);
+    assert_eq!(balance(&*store, "busy"), (dec("5"), dec("5"), dec("0")));
+    assert_verified(&*store);
 }
 
-#[test]
-fn excess_under_debt_takes_everything_and_the_balance_goes_negative() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::Debt);
+fn excess_under_debt_takes_everything_and_the_balance_goes_negative(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::Debt);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let h = store.hold("acme", &usd("8"), "sbx", "ext", "h").unwrap();
     let s = store.settle(&h.id, &usd("12"), "s", None).unwrap();
@@ -155,7 +161,7 @@ fn excess_under_debt_takes_everything_and_the_balance_goes_negative() {
         (s.from_tenant, s.debt, s.written_off.amount),
         (usd("12"), usd("2"), dec("0"))
     );
-    assert_eq!(balance(&store, "acme"), (dec("-2"), dec("0"), dec("-2")));
+    assert_eq!(balance(&*store, "acme"), (dec("-2"), dec("0"), dec("-2")));
     let last = store.statement("acme").unwrap().pop().unwrap();
     assert_eq!((last.kind, last.posted_delta), (EntryKind::Debt, dec("-2")));
     // In debt nothing more can be held, and the error says so.
@@ -167,14 +173,13 @@ fn excess_under_debt_takes_everything_and_the_balance_goes_negative() {
         "insufficient credits: need 1 USD, available -2 USD"
     );
     store.grant("acme", &usd("5"), "pay off", "g2").unwrap();
-    assert_eq!(balance(&store, "acme"), (dec("3"), dec("0"), dec("3")));
-    assert_verified(&store);
+    assert_eq!(balance(&*store, "acme"), (dec("3"), dec("0"), dec("3")));
+    assert_verified(&*store);
 }
 
-#[test]
-fn holds_round_up_and_charges_round_half_away_from_zero_keeping_the_exact_amount() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn holds_round_up_and_charges_round_half_away_from_zero_keeping_the_exact_amount(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("1"), "", "g").unwrap();
     let h = store
         .hold("acme", &usd("0.0000000001"), "sbx-1", "ext", "h1")
@@ -223,7 +228,7 @@ fn holds_round_up_and_charges_round_half_away_from_zero_keeping_the_exact_amount
             Some(dec("0.0162000"))
         ]
     );
-    assert_verified(&store);
+    assert_verified(&*store);
 }
 
 proptest! {
@@ -301,10 +306,9 @@ fn the_store_runs_in_wal_mode_and_fsyncs_the_wal_before_every_answer() {
     assert!(version >= 1);
 }
 
-#[test]
-fn settlement_events_go_to_the_outbox_in_the_same_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn settlement_events_go_to_the_outbox_in_the_same_transaction(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let h = store.hold("acme", &usd("5"), "sbx", "ext", "h").unwrap();
     let ev = OutboxEvent {
@@ -336,18 +340,17 @@ fn settlement_events_go_to_the_outbox_in_the_same_transaction() {
     assert_eq!(store.outbox_lag().unwrap(), (0, None));
 }
 
-#[test]
-fn holds_survive_a_reopen_and_can_be_found_for_recovery() {
-    let dir = tempfile::tempdir().unwrap();
+fn holds_survive_a_reopen_and_can_be_found_for_recovery(backend: Backend) {
+    let db = TestLedger::new(backend);
     let hold_id = {
-        let store = open(&dir, OverdraftPolicy::WriteOff);
+        let store = db.open(OverdraftPolicy::WriteOff);
         store.grant("acme", &usd("10"), "", "g").unwrap();
         store
             .hold("acme", &usd("4"), "sbx-crash", "ext", "h")
             .unwrap()
             .id
     };
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+    let store = db.open(OverdraftPolicy::WriteOff);
     let open_holds = store.open_holds().unwrap();
     assert_eq!(open_holds.len(), 1);
     assert_eq!(
@@ -362,13 +365,12 @@ fn holds_survive_a_reopen_and_can_be_found_for_recovery() {
     assert!(store.hold_for_sandbox("nope").unwrap().is_none());
     store.void(&hold_id, "v").unwrap();
     assert!(store.open_holds().unwrap().is_empty());
-    assert_eq!(balance(&store, "acme"), (dec("10"), dec("0"), dec("10")));
+    assert_eq!(balance(&*store, "acme"), (dec("10"), dec("0"), dec("10")));
 }
 
-#[test]
-fn bad_input_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn bad_input_is_refused_and_changes_nothing(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let h = store.hold("acme", &usd("1"), "sbx", "ext", "h").unwrap();
     let before = store.verify().unwrap();
@@ -435,18 +437,17 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
 
     assert_eq!(store.verify().unwrap(), before);
-    assert_eq!(balance(&store, "acme"), (dec("10"), dec("1"), dec("9")));
+    assert_eq!(balance(&*store, "acme"), (dec("10"), dec("1"), dec("9")));
     // The refused requests did not consume their keys.
     store.grant("acme", &usd("1"), "", "k1").unwrap();
 }
 
-#[test]
-fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn replacing_a_hold_needs_only_the_increment_and_is_one_step(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let old = store.hold("acme", &usd("6"), "sbx-1", "ext", "h1").unwrap();
-    assert_eq!(balance(&store, "acme"), (dec("10"), dec("6"), dec("4")));
+    assert_eq!(balance(&*store, "acme"), (dec("10"), dec("6"), dec("4")));
 
     // The old two-step renewal (new hold first, then void the old) is refused: it needs
     // the whole new amount available on top of the open hold.
@@ -473,7 +474,7 @@ fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
         (new.amount.clone(), new.state),
         (usd("10"), HoldState::Open)
     );
-    assert_eq!(balance(&store, "acme"), (dec("10"), dec("10"), dec("0")));
+    assert_eq!(balance(&*store, "acme"), (dec("10"), dec("10"), dec("0")));
     let current = store.hold_for_sandbox("sbx-1").unwrap().unwrap();
     assert_eq!(current, new);
     let open_ids: Vec<_> = store
@@ -526,7 +527,7 @@ fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
             ),
         ]
     );
-    assert_verified(&store);
+    assert_verified(&*store);
 
     // The old hold is resolved: it can be neither settled, voided nor replaced again.
     for r in [
@@ -543,14 +544,13 @@ fn replacing_a_hold_needs_only_the_increment_and_is_one_step() {
     // The new hold settles like any other.
     let s = store.settle(&new.id, &usd("7"), "s", None).unwrap();
     assert_eq!((s.held, s.released), (usd("10"), usd("3")));
-    assert_eq!(balance(&store, "acme"), (dec("3"), dec("0"), dec("3")));
-    assert_verified(&store);
+    assert_eq!(balance(&*store, "acme"), (dec("3"), dec("0"), dec("3")));
+    assert_verified(&*store);
 }
 
-#[test]
-fn a_refused_replacement_says_need_and_available_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn a_refused_replacement_says_need_and_available_and_changes_nothing(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let old = store.hold("acme", &usd("6"), "sbx", "ext", "h").unwrap();
     let before = store.verify().unwrap();
@@ -599,7 +599,7 @@ fn a_refused_replacement_says_need_and_available_and_changes_nothing() {
 
     assert_eq!(store.verify().unwrap(), after_settle);
     assert_eq!(after_settle.transfers, before.transfers + 2);
-    assert_eq!(balance(&store, "acme"), (dec("9"), dec("6"), dec("3")));
+    assert_eq!(balance(&*store, "acme"), (dec("9"), dec("6"), dec("3")));
     assert_eq!(store.hold_for_sandbox("sbx").unwrap().unwrap(), old);
     // The refused request did not consume its key: with more credits it goes through.
     store.grant("acme", &usd("2"), "", "g2").unwrap();
@@ -607,13 +607,12 @@ fn a_refused_replacement_says_need_and_available_and_changes_nothing() {
         .replace_hold(&old.id, &usd("10.000000001"), "r")
         .unwrap();
     assert_eq!(new.amount, usd("10.000000001"));
-    assert_verified(&store);
+    assert_verified(&*store);
 }
 
-#[test]
-fn a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     store.grant("acme", &usd("10"), "", "g").unwrap();
     let old = store.hold("acme", &usd("2"), "sbx", "ext", "h").unwrap();
     let first = store.replace_hold(&old.id, &usd("5"), "renew").unwrap();
@@ -625,7 +624,7 @@ fn a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts() 
         );
     }
     assert_eq!(store.verify().unwrap().transfers, transfers);
-    assert_eq!(balance(&store, "acme"), (dec("10"), dec("5"), dec("5")));
+    assert_eq!(balance(&*store, "acme"), (dec("10"), dec("5"), dec("5")));
     for r in [
         store.replace_hold(&old.id, &usd("6"), "renew"),
         store.replace_hold(&first.id, &usd("5"), "renew"),
@@ -641,7 +640,7 @@ fn a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts() 
         Err(LedgerError::IdempotencyConflict { .. })
     ));
     assert_eq!(store.verify().unwrap().transfers, transfers);
-    assert_verified(&store);
+    assert_verified(&*store);
 }
 
 #[test]
@@ -828,9 +827,13 @@ fn units(d: Decimal) -> i128 {
     model_units(d, false)
 }
 
-fn run_machine(policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir, policy);
+fn run_machine(
+    backend: Backend,
+    policy: OverdraftPolicy,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
+    let db = TestLedger::new(backend);
+    let mut store = db.open(policy);
     let mut model = Model::default();
     let mut done: Vec<Done> = Vec::new();
     let mut transfers = 0u64;
@@ -1047,7 +1050,7 @@ fn run_machine(policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseErro
             }
             Op::Reopen => {
                 drop(store);
-                store = open(&dir, policy);
+                store = db.open(policy);
             }
         }
         // After every step: balances equal the model, the ledger verifies (sum over
@@ -1082,20 +1085,27 @@ fn run_machine(policy: OverdraftPolicy, ops: Vec<Op>) -> Result<(), TestCaseErro
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 200, ..ProptestConfig::default() })]
     #[test]
-    fn random_operation_sequences_match_the_model(
+    fn random_operation_sequences_match_the_model_on_sqlite(
         debt in any::<bool>(), ops in prop::collection::vec(op(), 1..40),
     ) {
         let policy = if debt { OverdraftPolicy::Debt } else { OverdraftPolicy::WriteOff };
-        run_machine(policy, ops)?;
+        run_machine(Backend::Sqlite, policy, ops)?;
+    }
+
+    #[test]
+    fn random_operation_sequences_match_the_model_on_postgres(
+        debt in any::<bool>(), ops in prop::collection::vec(op(), 1..40),
+    ) {
+        let policy = if debt { OverdraftPolicy::Debt } else { OverdraftPolicy::WriteOff };
+        run_machine(Backend::Postgres, policy, ops)?;
     }
 }
 
 /// Shared accounts only grow: a write that would take one past its limit is refused,
 /// naming the account, changes nothing, and `verify` warns well before.
-#[test]
-fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir, OverdraftPolicy::WriteOff);
+fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns(backend: Backend) {
+    let db = TestLedger::new(backend);
+    let store = db.open(OverdraftPolicy::WriteOff);
     // 5e9 currency units at 9 decimal places: 5e18 of the grants account's ~9e18.
     store.grant("a", &usd("5000000000"), "", "g1").unwrap();
     let report = store.verify().unwrap();
@@ -1117,8 +1127,8 @@ fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns() {
         store.balances(Some("b")),
         Err(LedgerError::UnknownTenant(_))
     ));
-    assert_eq!(balance(&store, "a").0, dec("5000000000"));
-    assert_verified(&store);
+    assert_eq!(balance(&*store, "a").0, dec("5000000000"));
+    assert_verified(&*store);
     // The tenant's own sums are guarded the same way.
     let err = store
         .grant("a", &usd("4500000000"), "", "g3")
@@ -1126,3 +1136,17 @@ fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns() {
         .to_string();
     assert!(err.contains("limit"), "{err}");
 }
+
+on_both_stores!(
+    partial_settlement_posts_the_cost_and_releases_the_rest,
+    excess_under_write_off_takes_what_is_available_and_writes_off_the_rest,
+    excess_under_debt_takes_everything_and_the_balance_goes_negative,
+    holds_round_up_and_charges_round_half_away_from_zero_keeping_the_exact_amount,
+    settlement_events_go_to_the_outbox_in_the_same_transaction,
+    holds_survive_a_reopen_and_can_be_found_for_recovery,
+    bad_input_is_refused_and_changes_nothing,
+    replacing_a_hold_needs_only_the_increment_and_is_one_step,
+    a_refused_replacement_says_need_and_available_and_changes_nothing,
+    a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts,
+    a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns,
+);

@@ -48,18 +48,19 @@ pub enum LedgerError {
         /// The operation it was first used for.
         operation: String,
     },
-    /// The database file is not a ledger (or is damaged).
+    /// The database is not a ledger (or is damaged, or from a newer build).
     #[error("ledger {path} is corrupt or not a ledger database: {message}")]
     Corrupt {
-        /// The file.
+        /// The file, or the PostgreSQL URL with its password as `***`.
         path: PathBuf,
         /// What SQLite or the schema check said.
         message: String,
     },
-    /// The database could not be opened, read or written (permissions, disk, lock).
+    /// The database could not be opened, read or written (permissions, disk, lock,
+    /// an unreachable server, refused credentials).
     #[error("ledger {path}: {message}")]
     Storage {
-        /// The file.
+        /// The file, or the PostgreSQL URL with its password as `***`.
         path: PathBuf,
         /// What went wrong.
         message: String,

@@ -6,8 +6,9 @@
 //! derived from transfers, and [`CreditsStore::verify`] re-derives them.
 //!
 //! This module is the contract ([`CreditsStore`], its values and errors) and the rules
-//! every store follows ([`settlement`]); the stores themselves are in `storage` (SQLite
-//! today), so a second database plugs in behind the same trait. It knows neither routing
+//! every store follows ([`settlement`]); the stores themselves are in `storage` (SQLite,
+//! and PostgreSQL for several hosts), both behind the same trait and running the same
+//! rules (`storage::ledger_ops`). It knows neither routing
 //! nor the runtime; the manager drives it.
 
 pub mod error;

@@ -1,6 +1,7 @@
-//! The `CreditsStore` trait and the values it trades in. No storage types appear here so
-//! a PostgreSQL store can implement the same trait (the SQLite one is in
-//! `storage::sqlite::ledger`).
+//! The `CreditsStore` trait and the values it trades in. No storage types appear here:
+//! the SQLite store (`storage::sqlite::ledger`) and the PostgreSQL store
+//! (`storage::postgres::ledger`) implement the same trait with the same rules
+//! (`storage::ledger_ops`).
 
 use std::fmt;
 use std::str::FromStr;

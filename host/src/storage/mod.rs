@@ -1,10 +1,12 @@
 //! Where the ledger and the sandbox statuses live. A backend gives the app the two stores
 //! behind their traits (`payments::CreditsStore`, `manager::store::SandboxStore`) from
 //! one database; the app never names SQL. [`sqlite`] is the default: one file in the
-//! state folder. A PostgreSQL backend is a sibling module implementing [`Database`] the
-//! same way (its stores beside each other, so one lifecycle step can later write the
-//! ledger and the status in one transaction).
+//! state folder. [`postgres`] holds the ledger on a PostgreSQL database several hosts
+//! can share (the sandbox statuses are not there yet, so it is no [`Database`] yet:
+//! docs/database.md). The ledger's rules are written once, in [`ledger_ops`], for both.
 
+pub(crate) mod ledger_ops;
+pub(crate) mod postgres;
 pub(crate) mod private;
 pub(crate) mod sqlite;
 

@@ -4,14 +4,12 @@
 //! survives a crash or power loss. Concurrent writers of one process queue on the file's
 //! gate; other processes meet SQLite's own lock.
 //!
-//! By concern: this file opens the store, runs the idempotent write and the read
-//! transactions, grants and holds; [`holds`] resolves holds (settle, void, replace),
-//! [`statement`] pages a tenant's lines, [`verify`] re-derives every balance, [`outbox`]
-//! hands out the meter events stored with settlements; [`rows`] has the rows and their
-//! statements. How a settlement splits its amount is a pure function in
-//! `payments::settlement`.
+//! By concern: this file opens the store and runs the idempotent write and the read
+//! transactions; [`rows`] has the SQL the shared rules (`storage::ledger_ops`: grant,
+//! hold, settle, void, replace) are written in, [`statement`] pages a tenant's lines,
+//! [`verify`] reads what `ledger_ops::verify` checks, [`outbox`] hands out the meter
+//! events stored with settlements.
 
-mod holds;
 mod outbox;
 mod rows;
 mod schema;
@@ -24,30 +22,25 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use rust_decimal::Decimal;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::cached::CachedStatements;
 use super::gate::DbGate;
 use super::{ConnectOptions, Schema, SchemaVersion, SqlError};
-use crate::domain::money::{Rounding, from_units, to_units};
-use crate::domain::{Balance, Currency, Grant, Money, TenantId};
+use crate::domain::{Balance, Currency, Grant, Money};
 use crate::payments::{
-    CreditsStore, Entry, Hold, HoldState, LedgerError, OutboxEvent, OverdraftPolicy, Settlement,
+    CreditsStore, Entry, Hold, LedgerError, OutboxEvent, OverdraftPolicy, Settlement,
     StatementPage, VerifyReport, Void,
 };
-use rows::{
-    HOLD_SELECT, HoldRow, NewTransfer, Sums, Tx, check_text, corrupt, invalid, money, now_ms,
-    parse_currency, parse_time, query_holds, refuse_foreign,
+use crate::storage::ledger_ops::{
+    self, GrantOp, HOLD_SELECT, HoldOp, HoldRow, Op, ReplaceOp, SettleOp, Sums, VoidOp,
+    check_tenant, now_ms,
 };
+use rows::{Tx, corrupt, query_holds, refuse_foreign};
 
 /// How long a writer waits for another writer's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept for reuse.
 const MAX_IDLE: usize = 16;
-
-const GRANTS_ACCOUNT: &str = "grants";
-const WRITE_OFF_ACCOUNT: &str = "write-off";
 
 /// The ledger's schema: `PRAGMA user_version` counts the migrations applied.
 const SCHEMA: Schema = Schema {
@@ -198,25 +191,18 @@ impl SqliteCreditsStore {
         out
     }
 
-    /// Runs one idempotent write: `BEGIN IMMEDIATE`; if `key` was used before, return
-    /// its stored answer (same request) or refuse (different request); else run `f`,
-    /// store its answer under `key`, and commit.
-    fn write<T: Serialize + DeserializeOwned>(
-        &self,
-        operation: &'static str,
-        key: &str,
-        fingerprint: &str,
-        f: impl FnOnce(&Tx<'_>) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError> {
-        // Room for a surface's scope before the caller's key: `grant:<64-char tenant>:<200-char key>`.
-        check_text("idempotency key", key, 512, false)?;
+    /// Runs one idempotent write: `BEGIN IMMEDIATE`; if its key was used before, return
+    /// its stored answer (same request) or refuse (different request); else run it,
+    /// store its answer under the key, and commit.
+    fn write<O: Op>(&self, op: &O) -> Result<O::Out, LedgerError> {
+        let (operation, key, fingerprint) = (op.operation(), op.key(), op.fingerprint());
         let path = self.path.clone();
         // The writer lock before a pooled connection: writers waiting their turn do not
         // each hold (or open) a connection.
         let writer = self.gate.writer();
         let answer = self.with_conn(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).at(&path)?;
-            let prior: Option<(String, String, String)> = tx
+            let prior: Option<ledger_ops::Prior> = tx
                 .row_cached(
                     "SELECT operation, fingerprint, response FROM requests WHERE ikey = ?1",
                     params![key],
@@ -224,17 +210,12 @@ impl SqliteCreditsStore {
                 )
                 .optional()
                 .at(&path)?;
-            if let Some((op, fp, response)) = prior {
-                if op != operation || fp != fingerprint {
-                    return Err(LedgerError::IdempotencyConflict { key: key.to_owned(), operation: op });
-                }
-                return serde_json::from_str(&response)
-                    .map_err(|e| corrupt(&path, format!("stored answer for key {key:?}: {e}")));
+            if let Some(prior) = prior {
+                return ledger_ops::replay(&|m| corrupt(&path, m), key, operation, fingerprint, prior);
             }
-            let tx = Tx { tx, path: &path };
-            let answer = f(&tx)?;
-            let response = serde_json::to_string(&answer)
-                .map_err(|e| invalid("answer", e.to_string()))?;
+            let mut tx = Tx { tx, path: &path };
+            let answer = op.run(&mut tx)?;
+            let response = ledger_ops::response(&answer)?;
             tx.tx
                 .exec_cached(
                     "INSERT INTO requests (ikey, operation, fingerprint, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -269,15 +250,6 @@ impl SqliteCreditsStore {
         })
     }
 
-    fn tenant_exists(conn: &Connection, path: &Path, tenant: &str) -> Result<bool, LedgerError> {
-        conn.row_cached(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE kind = 'tenant' AND name = ?1)",
-            params![tenant],
-            |r| r.get(0),
-        )
-        .at(path)
-    }
-
     fn balances_where(
         conn: &Connection,
         path: &Path,
@@ -304,17 +276,9 @@ impl SqliteCreditsStore {
             .at(path)?
             .collect::<rusqlite::Result<_>>()
             .at(path)?;
+        let c = |m: String| corrupt(path, m);
         rows.into_iter()
-            .map(|(name, cur, s)| {
-                let overflow = || corrupt(path, format!("balance of {name} overflows"));
-                Ok(Balance {
-                    currency: parse_currency(path, &cur)?,
-                    posted: from_units(s.posted().ok_or_else(overflow)?),
-                    held: from_units(s.debits_pending),
-                    available: from_units(s.available().ok_or_else(overflow)?),
-                    tenant: name,
-                })
-            })
+            .map(|(name, cur, s)| ledger_ops::balance(&c, name, &cur, s))
             .collect()
     }
 }
@@ -327,34 +291,7 @@ impl CreditsStore for SqliteCreditsStore {
         note: &str,
         idempotency_key: &str,
     ) -> Result<Grant, LedgerError> {
-        check_tenant(tenant)?;
-        check_text("note", note, 1024, true)?;
-        let units = to_units(amount.amount, Rounding::Exact)
-            .map_err(|e| invalid("amount", e.to_string()))?;
-        if units.units <= 0 {
-            return Err(invalid("amount", "a grant must be greater than zero"));
-        }
-        let cur = &amount.currency;
-        let fingerprint = format!("{tenant}\n{cur}\n{}\n{note}", units.units);
-        self.write("grant", idempotency_key, &fingerprint, |tx| {
-            let at = now_ms();
-            let source = tx.ensure_account("grants", GRANTS_ACCOUNT, cur, at)?;
-            let account = tx.ensure_account("tenant", tenant, cur, at)?;
-            let (_, uid) = tx.insert(NewTransfer {
-                exact: Some(amount.amount),
-                note: Some(note),
-                ..NewTransfer::new("grant", format!("grant:{idempotency_key}"), (source, account), units.units, cur, at)
-            })?;
-            tx.apply(source, account, 0, units.units)?;
-            tracing::info!(tenant, amount = %money(units.units, cur), transfer = %uid, "credits granted");
-            Ok(Grant {
-                transfer_id: uid,
-                tenant: tenant.to_owned(),
-                amount: money(units.units, cur),
-                note: note.to_owned(),
-                at: parse_time(tx.path, at)?,
-            })
-        })
+        self.write(&GrantOp::new(tenant, amount, note, idempotency_key)?)
     }
 
     fn hold(
@@ -365,55 +302,13 @@ impl CreditsStore for SqliteCreditsStore {
         extension: &str,
         idempotency_key: &str,
     ) -> Result<Hold, LedgerError> {
-        check_tenant(tenant)?;
-        check_text("sandbox id", sandbox_id, 256, false)?;
-        check_text("extension", extension, 128, false)?;
-        let rounded = to_units(amount.amount, Rounding::Hold)
-            .map_err(|e| invalid("amount", e.to_string()))?;
-        let cur = &amount.currency;
-        let fingerprint = format!(
-            "{tenant}\n{cur}\n{}\n{sandbox_id}\n{extension}",
-            amount.amount.normalize()
-        );
-        self.write("hold", idempotency_key, &fingerprint, |tx| {
-            let at = now_ms();
-            let Some(account) = tx.account_id("tenant", tenant, cur)? else {
-                return Err(if Self::tenant_exists(&tx.tx, tx.path, tenant)? {
-                    LedgerError::InsufficientCredits { need: money(rounded.units, cur), available: money(0, cur) }
-                } else {
-                    LedgerError::UnknownTenant(tenant.to_owned())
-                });
-            };
-            let available = tx
-                .sums(account)?
-                .available()
-                .ok_or_else(|| corrupt(tx.path, format!("balance of {tenant} overflows")))?;
-            if rounded.units > available {
-                return Err(LedgerError::InsufficientCredits {
-                    need: money(rounded.units, cur),
-                    available: money(available, cur),
-                });
-            }
-            let revenue = tx.ensure_account("revenue", extension, cur, at)?;
-            let (_, uid) = tx.insert(NewTransfer {
-                exact: Some(amount.amount),
-                sandbox_id: Some(sandbox_id),
-                extension: Some(extension),
-                ..NewTransfer::new("hold", format!("hold:{idempotency_key}"), (account, revenue), rounded.units, cur, at)
-            })?;
-            tx.apply(account, revenue, rounded.units, 0)?;
-            tracing::debug!(tenant, sandbox_id, extension, hold = %uid, amount = %money(rounded.units, cur), "credits held");
-            Ok(Hold {
-                id: uid,
-                tenant: tenant.to_owned(),
-                sandbox_id: sandbox_id.to_owned(),
-                extension: extension.to_owned(),
-                amount: money(rounded.units, cur),
-                exact: amount.amount,
-                state: HoldState::Open,
-                at: parse_time(tx.path, at)?,
-            })
-        })
+        self.write(&HoldOp::new(
+            tenant,
+            amount,
+            sandbox_id,
+            extension,
+            idempotency_key,
+        )?)
     }
 
     fn balance(&self, tenant: &str, currency: &Currency) -> Result<Balance, LedgerError> {
@@ -470,11 +365,17 @@ impl CreditsStore for SqliteCreditsStore {
         idempotency_key: &str,
         event: Option<OutboxEvent>,
     ) -> Result<Settlement, LedgerError> {
-        self.settle_hold(hold_id, actual, idempotency_key, event)
+        self.write(&SettleOp::new(
+            hold_id,
+            actual,
+            idempotency_key,
+            event,
+            self.policy,
+        )?)
     }
 
     fn void(&self, hold_id: &str, idempotency_key: &str) -> Result<Void, LedgerError> {
-        self.void_hold(hold_id, idempotency_key)
+        self.write(&VoidOp::new(hold_id, idempotency_key)?)
     }
 
     fn replace_hold(
@@ -483,7 +384,7 @@ impl CreditsStore for SqliteCreditsStore {
         new_amount: &Money,
         idempotency_key: &str,
     ) -> Result<Hold, LedgerError> {
-        self.replace_open_hold(old_hold_id, new_amount, idempotency_key)
+        self.write(&ReplaceOp::new(old_hold_id, new_amount, idempotency_key)?)
     }
 
     fn statement(&self, tenant: &str) -> Result<Vec<Entry>, LedgerError> {
@@ -514,12 +415,6 @@ impl CreditsStore for SqliteCreditsStore {
     fn outbox_lag(&self) -> Result<(u64, Option<Duration>), LedgerError> {
         self.outbox_backlog()
     }
-}
-
-/// The ledger's tenant check (the one rule of [`TenantId`]).
-fn check_tenant(tenant: &str) -> Result<(), LedgerError> {
-    TenantId::parse(tenant)?;
-    Ok(())
 }
 
 #[cfg(test)]

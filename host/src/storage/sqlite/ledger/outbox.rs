@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use rusqlite::{TransactionBehavior, params};
 
-use super::rows::now_ms;
 use super::{At, SqliteCreditsStore};
 use crate::payments::{LedgerError, OutboxEvent};
+use crate::storage::ledger_ops::now_ms;
 use crate::storage::sqlite::cached::CachedStatements;
 
 impl SqliteCreditsStore {

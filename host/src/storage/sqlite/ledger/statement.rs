@@ -2,13 +2,12 @@
 //! oldest first, as a keyset on the transfer sequence.
 
 use rusqlite::{OptionalExtension, params};
-use rust_decimal::Decimal;
 
-use super::rows::{check_text, corrupt, invalid, parse_currency, parse_exact, parse_time};
-use super::{At, SqliteCreditsStore, check_tenant};
-use crate::domain::money::from_units;
-use crate::domain::{Entry, EntryKind};
+use super::rows::{corrupt, tenant_exists};
+use super::{At, SqliteCreditsStore};
+use crate::domain::Entry;
 use crate::payments::{LedgerError, StatementPage};
+use crate::storage::ledger_ops::{self, EntryRaw, check_tenant, check_text, invalid};
 use crate::storage::sqlite::cached::CachedStatements;
 
 impl SqliteCreditsStore {
@@ -26,7 +25,7 @@ impl SqliteCreditsStore {
         // One row more than asked tells whether another page follows.
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         self.read(|tx, path| {
-            if !Self::tenant_exists(tx, path, tenant)? {
+            if !tenant_exists(tx, path, tenant)? {
                 return Err(LedgerError::UnknownTenant(tenant.to_owned()));
             }
             // The page starts after the sequence number of the transfer it is given,
@@ -48,7 +47,6 @@ impl SqliteCreditsStore {
                         invalid("after", format!("{uid:?} is not a transfer on the statement of {tenant}"))
                     })?,
             };
-            type Raw = (i64, String, String, i64, Option<String>, String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
             // Each side of the OR is a range scan of its account index (which ends in the
             // transfer's rowid) that stops at the LIMIT; the union of the two is sorted.
             let mut stmt = tx
@@ -61,13 +59,13 @@ impl SqliteCreditsStore {
                         SELECT id FROM (SELECT id FROM transfers WHERE credit_account IN (SELECT id FROM acct) \
                             AND kind <> 'write_off' AND id > ?2 ORDER BY id LIMIT ?3)) \
                      SELECT t.created_at, t.kind, t.uid, t.amount, t.exact, t.currency, t.sandbox_id, t.note, \
-                     COALESCE(p.uid, h.uid), p.amount, NULL \
+                     COALESCE(p.uid, h.uid), p.amount \
                      FROM page JOIN transfers t ON t.id = page.id LEFT JOIN transfers p ON p.id = t.pending_id \
                      LEFT JOIN transfers h ON h.id = t.hold_id \
                      ORDER BY t.id LIMIT ?3",
                 )
                 .at(path)?;
-            let mut raws: Vec<Raw> = stmt
+            let mut raws: Vec<EntryRaw> = stmt
                 .query_map(params![tenant, after_seq, fetch], |r| <_>::try_from(r))
                 .at(path)?
                 .collect::<rusqlite::Result<_>>()
@@ -75,31 +73,10 @@ impl SqliteCreditsStore {
             let more = raws.len() > limit;
             raws.truncate(limit);
             let next = if more { raws.last().map(|r| r.2.clone()) } else { None };
-            let entries = raws.into_iter()
-                .map(|(at, kind, uid, amount, exact, cur, sandbox, note, related, pending_amount, _)| {
-                    let a = from_units(amount);
-                    let (kind, posted, held, hold_id) = match kind.as_str() {
-                        "grant" => (EntryKind::Grant, a, Decimal::ZERO, None),
-                        "hold" => (EntryKind::Hold, Decimal::ZERO, a, Some(uid.clone())),
-                        "post" => (EntryKind::Charge, -a, -from_units(pending_amount.unwrap_or(0)), related),
-                        "void" => (EntryKind::Void, Decimal::ZERO, -a, related),
-                        "overdraft" => (EntryKind::Overdraft, -a, Decimal::ZERO, related),
-                        "debt" => (EntryKind::Debt, -a, Decimal::ZERO, related),
-                        other => return Err(corrupt(path, format!("unknown transfer kind {other:?}"))),
-                    };
-                    Ok(Entry {
-                        at: parse_time(path, at)?,
-                        kind,
-                        transfer_id: uid,
-                        hold_id,
-                        currency: parse_currency(path, &cur)?,
-                        posted_delta: posted,
-                        held_delta: held,
-                        exact: parse_exact(path, exact)?,
-                        sandbox_id: sandbox,
-                        note,
-                    })
-                })
+            let c = |m: String| corrupt(path, m);
+            let entries = raws
+                .into_iter()
+                .map(|raw| ledger_ops::entry(&c, raw))
                 .collect::<Result<Vec<Entry>, LedgerError>>()?;
             Ok(StatementPage { entries, next })
         })
