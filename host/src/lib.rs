@@ -65,6 +65,11 @@ pub mod layers {
 
     /// The manager's race-window hooks.
     pub mod manager {
+        pub use crate::manager::store::{
+            Inserted, LeaseRow, Page, Row, SandboxKey, SandboxStore, StoreError,
+        };
         pub use crate::manager::{HookPoint, TestHook};
+        pub use crate::storage::postgres::sandboxes::PgSandboxStore;
+        pub use crate::storage::sqlite::sandboxes::SqliteSandboxStore;
     }
 }

@@ -4,10 +4,11 @@
 //! and the versioned schema ([`schema`]: one `sandboxer_schema` row per component,
 //! migrations checked and applied at open under an advisory lock).
 //!
-//! Only the ledger is here today ([`ledger::PgCreditsStore`]); the sandbox statuses are
-//! still SQLite-only (docs/database.md).
+//! The ledger ([`ledger::PgCreditsStore`]) and the sandbox statuses
+//! ([`sandboxes::PgSandboxStore`]) live here, in one database (docs/database.md).
 
 pub(crate) mod ledger;
+pub(crate) mod sandboxes;
 pub(crate) mod schema;
 
 use std::str::FromStr;

@@ -182,3 +182,43 @@ pub(crate) const LEDGER: Schema = Schema {
         "#,
     ],
 };
+
+/// The sandbox statuses' migrations (the same tables as the SQLite store's, with the
+/// lease table as a migration from the start).
+pub(crate) const SANDBOXES: Schema = Schema {
+    component: "sandboxes",
+    migrations: &[
+        // 1: sandbox statuses and lease coverage.
+        r#"
+        CREATE TABLE manager_sandboxes (
+            id              TEXT   PRIMARY KEY,
+            tenant          TEXT   NOT NULL,
+            state           TEXT   NOT NULL CHECK (state IN
+                                ('creating', 'running', 'destroying', 'destroyed', 'failed')),
+            extension_id    TEXT,
+            idempotency_key TEXT,
+            fingerprint     TEXT   NOT NULL,
+            -- The manager instance (host) with an operation in flight on this row.
+            owner           TEXT,
+            created_at      BIGINT NOT NULL,
+            updated_at      BIGINT NOT NULL,
+            doc             TEXT   NOT NULL,
+            -- Incremented by every write: what a compare-and-set compares.
+            version         BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX manager_sandboxes_idempotency
+            ON manager_sandboxes (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+        CREATE INDEX manager_sandboxes_page ON manager_sandboxes (tenant, created_at, id);
+        CREATE INDEX manager_sandboxes_page_by_state
+            ON manager_sandboxes (tenant, state, created_at, id);
+        CREATE INDEX manager_sandboxes_page_all ON manager_sandboxes (created_at, id);
+        CREATE INDEX manager_sandboxes_by_state ON manager_sandboxes (state, extension_id);
+
+        CREATE TABLE manager_leases (
+            sandbox_id      TEXT   PRIMARY KEY,
+            covered_secs    BIGINT NOT NULL,
+            unpaid_since_ms BIGINT
+        );
+        "#,
+    ],
+};
