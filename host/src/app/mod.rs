@@ -68,7 +68,7 @@ use crate::routing::profile::{ProfileWarning, load_profiles};
 use crate::routing::{HealthTracker, ProfileSet};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::settings::Settings;
-use crate::storage::{Database, SqliteDatabase};
+use crate::storage::{Database, PostgresDatabase, SqliteDatabase};
 use registry::Registry;
 
 pub use crate::secrets::openbao::DEFAULT_TENANT_PREFIX;
@@ -119,6 +119,10 @@ pub struct AppOptions {
     pub grant_policy: crate::runtime::grant_policy::GrantPolicy,
     /// The largest file written or read in one request ([`DEFAULT_MAX_FILE_BYTES`]).
     pub max_file_bytes: u64,
+    /// A PostgreSQL database (`postgres://…`) for the ledger and the sandbox statuses in
+    /// place of the SQLite file in the state folder (`--database`,
+    /// `SANDBOXER_DATABASE_URL`, `[database] url`; docs/database.md).
+    pub database_url: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -140,6 +144,7 @@ impl Default for AppOptions {
             overlays: Vec::new(),
             grant_policy: Default::default(),
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            database_url: None,
         }
     }
 }
@@ -172,7 +177,10 @@ impl App {
     /// The application over `settings`' folders. Opens nothing: each use case opens what
     /// it needs on first use.
     pub fn open(settings: &Settings, options: AppOptions) -> Self {
-        let database = Box::new(SqliteDatabase::new(settings.ledger_path()));
+        let database: Box<dyn Database> = match &options.database_url {
+            Some(url) => Box::new(PostgresDatabase::new(url.clone())),
+            None => Box::new(SqliteDatabase::new(settings.ledger_path())),
+        };
         Self {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
@@ -199,6 +207,12 @@ impl App {
     /// The OpenBao it reads secrets from, when configured.
     pub fn openbao(&self) -> Option<&Arc<OpenBao>> {
         self.inner.options.openbao.as_ref()
+    }
+
+    /// The database the ledger and statuses live in, for messages: the SQLite file, or
+    /// the PostgreSQL URL with its password hidden.
+    pub fn database(&self) -> String {
+        self.inner.database.describe()
     }
 
     fn create_state_dir(&self) -> Result<(), AppError> {
@@ -279,6 +293,9 @@ impl App {
     fn lifecycle(&self) -> Result<&Lifecycle, AppError> {
         self.inner.lifecycle.get_or_try_init(|| {
             self.create_state_dir()?;
+            // The ledger first: it creates the database the status store adds its tables
+            // to, and a database that cannot be opened fails before extensions compile.
+            let ledger = self.ledger_for_writes()?.clone();
             let registry = self.registry()?;
             let settings = &self.inner.settings;
             let profiles = if settings.profiles_dir.exists() {
@@ -301,8 +318,6 @@ impl App {
             for w in &warnings {
                 tracing::warn!(profile = %w.profile, file = %w.file.display(), "{}", w.message);
             }
-            // The ledger first: it creates the database the status store adds its tables to.
-            let ledger = self.ledger_for_writes()?.clone();
             let store = self.inner.database.sandboxes()?;
             let options = self.options();
             let mut config = ManagerConfig {

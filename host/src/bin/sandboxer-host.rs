@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         config,
         listen,
         dirs: cli.dirs.settings(),
+        database: cli.dirs.database.clone(),
         dirs_explicit: [
             explicit(&matches, "extensions_dir"),
             explicit(&matches, "profiles_dir"),

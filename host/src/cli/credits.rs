@@ -289,10 +289,7 @@ fn verify(app: &App, json: bool) -> anyhow::Result<ExitCode> {
         print_json(&report)?;
     } else {
         let mut t = table(["check", "result"]);
-        t.add_row([
-            "ledger".to_owned(),
-            app.settings().ledger_path().display().to_string(),
-        ]);
+        t.add_row(["ledger".to_owned(), app.database()]);
         t.add_row(["accounts".to_owned(), report.accounts.to_string()]);
         t.add_row(["transfers".to_owned(), report.transfers.to_string()]);
         t.add_row(["open holds".to_owned(), report.open_holds.to_string()]);

@@ -37,6 +37,17 @@ pub struct DirArgs {
     /// State folder: ledger database, compiled-extension cache, events.
     #[arg(long, global = true, env = "SANDBOXER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// PostgreSQL database for the ledger and sandbox statuses
+    /// (`postgres://user:password@host:port/name`), in place of the SQLite file in the
+    /// state folder; several hosts may share one (docs/database.md).
+    #[arg(
+        long = "database",
+        global = true,
+        env = "SANDBOXER_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
 }
 
 impl DirArgs {
@@ -92,6 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let settings = cli.dirs.settings();
     let mut opts = options();
+    if let Some(url) = &cli.dirs.database {
+        // Checked here, not by clap: its error would repeat the value, password and all.
+        crate::server::check_database_url(url).map_err(|m| anyhow::anyhow!("--database: {m}"))?;
+    }
+    opts.database_url = cli.dirs.database.clone();
     // Local sandboxes run on the agent a `sandboxer-host run` on this state folder started.
     opts.overlays
         .extend(crate::server::attach_local_agent(&settings));

@@ -295,6 +295,15 @@ struct RawConfig {
     local: RawLocal,
     #[serde(default)]
     grants: RawGrants,
+    #[serde(default)]
+    database: RawDatabase,
+}
+
+/// `[database]`: where the ledger and the sandbox statuses live.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
 }
 
 /// `[grants]`: see [`crate::runtime::grant_policy`].
@@ -393,6 +402,9 @@ pub struct ServiceConfig {
     pub local: LocalConfig,
     /// `[grants]`: what sidecars may grant themselves, grants the host owns.
     pub grants: GrantPolicy,
+    /// `[database] url`: a PostgreSQL database in place of the state folder's SQLite file
+    /// (before `--database`/`SANDBOXER_DATABASE_URL` are applied).
+    pub database_url: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -424,6 +436,7 @@ impl Default for ServiceConfig {
             openbao: None,
             local: LocalConfig::default(),
             grants: GrantPolicy::default(),
+            database_url: None,
         }
     }
 }
@@ -461,6 +474,11 @@ impl ServiceConfig {
         cfg.extensions_dir = raw.extensions_dir.map(rel);
         cfg.profiles_dir = raw.profiles_dir.map(rel);
         cfg.state_dir = raw.state_dir.map(rel);
+        if let Some(url) = raw.database.url {
+            super::check_database_url(&url)
+                .map_err(|m| ConfigError::new(path, "database.url", m))?;
+            cfg.database_url = Some(url);
+        }
         if let Some(n) = raw.max_body_bytes {
             if !(256..=16 * 1024 * 1024).contains(&n) {
                 return Err(ConfigError::new(

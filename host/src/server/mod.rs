@@ -78,6 +78,33 @@ pub struct RunOptions {
     /// Which of the three folders were given explicitly (flag or environment): those win
     /// over the config file, the defaults do not.
     pub dirs_explicit: [bool; 3],
+    /// `--database` / `SANDBOXER_DATABASE_URL` (wins over the config's `[database] url`).
+    pub database: Option<String>,
+}
+
+/// Whether `url` names a PostgreSQL database the host can use (`postgres://` or
+/// `postgresql://`); the reason when not, without the URL's password.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Not ours to parse: name only its scheme, never what may be a password.
+        let got = match url.split_once("://") {
+            Some((scheme, _)) => format!("a {scheme}:// URL"),
+            None => "something that is not a URL".to_owned(),
+        };
+        return Err(format!(
+            "expected a PostgreSQL URL (postgres://user:password@host:port/name), got {got}"
+        ));
+    }
+    let shown = crate::storage::postgres::redact(url);
+    <::postgres::Config as std::str::FromStr>::from_str(url)
+        .map(|_| ())
+        .map_err(|e| format!("not a usable PostgreSQL URL {shown}: {e}"))
+}
+
+/// The database the host runs on: `--database`/`SANDBOXER_DATABASE_URL`, else the
+/// config's `[database] url`, else `None` (the SQLite file in the state folder).
+pub fn effective_database(opts: &RunOptions, cfg: &ServiceConfig) -> Option<String> {
+    opts.database.clone().or_else(|| cfg.database_url.clone())
 }
 
 /// The effective settings: explicit flags, then the config file, then the defaults.
@@ -219,6 +246,7 @@ fn app_options(
         overlays: embedding.overlay().into_iter().collect(),
         grant_policy: cfg.grants.clone(),
         max_file_bytes: cfg.max_file_bytes,
+        database_url: cfg.database_url.clone(),
         ..AppOptions::default()
     })
 }
@@ -231,6 +259,15 @@ pub async fn run(opts: RunOptions) -> Result<(), ServiceError> {
         None => ServiceConfig::default(),
     };
     let settings = effective_settings(&opts, &cfg);
+    let mut cfg = cfg;
+    cfg.database_url = effective_database(&opts, &cfg);
+    if let Some(url) = &opts.database {
+        check_database_url(url)
+            .map_err(|m| ServiceError::Open(format!("--database / SANDBOXER_DATABASE_URL: {m}")))?;
+    }
+    if let Some(url) = &cfg.database_url {
+        tracing::info!(database = %crate::storage::postgres::redact(url), "ledger and sandbox statuses on PostgreSQL");
+    }
     let listen = match opts.listen.or(cfg.listen) {
         Some(a) => a,
         None => config::parse_listen(DEFAULT_LISTEN).map_err(ServiceError::Open)?,
