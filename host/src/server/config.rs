@@ -1026,6 +1026,26 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_is_a_postgres_url_and_errors_hide_its_password() {
+        let c = parse("[database]\nurl = \"postgres://u:pw@db:5432/sandboxer\"\n").unwrap();
+        assert_eq!(
+            c.database_url.as_deref(),
+            Some("postgres://u:pw@db:5432/sandboxer")
+        );
+        assert_eq!(parse("").unwrap().database_url, None);
+        let e = parse("[database]\nurl = \"mysql://u:secret@db/x\"\n").unwrap_err();
+        assert_eq!(e.key, "database.url");
+        assert!(e.to_string().contains("PostgreSQL"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let e = parse("[database]\nurl = \"postgres://u:secret@db:notaport/x\"\n").unwrap_err();
+        assert_eq!(e.key, "database.url");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(e.to_string().contains("u:***@"), "{e}");
+        let e = parse("[database]\nhost = \"db\"\n").unwrap_err();
+        assert!(e.key.contains("database"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_key_and_expectation() {
         let e = parse("[tenants.acme]\ntoken_env = \"A\"\ncolour = 1\n").unwrap_err();
         assert_eq!(e.file, "/etc/sandboxer/sandboxer.toml");
