@@ -105,7 +105,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut opts = options();
     if let Some(url) = &cli.dirs.database {
         // Checked here, not by clap: its error would repeat the value, password and all.
-        crate::server::check_database_url(url).map_err(|m| anyhow::anyhow!("--database: {m}"))?;
+        crate::server::check_database_url(url)
+            .map_err(|m| anyhow::anyhow!("--database / SANDBOXER_DATABASE_URL: {m}"))?;
     }
     opts.database_url = cli.dirs.database.clone();
     // Local sandboxes run on the agent a `sandboxer-host run` on this state folder started.
