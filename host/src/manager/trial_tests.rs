@@ -37,7 +37,6 @@ struct Fake {
 }
 
 impl Fake {
-    #[allow(clippy::new_ret_no_self)]
     fn new(id: &str, price: &'static str, fail_create: bool) -> Arc<dyn Backend> {
         Arc::new(Self {
             info: ExtensionInfo {
