@@ -864,3 +864,33 @@ fn sidecars_grant_only_what_the_operator_allows() {
         "opted in by [grants] any_host: {wide}"
     );
 }
+
+/// The OpenAPI document: served without a token, the same bytes as docs/openapi.json
+/// (the lib test `http::openapi` checks the generator; this checks what a client gets),
+/// and the same as `sandboxer-host openapi` prints.
+#[test]
+fn the_openapi_document_is_served_without_a_token_and_is_the_checked_in_one() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    let resp = reqwest::blocking::get(h.url("/v1/openapi.json")).unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let served = resp.text().unwrap();
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let checked_in = std::fs::read_to_string(http_host::repo().join("docs/openapi.json")).unwrap();
+    assert!(
+        served == checked_in,
+        "docs/openapi.json differs from GET /v1/openapi.json: regenerate it with\n  \
+         cargo run -q --bin sandboxer-host -- openapi > docs/openapi.json"
+    );
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer-host"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert!(printed.stdout == served.as_bytes(), "`sandboxer-host openapi` prints another document");
+}

@@ -8,11 +8,25 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::auth::Auth;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
 use super::{AppState, call};
+use crate::app::{KeyList, KeyRow};
 
 /// `GET /v1/keys`: every extension that takes the tenant's own key, set or not.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    security(("tenant" = [])),
+    responses(
+        (status = 200, description = "One row per extension that takes a tenant's own key; fingerprints, never keys.", body = KeyList),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 503, description = "The host keeps no tenants' keys (no `[openbao]`), or OpenBao is unavailable (`secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn list_keys(
     State(s): State<AppState>,
     auth: Auth,
@@ -22,6 +36,23 @@ pub(super) async fn list_keys(
 }
 
 /// `PUT /v1/keys/{extension}` with the key's fields, e.g. `{"api_key": "…"}`.
+#[utoipa::path(
+    put,
+    path = "/v1/keys/{extension}",
+    tag = "keys",
+    security(("tenant" = [])),
+    params(("extension" = String, Path, description = "The extension id.", example = "e2b")),
+    request_body(content = BTreeMap<String, String>, description = "The key's fields, as the extension's sidecar names them.", example = json!({"api_key": "e2b_0123456789abcdef"})),
+    responses(
+        (status = 200, description = "Stored; its fingerprint.", body = KeyRow),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such extension, or it takes no tenant's key (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 503, description = "The host keeps no tenants' keys (no `[openbao]`), or OpenBao is unavailable (`secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn set_key(
     State(s): State<AppState>,
     auth: Auth,
@@ -36,6 +67,21 @@ pub(super) async fn set_key(
 }
 
 /// `DELETE /v1/keys/{extension}`: back to the operator's key.
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{extension}",
+    tag = "keys",
+    security(("tenant" = [])),
+    params(("extension" = String, Path, description = "The extension id.", example = "e2b")),
+    responses(
+        (status = 200, description = "Removed (the operator's key serves again).", body = KeyRow),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such extension, or it takes no tenant's key (`not_found`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 503, description = "The host keeps no tenants' keys (no `[openbao]`), or OpenBao is unavailable (`secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn remove_key(
     State(s): State<AppState>,
     auth: Auth,
