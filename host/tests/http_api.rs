@@ -892,7 +892,10 @@ fn the_openapi_document_is_served_without_a_token_and_is_the_checked_in_one() {
         .output()
         .unwrap();
     assert!(printed.status.success());
-    assert!(printed.stdout == served.as_bytes(), "`sandboxer-host openapi` prints another document");
+    assert!(
+        printed.stdout == served.as_bytes(),
+        "`sandboxer-host openapi` prints another document"
+    );
 }
 
 /// Found while fuzzing the API from its OpenAPI document (tests/contract/run.sh): a path
@@ -912,8 +915,16 @@ fn bad_path_parameters_and_queries_are_answered_in_the_error_shape() {
         ("DELETE", "/v1/sandboxes/%FF%FE".to_owned(), Some("id")),
         ("POST", "/v1/sandboxes/%C3%28/exec".to_owned(), Some("id")),
         ("GET", format!("/v1/sandboxes/{id}/files/%FF"), Some("path")),
-        ("PUT", format!("/v1/sandboxes/{id}/files/a%FF"), Some("path")),
-        ("GET", format!("/v1/sandboxes/{id}/files?list=a&list=b"), None),
+        (
+            "PUT",
+            format!("/v1/sandboxes/{id}/files/a%FF"),
+            Some("path"),
+        ),
+        (
+            "GET",
+            format!("/v1/sandboxes/{id}/files?list=a&list=b"),
+            None,
+        ),
         ("GET", format!("/v1/sandboxes/{id}/files/a?list&list"), None),
         ("DELETE", "/v1/keys/%FF".to_owned(), Some("extension")),
     ] {
@@ -921,7 +932,11 @@ fn bad_path_parameters_and_queries_are_answered_in_the_error_shape() {
         let (s, text) = h.raw(method, &path, Some(TOKEN_A), body, &[]);
         let v: Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text:?}"));
-        assert_eq!((s, error_code(&v)), (400, "bad_request"), "{method} {path}: {v}");
+        assert_eq!(
+            (s, error_code(&v)),
+            (400, "bad_request"),
+            "{method} {path}: {v}"
+        );
         match field {
             Some(f) => assert_eq!(v["error"]["field"], f, "{method} {path}: {v}"),
             None => assert!(
@@ -939,5 +954,49 @@ fn bad_path_parameters_and_queries_are_answered_in_the_error_shape() {
         &[],
     );
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!((s, error_code(&v), v["error"]["field"].as_str()), (400, "bad_request", Some("tenant")), "{v}");
+    assert_eq!(
+        (s, error_code(&v), v["error"]["field"].as_str()),
+        (400, "bad_request", Some("tenant")),
+        "{v}"
+    );
+}
+
+/// Found by the contract fuzzing (tests/contract/run.sh, response schema conformance): a
+/// candidate dropped over the price cap flattened its reason's `cost_per_hour` (a decimal
+/// string) over its own `cost_per_hour` (a `Money` object), so the report said a string
+/// where the document and docs/api.md say `{"amount", "currency"}`. The reason's figure
+/// is `per_hour` now, beside `cap`.
+#[test]
+fn a_candidate_over_the_price_cap_keeps_its_cost_per_hour_as_money() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    // 125 vCPUs price saas-stub over its profile's max_cost_per_hour of 1.00.
+    let (s, v) = h.post(
+        "/v1/route/explain",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","vcpus":125}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["routable"], false, "{v}");
+    let c = &v["candidates"][0];
+    assert_eq!(
+        (c["outcome"].as_str(), c["reason"].as_str()),
+        (Some("dropped"), Some("over-price-cap")),
+        "{c}"
+    );
+    assert_eq!(c["cost_per_hour"]["currency"], "USD", "{c}");
+    let amount = c["cost_per_hour"]["amount"]
+        .as_str()
+        .expect("Money, not a string");
+    assert_eq!(c["per_hour"].as_str(), Some(amount), "{c}");
+    assert_eq!(c["cap"], "1.00", "{c}");
+    let (s, text) = h.raw(
+        "POST",
+        "/v1/route/explain",
+        Some(TOKEN_A),
+        Some(r#"{"profile":"saas-stub","vcpus":125}"#),
+        &[],
+    );
+    assert_eq!(s, 200);
+    assert_eq!(text.matches("\"cost_per_hour\"").count(), 1, "{text}");
 }

@@ -105,7 +105,9 @@ fn parse_decimal_slow(s: &str) -> Result<Decimal, DecimalError> {
 }
 
 /// A currency code such as `USD`: 3 to 8 ASCII uppercase letters or digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, example = "USD")]
 pub struct Currency(String);

@@ -47,7 +47,9 @@ impl fmt::Display for Strategy {
 /// Whether a sandbox runs on the tenant's own provider key (BYOK) where it stored one:
 /// `byok` in a profile's `[route]` or in a create request (the request's wins). See
 /// docs/secrets.md, "Routing by key".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ByokMode {
     /// Candidates where the tenant has its own key are ranked first (then the strategy's
@@ -234,7 +236,10 @@ pub enum DropReason {
     },
     /// Its price per hour is above the route's `max_cost_per_hour`.
     OverPriceCap {
-        #[serde(with = "rust_decimal::serde::str")]
+        /// The candidate's price per hour (6 places). Serialised as `per_hour`: a dropped
+        /// candidate's report flattens its reason beside its own `cost_per_hour` (a
+        /// `Money`), which the same key would overwrite.
+        #[serde(rename = "per_hour", with = "rust_decimal::serde::str")]
         cost_per_hour: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         cap: Decimal,

@@ -42,9 +42,9 @@ use crate::app::{
 };
 use crate::domain::money::parse_amount;
 use crate::domain::{Currency, Money, SandboxSpec, SandboxState, SandboxStatus, TenantId};
+use crate::telemetry::metrics;
 use error::ErrorBody;
 use openapi::HealthAnswer;
-use crate::telemetry::metrics;
 
 /// `POST /v1/tenants/{tenant}/credits` body.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]

@@ -209,7 +209,10 @@ mod tests {
         while let Some(at) = rest.find(".route(") {
             let after = rest[at + ".route(".len()..].trim_start();
             let Some(after) = after.strip_prefix('"') else {
-                panic!("a .route( whose path is not a literal: {}", &after[..40.min(after.len())]);
+                panic!(
+                    "a .route( whose path is not a literal: {}",
+                    &after[..40.min(after.len())]
+                );
             };
             let end = after.find('"').expect("a closing quote");
             let path = after[..end].to_owned();

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 
 use super::auth::Auth;
 use super::error::ApiError;
+use super::error::ErrorBody;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{AppState, call};
-use super::error::ErrorBody;
 use crate::app::{AppError, ExecAnswer, ExecEvent, ExecSink, FileList, FileWritten};
 use crate::domain::{Command, ExecRequest, Scope};
 
