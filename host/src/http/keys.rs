@@ -13,7 +13,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::{AppState, call};
 use crate::app::{KeyList, KeyRow};
 
-/// `GET /v1/keys`: every extension that takes the tenant's own key, set or not.
+/// Every extension that takes the tenant's own provider key, and whether it set one.
 #[utoipa::path(
     get,
     path = "/v1/keys",
@@ -35,7 +35,7 @@ pub(super) async fn list_keys(
     call(&s, StatusCode::OK, move |app| app.list_keys(&tenant)).await
 }
 
-/// `PUT /v1/keys/{extension}` with the key's fields, e.g. `{"api_key": "…"}`.
+/// Stores the tenant's own key for an extension (in OpenBao), replacing an earlier one.
 #[utoipa::path(
     put,
     path = "/v1/keys/{extension}",
@@ -65,7 +65,7 @@ pub(super) async fn set_key(
     .await
 }
 
-/// `DELETE /v1/keys/{extension}`: back to the operator's key.
+/// Removes the tenant's own key for an extension: back to the operator's key.
 #[utoipa::path(
     delete,
     path = "/v1/keys/{extension}",

@@ -245,11 +245,10 @@ fn check_profile_field(spec: &SandboxSpec) -> Result<(), ApiError> {
     request_body = SandboxSpec,
     responses(
         (status = 201, description = "Created (or the first answer again for a repeated `Idempotency-Key`).", body = SandboxStatus),
-        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), an unknown profile (`field`: `profile`), an override out of the profile's range, a bad `Idempotency-Key`, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 402, description = "The tenant's available credits do not cover the estimate (`insufficient_credits`, with `need` and `available`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
-        (status = 404, description = "No such profile (`not_found`).", body = ErrorBody),
         (status = 409, description = "The `Idempotency-Key` was used for another request, or the profile needs the tenant's own key (`idempotency_conflict`, `own_key_required`).", body = ErrorBody),
         (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
         (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
@@ -386,10 +385,9 @@ async fn destroy_sandbox(
     request_body = SandboxSpec,
     responses(
         (status = 200, description = "The explanation (`routable: false` with the reason when nothing can serve it).", body = Explanation),
-        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), an unknown profile (`field`: `profile`), an override out of the profile's range, a bad `Idempotency-Key`, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
         (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
-        (status = 404, description = "No such profile (`not_found`).", body = ErrorBody),
         (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
         (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
         (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)

@@ -102,7 +102,8 @@ fn wants_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(NDJSON)))
 }
 
-/// `POST /v1/sandboxes/{id}/exec`.
+/// Runs a command in a running sandbox to its end (at most its timeout); with `Accept:
+/// application/x-ndjson`, streams its events as it runs (`POST /v1/sandboxes/{id}/exec`).
 #[utoipa::path(
     post,
     path = "/v1/sandboxes/{id}/exec",
@@ -222,7 +223,8 @@ pub(super) struct FilesQuery {
     list: Option<String>,
 }
 
-/// `PUT /v1/sandboxes/{id}/files/{path}`: the body is the file.
+/// Writes a file in a running sandbox: the body is the file (parents created, an existing
+/// file replaced).
 #[utoipa::path(
     put,
     path = "/v1/sandboxes/{id}/files/{path}",
@@ -272,7 +274,7 @@ pub(super) async fn put_file(
     .await
 }
 
-/// `GET /v1/sandboxes/{id}/files/{path}`: the file's bytes; with `?list`, the folder.
+/// Reads a file of a running sandbox (its bytes); with `?list`, lists the folder.
 #[utoipa::path(
     get,
     path = "/v1/sandboxes/{id}/files/{path}",
@@ -308,7 +310,7 @@ pub(super) async fn get_file(
     read_or_list(s, auth, id, path, q).await
 }
 
-/// `GET /v1/sandboxes/{id}/files?list`: the workspace's entries.
+/// Lists the workspace of a running sandbox (`?list` is required).
 #[utoipa::path(
     get,
     path = "/v1/sandboxes/{id}/files",
