@@ -105,6 +105,8 @@ say "tenant fuzz with credits, sandbox $sandbox"
 export SANDBOXER_CONTRACT_TENANT_TOKEN="$tenant" SANDBOXER_CONTRACT_ADMIN_TOKEN="$admin" \
     SANDBOXER_CONTRACT_SANDBOX="$sandbox"
 status=0
+# From the temp folder: schemathesis keeps its cache (.schemathesis/) in the working folder.
+cd "$work"
 "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$url/v1/openapi.json" \
     --url "$url" --workers 2 --request-timeout 30 --no-color "$@" || status=$?
 if [[ $status -ne 0 ]]; then
