@@ -21,7 +21,7 @@ run: extensions
 	cargo run --bin sandboxer-host -- run
 
 ## Build the extensions, then run the whole test suite (Rust, the dashboard in Chromium, the
-## Python client against the real host).
+## Python client against the real host, schemathesis fuzzing the API from its OpenAPI document).
 ## One cargo invocation for every crate: features resolve once, so shared dependencies are
 ## built once (separate invocations rebuilt serde, tokio and friends with other features).
 ## The agent binary the host tests start is built by it too (the agent's own tests need it).
@@ -29,6 +29,7 @@ test: extensions
 	cargo test $(ALL_TEST_PACKAGES)
 	bash tests/browser/run.sh
 	bash clients/python/run-tests.sh
+	bash tests/contract/run.sh
 
 ## Run the benchmarks (dev profile: dependencies optimised, see Cargo.toml).
 bench: extensions

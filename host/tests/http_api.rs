@@ -864,3 +864,139 @@ fn sidecars_grant_only_what_the_operator_allows() {
         "opted in by [grants] any_host: {wide}"
     );
 }
+
+/// The OpenAPI document: served without a token, the same bytes as docs/openapi.json
+/// (the lib test `http::openapi` checks the generator; this checks what a client gets),
+/// and the same as `sandboxer-host openapi` prints.
+#[test]
+fn the_openapi_document_is_served_without_a_token_and_is_the_checked_in_one() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    let resp = reqwest::blocking::get(h.url("/v1/openapi.json")).unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let served = resp.text().unwrap();
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let checked_in = std::fs::read_to_string(http_host::repo().join("docs/openapi.json")).unwrap();
+    assert!(
+        served == checked_in,
+        "docs/openapi.json differs from GET /v1/openapi.json: regenerate it with\n  \
+         cargo run -q --bin sandboxer-host -- openapi > docs/openapi.json"
+    );
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxer-host"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    assert!(
+        printed.stdout == served.as_bytes(),
+        "`sandboxer-host openapi` prints another document"
+    );
+}
+
+/// Found while fuzzing the API from its OpenAPI document (tests/contract/run.sh): a path
+/// parameter that is not UTF-8 once percent-decoded, and a files query that repeats
+/// `list`, were answered by axum's own rejections in `text/plain`, not in the API's one
+/// JSON error shape. Now both are 400 `bad_request` like every other bad input, naming the
+/// parameter where axum tells which.
+#[test]
+fn bad_path_parameters_and_queries_are_answered_in_the_error_shape() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    h.grant("a", "5.00");
+    let sb = h.create(TOKEN_A, "saas-stub");
+    let id = sb["id"].as_str().unwrap();
+    for (method, path, field) in [
+        ("GET", "/v1/sandboxes/%FF".to_owned(), Some("id")),
+        ("DELETE", "/v1/sandboxes/%FF%FE".to_owned(), Some("id")),
+        ("POST", "/v1/sandboxes/%C3%28/exec".to_owned(), Some("id")),
+        ("GET", format!("/v1/sandboxes/{id}/files/%FF"), Some("path")),
+        (
+            "PUT",
+            format!("/v1/sandboxes/{id}/files/a%FF"),
+            Some("path"),
+        ),
+        (
+            "GET",
+            format!("/v1/sandboxes/{id}/files?list=a&list=b"),
+            None,
+        ),
+        ("GET", format!("/v1/sandboxes/{id}/files/a?list&list"), None),
+        ("DELETE", "/v1/keys/%FF".to_owned(), Some("extension")),
+    ] {
+        let body = (method == "POST").then_some(r#"{"argv":["true"]}"#);
+        let (s, text) = h.raw(method, &path, Some(TOKEN_A), body, &[]);
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text:?}"));
+        assert_eq!(
+            (s, error_code(&v)),
+            (400, "bad_request"),
+            "{method} {path}: {v}"
+        );
+        match field {
+            Some(f) => assert_eq!(v["error"]["field"], f, "{method} {path}: {v}"),
+            None => assert!(
+                v["error"]["message"].as_str().unwrap().contains("list"),
+                "{v}"
+            ),
+        }
+    }
+    // The admin's path parameter too.
+    let (s, text) = h.raw(
+        "POST",
+        "/v1/tenants/%FF/credits",
+        Some(ADMIN),
+        Some(r#"{"amount":"1.00"}"#),
+        &[],
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (s, error_code(&v), v["error"]["field"].as_str()),
+        (400, "bad_request", Some("tenant")),
+        "{v}"
+    );
+}
+
+/// Found by the contract fuzzing (tests/contract/run.sh, response schema conformance): a
+/// candidate dropped over the price cap flattened its reason's `cost_per_hour` (a decimal
+/// string) over its own `cost_per_hour` (a `Money` object), so the report said a string
+/// where the document and docs/api.md say `{"amount", "currency"}`. The reason's figure
+/// is `per_hour` now, beside `cap`.
+#[test]
+fn a_candidate_over_the_price_cap_keeps_its_cost_per_hour_as_money() {
+    let setup = Setup::new();
+    let h = Host::start(&setup);
+    // 125 vCPUs price saas-stub over its profile's max_cost_per_hour of 1.00.
+    let (s, v) = h.post(
+        "/v1/route/explain",
+        TOKEN_A,
+        r#"{"profile":"saas-stub","vcpus":125}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["routable"], false, "{v}");
+    let c = &v["candidates"][0];
+    assert_eq!(
+        (c["outcome"].as_str(), c["reason"].as_str()),
+        (Some("dropped"), Some("over-price-cap")),
+        "{c}"
+    );
+    assert_eq!(c["cost_per_hour"]["currency"], "USD", "{c}");
+    let amount = c["cost_per_hour"]["amount"]
+        .as_str()
+        .expect("Money, not a string");
+    assert_eq!(c["per_hour"].as_str(), Some(amount), "{c}");
+    assert_eq!(c["cap"], "1.00", "{c}");
+    let (s, text) = h.raw(
+        "POST",
+        "/v1/route/explain",
+        Some(TOKEN_A),
+        Some(r#"{"profile":"saas-stub","vcpus":125}"#),
+        &[],
+    );
+    assert_eq!(s, 200);
+    assert_eq!(text.matches("\"cost_per_hour\"").count(), 1, "{text}");
+}

@@ -1101,40 +1101,88 @@ proptest! {
     }
 }
 
-/// Shared accounts only grow: a write that would take one past its limit is refused,
-/// naming the account, changes nothing, and `verify` warns well before.
-fn a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns(backend: Backend) {
+/// Shared accounts only grow, so they roll over: a grant or hold that would take one
+/// past its limit books to a fresh series, and settlements of holds taken near the limit
+/// still go through. A tenant's own account is guarded (refused cleanly, nothing written)
+/// and `verify` warns about it well before.
+fn shared_accounts_roll_over_and_a_tenant_near_its_limit_is_refused_cleanly(backend: Backend) {
     let db = TestLedger::new(backend);
     let store = db.open(OverdraftPolicy::WriteOff);
     // 5e9 currency units at 9 decimal places: 5e18 of the grants account's ~9e18.
     store.grant("a", &usd("5000000000"), "", "g1").unwrap();
+    // A second grant as large would pass the grants account's limit: it rolls over.
+    store.grant("b", &usd("5000000000"), "", "g2").unwrap();
+    assert_eq!(balance(&*store, "b").0, dec("5000000000"));
+    assert_verified(&*store);
+
+    // Two holds whose sum passes the revenue account's limit, each charged in full: the
+    // second is on a fresh revenue series, so neither settlement can fail on the limit.
+    let ha = store
+        .hold("a", &usd("5000000000"), "sbx-a", "saas-stub", "ha")
+        .unwrap();
+    let hb = store
+        .hold("b", &usd("5000000000"), "sbx-b", "saas-stub", "hb")
+        .unwrap();
+    let sa = store
+        .settle(&ha.id, &usd("5000000000"), "sa", None)
+        .unwrap();
+    let sb = store
+        .settle(&hb.id, &usd("5000000000"), "sb", None)
+        .unwrap();
+    assert_eq!(sa.charged, usd("5000000000"));
+    assert_eq!(sb.charged, usd("5000000000"));
+    assert_eq!(balance(&*store, "a").0, dec("0"));
+    assert_eq!(balance(&*store, "b").0, dec("0"));
     let report = store.verify().unwrap();
     assert!(report.ok, "{report:?}");
     assert!(
-        report.warnings.iter().any(|w| w.contains("grants account")),
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("grants") || w.starts_with("revenue")),
+        "shared accounts roll over, they are never near their limit: {report:?}"
+    );
+
+    // A lease renewal (replace) past the series' room moves to the next series too.
+    store.grant("c", &usd("8000000000"), "", "g3").unwrap();
+    store.grant("d", &usd("8000000000"), "", "g4").unwrap();
+    let hc = store
+        .hold("c", &usd("1"), "sbx-c", "saas-stub", "hc")
+        .unwrap();
+    let _hd = store
+        .hold("d", &usd("8000000000"), "sbx-d", "saas-stub", "hd")
+        .unwrap();
+    let hc2 = store
+        .replace_hold(&hc.id, &usd("7000000000"), "rc")
+        .unwrap();
+    let sc = store
+        .settle(&hc2.id, &usd("7000000000"), "sc", None)
+        .unwrap();
+    assert_eq!(sc.charged, usd("7000000000"));
+    assert_verified(&*store);
+
+    // The tenant's own sums are guarded: refused naming its account, nothing written,
+    // and verify warns once a tenant's account is past half its limit.
+    store.grant("e", &usd("5000000000"), "", "g5").unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("tenant account e")),
         "{report:?}"
     );
     let err = store
-        .grant("b", &usd("5000000000"), "", "g2")
+        .grant("e", &usd("4500000000"), "", "g6")
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("grants account") && err.contains("limit"),
+        err.contains("tenant account e") && err.contains("limit"),
         "{err}"
     );
-    // Nothing of the refused grant was written.
-    assert!(matches!(
-        store.balances(Some("b")),
-        Err(LedgerError::UnknownTenant(_))
-    ));
-    assert_eq!(balance(&*store, "a").0, dec("5000000000"));
+    assert_eq!(balance(&*store, "e").0, dec("5000000000"));
     assert_verified(&*store);
-    // The tenant's own sums are guarded the same way.
-    let err = store
-        .grant("a", &usd("4500000000"), "", "g3")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("limit"), "{err}");
 }
 
 on_both_stores!(
@@ -1148,5 +1196,5 @@ on_both_stores!(
     replacing_a_hold_needs_only_the_increment_and_is_one_step,
     a_refused_replacement_says_need_and_available_and_changes_nothing,
     a_replacement_replayed_returns_the_same_hold_and_a_different_one_conflicts,
-    a_shared_account_near_its_limit_refuses_cleanly_and_verify_warns,
+    shared_accounts_roll_over_and_a_tenant_near_its_limit_is_refused_cleanly,
 );

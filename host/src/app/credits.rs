@@ -14,7 +14,7 @@ use crate::payments::LedgerError;
 
 /// A tenant's balances, one per currency (none before credits were added).
 /// `GET /v1/credits`, `sandboxer credits show TENANT`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Balances {
     /// The tenant.
     pub tenant: TenantId,
@@ -24,7 +24,7 @@ pub struct Balances {
 
 /// One page of a tenant's statement, oldest first, and the cursor of the next page.
 /// `GET /v1/credits/entries`, `sandboxer credits statement TENANT`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Statement {
     /// The tenant.
     pub tenant: TenantId,
@@ -47,7 +47,7 @@ pub struct GrantRequest {
 
 /// A grant's receipt: the transfer, and the tenant's balance in that currency after it.
 /// `POST /v1/tenants/{tenant}/credits`, `sandboxer credits add`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Granted {
     /// The grant.
     #[serde(flatten)]

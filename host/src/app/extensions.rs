@@ -21,7 +21,7 @@ use crate::runtime::{
 use crate::telemetry::metrics;
 
 /// Where an extension stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExtensionStatus {
     /// Routed to.
@@ -35,7 +35,7 @@ pub enum ExtensionStatus {
 /// One extension, or one file that did not load. Tenants see the extension's identity,
 /// offer and circuit; the operator also sees files, compiled-code source, the trap
 /// record and skipped files.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExtensionRow {
     /// The id (a skipped file's, when known).
     pub id: Option<String>,
@@ -81,7 +81,7 @@ pub struct ExtensionRow {
 /// The live extensions: loaded ones by id, then (for the operator) the files that did
 /// not load; ids still compiling; and (operator) the compile cache's counters.
 /// `GET /v1/extensions`, `sandboxer extensions list`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExtensionList {
     /// The rows.
     pub extensions: Vec<ExtensionRow>,

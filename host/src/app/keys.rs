@@ -18,7 +18,7 @@ use crate::secrets::{OpenBao, OpenBaoError};
 const SET_AT_FIELD: &str = "sandboxer_set_at";
 
 /// One extension that takes a tenant's own key, and whether this tenant set one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyRow {
     /// The extension id.
     pub extension: String,
@@ -33,7 +33,7 @@ pub struct KeyRow {
 }
 
 /// The tenant's keys, one row per extension that takes them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     /// By extension id.
     pub keys: Vec<KeyRow>,

@@ -7,7 +7,7 @@ use super::{App, AppError};
 use crate::domain::{Balance, SandboxState};
 
 /// Live sandboxes (creating, running or destroying) on one extension.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct InUse {
     /// The extension's id.
     pub extension: String,
@@ -17,7 +17,7 @@ pub struct InUse {
 
 /// Every tenant's balances and the capacity in use per extension.
 /// `GET /v1/admin/overview`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     /// One row per tenant and currency (none before credits were added).
     pub balances: Vec<Balance>,

@@ -14,7 +14,7 @@ use crate::domain::{
 
 /// One page of sandboxes, newest first, and the cursor of the next page (`None`: the
 /// last). `GET /v1/sandboxes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SandboxPage {
     /// The sandboxes.
     pub sandboxes: Vec<SandboxStatus>,
@@ -23,7 +23,7 @@ pub struct SandboxPage {
 }
 
 /// The profile a request was routed by, as `route explain` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProfileSummary {
     /// Profile id.
     pub id: String,
@@ -47,7 +47,7 @@ pub struct ProfileSummary {
 /// How a request would be routed right now: the same decision a create would take, with
 /// every candidate's estimate, health, capacity and fate. Nothing is created or held.
 /// `POST /v1/route/explain`, `sandboxer route explain`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// Whether a create would find an extension.
     pub routable: bool,

@@ -165,6 +165,154 @@ impl Serialize for ExecEvent {
     }
 }
 
+/// The OpenAPI schemas of [`ExecAnswer`] and [`ExecEvent`], whose JSON is written by hand
+/// (text or base64 output): shapes that mirror their `Serialize` impls field for field.
+mod schema {
+    #![allow(dead_code)]
+
+    use crate::domain::{ExitStatus, OutputStream};
+
+    /// How a command ended and what it printed. Each stream is `stdout` (UTF-8 text) or
+    /// `stdout_b64` (base64, when the bytes are not UTF-8), never both; so is `stderr`.
+    #[derive(utoipa::ToSchema)]
+    #[schema(as = ExecAnswer)]
+    pub struct ExecAnswerShape {
+        /// How it ended.
+        pub status: ExitStatus,
+        /// The exit code, when it exited on its own.
+        pub exit_code: Option<i32>,
+        /// How long it ran.
+        pub duration_ms: u64,
+        /// CPU time of its processes, when the backend measures it.
+        pub cpu_ms: Option<u64>,
+        /// Free-form detail (a signal name, why it failed).
+        pub detail: String,
+        /// Standard output, as text.
+        #[schema(required = false)]
+        pub stdout: Option<String>,
+        /// Standard output, as base64.
+        #[schema(required = false)]
+        pub stdout_b64: Option<String>,
+        /// Whether standard output went over the cap and was cut.
+        pub stdout_truncated: bool,
+        /// Standard error, as text.
+        #[schema(required = false)]
+        pub stderr: Option<String>,
+        /// Standard error, as base64.
+        #[schema(required = false)]
+        pub stderr_b64: Option<String>,
+        /// Whether standard error went over the cap and was cut.
+        pub stderr_truncated: bool,
+    }
+
+    /// `{"type": "started"}`: the command runs.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ExecStarted {
+        /// `started`.
+        #[schema(pattern = "^started$")]
+        pub r#type: String,
+        /// The backend's process id.
+        pub process_id: String,
+    }
+
+    /// `{"type": "stdout"|"stderr"}`: a piece of output, `data` (text) or `data_b64`.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ExecOutputEvent {
+        /// Which stream.
+        pub r#type: OutputStream,
+        /// The bytes, as text.
+        #[schema(required = false)]
+        pub data: Option<String>,
+        /// The bytes, as base64.
+        #[schema(required = false)]
+        pub data_b64: Option<String>,
+    }
+
+    /// `{"type": "exit"}`: how it ended (the last line).
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ExecExitEvent {
+        /// `exit`.
+        #[schema(pattern = "^exit$")]
+        pub r#type: String,
+        /// How it ended.
+        pub status: ExitStatus,
+        /// The exit code, when it exited on its own.
+        pub exit_code: Option<i32>,
+        /// How long it ran.
+        pub duration_ms: u64,
+        /// CPU time, when measured.
+        pub cpu_ms: Option<u64>,
+        /// Free-form detail.
+        pub detail: String,
+        /// Whether output over the cap was dropped.
+        pub truncated: bool,
+    }
+
+    /// `{"type": "error"}`: the command could not go on after it started (the last line).
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ExecErrorEvent {
+        /// `error`.
+        #[schema(pattern = "^error$")]
+        pub r#type: String,
+        /// The error code, as in an error answer.
+        pub code: String,
+        /// What went wrong.
+        pub message: String,
+    }
+
+    /// One line of a streamed exec (`Accept: application/x-ndjson`): `started`, then
+    /// `stdout`/`stderr` pieces as they come, then `exit` (or `error`).
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    #[serde(untagged)]
+    #[schema(as = ExecEvent)]
+    pub enum ExecEventShape {
+        Started(ExecStarted),
+        Output(ExecOutputEvent),
+        Exit(ExecExitEvent),
+        Error(ExecErrorEvent),
+    }
+}
+
+impl utoipa::PartialSchema for ExecAnswer {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <schema::ExecAnswerShape as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for ExecAnswer {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <schema::ExecAnswerShape as utoipa::ToSchema>::name()
+    }
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <schema::ExecAnswerShape as utoipa::ToSchema>::schemas(out);
+    }
+}
+
+impl utoipa::PartialSchema for ExecEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <schema::ExecEventShape as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for ExecEvent {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <schema::ExecEventShape as utoipa::ToSchema>::name()
+    }
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <schema::ExecEventShape as utoipa::ToSchema>::schemas(out);
+    }
+}
+
 /// Where a streamed command's events go: the HTTP response, the terminal.
 pub trait ExecSink {
     /// Delivers one event; `false` when the receiver is gone (the command is then killed).
@@ -176,7 +324,7 @@ pub trait ExecSink {
 }
 
 /// A file written: `PUT /v1/sandboxes/{id}/files/{path}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FileWritten {
     /// The path as given.
     pub path: String,
@@ -185,7 +333,7 @@ pub struct FileWritten {
 }
 
 /// A folder's entries: `GET /v1/sandboxes/{id}/files/{path}?list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FileList {
     /// The folder as given (`""`: the workspace).
     pub path: String,

@@ -42,6 +42,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SANDBOXER_LOG_FORMAT")]
         log_format: LogFormat,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (JSON) to standard output.
+    ///
+    /// The same document `sandboxer-host run` serves at GET /v1/openapi.json, generated
+    /// from the handlers' own types. docs/openapi.json is this output, checked in; a test
+    /// fails when the two differ. Reads no configuration and starts nothing.
+    #[command(
+        after_help = "Examples:\n  sandboxer-host openapi > docs/openapi.json\n  cargo run -q --bin sandboxer-host -- openapi > docs/openapi.json   (regenerate the checked-in copy)\n  curl -s http://127.0.0.1:7733/v1/openapi.json   (the served copy)"
+    )]
+    Openapi,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -74,6 +83,20 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// `sandboxer-host openapi`: the document on standard output.
+fn print_openapi() -> ExitCode {
+    use std::io::Write as _;
+    let doc = server::openapi_json();
+    let mut out = std::io::stdout().lock();
+    match out.write_all(doc.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandboxer-host: cannot write the document: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let matches = Cli::command().get_matches();
@@ -81,11 +104,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let Command::Run {
-        config,
-        listen,
-        log_format,
-    } = cli.command;
+    let (config, listen, log_format) = match cli.command {
+        Command::Openapi => return print_openapi(),
+        Command::Run {
+            config,
+            listen,
+            log_format,
+        } => (config, listen, log_format),
+    };
     server::init_logging(log_format);
     let opts = RunOptions {
         config,

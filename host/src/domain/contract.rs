@@ -13,7 +13,7 @@ use super::money::{Currency, Money};
 use super::route::ByokMode;
 
 /// Where a backend runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     SelfHosted,
@@ -33,7 +33,7 @@ impl fmt::Display for Kind {
 /// from the WIT `capability` list of `info`; `Exec`, `ExecStream` and `Files` are not in
 /// that enum (it cannot grow compatibly): the runtime adds them when the component exports
 /// the `process` and `files` interfaces (contract 0.1.1), and profiles may require them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Capability {
     /// `capacity` reports a finite pool size.
@@ -76,7 +76,7 @@ pub struct ExtensionInfo {
 }
 
 /// Compute resources of a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resources {
     pub vcpus: u32,
     pub memory_mib: u32,
@@ -85,7 +85,7 @@ pub struct Resources {
 }
 
 /// What the host asks a backend to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxRequest {
     pub sandbox_id: String,
     pub tenant: String,
@@ -122,7 +122,7 @@ pub struct SandboxContext {
 }
 
 /// One priced line: `quantity × unit_price = amount`, checked exactly by the runtime.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineItem {
     pub description: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -135,7 +135,7 @@ pub struct LineItem {
 }
 
 /// An estimate or a meter reading; `total.amount` equals the sum of the line items.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cost {
     pub total: Money,
     pub line_items: Vec<LineItem>,
@@ -165,7 +165,7 @@ pub struct BackendStatus {
 }
 
 /// One measured quantity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Measure {
     pub name: String,
     #[serde(with = "rust_decimal::serde::str")]
@@ -174,7 +174,7 @@ pub struct Measure {
 }
 
 /// What a sandbox consumed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub duration_ms: u64,
     pub measures: Vec<Measure>,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::money::{Currency, Money};
 
 /// The result of a grant (`sandboxer credits add`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
     /// The transfer that moved the credits.
     pub transfer_id: String,
@@ -26,7 +26,7 @@ pub struct Grant {
 }
 
 /// A tenant's balance in one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Balance {
     /// The tenant.
     pub tenant: String,
@@ -44,7 +44,7 @@ pub struct Balance {
 }
 
 /// What a statement line records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// Credits added.
@@ -75,7 +75,7 @@ impl fmt::Display for EntryKind {
 }
 
 /// One line of a tenant's statement: one transfer touching the tenant's account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// When the transfer was recorded.
     pub at: DateTime<Utc>,

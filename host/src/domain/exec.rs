@@ -33,7 +33,7 @@ pub struct ExecRequest {
 }
 
 /// How a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitStatus {
     /// It exited on its own; `exit_code` is set.
@@ -58,7 +58,7 @@ impl std::fmt::Display for ExitStatus {
 }
 
 /// The end of a command, as the backend measured it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Exit {
     pub status: ExitStatus,
     pub exit_code: Option<i32>,
@@ -80,7 +80,7 @@ pub struct ExecOutput {
 }
 
 /// Which stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputStream {
     Stdout,
@@ -111,7 +111,7 @@ pub struct ProcessOutput {
 pub const MAX_CURSOR_BYTES: usize = 1024;
 
 /// What a folder entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileKind {
     File,
@@ -121,7 +121,7 @@ pub enum FileKind {
 }
 
 /// One entry of a folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileEntry {
     /// The name inside the folder (no `/`).
     pub name: String,

@@ -105,8 +105,11 @@ fn parse_decimal_slow(s: &str) -> Result<Decimal, DecimalError> {
 }
 
 /// A currency code such as `USD`: 3 to 8 ASCII uppercase letters or digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "USD")]
 pub struct Currency(String);
 
 /// Why a currency code was refused.
@@ -154,10 +157,11 @@ impl fmt::Display for Currency {
 }
 
 /// An exact amount in a currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Money {
     /// Exact amount, serialized as a decimal string.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(example = "0.05")]
     pub amount: Decimal,
     pub currency: Currency,
 }

@@ -12,7 +12,7 @@ use super::contract::{Capability, Cost, Kind};
 use super::money::Money;
 
 /// How the router orders the candidates that survive the filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Self-hosted candidates with capacity first (cheapest first), then SaaS by cost.
@@ -47,7 +47,9 @@ impl fmt::Display for Strategy {
 /// Whether a sandbox runs on the tenant's own provider key (BYOK) where it stored one:
 /// `byok` in a profile's `[route]` or in a create request (the request's wins). See
 /// docs/secrets.md, "Routing by key".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ByokMode {
     /// Candidates where the tenant has its own key are ranked first (then the strategy's
@@ -99,7 +101,7 @@ impl std::str::FromStr for ByokMode {
 }
 
 /// Whose provider key a candidate's calls would carry (never the key itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyUse {
     /// The tenant's own key (BYOK; billed the platform fee).
@@ -133,7 +135,7 @@ impl fmt::Display for KeyUse {
 }
 
 /// One extension to try, in order, with the estimate to hold for it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     /// The extension to call.
     pub extension_id: String,
@@ -146,7 +148,7 @@ pub struct Attempt {
 }
 
 /// Where a latency figure comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "source", rename_all = "kebab-case")]
 pub enum LatencySource {
     /// Moving average over this many measured creates.
@@ -156,7 +158,7 @@ pub enum LatencySource {
 }
 
 /// A candidate's create latency as the router ranks it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LatencyReport {
     /// Milliseconds.
     pub ms: f64,
@@ -177,7 +179,7 @@ impl fmt::Display for LatencyReport {
 }
 
 /// A pool's size and use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CapacityReport {
     /// `None`: unlimited.
     pub max_sandboxes: Option<u32>,
@@ -195,7 +197,7 @@ impl fmt::Display for CapacityReport {
 }
 
 /// Why a candidate was not ordered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum DropReason {
     /// No loaded extension has this id.
@@ -234,7 +236,10 @@ pub enum DropReason {
     },
     /// Its price per hour is above the route's `max_cost_per_hour`.
     OverPriceCap {
-        #[serde(with = "rust_decimal::serde::str")]
+        /// The candidate's price per hour (6 places). Serialised as `per_hour`: a dropped
+        /// candidate's report flattens its reason beside its own `cost_per_hour` (a
+        /// `Money`), which the same key would overwrite.
+        #[serde(rename = "per_hour", with = "rust_decimal::serde::str")]
         cost_per_hour: Decimal,
         #[serde(with = "rust_decimal::serde::str")]
         cap: Decimal,
@@ -321,7 +326,7 @@ impl fmt::Display for DropReason {
 }
 
 /// What became of a candidate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// Ordered at `rank` (1 = tried first); `attempted` is false past the route's attempt
@@ -355,7 +360,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Everything the router learned about one candidate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CandidateReport {
     /// The candidate id.
     pub extension_id: String,
@@ -380,7 +385,7 @@ pub struct CandidateReport {
 }
 
 /// The router's answer: whom to try, in order, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RouteDecision {
     /// The profile routed.
     pub profile: String,
@@ -454,7 +459,7 @@ fn summarize(report: &[CandidateReport]) -> String {
 }
 
 /// An extension's circuit as the router sees it at one instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum HealthStatus {
     /// Calls flow.

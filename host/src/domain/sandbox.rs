@@ -17,16 +17,20 @@ use super::money::Money;
 /// body of `POST /v1/sandboxes` and `POST /v1/route/explain`, and what the flags of
 /// `sandboxer sandbox create` and `sandboxer route explain` build. Overrides are checked
 /// against the profile when the request is built (never above its maximum duration).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
     /// Profile id, e.g. `burst-sandbox`.
+    #[schema(example = "saas-stub")]
     pub profile: String,
     /// vCPUs instead of the profile's.
+    #[schema(example = 1)]
     pub vcpus: Option<u32>,
     /// Memory in MiB instead of the profile's.
+    #[schema(example = 512)]
     pub memory_mib: Option<u32>,
     /// A shorter maximum lifetime in seconds (never longer than the profile's).
+    #[schema(example = 60)]
     pub max_duration_secs: Option<u64>,
     /// Pin a region (one of the profile's, when it lists any).
     pub region: Option<String>,
@@ -56,7 +60,7 @@ impl SandboxSpec {
 ///
 /// `creating` and `destroying` are intents: they are written before the extension is
 /// called, so a crash there is found and finished by reconciliation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     /// Credits may be held and the extension's `create` may be under way.
@@ -130,7 +134,7 @@ impl FromStr for SandboxState {
 }
 
 /// One try of one extension during `create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     /// The extension tried.
     pub extension_id: String,
@@ -151,7 +155,7 @@ pub struct AttemptRecord {
 }
 
 /// The meter reading of a destroyed sandbox, as settled on the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Meter {
     /// The charge after rounding (half away from zero, at the ledger's scale).
     pub total: Money,
@@ -191,7 +195,7 @@ pub struct Meter {
 
 /// The reading taken from the extension before settlement; persisted first, so a crash
 /// between reading and settling settles the same figures.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reading {
     /// What `destroy` reported.
     pub usage: Usage,
@@ -203,7 +207,7 @@ pub struct Reading {
 }
 
 /// Everything the host knows about one sandbox. Durable before any manager call answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxStatus {
     /// The host's sandbox id (`sb-…`).
     pub id: String,

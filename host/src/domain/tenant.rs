@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 
 /// A tenant id: `[a-z0-9][a-z0-9_-]*`, at most 64 characters. Only [`TenantId::parse`]
 /// makes one, so a value of this type is always valid.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "acme")]
 pub struct TenantId(String);
 
 /// A string that is not a tenant id.

@@ -94,6 +94,57 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, as the OpenAPI document describes it
+/// ([`ApiError::body`] writes it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorObject,
+}
+
+/// The `error` object: a stable `code`, a `message` for people, and the details some
+/// codes carry (docs/api.md, "Errors").
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorObject {
+    /// Stable and machine-readable: `bad_request`, `body_too_large`, `unauthorized`,
+    /// `forbidden`, `not_found`, `method_not_allowed`, `insufficient_credits`,
+    /// `idempotency_conflict`, `wrong_state`, `busy`, `conflict`, `own_key_required`,
+    /// `no_backend_available`, `create_failed`, `extension_missing`, `extension_failed`,
+    /// `bad_meter`, `unsupported`, `backend_unavailable`, `secret_store_unavailable`,
+    /// `metrics_unavailable`, `internal`.
+    #[schema(example = "bad_request")]
+    pub code: String,
+    /// What went wrong, for people.
+    #[schema(example = "invalid field vcpus: invalid type: string \"two\", expected u32")]
+    pub message: String,
+    /// `bad_request`: the offending field or parameter, when known.
+    #[schema(required = false, example = "vcpus")]
+    pub field: Option<String>,
+    /// `not_found`: the id asked for.
+    #[schema(required = false)]
+    pub id: Option<String>,
+    /// `insufficient_credits`: the amount to hold.
+    #[schema(required = false)]
+    pub need: Option<crate::domain::Money>,
+    /// `insufficient_credits`: what is available now.
+    #[schema(required = false)]
+    pub available: Option<crate::domain::Money>,
+    /// `wrong_state`: the sandbox's state.
+    #[schema(required = false)]
+    pub state: Option<crate::domain::SandboxState>,
+    /// `no_backend_available`, `own_key_required`: every candidate and its fate.
+    #[schema(required = false)]
+    pub candidates: Option<Vec<crate::domain::CandidateReport>>,
+    /// `own_key_required`: the candidates that take a tenant's own key.
+    #[schema(required = false)]
+    pub extensions: Option<Vec<String>>,
+    /// `create_failed`: the sandbox as recorded (state `failed`).
+    #[schema(required = false)]
+    pub sandbox: Option<Box<crate::domain::SandboxStatus>>,
+}
+
 fn to_value(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }

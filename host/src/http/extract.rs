@@ -1,9 +1,13 @@
 //! Request extractors with the API's error shape: a size-limited JSON body that refuses
-//! unknown fields and names the offending one, and the idempotency key.
+//! unknown fields and names the offending one, path parameters and query strings whose
+//! rejections are answered in the error shape too (axum's own are `text/plain`), and the
+//! idempotency key.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -33,6 +37,57 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             }
         })?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Path parameters; a bad one (not UTF-8 once percent-decoded, or not of its type) is a
+/// 400 in the error shape naming the parameter.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(path_rejection(&e)),
+        }
+    }
+}
+
+fn path_rejection(e: &PathRejection) -> ApiError {
+    use axum::extract::path::ErrorKind;
+    if e.status().is_server_error() {
+        // A route whose parameters do not fit its handler: the host's bug, not the client's.
+        return ApiError::internal(format!("path parameters: {}", e.body_text()));
+    }
+    let key = match e {
+        PathRejection::FailedToDeserializePathParams(d) => match d.kind() {
+            ErrorKind::InvalidUtf8InPathParam { key }
+            | ErrorKind::ParseErrorAtKey { key, .. }
+            | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    ApiError::bad_request(key.as_deref(), format!("invalid path: {}", e.body_text()))
+}
+
+/// A query string deserialised into `T`; a bad one is a 400 in the error shape.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request(None, format!("invalid query: {}", e.body_text()))
+            })
     }
 }
 

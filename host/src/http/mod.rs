@@ -12,6 +12,7 @@ mod dashboard;
 pub mod error;
 pub mod extract;
 mod keys;
+pub mod openapi;
 pub mod query;
 pub mod session;
 
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,22 +33,29 @@ use serde_json::json;
 
 pub use auth::{Auth, TokenSet};
 pub use error::ApiError;
-use extract::{ApiJson, idempotency_key};
+use extract::{ApiJson, ApiPath, idempotency_key};
 use query::ListQuery;
 
-use crate::app::{App, GrantRequest};
+use crate::app::{
+    App, Balances, Explanation, ExtensionList, GrantRequest, Granted, Overview, SandboxPage,
+    Statement,
+};
 use crate::domain::money::parse_amount;
-use crate::domain::{Currency, Money, SandboxSpec, SandboxState, TenantId};
+use crate::domain::{Currency, Money, SandboxSpec, SandboxState, SandboxStatus, TenantId};
 use crate::telemetry::metrics;
+use error::ErrorBody;
+use openapi::HealthAnswer;
 
 /// `POST /v1/tenants/{tenant}/credits` body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddCredits {
     /// Exact decimal string, e.g. `"25.00"`; numbers are refused (no floats for money).
+    #[schema(example = "25.00")]
     pub amount: String,
     /// ISO currency code; default `USD`.
     #[serde(default = "default_currency")]
+    #[schema(example = "USD")]
     pub currency: String,
     /// Recorded with the grant.
     #[serde(default)]
@@ -81,6 +89,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/sandboxes", post(create_sandbox).get(list_sandboxes))
         .route(
             "/v1/sandboxes/{id}",
@@ -146,6 +155,17 @@ where
     Ok(Answer(status, out?))
 }
 
+/// Liveness: `ok` and the version, or 503 `draining` once shutdown began.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    security(()),
+    responses(
+        (status = 200, description = "Serving.", body = HealthAnswer),
+        (status = 503, description = "Draining: shutdown began.", body = HealthAnswer)
+    )
+)]
 async fn healthz(State(s): State<AppState>) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         (
@@ -158,6 +178,20 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics (text). Wants the `[metrics]` token or the admin's when `[metrics]`
+/// sets tokens; open otherwise.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    security((), ("metrics" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text format.", body = String, content_type = "text/plain"),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 503, description = "No metrics recorder in this process (`metrics_unavailable`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn metrics_text(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if let Some(allowed) = &s.metrics_tokens {
         let token = match auth::bearer(&headers) {
@@ -200,6 +234,27 @@ fn check_profile_field(spec: &SandboxSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Creates a sandbox from a profile: routes it, holds its estimate on the tenant's credits
+/// and calls the chosen extension (failing over on retryable errors).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    security(("tenant" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request apply once (1 to 200 visible ASCII characters, scoped to the tenant).")),
+    request_body = SandboxSpec,
+    responses(
+        (status = 201, description = "Created (or the first answer again for a repeated `Idempotency-Key`).", body = SandboxStatus),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), an unknown profile (`field`: `profile`), an override out of the profile's range, a bad `Idempotency-Key`, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 402, description = "The tenant's available credits do not cover the estimate (`insufficient_credits`, with `need` and `available`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "The `Idempotency-Key` was used for another request, or the profile needs the tenant's own key (`idempotency_conflict`, `own_key_required`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 async fn create_sandbox(
     State(s): State<AppState>,
     auth: Auth,
@@ -224,6 +279,25 @@ fn list_query(q: RawPairs, filters: &[&str]) -> Result<ListQuery, ApiError> {
     ListQuery::parse(pairs, filters)
 }
 
+/// The tenant's sandboxes, newest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes",
+    tag = "sandboxes",
+    security(("tenant" = [])),
+    params(
+        ("state" = Option<SandboxState>, Query, description = "Only sandboxes in this state."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Rows per page (default 100)."),
+        ("after" = Option<String>, Query, description = "The `next` of the previous page, unchanged.")
+    ),
+    responses(
+        (status = 200, description = "One page; `next` is the cursor of the next (`null`: the last).", body = SandboxPage),
+        (status = 400, description = "An unknown, repeated or invalid query parameter, named in `field` (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn list_sandboxes(
     State(s): State<AppState>,
     auth: Auth,
@@ -244,19 +318,55 @@ async fn list_sandboxes(
     .await
 }
 
+/// One sandbox.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    security(("tenant" = [])),
+    params(("id" = String, Path, description = "The sandbox id (`sb-…`).")),
+    responses(
+        (status = 200, description = "The sandbox as recorded.", body = SandboxStatus),
+        (status = 400, description = "A path parameter that is not UTF-8 once percent-decoded (`bad_request`, `field`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn get_sandbox(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
     call(&s, StatusCode::OK, move |app| app.sandbox(&scope, &id)).await
 }
 
+/// Destroys a sandbox, meters it and settles its credits. Idempotent: a destroyed
+/// sandbox answers its settlement again and charges nothing.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{id}",
+    tag = "sandboxes",
+    security(("tenant" = [])),
+    params(("id" = String, Path, description = "The sandbox id (`sb-…`).")),
+    responses(
+        (status = 200, description = "Destroyed and settled (`meter` set), or failed.", body = SandboxStatus),
+        (status = 400, description = "A path parameter that is not UTF-8 once percent-decoded (`bad_request`, `field`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
+        (status = 409, description = "Not in a state it can be destroyed from, or another operation on it is under way (`wrong_state`, `busy`, `conflict`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 async fn destroy_sandbox(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(crate::domain::Scope::Tenant)?;
     call(&s, StatusCode::OK, move |app| {
@@ -265,6 +375,24 @@ async fn destroy_sandbox(
     .await
 }
 
+/// How a create with this body would be routed right now: every candidate's estimate,
+/// health, capacity and fate. Nothing is created or held.
+#[utoipa::path(
+    post,
+    path = "/v1/route/explain",
+    tag = "sandboxes",
+    security(("tenant" = [])),
+    request_body = SandboxSpec,
+    responses(
+        (status = 200, description = "The explanation (`routable: false` with the reason when nothing can serve it).", body = Explanation),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), an unknown profile (`field`: `profile`), an override out of the profile's range, a bad `Idempotency-Key`, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 async fn explain_route(
     State(s): State<AppState>,
     auth: Auth,
@@ -278,11 +406,40 @@ async fn explain_route(
     .await
 }
 
+/// The tenant's balances, one per currency (none before credits were added).
+#[utoipa::path(
+    get,
+    path = "/v1/credits",
+    tag = "credits",
+    security(("tenant" = [])),
+    responses(
+        (status = 200, description = "Posted, held and available per currency.", body = Balances),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn credits(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
     let tenant = auth.tenant()?;
     call(&s, StatusCode::OK, move |app| app.balances(&tenant)).await
 }
 
+/// The tenant's statement, oldest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/entries",
+    tag = "credits",
+    security(("tenant" = [])),
+    params(("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "Rows per page (default 100)."),
+        ("after" = Option<String>, Query, description = "The `next` of the previous page, unchanged.")),
+    responses(
+        (status = 200, description = "One page of grants, holds, charges, voids, overdrafts and debts.", body = Statement),
+        (status = 400, description = "An unknown, repeated or invalid query parameter, named in `field` (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn credit_entries(
     State(s): State<AppState>,
     auth: Auth,
@@ -296,10 +453,30 @@ async fn credit_entries(
     .await
 }
 
+/// Adds credits to a tenant (the operator).
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/credits",
+    tag = "admin",
+    security(("admin" = [])),
+    params(
+        ("tenant" = String, Path, description = "The tenant id: lowercase letters, digits, `-` and `_`, at most 64.", example = "acme"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request apply once (1 to 200 visible ASCII characters, scoped to the tenant).")
+    ),
+    request_body = AddCredits,
+    responses(
+        (status = 201, description = "The grant and the tenant's balance after it.", body = Granted),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "A tenant's token on the operator's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "The `Idempotency-Key` was used for another grant (`idempotency_conflict`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn add_credits(
     State(s): State<AppState>,
     auth: Auth,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<AddCredits>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -331,11 +508,37 @@ async fn add_credits(
     .await
 }
 
+/// The live extensions: what routing may use now, with their circuits; the operator
+/// also sees files, compiled-code sources, trap records and the files that did not load.
+#[utoipa::path(
+    get,
+    path = "/v1/extensions",
+    tag = "extensions",
+    security(("tenant" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The extensions.", body = ExtensionList),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn extensions(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.scope();
     call(&s, StatusCode::OK, move |app| app.extensions(&scope)).await
 }
 
+/// Every tenant's balances and the capacity in use per extension (the operator).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/overview",
+    tag = "admin",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "Balances and capacity in use.", body = Overview),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "A tenant's token on the operator's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody)
+    )
+)]
 async fn overview(State(s): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
     auth.admin()?;
     call(&s, StatusCode::OK, App::overview).await

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 
 use super::auth::Auth;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::error::ErrorBody;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::{AppState, call};
-use crate::app::{AppError, ExecEvent, ExecSink};
+use crate::app::{AppError, ExecAnswer, ExecEvent, ExecSink, FileList, FileWritten};
 use crate::domain::{Command, ExecRequest, Scope};
 
 /// The largest exec request body (its `stdin` included): 2 MiB.
@@ -31,7 +32,8 @@ pub const MAX_EXEC_BODY_BYTES: usize = 2 << 20;
 const NDJSON: &str = "application/x-ndjson";
 
 /// `POST /v1/sandboxes/{id}/exec` body: `argv` or `shell`, and the rest optional.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"argv": ["python3", "-c", "print(6*7)"]}))]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
     /// A program and its arguments, run without a shell.
@@ -48,8 +50,10 @@ pub struct ExecBody {
     /// Standard input, as base64 (for bytes that are not text).
     pub stdin_b64: Option<String>,
     /// Killed after this many milliseconds (default 60 000, at most 3 600 000).
+    #[schema(maximum = 3_600_000)]
     pub timeout_ms: Option<u64>,
     /// The most bytes kept per stream (default 1 MiB, at most 16 MiB).
+    #[schema(maximum = 16_777_216)]
     pub output_limit_bytes: Option<u64>,
 }
 
@@ -98,11 +102,35 @@ fn wants_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(NDJSON)))
 }
 
-/// `POST /v1/sandboxes/{id}/exec`.
+/// Runs a command in a running sandbox to its end (at most its timeout); with `Accept:
+/// application/x-ndjson`, streams its events as it runs (`POST /v1/sandboxes/{id}/exec`).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/exec",
+    tag = "exec and files",
+    security(("tenant" = [])),
+    params(("id" = String, Path, description = "The sandbox id (`sb-…`).")),
+    request_body = ExecBody,
+    responses(
+        (status = 200, description = "How the command ended and what it printed; with `Accept: application/x-ndjson`, one event per line as it runs.", content(
+            (ExecAnswer = "application/json"),
+            (ExecEvent = "application/x-ndjson")
+        )),
+        (status = 400, description = "A body that is not JSON, an unknown or mistyped field (named in `field`), a value out of range, or a body over the limit (`bad_request`, `body_too_large`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`wrong_state`, with `state`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 501, description = "Its backend cannot do this (`unsupported`).", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn exec(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ExecBody>,
 ) -> Result<Response, ApiError> {
@@ -188,16 +216,43 @@ impl http_body::Body for NdjsonBody {
 }
 
 /// `?list` on a files URL.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct FilesQuery {
+    /// Present (any value, or none): list the folder instead of reading a file.
     list: Option<String>,
 }
 
-/// `PUT /v1/sandboxes/{id}/files/{path}`: the body is the file.
+/// Writes a file in a running sandbox: the body is the file (parents created, an existing
+/// file replaced).
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{id}/files/{path}",
+    tag = "exec and files",
+    security(("tenant" = [])),
+    params(
+        ("id" = String, Path, description = "The sandbox id (`sb-…`)."),
+        ("path" = String, Path, description = "The file, relative to the workspace (it may hold `/`); parents are created.", example = "data/in.txt")
+    ),
+    request_body(content = String, content_type = "application/octet-stream", description = "The file's bytes (at most the host's `max_file_bytes`)."),
+    responses(
+        (status = 201, description = "Written.", body = FileWritten),
+        (status = 400, description = "A bad path (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`wrong_state`, with `state`).", body = ErrorBody),
+        (status = 413, description = "The file is over the host's `max_file_bytes` (`body_too_large`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 501, description = "Its backend cannot do this (`unsupported`).", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn put_file(
     State(s): State<AppState>,
     auth: Auth,
-    Path((id, path)): Path<(String, String)>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let scope = auth.tenant().map(Scope::Tenant)?;
@@ -219,22 +274,67 @@ pub(super) async fn put_file(
     .await
 }
 
-/// `GET /v1/sandboxes/{id}/files/{path}`: the file's bytes; with `?list`, the folder.
+/// Reads a file of a running sandbox (its bytes); with `?list`, lists the folder.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/files/{path}",
+    tag = "exec and files",
+    security(("tenant" = [])),
+    params(
+        ("id" = String, Path, description = "The sandbox id (`sb-…`)."),
+        ("path" = String, Path, description = "The file or folder, relative to the workspace (it may hold `/`).", example = "data/out.txt"),
+        FilesQuery
+    ),
+    responses(
+        (status = 200, description = "The file's bytes; with `?list`, the folder's entries.", content(
+            (String = "application/octet-stream"),
+            (FileList = "application/json")
+        )),
+        (status = 400, description = "A bad path (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox, file or folder (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`wrong_state`, with `state`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 501, description = "Its backend cannot do this (`unsupported`).", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn get_file(
     State(s): State<AppState>,
     auth: Auth,
-    Path((id, path)): Path<(String, String)>,
-    Query(q): Query<FilesQuery>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
 ) -> Result<Response, ApiError> {
     read_or_list(s, auth, id, path, q).await
 }
 
-/// `GET /v1/sandboxes/{id}/files?list`: the workspace's entries.
+/// Lists the workspace of a running sandbox (`?list` is required).
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/files",
+    tag = "exec and files",
+    security(("tenant" = [])),
+    params(("id" = String, Path, description = "The sandbox id (`sb-…`)."), FilesQuery),
+    responses(
+        (status = 200, description = "The workspace's entries (`?list`; also at `…/files/`).", body = FileList),
+        (status = 400, description = "No `?list`: name a file (`bad_request`).", body = ErrorBody),
+        (status = 401, description = "No bearer token, a malformed header, or an unknown token (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The admin token on a tenant's endpoint (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such sandbox for this tenant (`not_found`; another tenant's is not revealed).", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (`wrong_state`, with `state`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`internal`); the host's log says more.", body = ErrorBody),
+        (status = 501, description = "Its backend cannot do this (`unsupported`).", body = ErrorBody),
+        (status = 502, description = "The extension failed or its meter was unusable (`extension_failed`, `bad_meter`).", body = ErrorBody),
+        (status = 503, description = "No backend can serve it now, the extension is gone or its backend is unavailable (`no_backend_available`, `create_failed`, `extension_missing`, `backend_unavailable`, `secret_store_unavailable`).", body = ErrorBody)
+    )
+)]
 pub(super) async fn get_root(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
-    Query(q): Query<FilesQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
 ) -> Result<Response, ApiError> {
     read_or_list(s, auth, id, String::new(), q).await
 }

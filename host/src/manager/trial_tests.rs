@@ -37,7 +37,7 @@ struct Fake {
 }
 
 impl Fake {
-    fn new(id: &str, price: &'static str, fail_create: bool) -> Arc<dyn Backend> {
+    fn backend(id: &str, price: &'static str, fail_create: bool) -> Arc<dyn Backend> {
         Arc::new(Self {
             info: ExtensionInfo {
                 id: id.into(),
@@ -235,8 +235,8 @@ fn a_trial_whose_status_write_failed_is_handed_back() {
     let profiles = crate::routing::profile::load_profiles(&profiles_dir).expect("profiles");
 
     let extensions = Arc::new(Extensions::default());
-    extensions.upsert(Fake::new("first", "0.01", true));
-    extensions.upsert(Fake::new("second", "0.02", false));
+    extensions.upsert(Fake::backend("first", "0.01", true));
+    extensions.upsert(Fake::backend("second", "0.02", false));
 
     let clock = Arc::new(ManualClock::new());
     let health = HealthTracker::with_clock(

@@ -80,7 +80,7 @@ impl Default for PoolPolicy {
 }
 
 /// Where an extension's compiled code came from when it was loaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ArtifactSource {
     /// Compiled from the `.wasm` (no cached artifact).
@@ -94,7 +94,7 @@ pub enum ArtifactSource {
 }
 
 /// An extension's quarantine, when it is in one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Quarantine {
     /// Unix milliseconds when calls are let through again (one trial call first).
     pub until_unix_ms: u64,
@@ -103,7 +103,7 @@ pub struct Quarantine {
 }
 
 /// A snapshot of an extension's health.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Calls made (including refused ones).
     pub calls: u64,

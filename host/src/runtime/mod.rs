@@ -195,7 +195,7 @@ pub struct LoadReport {
 }
 
 /// Counters of compiled-code sources over the runtime's life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CacheStats {
     /// Components compiled from `.wasm` (including recompiles of bad artifacts).
     pub compiled: u64,

@@ -32,6 +32,12 @@ use tokens::TokenError;
 pub use crate::telemetry::logging::LogFormat;
 pub use config::parse_listen;
 
+/// The HTTP API's OpenAPI 3.1 document as pretty JSON (what `GET /v1/openapi.json`
+/// answers and `sandboxer-host openapi` prints; docs/openapi.json holds it).
+pub fn openapi_json() -> String {
+    http::openapi::document_json()
+}
+
 /// Logs to stderr as `format`, `info` and above unless `RUST_LOG` says otherwise.
 pub fn init_logging(format: LogFormat) {
     crate::telemetry::logging::init_server(format);

@@ -331,6 +331,10 @@ pub(crate) trait LedgerTx {
         pending: i64,
         posted: i64,
     ) -> Result<bool, LedgerError>;
+    /// Whether `units` more can enter the account on either side with every hold on it
+    /// posted in full: `posted + pending + units <= MAX_ACCOUNT_UNITS` on both sides.
+    /// What keeps a later settlement from passing the limit (see [`shared_account`]).
+    fn has_room(&mut self, account: i64, units: i64) -> Result<bool, LedgerError>;
     /// An account's kind, name and currency (for messages).
     fn account_label(&mut self, account: i64) -> Result<(String, String, String), LedgerError>;
     /// Inserts a transfer; its row id and its uid.
@@ -342,6 +346,55 @@ pub(crate) trait LedgerTx {
     fn outbox_has(&mut self, id: &str) -> Result<bool, LedgerError>;
     /// Stores an event in the outbox.
     fn outbox_insert(&mut self, event: &OutboxEvent, at: i64) -> Result<(), LedgerError>;
+}
+
+/// How many series a shared account may roll over to. Each holds ~9 × 10⁹ currency
+/// units, so this bound is never reached in practice; it stops a runaway loop.
+const MAX_SERIES: u32 = 10_000;
+
+/// The name of series `n` of a shared account: the base name, then `base#2`, `base#3`…
+fn series_name(base: &str, n: u32) -> String {
+    if n == 1 {
+        base.to_owned()
+    } else {
+        format!("{base}#{n}")
+    }
+}
+
+/// The shared account (`grants`, `revenue`, `write_off`) a new transfer of `units`
+/// books to: the first series of `kind`/`base` with room for it (see
+/// [`LedgerTx::has_room`]), created when needed. Shared accounts only grow; rolling over
+/// to a fresh series instead of refusing means they never reach the limit in a ledger's
+/// lifetime, whatever the currency's denomination, and a settlement never fails on one
+/// (its hold's accounts had room for the whole hold when it was taken).
+pub(crate) fn shared_account(
+    tx: &mut dyn LedgerTx,
+    kind: &str,
+    base: &str,
+    currency: &Currency,
+    at: i64,
+    units: i64,
+) -> Result<i64, LedgerError> {
+    if units > MAX_ACCOUNT_UNITS {
+        return Err(invalid(
+            "amount",
+            format!("{units} units is more than one account can hold ({MAX_ACCOUNT_UNITS})"),
+        ));
+    }
+    for n in 1..=MAX_SERIES {
+        let name = series_name(base, n);
+        let id = tx.ensure_account(kind, &name, currency, at)?;
+        if tx.has_room(id, units)? {
+            if n > 1 {
+                tracing::debug!(kind, account = %name, %currency, "shared account rolled over");
+            }
+            return Ok(id);
+        }
+    }
+    Err(invalid(
+        "amount",
+        format!("the {kind} account {base} ({currency}) has no series with room left"),
+    ))
 }
 
 /// Moves the cached sums of both sides of a transfer; a sum that would pass the limit
@@ -465,7 +518,7 @@ impl Op for GrantOp<'_> {
         let at = now_ms();
         let account = tx.ensure_account("tenant", tenant, cur, at)?;
         tx.lock_account(account)?;
-        let source = tx.ensure_account("grants", GRANTS_ACCOUNT, cur, at)?;
+        let source = shared_account(tx, "grants", GRANTS_ACCOUNT, cur, at, units)?;
         let (_, uid) = tx.insert(NewTransfer {
             exact: Some(self.amount.amount),
             note: Some(self.note),
@@ -567,7 +620,7 @@ impl Op for HoldOp<'_> {
                 available: money(available, cur),
             });
         }
-        let revenue = tx.ensure_account("revenue", self.extension, cur, at)?;
+        let revenue = shared_account(tx, "revenue", self.extension, cur, at, units)?;
         let (_, uid) = tx.insert(NewTransfer {
             exact: Some(self.amount.amount),
             sandbox_id: Some(self.sandbox_id),
@@ -682,7 +735,7 @@ impl Op for SettleOp<'_> {
             let over = settlement::cover_excess(excess, available, self.policy);
             (covered, written_off, debt) = (over.covered, over.written_off, over.debt);
             let write_off = if written_off > 0 {
-                tx.ensure_account("write_off", WRITE_OFF_ACCOUNT, cur, at)?
+                shared_account(tx, "write_off", WRITE_OFF_ACCOUNT, cur, at, written_off)?
             } else {
                 0
             };
@@ -855,11 +908,24 @@ impl Op for ReplaceOp<'_> {
             pending_id: Some(old.id),
             ..old.transfer("void", format!("replace:{key}#void"), old.amount, at)
         })?;
+        // The new hold stays on the old hold's revenue series while it has room for the
+        // increment, else it moves to the next series (the void above frees the old one).
+        let credit = if tx.has_room(old.credit, units - old.amount)? {
+            old.credit
+        } else {
+            shared_account(tx, "revenue", &old.extension, cur, at, units)?
+        };
         let (_, uid) = tx.insert(NewTransfer {
             exact: Some(self.new_amount.amount),
+            credit,
             ..old.transfer("hold", format!("replace:{key}#hold"), units, at)
         })?;
-        apply(tx, old.debit, old.credit, units - old.amount, 0)?;
+        if credit == old.credit {
+            apply(tx, old.debit, old.credit, units - old.amount, 0)?;
+        } else {
+            apply(tx, old.debit, old.credit, -old.amount, 0)?;
+            apply(tx, old.debit, credit, units, 0)?;
+        }
         tracing::debug!(
             tenant = %old.tenant, sandbox_id = %old.sandbox_id, extension = %old.extension,
             old_hold = %old.uid, hold = %uid, amount = %money(units, cur),
@@ -1019,7 +1085,9 @@ pub(crate) fn verify(
             ));
         }
         let highest = cached.iter().copied().max().unwrap_or(0);
-        if highest > i128::from(MAX_ACCOUNT_UNITS / 2) {
+        // Shared accounts roll over to a fresh series (`shared_account`); a tenant's own
+        // account cannot, so only those are worth a warning.
+        if kind == "tenant" && highest > i128::from(MAX_ACCOUNT_UNITS / 2) {
             warnings.push(format!(
                 "{kind} account {name} ({cur}) is at {highest} units, past half its limit of {MAX_ACCOUNT_UNITS}; \
                  writes that would pass the limit are refused (docs/payments.md, \"Account limits\")"

@@ -387,6 +387,21 @@ impl LedgerTx for PgTx<'_> {
         Ok(self.pg(r)? == 1)
     }
 
+    fn has_room(&mut self, account: i64, units: i64) -> Result<bool, LedgerError> {
+        let Some(limit) = MAX_ACCOUNT_UNITS.checked_sub(units) else {
+            return Ok(false);
+        };
+        // Summed in numeric: two bigint sums near the limit would overflow a bigint.
+        let r = self.tx.query_one(
+            "SELECT debits_posted::numeric + debits_pending <= $2::bigint \
+             AND credits_posted::numeric + credits_pending <= $2::bigint \
+             FROM accounts WHERE id = $1",
+            &[&account, &limit],
+        );
+        let r = r.and_then(|row| row.try_get::<_, bool>(0));
+        self.pg(r)
+    }
+
     fn account_label(&mut self, account: i64) -> Result<(String, String, String), LedgerError> {
         let r = self.tx.query_one(
             "SELECT kind, name, currency FROM accounts WHERE id = $1",

@@ -110,6 +110,22 @@ impl LedgerTx for Tx<'_> {
         Ok(n == 1)
     }
 
+    fn has_room(&mut self, account: i64, units: i64) -> Result<bool, LedgerError> {
+        // `limit` is computed here, exactly; a sum of two cached sums past i64 becomes a
+        // REAL in SQLite, which is then far above `limit` anyway.
+        let Some(limit) = MAX_ACCOUNT_UNITS.checked_sub(units) else {
+            return Ok(false);
+        };
+        self.tx
+            .row_cached(
+                "SELECT debits_posted + debits_pending <= ?2 AND credits_posted + credits_pending <= ?2 \
+                 FROM accounts WHERE id = ?1",
+                params![account, limit],
+                |r| r.get(0),
+            )
+            .at(self.path)
+    }
+
     fn account_label(&mut self, account: i64) -> Result<(String, String, String), LedgerError> {
         self.tx
             .row_cached(
